@@ -1,0 +1,111 @@
+"""`glmserve` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from glmserve.common.catalogue import CATALOGUE, TINY_MODEL
+from glmserve.common.config import ServeConfig
+from glmserve.common.errors import GlmserveError
+
+
+def _progress(message: str) -> None:
+    print(f"glmserve: {message}", file=sys.stderr, flush=True)
+
+
+def _add_up(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser(
+        "up",
+        help="run the platform locally (Ray + vLLM engines + OpenAI ingress)",
+        description="Starts local Ray, the vLLM engine replicas and the OpenAI-compatible ingress, "
+        "prints the base URL and serves until Ctrl-C or SIGTERM.",
+    )
+    up.add_argument("--config", type=Path, help="YAML file with any of the settings below (flags win)")
+    up.add_argument("--model", help=f"catalogue name or checkpoint directory (default {TINY_MODEL}, built locally)")
+    up.add_argument("--served-model-name", help="the name clients send as 'model'")
+    up.add_argument("--host", help="listen address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="listen port (default 8000)")
+    up.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate (needs --tls-keyfile)")
+    up.add_argument("--tls-keyfile", type=Path, help="private key of --tls-certfile")
+    up.add_argument("--replicas", type=int, help="engine replicas (default 1)")
+    up.add_argument("--max-model-len", type=int, help="context window (default: the model's)")
+    up.add_argument("--kv-cache-gib", type=float, help="KV cache per CPU engine replica in GiB (default 1)")
+    up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")
+    up.add_argument("--max-queued-requests", type=int, help="requests waiting per replica before 503 (default 64)")
+    up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    model = sub.add_parser("model", help="the model catalogue and the locally built tiny model")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    create = msub.add_parser(
+        "create-tiny",
+        help=f"write the {TINY_MODEL} checkpoint (seeded random weights + tokenizer) into DIR",
+    )
+    create.add_argument("dir", type=Path)
+    create.add_argument("--seed", type=int, default=0, help="weights and tokenizer seed (default 0)")
+    create.add_argument("--force", action="store_true", help="rebuild even if DIR already holds it")
+    msub.add_parser("list", help="print the catalogue as JSON")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glmserve", description="Serve GLM-4.6 on Ray Serve + vLLM.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_up(sub)
+    _add_model(sub)
+    return p
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    settings: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(args.config.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SystemExit(f"glmserve: cannot read --config {args.config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"glmserve: --config {args.config} must hold a mapping of settings")
+        settings.update(loaded)
+    for field in ServeConfig.model_fields:
+        value = getattr(args, field, None)
+        if value is not None:
+            settings[field] = value
+    try:
+        return ServeConfig.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise SystemExit(f"glmserve: invalid settings: {problems}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            from glmserve.serving.launcher import run_until_signal
+
+            run_until_signal(serve_config(args), _progress)
+        elif args.model_command == "create-tiny":
+            from glmserve.serving.tiny.create import create_tiny
+
+            create_tiny(args.dir, args.seed, force=args.force, progress=_progress)
+        elif args.model_command == "list":
+            print(json.dumps([spec.summary() for spec in CATALOGUE.values()], indent=2))
+    except GlmserveError as exc:
+        raise SystemExit(f"glmserve: {exc.message}") from None
+    except FileExistsError as exc:
+        raise SystemExit(f"glmserve: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Error taxonomy shared by every component.
+
+Each error says whether retrying can help (`retryable`) and how it surfaces on each
+interface: an HTTP status + OpenAI error type for tenants, a gRPC status name for the
+router, and requeue-or-not for the operator. Callers raise these; edges translate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    http_status: int
+    openai_type: str
+    grpc_code: str  # a grpc.StatusCode name; common/ must not import grpc
+    retryable: bool
+
+
+INVALID = ErrorKind(400, "invalid_request_error", "INVALID_ARGUMENT", retryable=False)
+UNAUTHENTICATED = ErrorKind(401, "authentication_error", "UNAUTHENTICATED", retryable=False)
+FORBIDDEN = ErrorKind(403, "permission_error", "PERMISSION_DENIED", retryable=False)
+NOT_FOUND = ErrorKind(404, "not_found_error", "NOT_FOUND", retryable=False)
+RATE_LIMITED = ErrorKind(429, "rate_limit_error", "RESOURCE_EXHAUSTED", retryable=True)
+INTERNAL = ErrorKind(500, "server_error", "INTERNAL", retryable=False)
+UNAVAILABLE = ErrorKind(503, "service_unavailable", "UNAVAILABLE", retryable=True)
+TIMEOUT = ErrorKind(504, "timeout_error", "DEADLINE_EXCEEDED", retryable=True)
+
+
+class GlmserveError(Exception):
+    """Base of all errors that carry a user-facing message."""
+
+    kind: ErrorKind = INTERNAL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.retryable
+
+
+class InvalidRequestError(GlmserveError):
+    kind = INVALID
+
+
+class AuthenticationError(GlmserveError):
+    kind = UNAUTHENTICATED
+
+
+class PermissionDeniedError(GlmserveError):
+    kind = FORBIDDEN
+
+
+class NotFoundError(GlmserveError):
+    kind = NOT_FOUND
+
+
+class RateLimitedError(GlmserveError):
+    kind = RATE_LIMITED
+
+
+class OverloadedError(GlmserveError):
+    """Capacity is exhausted right now; the same request may succeed after `retry_after_s`."""
+
+    kind = UNAVAILABLE
+
+
+class BackendError(GlmserveError):
+    """A dependency (engine, router, Redis) failed in a way the caller cannot fix."""
+
+    kind = INTERNAL
+
+
+class ConfigError(GlmserveError):
+    """A configuration (CLI flags, config file, CRD spec) is wrong; fixing it is the only remedy."""
+
+    kind = INVALID

@@ -1,0 +1,46 @@
+"""vLLM engine arguments for one engine replica, from the model and the serve config.
+
+Pure functions: the unit tests pin what every deployment shape passes to vLLM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from glmserve.common.config import ServeConfig
+from glmserve.serving.models import ResolvedModel
+
+Device = Literal["cpu", "gpu"]
+
+GIB = 2**30
+
+
+def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device) -> dict[str, Any]:
+    """Keyword arguments for vLLM's `AsyncEngineArgs` + `FrontendArgs` (Ray Serve LLM splits them)."""
+    kwargs: dict[str, Any] = {
+        "max_model_len": cfg.max_model_len or model.max_context,
+        "seed": cfg.seed,
+        # GLM-4.6's tool-call and reasoning formats, parsed by vLLM's own glm45 parsers.
+        "tool_call_parser": "glm45",
+        "reasoning_parser": "glm45",
+        "enable_auto_tool_choice": True,
+        # Every tool call is constrained to its schema (as if each tool were "strict"), and JSON
+        # values carry no free whitespace: otherwise a weak model can stall in whitespace the
+        # grammar allows until max_tokens, or emit a call missing required arguments.
+        "tool_strict_level": "parameter",
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        "default_chat_template_kwargs": {"enable_thinking": model.thinking_default},
+        "enable_prompt_tokens_details": True,
+        "enable_prefix_caching": True,
+        "max_num_seqs": cfg.max_ongoing_requests,
+        # vLLM's own admission control: past this many unfinished requests it answers 503.
+        "max_num_queued_reqs": cfg.max_ongoing_requests + cfg.max_queued_requests,
+        "dtype": cfg.dtype,
+    }
+    if device == "cpu":
+        kwargs |= {
+            # CUDA-graph capture and torch.compile buy nothing on CPU and cost ~40 s of start-up.
+            "enforce_eager": True,
+            "kv_cache_memory_bytes": int(cfg.kv_cache_gib * GIB),
+        }
+    return kwargs

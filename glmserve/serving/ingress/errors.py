@@ -1,0 +1,79 @@
+"""OpenAI-shaped error responses: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from glmserve.common.errors import GlmserveError
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    retry_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    all_headers = dict(headers or {})
+    if retry_after_s is not None:
+        all_headers["retry-after"] = str(max(1, round(retry_after_s)))
+    return JSONResponse(body, status_code=status, headers=all_headers)
+
+
+def from_error(exc: GlmserveError) -> JSONResponse:
+    return error_response(
+        exc.kind.http_status, exc.message, param=exc.param, code=exc.code, retry_after_s=exc.retry_after_s
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every failure leaves as an OpenAI error body, including the framework's own 404/405."""
+
+    @app.exception_handler(GlmserveError)
+    async def _glmserve(_: Request, exc: GlmserveError) -> JSONResponse:
+        return from_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        phrase = HTTPStatus(exc.status_code).phrase
+        return error_response(exc.status_code, str(exc.detail or phrase), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        message = str(first.get("msg", "invalid request"))
+        return error_response(400, f"{param}: {message}" if param else message, param=param)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error serving %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); the request was not completed")

@@ -1,0 +1,165 @@
+"""`glmserve up`: local Ray, the Serve application, progress while it starts, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from glmserve.common.config import ServeConfig
+from glmserve.common.errors import ConfigError
+from glmserve.serving import reaper
+
+log = logging.getLogger("glmserve.up")
+
+Progress = Callable[[str], None]
+
+# Ray Serve LLM schedules each replica's engine on a placement bundle of {"CPU": 1}; a
+# 2-core laptop has too few logical CPUs for an engine per replica plus Ray's own actors.
+MIN_LOGICAL_CPUS = 8
+START_TIMEOUT_S = 900
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Ray Serve's proxy binds with SO_REUSEPORT: a second stack on a busy port would silently
+    share it with the first and split its traffic, so refuse up front."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running?") from None
+
+
+def _device() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def _status_line(app_name: str) -> tuple[str, str]:
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return "DEPLOYING", "waiting for the Serve controller"
+    state = getattr(status.status, "value", str(status.status))
+    parts = []
+    for name, dep in sorted(status.deployments.items()):
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(dep.replica_states.items()))
+        parts.append(f"{name}: {counts or dep.status.lower()}")
+    return state, "; ".join(parts) or status.message
+
+
+class Stack:
+    """The running local stack; `stop()` is idempotent and safe from a signal handler's thread."""
+
+    def __init__(self, cfg: ServeConfig, progress: Progress = print) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.started_at = time.time()
+        self._stopped = False
+        self._own_cluster = cfg.ray_address is None
+
+    def start(self) -> str:
+        import ray
+        from ray import serve
+        from ray.serve.config import HTTPOptions
+
+        from glmserve.serving.app import APP_NAME, build_app
+        from glmserve.serving.models import resolve_model
+
+        ensure_port_free(self.cfg.host, self.cfg.port)
+        reaper.become_subreaper()
+        model = resolve_model(self.cfg.model, self.cfg.served_model_name, progress=self.progress)
+        device = _device()
+        self.progress(f"starting Ray ({'local' if self._own_cluster else self.cfg.ray_address}), device: {device}")
+        num_cpus = self.cfg.num_cpus or max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)
+        # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.
+        sigterm = signal.getsignal(signal.SIGTERM)
+        ray.init(
+            address=self.cfg.ray_address,
+            num_cpus=num_cpus if self._own_cluster else None,
+            include_dashboard=False,
+            log_to_driver=os.environ.get("GLMSERVE_RAY_LOGS") == "1",
+            configure_logging=False,
+        )
+        signal.signal(signal.SIGTERM, sigterm)
+        http = HTTPOptions(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            ssl_certfile=str(self.cfg.tls_certfile) if self.cfg.tls_certfile else None,
+            ssl_keyfile=str(self.cfg.tls_keyfile) if self.cfg.tls_keyfile else None,
+        )
+        serve.start(http_options=http)
+        app = build_app(model, self.cfg, device)  # type: ignore[arg-type]
+        serve.run_many(
+            [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
+            wait_for_applications_running=False,
+        )
+        self._wait_running(APP_NAME)
+        self.progress(f"ready: {self.cfg.base_url} serves {model.name} ({time.time() - self.started_at:.0f} s)")
+        return self.cfg.base_url
+
+    def _wait_running(self, app_name: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            state, detail = _status_line(app_name)
+            if state == "RUNNING":
+                return
+            if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise ConfigError(f"the application failed to start: {detail}")
+            line = f"[{time.time() - self.started_at:5.0f} s] {state.lower()}: {detail}"
+            if detail != last:
+                self.progress(line)
+                last = detail
+            time.sleep(1.0)
+        raise ConfigError(f"the application did not start within {START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        import ray
+        from ray import serve
+
+        self.progress("shutting down")
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            except Exception as exc:  # still tear the cluster down below
+                log.warning("serve.shutdown failed: %s", exc)
+            ray.shutdown()
+        if self._own_cluster:
+            reaper.kill_descendants()
+        reaper.sweep_shm(since=self.started_at)
+        self.progress("stopped")
+
+
+def run_until_signal(cfg: ServeConfig, progress: Progress = print) -> None:
+    """Starts the stack and serves until SIGINT/SIGTERM; always tears down what it started."""
+    stack = Stack(cfg, progress)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        # A second Ctrl-C while starting aborts the start.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        stack.start()
+        progress("press Ctrl-C to stop")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
