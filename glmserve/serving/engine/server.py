@@ -6,8 +6,24 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray.serve.llm.deployment import LLMServer
+from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.exceptions import GracefulHTTPError
 
 from glmserve.serving.engine.coalesce import coalesce
+
+
+async def _graceful(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    """vLLM's admission errors (queue full → 503) as error responses.
+
+    Raised, they would reach the ingress as an opaque 500: their constructors take no
+    arguments, so Ray cannot pickle them across the actor boundary.
+    """
+    try:
+        async for item in stream:
+            yield item
+    except GracefulHTTPError as exc:
+        status = int(exc.http_status)
+        yield ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.http_status.phrase, code=status))
 
 
 class EngineServer(LLMServer):
@@ -15,3 +31,6 @@ class EngineServer(LLMServer):
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
         return coalesce(generator)
+
+    async def _run_request(self, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        return _graceful(await super()._run_request(request, **kwargs))

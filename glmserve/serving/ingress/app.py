@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-from glmserve.common.errors import GlmserveError, NotFoundError, OverloadedError
+from glmserve.common.errors import BackendError, GlmserveError, NotFoundError, OverloadedError
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.metrics import IngressMetrics, RequestTimer
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, parse_body
@@ -139,12 +139,10 @@ class Ingress:
         stream: DeploymentResponseGenerator = getattr(handle, endpoint).remote(body)
         try:
             first = await stream.__anext__()
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise OverloadedError(
-                f"all {body.model} engine replicas are busy; retry shortly", retry_after_s=self._retry_after_s
-            ) from exc
         except StopAsyncIteration:
-            raise GlmserveError("the engine ended the request without a response") from None
+            raise BackendError("the engine ended the request without a response") from None
+        except Exception as exc:
+            raise self._engine_exception(exc, body.model or "") from exc
         first_item = first[0] if isinstance(first, list) else first
         if isinstance(first_item, ErrorResponse):
             return self._engine_error(first_item.error, timer)
@@ -159,6 +157,16 @@ class Ingress:
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+
+    def _engine_exception(self, exc: Exception, model: str) -> GlmserveError:
+        """Failures of the call itself; errors the engine reports arrive as ErrorResponse instead."""
+        if isinstance(exc, BackPressureError | DeploymentUnavailableError):
+            return OverloadedError(
+                f"all {model} engine replicas are busy; retry shortly", retry_after_s=self._retry_after_s
+            )
+        cause = getattr(exc, "cause", None) or exc
+        log.error("engine call for %s failed: %r", model, cause)
+        return BackendError(f"the {model} engine failed ({type(cause).__name__}); the request was not completed")
 
     def _engine_error(self, error: Any, timer: RequestTimer) -> Response:
         status = int(error.code) if str(error.code).isdigit() else 500

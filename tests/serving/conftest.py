@@ -1,0 +1,116 @@
+"""The stack under test: `glmserve up` over HTTPS with a throwaway certificate."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from openai import OpenAI
+
+from tests.conftest import VENV_BIN, free_port, leftover_shm, session_processes
+
+START_TIMEOUT_S = 600
+# Small admission limits so that the overload test can fill an engine with a dozen requests.
+MAX_ONGOING = 4
+MAX_QUEUED = 2
+
+
+@dataclass(frozen=True)
+class Stack:
+    base_url: str
+    cert: Path
+    log: Path
+
+    def client(self, **kwargs: object) -> OpenAI:
+        return OpenAI(base_url=self.base_url, api_key="unused", http_client=self.http(), **kwargs)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(verify=str(self.cert), timeout=120)
+
+    @property
+    def root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+
+def self_signed(dirpath: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = dirpath / "cert.pem", dirpath / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def _pump(stream: object, log: Path, ready: threading.Event, url: list[str]) -> None:
+    with log.open("w") as out:
+        for line in stream:  # type: ignore[attr-defined]
+            out.write(line)
+            out.flush()
+            if "glmserve: ready: " in line:
+                url.append(line.split("ready: ", 1)[1].split(" ", 1)[0])
+                ready.set()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    cert, key = self_signed(tmp)
+    port = free_port()
+    log = tmp / "glmserve-up.log"
+    cmd = [
+        str(VENV_BIN / "glmserve"), "up", "--port", str(port),
+        "--tls-certfile", str(cert), "--tls-keyfile", str(key),
+        "--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ready, url = threading.Event(), []
+    threading.Thread(target=_pump, args=(proc.stdout, log, ready, url), daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"glmserve up did not become ready; log:\n{log.read_text()[-5000:]}")
+    try:
+        yield Stack(url[0], cert, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("glmserve up did not stop within 120 s of SIGTERM")
+    # The shutdown contract: nothing of the stack survives it.
+    time.sleep(1)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert session_processes(proc.pid) == []
+    assert leftover_shm() == []

@@ -1,0 +1,62 @@
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
+
+
+def _event(obj: dict) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def test_reasoning_is_renamed_in_full_responses() -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": None, "reasoning": "think"}}]}
+    assert glm_message_fields(body)["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "think",
+    }
+
+
+def _run(batches: list[list[str]], wants_usage: bool) -> tuple[str, Usage, list[int]]:
+    async def source() -> AsyncIterator[list[str]]:
+        for b in batches:
+            yield b
+
+    async def go() -> tuple[str, Usage, list[int]]:
+        usage, seen = Usage(), []
+        out = [
+            c async for c in sse_stream(source(), client_wants_usage=wants_usage, usage=usage, on_events=seen.append)
+        ]
+        return b"".join(out).decode(), usage, seen
+
+    return asyncio.run(go())
+
+
+STREAM = [
+    [_event({"choices": [{"delta": {"role": "assistant", "content": ""}}]})],
+    [
+        _event({"choices": [{"delta": {"reasoning": 'a "reasoning": b'}}]}),
+        _event({"choices": [{"delta": {"content": "x"}}]}),
+    ],
+    [
+        _event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                          "prompt_tokens_details": {"cached_tokens": 4}}}),
+        "data: [DONE]\n\n",
+    ],
+]  # fmt: skip
+
+
+def test_stream_renames_reasoning_but_not_content_that_looks_like_it() -> None:
+    text, _, _ = _run(STREAM, wants_usage=True)
+    assert '"reasoning_content":"a \\"reasoning\\": b"' in text
+    assert '"reasoning":' not in text
+
+
+def test_usage_is_read_and_hidden_unless_asked() -> None:
+    text, usage, seen = _run(STREAM, wants_usage=False)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (7, 2, 4)
+    assert '"usage"' not in text and text.endswith("data: [DONE]\n\n")
+    assert sum(seen) == 3  # role chunk + 2 token chunks
+    shown, _, _ = _run(STREAM, wants_usage=True)
+    assert '"usage"' in shown
