@@ -108,7 +108,7 @@ class Tenant(_Strict):
     id: Name
     plan: Name
     api_keys: list[ApiKey] = Field(alias="apiKeys", min_length=1, max_length=2)
-    overrides: LimitOverrides = Field(default_factory=lambda: LimitOverrides())
+    overrides: LimitOverrides = Field(default_factory=LimitOverrides)
     cache_sharing_group: Name | None = Field(None, alias="cacheSharingGroup")
 
     def limits(self, plan: Plan) -> PlanLimits:
