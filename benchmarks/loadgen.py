@@ -85,6 +85,8 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Req
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
             choices = chunk.get("choices") or []
             delta = choices[0].get("delta", {}) if choices else {}
             text = choices[0].get("text") if choices else None
@@ -96,7 +98,6 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Req
             else:
                 itls.append(now - last)
             last = now
-            tokens += 1
     end = time.perf_counter()
     return RequestResult((first or end) - start, itls, end - start, tokens, 200)
 
@@ -128,6 +129,7 @@ async def run_load(
                 "temperature": 0,
                 "ignore_eos": True,  # every request produces exactly max_tokens tokens
                 "stream": True,
+                "stream_options": {"include_usage": True},  # exact token counts, whatever the chunking
             }
             result.requests.append(await _one(client, url, body))
             if progress:
