@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glmserve.serving.reaper import orphaned_shm
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -24,5 +26,5 @@ def session_processes(sid: int) -> list[str]:
 
 
 def leftover_shm() -> list[str]:
-    shm = Path("/dev/shm")
-    return sorted(p.name for pattern in ("psm_*", "sem.mp-*") for p in shm.glob(pattern)) if shm.is_dir() else []
+    """Engine shared memory nobody holds any more (live stacks' segments are not leftovers)."""
+    return [p.name for p in orphaned_shm()]

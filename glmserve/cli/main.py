@@ -39,6 +39,16 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--kv-cache-gib", type=float, help="KV cache per CPU engine replica in GiB (default 1)")
     up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")
     up.add_argument("--max-queued-requests", type=int, help="requests waiting per replica before 503 (default 64)")
+    up.add_argument(
+        "--disaggregated",
+        action="store_true",
+        default=None,
+        help="separate prefill and decode pools (1 + 1 replicas unless set) with KV transfer",
+    )
+    up.add_argument("--kv-connector", choices=["NixlConnector", "ExampleConnector"], help="default NixlConnector")
+    for pool in ("prefill", "decode"):
+        up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
+        up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 
@@ -78,6 +88,11 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         value = getattr(args, field, None)
         if value is not None:
             settings[field] = value
+    for pool in ("prefill", "decode"):
+        for key in ("replicas", "cpus"):
+            value = getattr(args, f"{pool}_{key}", None)
+            if value is not None:
+                settings[pool] = {**settings.get(pool, {}), key: value}
     try:
         return ServeConfig.model_validate(settings)
     except ValidationError as exc:

@@ -10,6 +10,41 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from glmserve.common.catalogue import TINY_MODEL
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+KvConnector = Literal["NixlConnector", "ExampleConnector"]
+# vLLM's VLLM_CPU_OMP_THREADS_BIND syntax: cores for each tensor-parallel rank, "|"-separated.
+_CPU_BIND = r"^(\d+(-\d+)?(,\d+(-\d+)?)*)(\|\d+(-\d+)?(,\d+(-\d+)?)*)*$"
+
+
+class PoolConfig(BaseModel):
+    """One pool of engine replicas (colocated, prefill or decode)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replicas: int = Field(1, ge=0, le=256, description="replicas at start (and the minimum when autoscaling)")
+    max_replicas: int | None = Field(None, ge=1, le=256, description="autoscale up to this many replicas")
+    target_ongoing_requests: float = Field(8, gt=0, description="autoscaling target per replica")
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    expert_parallel: bool = Field(False, description="spread the routed experts over the tensor-parallel ranks")
+    cpus: str | None = Field(
+        None, pattern=_CPU_BIND, description="CPU engines: cores per rank, e.g. '0' or '0-3|4-7' (vLLM's OMP bind)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.max_replicas is not None and self.max_replicas < max(self.replicas, 1):
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas ({self.replicas}) and >= 1")
+        if self.cpus is not None and len(self.cpus.split("|")) != self.tensor_parallel_size:
+            raise ValueError(
+                f"cpus {self.cpus!r} binds {len(self.cpus.split('|'))} ranks but tensor_parallel_size is "
+                f"{self.tensor_parallel_size}; give one core list per rank, separated by '|'"
+            )
+        if self.expert_parallel and self.tensor_parallel_size < 2:
+            raise ValueError("expert_parallel needs tensor_parallel_size >= 2 (experts are split over the ranks)")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None and self.max_replicas > self.replicas
 
 
 class ServeConfig(BaseModel):
@@ -26,7 +61,11 @@ class ServeConfig(BaseModel):
     port: Port = 8000
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
-    replicas: int = Field(1, ge=1, le=64, description="engine replicas")
+    replicas: int = Field(1, ge=1, le=64, description="engine replicas (colocated mode)")
+    disaggregated: bool = Field(False, description="separate prefill and decode pools with KV transfer")
+    prefill: PoolConfig = Field(default_factory=PoolConfig, description="the prefill pool (disaggregated mode)")
+    decode: PoolConfig = Field(default_factory=PoolConfig, description="the decode pool (disaggregated mode)")
+    kv_connector: KvConnector = Field("NixlConnector", description="vLLM KV connector between prefill and decode")
     max_model_len: int | None = Field(None, ge=16, description="context window; default: the model's")
     kv_cache_gib: float = Field(1.0, gt=0, le=1024, description="KV cache per engine replica (CPU) in GiB")
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
@@ -48,6 +87,12 @@ class ServeConfig(BaseModel):
     def _tls_pair(self) -> Self:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("HTTPS needs both tls_certfile and tls_keyfile (or neither for HTTP)")
+        return self
+
+    @model_validator(mode="after")
+    def _pools(self) -> Self:
+        if self.disaggregated and (self.prefill.replicas < 1 or self.decode.replicas < 1):
+            raise ValueError("disaggregated mode needs at least one prefill and one decode replica at start")
         return self
 
     @property

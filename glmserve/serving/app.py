@@ -1,7 +1,8 @@
-"""The Ray Serve application: engine deployments behind the OpenAI ingress."""
+"""The Ray Serve application: engine pools behind the OpenAI ingress."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -9,36 +10,69 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from glmserve.common.config import ServeConfig
-from glmserve.serving.engine.args import Device, engine_kwargs
+from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
+from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress, ServedModel
 from glmserve.serving.models import ResolvedModel
 
 APP_NAME = "glmserve"
+# NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
+NIXL_PORT_BASE = {"colocated": 20000, "prefill": 20000, "decode": 21000}
+DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 
 
-def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device) -> LLMConfig:
+def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> LLMConfig:
+    pool = pool_of(cfg, role)
     deployment: dict[str, Any] = {
-        "num_replicas": cfg.replicas,
         # The replica actor only relays; vLLM's engine processes hold the CPUs/GPUs (placement bundles).
         "ray_actor_options": {"num_cpus": 0},
         # Above vLLM's own admission limit, so vLLM (not Ray) decides when a replica is full.
         "max_ongoing_requests": 2 * (cfg.max_ongoing_requests + cfg.max_queued_requests),
     }
+    if pool.autoscaling:
+        deployment["autoscaling_config"] = {
+            "min_replicas": pool.replicas,
+            "initial_replicas": pool.replicas,
+            "max_replicas": pool.max_replicas,
+            "target_ongoing_requests": pool.target_ongoing_requests,
+        }
+    else:
+        deployment["num_replicas"] = pool.replicas
     extra: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if device == "cpu" else {}
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
         deployment_config=deployment,
-        engine_kwargs=engine_kwargs(model, cfg, device),
+        engine_kwargs=engine_kwargs(model, cfg, device, role),
+        experimental_configs={"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role]},
         log_engine_metrics=True,
         **extra,
     )
 
 
+def cpu_binds(cfg: ServeConfig, device: Device, roles: list[Role]) -> dict[Role, list[str]]:
+    """Per-replica core bindings: the user's, or disjoint cores when engines share this machine."""
+    auto: dict[str, list[str]] = {}
+    if device == "cpu" and cfg.ray_address is None:
+        ranks = [PoolRanks(r, pool_of(cfg, r).replicas, pool_of(cfg, r).tensor_parallel_size) for r in roles]
+        auto = assign_cores(ranks, os.cpu_count() or 1)
+    return {r: [cpus] if (cpus := pool_of(cfg, r).cpus) else auto.get(r, []) for r in roles}
+
+
 def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Application:
-    engine = build_llm_deployment(llm_config(model, cfg, device), deployment_cls=EngineServer, name_prefix="Engine:")
+    roles: list[Role] = ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
+    binds = cpu_binds(cfg, device, roles)
+    pools = {
+        "decode" if role == "colocated" else role: build_llm_deployment(
+            llm_config(model, cfg, device, role),
+            deployment_cls=EngineServer,
+            name_prefix=DEPLOYMENT_PREFIX[role],
+            bind_kwargs={"cpu_binds": binds[role]},
+        )
+        for role in roles
+    }
     served = ServedModel(model.name, cfg.max_model_len or model.max_context, model.thinking_default, int(time.time()))
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.bind(  # type: ignore[attr-defined]
-        engines={model.name: engine}, models=[served], retry_after_s=cfg.retry_after_s
+        engines={model.name: pools}, models=[served], retry_after_s=cfg.retry_after_s
     )

@@ -88,6 +88,8 @@ class Stack:
         self.started_at = time.time()
         self._stopped = False
         self._own_cluster = cfg.ray_address is None
+        # Where Ray exports every actor's metrics, the engines' vllm:* series included.
+        self.metrics_port: int | None = None
 
     def start(self) -> str:
         import ray
@@ -105,6 +107,7 @@ class Stack:
         num_cpus = self.cfg.num_cpus or max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)
         proxy_port = _free_port(self.cfg.host)
         if self._own_cluster:
+            self.metrics_port = _free_port("127.0.0.1")
             # Read by every Serve process, which inherit the environment of the node we start.
             os.environ.update(serve_environment(self.cfg.port, proxy_port))
         # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.
@@ -115,6 +118,7 @@ class Stack:
             include_dashboard=False,
             log_to_driver=os.environ.get("GLMSERVE_RAY_LOGS") == "1",
             configure_logging=False,
+            _metrics_export_port=self.metrics_port,
         )
         signal.signal(signal.SIGTERM, sigterm)
         http = HTTPOptions(
@@ -131,6 +135,8 @@ class Stack:
         )
         self._wait_running(APP_NAME)
         self.progress(f"ready: {self.cfg.base_url} serves {model.name} ({time.time() - self.started_at:.0f} s)")
+        if self.metrics_port:
+            self.progress(f"engine and Ray metrics: http://127.0.0.1:{self.metrics_port}/metrics")
         return self.cfg.base_url
 
     def _wait_running(self, app_name: str) -> None:

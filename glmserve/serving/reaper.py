@@ -12,7 +12,6 @@ import ctypes
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -63,27 +62,22 @@ def _mapped_shm() -> set[str]:
     return held
 
 
-def sweep_shm(since: float, root: Path = Path("/dev/shm")) -> list[str]:
-    """Unlinks shared-memory segments created after `since` that no process uses any more."""
+def orphaned_shm(root: Path = Path("/dev/shm")) -> list[Path]:
+    """Engine shared-memory segments that no live process maps or holds open."""
     if not root.is_dir():
         return []
     held = _mapped_shm()
+    return sorted(p for pattern in _SHM_PATTERNS for p in root.glob(pattern) if str(p) not in held)
+
+
+def sweep_shm(since: float, root: Path = Path("/dev/shm")) -> list[str]:
+    """Unlinks orphaned shared-memory segments created after `since` (ours, not older ones)."""
     removed = []
-    for pattern in _SHM_PATTERNS:
-        for path in root.glob(pattern):
-            with contextlib.suppress(OSError):
-                if path.stat().st_mtime >= since and str(path) not in held:
-                    path.unlink()
-                    removed.append(path.name)
+    for path in orphaned_shm(root):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= since:
+                path.unlink()
+                removed.append(path.name)
     if removed:
         log.info("removed %d leaked shared-memory segments", len(removed))
     return removed
-
-
-def wait_gone(pids: list[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) for p in pids):
-            return True
-        time.sleep(0.1)
-    return False

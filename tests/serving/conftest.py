@@ -34,6 +34,14 @@ class Stack:
     cert: Path
     log: Path
 
+    @property
+    def metrics_url(self) -> str:
+        """Ray's metrics export: every actor's metrics, the engines' vllm:* series included."""
+        for line in self.log.read_text().splitlines():
+            if "engine and Ray metrics: " in line:
+                return line.split("metrics: ", 1)[1].strip()
+        raise AssertionError("glmserve up did not print its metrics endpoint")
+
     def client(self, **kwargs: object) -> OpenAI:
         return OpenAI(base_url=self.base_url, api_key="unused", http_client=self.http(), **kwargs)  # type: ignore[arg-type]
 
@@ -83,14 +91,18 @@ def _pump(stream: object, log: Path, ready: threading.Event, url: list[str]) -> 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
+    flags = ["--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED)]
+    yield from run_stack(tmp_path_factory.mktemp("stack"), flags)
+
+
+def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
+    """`glmserve up FLAGS` over HTTPS until the generator is closed; then checks it left nothing."""
     cert, key = self_signed(tmp)
     port = free_port()
     log = tmp / "glmserve-up.log"
     cmd = [
-        str(VENV_BIN / "glmserve"), "up", "--port", str(port),
-        "--tls-certfile", str(cert), "--tls-keyfile", str(key),
-        "--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED),
+        str(VENV_BIN / "glmserve"), "up", "--port", str(port), "--tls-certfile", str(cert), "--tls-keyfile", str(key),
+        *flags,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     ready, url = threading.Event(), []

@@ -5,18 +5,44 @@ Pure functions: the unit tests pin what every deployment shape passes to vLLM.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
-from glmserve.common.config import ServeConfig
+from glmserve.common.config import PoolConfig, ServeConfig
 from glmserve.serving.models import ResolvedModel
 
 Device = Literal["cpu", "gpu"]
+Role = Literal["colocated", "prefill", "decode"]
 
 GIB = 2**30
 
 
-def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device) -> dict[str, Any]:
+def pool_of(cfg: ServeConfig, role: Role) -> PoolConfig:
+    return {"prefill": cfg.prefill, "decode": cfg.decode}.get(role) or PoolConfig(replicas=cfg.replicas)
+
+
+def kv_transfer_config(cfg: ServeConfig, role: Role) -> dict[str, Any] | None:
+    """vLLM's KV connector settings: prefill produces KV, decode consumes it."""
+    if role == "colocated":
+        return None
+    config: dict[str, Any] = {
+        "kv_connector": cfg.kv_connector,
+        "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+    }
+    if cfg.kv_connector == "ExampleConnector":
+        # ExampleConnector moves KV through files; both pools must see the same directory.
+        config["kv_connector_extra_config"] = {"shared_storage_path": str(kv_exchange_dir())}
+    return config
+
+
+def kv_exchange_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "glmserve-kv"
+
+
+def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> dict[str, Any]:
     """Keyword arguments for vLLM's `AsyncEngineArgs` + `FrontendArgs` (Ray Serve LLM splits them)."""
+    pool = pool_of(cfg, role)
     kwargs: dict[str, Any] = {
         "max_model_len": cfg.max_model_len or model.max_context,
         "seed": cfg.seed,
@@ -36,7 +62,11 @@ def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device) -> dic
         # vLLM's own admission control: past this many unfinished requests it answers 503.
         "max_num_queued_reqs": cfg.max_ongoing_requests + cfg.max_queued_requests,
         "dtype": cfg.dtype,
+        "tensor_parallel_size": pool.tensor_parallel_size,
+        "enable_expert_parallel": pool.expert_parallel,
     }
+    if transfer := kv_transfer_config(cfg, role):
+        kwargs["kv_transfer_config"] = transfer
     if device == "cpu":
         kwargs |= {
             # CUDA-graph capture and torch.compile buy nothing on CPU and cost ~40 s of start-up.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ray import serve
+from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
@@ -27,7 +30,16 @@ async def _graceful(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, No
 
 
 class EngineServer(LLMServer):
-    """One vLLM engine replica. Everything but the stream batching is Ray Serve LLM's."""
+    """One vLLM engine replica: Ray Serve LLM's, plus core pinning and latency-free batching."""
+
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
+        self, llm_config: LLMConfig, *, cpu_binds: list[str] | None = None, **kwargs: Any
+    ) -> None:
+        if cpu_binds:
+            # Replicas of one pool share a config; each takes the cores of its own rank.
+            rank = serve.get_replica_context().rank.rank
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binds[rank % len(cpu_binds)]
+        await super().__init__(llm_config, **kwargs)
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
         return coalesce(generator)

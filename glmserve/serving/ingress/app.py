@@ -20,6 +20,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from glmserve.common.errors import BackendError, GlmserveError, NotFoundError, OverloadedError
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.metrics import IngressMetrics, RequestTimer
+from glmserve.serving.ingress.pd import PrefillRejected, decode_request, remote_prefill
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, parse_body
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
 
@@ -42,11 +43,16 @@ class ServedModel:
 class Ingress:
     def __init__(
         self,
-        engines: dict[str, DeploymentHandle],
+        engines: dict[str, dict[str, DeploymentHandle]],
         models: list[ServedModel],
         retry_after_s: float = 1.0,
     ) -> None:
-        self._engines = {name: handle.options(stream=True) for name, handle in engines.items()}
+        """`engines[model]` holds a "decode" pool (colocated engines in colocated mode) and, when
+        disaggregated, a "prefill" pool."""
+        self._engines = {name: pools["decode"].options(stream=True) for name, pools in engines.items()}
+        self._prefill = {
+            name: pools["prefill"].options(stream=True) for name, pools in engines.items() if "prefill" in pools
+        }
         self._models = {m.name: m for m in models}
         self._retry_after_s = retry_after_s
         self._metrics = IngressMetrics()
@@ -135,8 +141,13 @@ class Ingress:
         wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
             body.stream_options = StreamOptions(include_usage=True)
-        handle = self._engines[body.model or ""]
-        stream: DeploymentResponseGenerator = getattr(handle, endpoint).remote(body)
+        model = body.model or ""
+        if prefill := self._prefill.get(model):
+            try:
+                body = decode_request(body, await remote_prefill(prefill, endpoint, body))
+            except PrefillRejected as rejected:
+                return self._engine_error(rejected.error, timer)
+        stream: DeploymentResponseGenerator = getattr(self._engines[model], endpoint).remote(body)
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:

@@ -29,6 +29,13 @@ class _Limits:
             raise ValueError(f"must be at least 1, got {value}")
         return value
 
+    @field_validator("kv_transfer_params", check_fields=False)
+    @classmethod
+    def _internal_only(cls, value: dict[str, Any] | None) -> None:
+        # It names remote KV blocks: a client setting it could read another request's cache.
+        if value is not None:
+            raise ValueError("is set by the platform between prefill and decode, not by clients")
+
     @field_validator("n", check_fields=False)
     @classmethod
     def _single_choice(cls, value: int | None) -> int | None:

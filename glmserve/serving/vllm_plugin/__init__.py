@@ -29,7 +29,8 @@ def register() -> None:
     import vllm
 
     check_version(vllm.__version__)
-    from glmserve.serving.vllm_plugin import cpu_expert_parallel, tool_grammar
+    from glmserve.serving.vllm_plugin import cpu_expert_parallel, cpu_nixl, tool_grammar
 
     tool_grammar.apply()
     cpu_expert_parallel.apply()
+    cpu_nixl.apply()

@@ -1,0 +1,59 @@
+"""Disaggregated serving driven by the ingress: prefill on one pool, decode on another.
+
+The prefill replica computes the prompt's KV cache (one output token) and returns where the
+KV lives (`kv_transfer_params`); the decode replica pulls it through vLLM's KV connector and
+generates. Request shaping is Ray Serve LLM's default P/D protocol (the one NIXL-style
+connectors use). When remote prefill fails, decode prefills locally: slower, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.llm._internal.serve.engines.vllm.kv_transfer.base import DefaultPDProtocolMixin
+from ray.serve.handle import DeploymentHandle
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+log = logging.getLogger("glmserve.ingress.pd")
+
+_PROTOCOL = DefaultPDProtocolMixin()
+
+
+class PrefillRejected(Exception):
+    """The prefill engine refused the request itself (e.g. too long): decode would refuse it too."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def remote_prefill(prefill: DeploymentHandle, endpoint: str, body: Any) -> dict[str, Any] | None:
+    """KV transfer parameters for the decode request, or None to prefill on the decode replica."""
+    request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
+    try:
+        stream = getattr(prefill, endpoint).remote(request)
+        first = await stream.__anext__()
+        stream.cancel()
+    except Exception as exc:  # a dead or unreachable prefill replica must not fail the request
+        log.warning("remote prefill failed (%s: %s); decoding with local prefill", type(exc).__name__, exc)
+        return None
+    item = first[0] if isinstance(first, list) else first
+    if isinstance(item, ErrorResponse):
+        if 400 <= int(item.error.code) < 500 and int(item.error.code) != 429:
+            raise PrefillRejected(item.error)
+        log.warning("prefill engine answered %s (%s); decoding with local prefill", item.error.code, item.error.message)
+        return None
+    params = getattr(item, "kv_transfer_params", None)
+    if not params:
+        log.warning("prefill response carried no kv_transfer_params; decoding with local prefill")
+        return None
+    return dict(params)
+
+
+def decode_request(body: Any, kv_transfer_params: dict[str, Any] | None) -> Any:
+    if kv_transfer_params is None:
+        return body
+    request = body.model_copy(deep=True)
+    request.kv_transfer_params = kv_transfer_params
+    return request
