@@ -31,4 +31,4 @@ def apply() -> None:
         return
     # nixl_utils resolves its names lazily through __getattr__; a module global takes precedence,
     # and vLLM's NIXL worker imports the name from there when it is first loaded.
-    nixl_utils.nixl_agent_config = quiet_agent_config  # type: ignore[attr-defined]
+    nixl_utils.nixl_agent_config = quiet_agent_config
