@@ -123,6 +123,11 @@ def memory_per_gpu(workload: Workload, gpu: GpuSpec, layout: Layout) -> MemoryPe
     )
 
 
+def pool_nodes(replicas: int, gpus_per_replica: int, gpus_per_node: int) -> int:
+    """Nodes a pool of `replicas` needs: replicas smaller than a node share nodes."""
+    return math.ceil(replicas * gpus_per_replica / gpus_per_node)
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaPlan:
     """One layout of one replica on one GPU type, with its per-GPU memory."""

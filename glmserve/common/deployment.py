@@ -17,6 +17,9 @@ from glmserve.common.resource import ResourceName, Spec, cel, validations
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SOURCE = r"^(hf|s3|gs|pvc|https?|builtin)://.+$"
+# The name prefixes Service names (DNS-1035 labels of at most 63 characters, e.g. `<name>-ingress`).
+DEPLOYMENT_NAME = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
+MSG_DEPLOYMENT_NAME = "metadata.name must start with a letter and have at most 40 lowercase letters, digits or '-'"
 
 MSG_EXPERT = "expert must be 1 (experts tensor-sharded) or tensor x data (expert parallelism over every rank)"
 MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
@@ -28,7 +31,8 @@ class ModelRef(Spec):
     """Which weights to serve and at what context."""
 
     name: str = Field(
-        description="catalogue name (`glmserve model list`)", json_schema_extra={"enum": list[JsonValue](sorted(CATALOGUE))}
+        description="catalogue name (`glmserve model list`)",
+        json_schema_extra={"enum": list[JsonValue](sorted(CATALOGUE))},
     )
     precision: Precision | None = Field(
         None, description="weight precision, fp8 or bf16; default: the catalogue entry's (picks its sibling entry)"

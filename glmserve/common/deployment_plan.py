@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from glmserve.common.capacity import MemoryPerGpu, Workload
+from glmserve.common.capacity import MemoryPerGpu, Workload, pool_nodes
 from glmserve.common.deployment import ModelDeploymentSpec, Parallelism
 from glmserve.common.errors import ConfigError
 from glmserve.common.gpus import GB, GpuType, get_gpu
@@ -48,7 +48,10 @@ class PoolLayoutStatus(Spec):
     parallelism: Parallelism = Field(description="tensor, data and expert sizes of one replica")
     min_replicas: int = Field(ge=1, description="replicas kept when idle")
     max_replicas: int = Field(ge=1, description="replicas the node group must be able to hold")
-    memory_per_gpu_gb: MemoryStatus = Field(description="per-GPU memory of one replica")
+    memory_per_gpu_gb: MemoryStatus = Field(alias="memoryPerGpuGB", description="per-GPU memory of one replica")
+
+    def nodes(self, replicas: int) -> int:
+        return pool_nodes(replicas, self.gpus_per_replica, self.gpus_per_node)
 
     @classmethod
     def of(cls, plan: PoolPlan) -> PoolLayoutStatus:

@@ -17,6 +17,9 @@ QUALIFIED_NAME = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
 )
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# The name becomes a label value and a Ray resource name.
+NODE_GROUP_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+MSG_NODE_GROUP_NAME = "metadata.name must be a DNS-1123 label (at most 63 lowercase letters, digits or '-')"
 LabelKey = Annotated[str, Field(pattern=QUALIFIED_NAME, max_length=316)]
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
 
@@ -119,8 +122,10 @@ class NodeGroupSpec(Spec):
 class NodeGroupStatus(Spec):
     """What the operator last observed of the group's nodes."""
 
-    gpu_memory_gb: float | None = Field(None, description="HBM of one GPU of this type, in GB")
-    gpu_bandwidth_tb_per_s: float | None = Field(None, description="HBM bandwidth of one GPU, in TB/s")
+    gpu_memory_gb: float | None = Field(None, alias="gpuMemoryGB", description="HBM of one GPU of this type, in GB")
+    gpu_bandwidth_tb_per_s: float | None = Field(
+        None, alias="gpuBandwidthTBps", description="HBM bandwidth of one GPU, in TB/s"
+    )
     nodes: int = Field(0, ge=0, description="nodes of this group, ready or not")
     ready_nodes: int = Field(0, ge=0, description="nodes whose Ready condition is True")
     allocatable_gpus: int = Field(0, ge=0, description="GPUs the ready nodes report as allocatable")

@@ -5,11 +5,10 @@ Used by the operator (a ModelDeployment's `Planned` condition) and by `glmserve 
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from glmserve.common.capacity import GPU_MEMORY_UTILIZATION, Layout, ReplicaPlan, Workload, fit
+from glmserve.common.capacity import GPU_MEMORY_UTILIZATION, Layout, ReplicaPlan, Workload, fit, pool_nodes
 from glmserve.common.gpus import GpuSpec
 from glmserve.common.layouts import candidate_layouts, check_layout
 
@@ -76,10 +75,7 @@ class PoolPlan:
         return self.search.chosen
 
     def nodes(self, replicas: int) -> int:
-        """Nodes of the pool's worker group: replicas smaller than a node share nodes."""
-        if self.replica is None:
-            return 0
-        return math.ceil(replicas * self.replica.gpus / self.request.gpus_per_node)
+        return pool_nodes(replicas, self.replica.gpus, self.request.gpus_per_node) if self.replica else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ Tests evaluate both on the same invalid examples.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,25 +54,3 @@ class Condition(Spec):
     message: str = Field("", max_length=32768, description="details of the last transition, for humans")
     last_transition_time: str = Field(description="when status last changed (RFC 3339)")
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation this was computed from")
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(
-    conditions: list[Condition], type_: str, *, status: bool, reason: str, message: str, generation: int | None
-) -> list[Condition]:
-    """`conditions` with `type_` replaced; its transition time only moves when its status changes."""
-    value: Literal["True", "False"] = "True" if status else "False"
-    old = next((c for c in conditions if c.type == type_), None)
-    since = old.last_transition_time if old is not None and old.status == value else now()
-    new = Condition(
-        type=type_,
-        status=value,
-        reason=reason,
-        message=message,
-        last_transition_time=since,
-        observed_generation=generation,
-    )
-    return [new if c.type == type_ else c for c in conditions] if old else [*conditions, new]

@@ -1,0 +1,40 @@
+"""The operator's own configuration, from environment variables the Helm chart sets."""
+
+from __future__ import annotations
+
+import os
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from glmserve.common.errors import ConfigError
+
+ENV_PREFIX = "GLMSERVE_OPERATOR_"
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field("ghcr.io/glmserve/glmserve:0.1.0", min_length=1, description="image of Ray and router pods")
+    ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside `image`")
+    resync_seconds: float = Field(30.0, ge=0.5, le=3600, description="how often every object is re-reconciled")
+    redis_url: str | None = Field(None, pattern=r"^rediss?://", description="shared rate-limit state for routers")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Self:
+        env = dict(os.environ if env is None else env)
+        unknown = sorted(
+            k for k in env if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() not in cls.model_fields
+        )
+        if unknown:
+            known = ", ".join(ENV_PREFIX + name.upper() for name in cls.model_fields)
+            raise ConfigError(f"unknown operator settings {', '.join(unknown)}; known: {known}")
+        values = {name: env[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid operator settings: {problems}") from None
