@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
-from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, get_model
+from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -51,7 +51,10 @@ class ModelRef(Spec):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        get_model(name)  # raises with the list of known names
+        try:
+            get_model(name)
+        except UnknownModelError as exc:  # a KeyError, which pydantic would not report
+            raise ValueError(str(exc)) from None
         return name
 
     @model_validator(mode="after")

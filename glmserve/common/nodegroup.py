@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -31,6 +32,7 @@ MSG_KARPENTER_MIN = (
     "with provisioner karpenter, minNodes must be 0 (nodes follow pending pods) or equal maxNodes (a fixed fleet)"
 )
 MSG_RESERVED_LABEL = "label keys under glmserve.io/ are reserved for the operator"
+MSG_LABEL_KEY = "label keys must be qualified names, e.g. example.com/gpu-pool"
 
 
 class Taint(Spec):
@@ -86,11 +88,14 @@ class NodeGroupSpec(Spec):
     zones: list[LabelValue] = Field(
         default_factory=list, max_length=32, description="topology zones to launch in; empty: any"
     )
-    labels: dict[LabelKey, LabelValue] = Field(
+    labels: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=32,
         description="node labels: set on the nodes Karpenter launches, required on adopted static nodes",
-        json_schema_extra=validations(cel(f"self.all(k, !k.startsWith('{RESERVED_PREFIX}'))", MSG_RESERVED_LABEL)),
+        json_schema_extra=validations(
+            cel(f"self.all(k, size(k) <= 316 && k.matches('{QUALIFIED_NAME}'))", MSG_LABEL_KEY),
+            cel(f"self.all(k, !k.startsWith('{RESERVED_PREFIX}'))", MSG_RESERVED_LABEL),
+        ),
     )
     taints: list[Taint] = Field(default_factory=list, max_length=16, description="node taints, tolerated by our pods")
 
@@ -108,6 +113,8 @@ class NodeGroupSpec(Spec):
             problems.append(MSG_INSTANCE_TYPES)
         if karpenter and self.min_nodes not in (0, self.max_nodes):
             problems.append(MSG_KARPENTER_MIN)
+        if any(len(key) > 316 or not re.match(QUALIFIED_NAME, key) for key in self.labels):
+            problems.append(MSG_LABEL_KEY)
         if any(key.startswith(RESERVED_PREFIX) for key in self.labels):
             problems.append(MSG_RESERVED_LABEL)
         if problems:

@@ -7,6 +7,7 @@ Two replicas are safe: with peering, the one with the highest priority works and
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -37,7 +38,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # KUBECONFIG is read now, not when the kubernetes package was imported.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.discovery_dir = tempfile.mkdtemp(prefix="glmserve-operator-")
     memo.cluster = Cluster(kubernetes.client.ApiClient(), str(Path(memo.discovery_dir) / "discovery.json"))
 
