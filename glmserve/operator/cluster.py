@@ -15,6 +15,11 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 MERGE_PATCH = "application/merge-patch+json"
 
 
+def _raw(_client: DynamicClient, data: dict[str, Any]) -> dict[str, Any]:
+    """Keep responses as plain dicts (a list need not name its `kind`; kmock's does not)."""
+    return data
+
+
 def contains(live: Any, desired: Any) -> bool:
     """Whether `live` already holds everything `desired` says (the server may add defaults)."""
     if isinstance(desired, dict):
@@ -40,13 +45,20 @@ class Cluster:
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
-            return self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+            found: dict[str, Any] = self._resource(api_version, kind).get(
+                name=name, namespace=namespace, serializer=_raw
+            )
+            return found
         except NotFoundError:
             return None
 
     def list(self, api_version: str, kind: str, namespace: str | None = None, **selectors: str) -> list[dict]:
-        found = self._resource(api_version, kind).get(namespace=namespace, **selectors)
-        return [item.to_dict() for item in found.items]
+        found = self._resource(api_version, kind).get(namespace=namespace, serializer=_raw, **selectors)
+        return list(found.get("items") or [])
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        resource = self._resource(manifest["apiVersion"], manifest["kind"])
+        resource.create(body=manifest, namespace=manifest["metadata"].get("namespace"))
 
     def apply(self, manifest: dict[str, Any]) -> bool:
         """Create `manifest`, or merge-patch it onto the live object if that differs. True if written."""
@@ -54,7 +66,7 @@ class Cluster:
         meta = manifest["metadata"]
         namespace = meta.get("namespace")
         try:
-            live = resource.get(name=meta["name"], namespace=namespace).to_dict()
+            live = resource.get(name=meta["name"], namespace=namespace, serializer=_raw)
         except NotFoundError:
             resource.create(body=manifest, namespace=namespace)
             return True
@@ -62,6 +74,13 @@ class Cluster:
             return False
         resource.patch(body=manifest, name=meta["name"], namespace=namespace, content_type=MERGE_PATCH)
         return True
+
+    def patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        resource = self._resource(body["apiVersion"], body["kind"])
+        resource.status.patch(
+            body={"status": status}, name=meta["name"], namespace=meta.get("namespace"), content_type=MERGE_PATCH
+        )
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
         try:

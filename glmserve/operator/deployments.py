@@ -25,6 +25,7 @@ from glmserve.operator.build.meta import DEPLOYMENT_LABEL, Owner
 from glmserve.operator.cluster import Cluster
 from glmserve.operator.conditions import set_condition, spec_problems
 from glmserve.operator.errors import API_ERRORS, as_kopf_error
+from glmserve.operator.objects import Observed
 from glmserve.operator.observe import rayservice_ready, ready_replicas
 from glmserve.operator.secrets import secret_reader
 from glmserve.operator.settings import OperatorSettings
@@ -32,16 +33,6 @@ from glmserve.operator.specs import valid_specs
 from glmserve.operator.tenancy import router_tenancy
 
 KIND = "ModelDeployment"
-
-
-@dataclass(frozen=True, slots=True)
-class DeploymentObject:
-    name: str
-    namespace: str
-    uid: str | None
-    generation: int | None
-    spec: dict[str, Any]
-    conditions: list[Condition]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +51,7 @@ class Outcome:
     error: Exception | None = None  # for kopf: retry (TemporaryError) or give up (PermanentError)
 
 
-def _stop(obj: DeploymentObject, phase: Phase, reason: str, message: str) -> Outcome:
+def _stop(obj: Observed, phase: Phase, reason: str, message: str) -> Outcome:
     conditions = set_condition(
         obj.conditions, "Planned", status=False, reason=reason, message=message, generation=obj.generation
     )
@@ -70,7 +61,10 @@ def _stop(obj: DeploymentObject, phase: Phase, reason: str, message: str) -> Out
     return Outcome(ModelDeploymentStatus(phase=phase, conditions=conditions, observed_generation=obj.generation))
 
 
-def reconcile_deployment(cluster: Cluster, obj: DeploymentObject, ns: Namespace, settings: OperatorSettings) -> Outcome:
+def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, settings: OperatorSettings) -> Outcome:
+    namespace = obj.namespace
+    if namespace is None:
+        raise ValueError(f"{KIND} {obj.name} has no namespace; the CRD is namespaced")
     if not re.match(DEPLOYMENT_NAME, obj.name):
         return _stop(obj, "Invalid", "InvalidName", MSG_DEPLOYMENT_NAME)
     try:
@@ -90,7 +84,7 @@ def reconcile_deployment(cluster: Cluster, obj: DeploymentObject, ns: Namespace,
     used = {p.node_group for p in layout.pools().values()}
     inputs = DeploymentInputs(
         name=obj.name,
-        namespace=obj.namespace,
+        namespace=namespace,
         owner=Owner(KIND, obj.name, obj.uid),
         spec=spec,
         groups={name: groups[name] for name in used},
@@ -102,7 +96,7 @@ def reconcile_deployment(cluster: Cluster, obj: DeploymentObject, ns: Namespace,
         valid_specs(PlanSpec, ns.plans),
         valid_specs(TenantSpec, ns.tenants),
         spec.plans,
-        secret_reader(cluster, obj.namespace),
+        secret_reader(cluster, namespace),
     )
     conditions = set_condition(
         obj.conditions,
@@ -131,7 +125,7 @@ def reconcile_deployment(cluster: Cluster, obj: DeploymentObject, ns: Namespace,
             generation=obj.generation,
         )
     except API_ERRORS as exc:
-        outcome.error = as_kopf_error(exc, f"reconciling {obj.namespace}/{obj.name}")
+        outcome.error = as_kopf_error(exc, f"reconciling {namespace}/{obj.name}")
         observed = outcome.status.model_copy(update={"phase": "Provisioning", "conditions": conditions})
     outcome.status = observed
     return outcome

@@ -20,6 +20,8 @@ import kubernetes
 from glmserve.common.resource import GROUP
 from glmserve.operator import handlers  # noqa: F401  (registers the handlers)
 from glmserve.operator.cluster import Cluster
+from glmserve.operator.reconciler import Reconciler
+from glmserve.operator.settings import OperatorSettings
 
 PRIORITY_RANGE = (1, 32767)
 
@@ -41,7 +43,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         # KUBECONFIG is read now, not when the kubernetes package was imported.
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.discovery_dir = tempfile.mkdtemp(prefix="glmserve-operator-")
-    memo.cluster = Cluster(kubernetes.client.ApiClient(), str(Path(memo.discovery_dir) / "discovery.json"))
+    cluster = Cluster(kubernetes.client.ApiClient(), str(Path(memo.discovery_dir) / "discovery.json"))
+    memo.reconciler = Reconciler(cluster, OperatorSettings.from_env())
 
 
 @kopf.on.cleanup()

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from glmserve.common.gpus import get_gpu
 from glmserve.common.nodegroup import NodeGroupSpec, NodeGroupStatus
-from glmserve.common.resource import Condition
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import API_VERSION as NODEPOOL_API_VERSION
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.cluster import Cluster
 from glmserve.operator.conditions import set_condition, spec_problems
+from glmserve.operator.objects import Observed
 from glmserve.operator.observe import group_nodes
 
 KIND = "NodeGroup"
 
 
-@dataclass(frozen=True, slots=True)
-class NodeGroupObject:
-    name: str
-    uid: str | None
-    generation: int | None
-    spec: dict[str, Any]
-    conditions: list[Condition]
-
-
-def reconcile_node_group(cluster: Cluster, group: NodeGroupObject, nodes: list[dict[str, Any]]) -> NodeGroupStatus:
+def reconcile_node_group(cluster: Cluster, group: Observed, nodes: list[dict[str, Any]]) -> NodeGroupStatus:
     """Apply the NodePool (or remove a stale one) and report the group's nodes. Idempotent."""
     try:
         spec = NodeGroupSpec.model_validate(group.spec)

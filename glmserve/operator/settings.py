@@ -17,7 +17,6 @@ class OperatorSettings(BaseModel):
 
     image: str = Field("ghcr.io/glmserve/glmserve:0.1.0", min_length=1, description="image of Ray and router pods")
     ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside `image`")
-    resync_seconds: float = Field(30.0, ge=0.5, le=3600, description="how often every object is re-reconciled")
     redis_url: str | None = Field(None, pattern=r"^rediss?://", description="shared rate-limit state for routers")
 
     @classmethod

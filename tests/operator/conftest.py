@@ -68,7 +68,11 @@ def examples() -> dict[str, dict[str, Any]]:
 def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11") -> DeploymentInputs:
     """The example ModelDeployment, planned on the example NodeGroups, as the handler would build it."""
     objs = load_examples()
-    groups = {o["metadata"]["name"]: NodeGroupSpec.model_validate(o["spec"]) for o in objs.values() if o["kind"] == "NodeGroup"}
+    groups = {
+        o["metadata"]["name"]: NodeGroupSpec.model_validate(o["spec"])
+        for o in objs.values()
+        if o["kind"] == "NodeGroup"
+    }
     raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
     if not tls:
         del raw["spec"]["ingress"]["tlsSecretName"]

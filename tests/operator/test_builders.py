@@ -107,7 +107,10 @@ def test_gpu_workers_are_pinned_to_their_node_groups() -> None:
     groups = {g["groupName"]: g for g in build_rayservice(inputs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert list(groups) == ["ingress", "prefill", "decode"]
     prefill, decode = groups["prefill"], groups["decode"]
-    assert prefill["template"]["spec"]["nodeSelector"] == {"glmserve.io/node-group": "h100", "example.com/team": "inference"}
+    assert prefill["template"]["spec"]["nodeSelector"] == {
+        "glmserve.io/node-group": "h100",
+        "example.com/team": "inference",
+    }
     assert decode["template"]["spec"]["nodeSelector"] == {"glmserve.io/node-group": "h200"}
     for group in (prefill, decode):
         pod = group["template"]["spec"]

@@ -130,7 +130,12 @@ SCHEMA_ONLY = [
     ("NodeGroup/h100", _set("spec.gpusPerNode", 3), "3 is not one of [1, 2, 4, 8]", "Input should be 1, 2, 4 or 8"),
     ("NodeGroup/h100", _set("spec.maxNodes", 0), "0 is less than the minimum of 1", "greater than or equal to 1"),
     ("ModelDeployment/glm-46", _set("spec.model.name", "llama"), "'llama' is not one of", "unknown model 'llama'"),
-    ("ModelDeployment/glm-46", _set("spec.prefill.extra", 1), "'extra' was unexpected", "Extra inputs are not permitted"),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.prefill.extra", 1),
+        "'extra' was unexpected",
+        "Extra inputs are not permitted",
+    ),
     ("Plan/free", _set("spec.priority", "gold"), "'gold' is not one of", "Input should be 'batch'"),
     ("Tenant/acme", _set("spec.apiKeys", []), "should be non-empty", "at least 1 item"),
     ("Tenant/acme", _set("spec.apiKeys", [{"sha256": "sha256:" + "0" * 64}]), "'sha256' was unexpected", "secretRef"),
