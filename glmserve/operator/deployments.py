@@ -68,7 +68,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     if not re.match(DEPLOYMENT_NAME, obj.name):
         return _stop(obj, "Invalid", "InvalidName", MSG_DEPLOYMENT_NAME)
     try:
-        spec = ModelDeploymentSpec.model_validate(obj.spec)
+        spec = settings.complete(ModelDeploymentSpec.model_validate(obj.spec))
     except ValidationError as exc:
         return _stop(obj, "Invalid", "InvalidSpec", spec_problems(exc))
     groups = valid_specs(NodeGroupSpec, {name: body["spec"] for name, body in ns.node_groups.items()})

@@ -7,6 +7,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.errors import ConfigError
 
 ENV_PREFIX = "GLMSERVE_OPERATOR_"
@@ -18,6 +19,17 @@ class OperatorSettings(BaseModel):
     image: str = Field("ghcr.io/glmserve/glmserve:0.1.0", min_length=1, description="image of Ray and router pods")
     ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside `image`")
     redis_url: str | None = Field(None, pattern=r"^rediss?://", description="shared rate-limit state for routers")
+    router_replicas: int = Field(2, ge=1, le=32, description="router pods of a deployment that sets none")
+    ingress_replicas: int = Field(2, ge=1, le=64, description="ingress replicas of a deployment that sets none")
+
+    def complete(self, spec: ModelDeploymentSpec) -> ModelDeploymentSpec:
+        """`spec` with the cluster's defaults where it leaves router or ingress replicas unset."""
+        update = {}
+        if "replicas" not in spec.router.model_fields_set:
+            update["router"] = spec.router.model_copy(update={"replicas": self.router_replicas})
+        if "replicas" not in spec.ingress.model_fields_set:
+            update["ingress"] = spec.ingress.model_copy(update={"replicas": self.ingress_replicas})
+        return spec.model_copy(update=update)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Self:
