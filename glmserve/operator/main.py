@@ -1,7 +1,8 @@
 """The operator process: `kopf run -m glmserve.operator.main --all-namespaces --peering=glmserve`.
 
 Two replicas are safe: with peering, the one with the highest priority works and the others wait
-(kopf pauses operators of equal priority, so each replica draws its own at start-up).
+(kopf pauses all operators of equal priority, so each replica draws its own at start-up unless
+given one with --priority).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ PRIORITY_RANGE = (1, 32767)
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.peering.priority = random.randint(*PRIORITY_RANGE)
+    if not settings.peering.priority:  # `kopf run --priority N` wins
+        settings.peering.priority = random.randint(*PRIORITY_RANGE)
     # Handler progress lives in annotations: our CRDs' status schemas have no room for kopf's.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
