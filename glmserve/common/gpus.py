@@ -16,9 +16,6 @@ class GpuSpec:
     name: GpuType
     memory_bytes: int
     bandwidth_bytes_per_s: float
-    bf16_dense_tflops: float
-    fp8_dense_tflops: float
-    nvlink_bytes_per_s: float
     resource: str = "nvidia.com/gpu"  # the device plugin's extended resource
 
     @property
@@ -33,8 +30,8 @@ class GpuSpec:
 GPUS: dict[str, GpuSpec] = {
     gpu.name: gpu
     for gpu in (
-        GpuSpec("H100", 80 * GB, 3.35 * TB, 989.0, 1979.0, 900 * GB),
-        GpuSpec("H200", 141 * GB, 4.8 * TB, 989.0, 1979.0, 900 * GB),
+        GpuSpec("H100", 80 * GB, 3.35 * TB),
+        GpuSpec("H200", 141 * GB, 4.8 * TB),
     )
 }
 

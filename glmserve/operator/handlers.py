@@ -23,7 +23,7 @@ from glmserve.operator.build.meta import DEPLOYMENT_LABEL, MANAGED_BY
 @kopf.on.create(GROUP, VERSION, "nodegroups")
 @kopf.on.update(GROUP, VERSION, "nodegroups")
 def node_group_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.node_group(name)
+    memo.reconciler.node_group(name, must_run=True)
     memo.reconciler.dependents(node_group=name)  # capacity changed: re-plan the deployments on it
 
 
@@ -39,13 +39,17 @@ def node_event(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, "modeldeployments")
 def model_deployment_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     assert namespace, "ModelDeployments are namespaced"
-    memo.reconciler.deployment(namespace, name)
+    memo.reconciler.deployment(namespace, name, must_run=True)
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=MANAGED_BY)
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
-def child_event(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if namespace and DEPLOYMENT_LABEL in labels:
+def child_event(
+    event: kopf.RawEvent, labels: kopf.Labels, status: kopf.Status, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # A child without status is one we just wrote and its controller has not seen yet: nothing to read.
+    relevant = event["type"] == "DELETED" or bool(status)
+    if relevant and namespace and DEPLOYMENT_LABEL in labels:
         memo.reconciler.deployment(namespace, labels[DEPLOYMENT_LABEL])
 
 
@@ -54,7 +58,7 @@ def child_event(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_
 @kopf.on.update(GROUP, VERSION, "tenants")
 def tenant_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     assert namespace, "Tenants are namespaced"
-    memo.reconciler.tenant(namespace, name)
+    memo.reconciler.tenant(namespace, name, must_run=True)
     memo.reconciler.dependents(namespace=namespace)
 
 

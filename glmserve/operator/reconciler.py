@@ -1,15 +1,18 @@
 """Reads what a reconciliation needs from the API, runs it, and publishes its status and Events.
 
 Every trigger (the object's own change, or a change of a node, child, NodeGroup, Plan or Tenant it
-depends on) ends here; a lock per object keeps two triggers from reconciling it at once.
+depends on) ends here. An object is reconciled by one thread at a time, and triggers that arrive
+while a reconciliation is already queued for it are folded into that one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from glmserve.common.deployment_status import ModelDeploymentStatus
@@ -31,6 +34,7 @@ from glmserve.operator.specs import valid_specs
 from glmserve.operator.tenancy import tenant_status
 
 Status = ModelDeploymentStatus | NodeGroupStatus | TenantStatus
+Key = tuple[str, str | None, str]
 
 
 def status_patch(status: Status) -> dict[str, Any]:
@@ -44,11 +48,25 @@ class Reconciler:
         self.cluster = cluster
         self.settings = settings
         self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str | None, str], threading.Lock] = defaultdict(threading.Lock)
+        self._locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
+        self._waiting: set[Key] = set()
 
-    def _lock(self, kind: str, namespace: str | None, name: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _turn(self, key: Key, must_run: bool) -> Iterator[bool]:
+        """One reconciliation of an object at a time. Yields False when another is already waiting
+        for its turn: that one reads the object after this trigger, so this one can stand down,
+        unless it `must_run` (kopf retries a failed change handler only if it ran and raised)."""
         with self._guard:
-            return self._locks[(kind, namespace, name)]
+            queued = key in self._waiting
+            self._waiting.add(key)
+            lock = self._locks[key]
+        if queued and not must_run:
+            yield False
+            return
+        with lock:
+            with self._guard:
+                self._waiting.discard(key)
+            yield True
 
     def _publish(self, body: dict[str, Any], old: list[Condition], status: Status) -> bool:
         """Write `status` if it changed (True then) and announce changed conditions as Events."""
@@ -72,9 +90,11 @@ class Reconciler:
     def _get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         return self.cluster.get(API_VERSION, kind, name, namespace)
 
-    def node_group(self, name: str) -> bool:
+    def node_group(self, name: str, must_run: bool = False) -> bool:
         """True when the group's status changed."""
-        with self._lock("NodeGroup", None, name):
+        with self._turn(("NodeGroup", None, name), must_run) as mine:
+            if not mine:
+                return False
             try:
                 body = self._get("NodeGroup", name)
                 if body is None:
@@ -86,8 +106,10 @@ class Reconciler:
             except API_ERRORS as exc:
                 raise as_kopf_error(exc, f"reconciling NodeGroup {name}") from exc
 
-    def deployment(self, namespace: str, name: str) -> None:
-        with self._lock("ModelDeployment", namespace, name):
+    def deployment(self, namespace: str, name: str, must_run: bool = False) -> None:
+        with self._turn(("ModelDeployment", namespace, name), must_run) as mine:
+            if not mine:
+                return
             try:
                 body = self._get("ModelDeployment", name, namespace)
                 if body is None:
@@ -108,8 +130,10 @@ class Reconciler:
             if outcome.error is not None:
                 raise outcome.error
 
-    def tenant(self, namespace: str, name: str) -> None:
-        with self._lock("Tenant", namespace, name):
+    def tenant(self, namespace: str, name: str, must_run: bool = False) -> None:
+        with self._turn(("Tenant", namespace, name), must_run) as mine:
+            if not mine:
+                return
             try:
                 body = self._get("Tenant", name, namespace)
                 if body is None:

@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.deployment import IngressSpec, ModelDeploymentSpec, RouterSpec
 from glmserve.common.errors import ConfigError
 
 ENV_PREFIX = "GLMSERVE_OPERATOR_"
@@ -24,7 +24,7 @@ class OperatorSettings(BaseModel):
 
     def complete(self, spec: ModelDeploymentSpec) -> ModelDeploymentSpec:
         """`spec` with the cluster's defaults where it leaves router or ingress replicas unset."""
-        update = {}
+        update: dict[str, RouterSpec | IngressSpec] = {}
         if "replicas" not in spec.router.model_fields_set:
             update["router"] = spec.router.model_copy(update={"replicas": self.router_replicas})
         if "replicas" not in spec.ingress.model_fields_set:

@@ -27,13 +27,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kubeconfig",
         default=None,
-        help="run the operator end-to-end tests against the cluster of this kubeconfig instead of kmock",
+        help="run the operator end-to-end tests against the cluster of this kubeconfig instead of kmock: they "
+        "install missing CRDs, run the operator in-process, and create and delete their own NodeGroups and "
+        "namespaces (Karpenter groups name a node class that does not exist, so no node is ever launched)",
     )
-
-
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +55,6 @@ def load_examples() -> dict[str, dict[str, Any]]:
         for doc in yaml.safe_load_all(path.read_text()):
             objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
     return objects
-
-
-@pytest.fixture
-def examples() -> dict[str, dict[str, Any]]:
-    return copy.deepcopy(load_examples())
 
 
 def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11") -> DeploymentInputs:

@@ -39,7 +39,7 @@ OWNED = [
 ]
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
     """Poll `check` until it returns something truthy (an AssertionError counts as not yet)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -192,14 +192,16 @@ class KmockCluster(Cluster):
         return plurals <= watched
 
     def garbage_collect(self) -> None:
+        owners: dict[tuple[str, str, str | None, str], bool] = {}
         for api_version, kind in OWNED:
             for obj in self.api.list(api_version, kind):
                 meta = obj["metadata"]
                 for ref in meta.get("ownerReferences") or []:
-                    group_version, owner_kind = ref["apiVersion"], ref["kind"]
-                    plural = self.api.resource(group_version, owner_kind)
-                    namespace = meta.get("namespace") if plural.namespaced else None
-                    if self.api.get(group_version, owner_kind, ref["name"], namespace) is None:
+                    namespaced = self.api.resource(ref["apiVersion"], ref["kind"]).namespaced
+                    key = (ref["apiVersion"], ref["kind"], meta.get("namespace") if namespaced else None, ref["name"])
+                    if key not in owners:
+                        owners[key] = self.api.get(key[0], key[1], key[3], key[2]) is not None
+                    if not owners[key]:
                         self.api.delete(api_version, kind, meta["name"], meta.get("namespace"))
 
 

@@ -44,13 +44,13 @@ def test_a_replica_waits_for_a_higher_priority_peer(kmock_only: KmockCluster, mo
     monkeypatch.setenv("KUBECONFIG", str(kmock_only.kubeconfig))
     monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", os.environ["KUBECONFIG"])
     args = ["run", "--quiet", "--all-namespaces", "--peering=glmserve", "-m", "glmserve.operator.main"]
-    with KopfRunner(args, timeout=60):
+    with KopfRunner(args, timeout=120):
 
         def joined() -> dict[str, dict[str, object]] | None:
             peers = (api.get("kopf.dev/v1", "ClusterKopfPeering", "glmserve") or {}).get("status") or {}
             return {k: v for k, v in peers.items() if k != LEADER} or None
 
-        ours = eventually(joined, 30, "the operator to join the peering")
+        ours = eventually(joined, what="the operator to join the peering")
         [priority] = [peer["priority"] for peer in ours.values()]
         assert 1 <= int(priority) <= 32767  # drawn at start-up, below the leader's
         name = unique("paused")
@@ -59,4 +59,4 @@ def test_a_replica_waits_for_a_higher_priority_peer(kmock_only: KmockCluster, mo
         assert api.get("karpenter.sh/v1", "NodePool", name) is None
 
         api.patch(PEERING, {"status": {LEADER: None}})  # the leader leaves
-        eventually(lambda: api.get("karpenter.sh/v1", "NodePool", name), 30, "the NodePool once it leads")
+        eventually(lambda: api.get("karpenter.sh/v1", "NodePool", name), what="the NodePool once it leads")

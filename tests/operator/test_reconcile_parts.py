@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from glmserve.operator.build.events import build_event
 from glmserve.operator.cluster import contains
 from glmserve.operator.conditions import set_condition, transitions
 from glmserve.operator.observe import group_nodes, node_summary, rayservice_ready, ready_replicas
+from glmserve.operator.reconciler import Reconciler
 from glmserve.operator.settings import OperatorSettings
 from glmserve.operator.tenancy import router_tenancy, tenant_status
 
@@ -164,3 +167,33 @@ def test_secret_reader_decodes_and_tolerates_garbage() -> None:
 def test_condition_model_matches_kubernetes_condition_syntax() -> None:
     with pytest.raises(ValueError, match="String should match pattern"):
         Condition(type="Ready", status="True", reason="not camel case", last_transition_time="t")
+
+
+def test_triggers_queued_behind_a_waiting_reconciliation_fold_into_it() -> None:
+    reconciler = Reconciler(cluster=None, settings=OperatorSettings())  # type: ignore[arg-type]
+    key = ("ModelDeployment", "ns", "glm")
+    holding, release = threading.Event(), threading.Event()
+    ran: list[tuple[str, bool]] = []
+
+    def trigger(name: str, must_run: bool = False) -> None:
+        with reconciler._turn(key, must_run) as mine:
+            ran.append((name, mine))
+            if name == "running":
+                holding.set()
+                release.wait(10)
+
+    threads = [threading.Thread(target=trigger, args=("running",))]
+    threads[0].start()
+    assert holding.wait(10)
+    threads.append(threading.Thread(target=trigger, args=("queued",)))
+    threads[1].start()
+    while key not in reconciler._waiting:  # "queued" waits for its turn
+        time.sleep(0.01)
+    trigger("folded")  # returns at once: "queued" reads the object after this trigger anyway
+    threads.append(threading.Thread(target=trigger, args=("must", True)))  # a change handler always runs
+    threads[2].start()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert ran[:2] == [("running", True), ("folded", False)]
+    assert sorted(ran[2:]) == [("must", True), ("queued", True)]
