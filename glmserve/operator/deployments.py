@@ -7,7 +7,7 @@ a condition and no child is created. API failures surface as `error` for kopf to
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,17 +37,16 @@ KIND = "ModelDeployment"
 
 @dataclass(frozen=True, slots=True)
 class Namespace:
-    """What the deployment's namespace and the cluster hold for it, from the operator's indexes."""
+    """What the cluster holds that the deployment depends on, as read for this reconciliation."""
 
     node_groups: dict[str, dict[str, Any]]  # name -> {"spec": ..., "status": ...}
     plans: dict[str, dict[str, Any]]  # name -> spec
     tenants: dict[str, dict[str, Any]]  # name -> spec
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     status: ModelDeploymentStatus
-    skipped: list[str] = field(default_factory=list)  # children whose API this cluster does not serve
     error: Exception | None = None  # for kopf: retry (TemporaryError) or give up (PermanentError)
 
 
@@ -55,9 +54,10 @@ def _stop(obj: Observed, phase: Phase, reason: str, message: str) -> Outcome:
     conditions = set_condition(
         obj.conditions, "Planned", status=False, reason=reason, message=message, generation=obj.generation
     )
-    conditions = set_condition(
-        conditions, "Ready", status=False, reason=reason, message="not planned", generation=obj.generation
-    )
+    for type_ in ("Provisioned", "Ready"):
+        conditions = set_condition(
+            conditions, type_, status=False, reason=reason, message="not planned", generation=obj.generation
+        )
     return Outcome(ModelDeploymentStatus(phase=phase, conditions=conditions, observed_generation=obj.generation))
 
 
@@ -109,26 +109,32 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
         ),
         generation=obj.generation,
     )
-    outcome = Outcome(ModelDeploymentStatus(plan=layout, endpoint=inputs.endpoint, observed_generation=obj.generation))
+    skipped: list[str] = []
     try:
         for child in build_children(inputs, tenancy.config, settings.redis_url):
             if child["kind"] in MONITORING_KINDS and not cluster.serves(child["apiVersion"], child["kind"]):
-                outcome.skipped.append(f"{child['kind']} {child['metadata']['name']}")
+                skipped.append(child["kind"])
                 continue
             cluster.apply(child)
-        observed = _observe(
+        status = _observe(
             cluster,
             inputs,
             ns,
             has_config=tenancy.config is not None,
+            skipped=sorted(set(skipped)),
             conditions=conditions,
             generation=obj.generation,
         )
     except API_ERRORS as exc:
-        outcome.error = as_kopf_error(exc, f"reconciling {namespace}/{obj.name}")
-        observed = outcome.status.model_copy(update={"phase": "Provisioning", "conditions": conditions})
-    outcome.status = observed
-    return outcome
+        partial = ModelDeploymentStatus(
+            phase="Provisioning",
+            conditions=conditions,
+            endpoint=inputs.endpoint,
+            plan=layout,
+            observed_generation=obj.generation,
+        )
+        return Outcome(partial, as_kopf_error(exc, f"reconciling {namespace}/{obj.name}"))
+    return Outcome(status)
 
 
 def _observe(
@@ -137,6 +143,7 @@ def _observe(
     ns: Namespace,
     *,
     has_config: bool,
+    skipped: list[str],
     conditions: list[Condition],
     generation: int | None,
 ) -> ModelDeploymentStatus:
@@ -166,12 +173,15 @@ def _observe(
     elif not router_ready:
         problems.append("no router pod is ready")
     ready = not problems
+    message = "; ".join(problems) or f"serving at {inputs.endpoint}"
+    if skipped:
+        message += f" (not rendered, this cluster does not serve: {', '.join(skipped)})"
     conditions = set_condition(
         conditions,
         "Ready",
         status=ready,
         reason="Ready" if ready else "NotReady",
-        message="; ".join(problems) or f"serving at {inputs.endpoint}",
+        message=message,
         generation=generation,
     )
     return ModelDeploymentStatus(

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_checks import CustomResourceSchemas
 
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus, plan_for
@@ -16,6 +15,7 @@ from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.crds import RESOURCES, build_crd
+from tests.operator.k8s_checks import CustomResourceSchemas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDORED_CRDS = REPO_ROOT.parent / "shared" / "crds"

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import example_inputs, load_examples
-from k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.nodegroup import NodeGroupSpec
@@ -21,6 +19,8 @@ from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, build_router_configmap
+from tests.operator.conftest import example_inputs, load_examples
+from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 KEY = "sk-live-0123456789abcdef"
 TENANCY = TenantsFile(

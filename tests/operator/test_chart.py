@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, example_inputs, tool
-from k8s_checks import CustomResourceSchemas, manifest_problems
 
 from glmserve.common import metrics
 from glmserve.common.tenancy import Plan, TenantsFile
 from glmserve.operator.build.children import build_children
 from glmserve.operator.settings import OperatorSettings
+from tests.operator.conftest import REPO_ROOT, example_inputs, tool
+from tests.operator.k8s_checks import CustomResourceSchemas, manifest_problems
 
 CHART = REPO_ROOT / "charts" / "glmserve"
 RELEASE, NAMESPACE = "glm", "glmserve-system"

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, load_examples
-from k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 from pydantic import BaseModel, ValidationError
 
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import PlanSpec, TenantSpec
 from glmserve.operator.crds import RESOURCES, CustomResource, build_crd, crd_yaml
+from tests.operator.conftest import REPO_ROOT, load_examples
+from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 CHART_CRDS = REPO_ROOT / "charts" / "glmserve" / "crds"
 SPEC_MODELS: dict[str, type[BaseModel]] = {

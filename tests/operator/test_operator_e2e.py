@@ -16,17 +16,17 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from conftest import VENDORED_CRDS
 from kopf.testing import KopfRunner
-from kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
 from kubernetes.client.exceptions import ApiException
 
 from glmserve.common.tenancy import hash_api_key
 from glmserve.operator.crds import RESOURCES, build_crd
+from tests.operator.conftest import VENDORED_CRDS
+from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
+from tests.operator.resources import G, fake_node, model_deployment, node_group
 
 pytestmark = pytest.mark.slow
 
-G = "glmserve.io/v1alpha1"
 UPSTREAM_CRDS = [
     "ray.io_rayservices.yaml",
     "karpenter.sh_nodepools.yaml",
@@ -76,28 +76,6 @@ def operator(cluster: Cluster) -> Iterator[KopfRunner]:
     assert runner.exit_code == 0
 
 
-# Karpenter groups name a node class no cluster has, so a real Karpenter never launches GPU nodes
-# for these tests; the deployment tests use static groups, which launch nothing at all.
-NO_SUCH_NODE_CLASS = "glmserve-test-no-such-class"
-
-
-def node_group(name: str, gpu: str, max_nodes: int, provisioner: str = "karpenter") -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "gpu": gpu,
-        "maxNodes": max_nodes,
-        "provisioner": provisioner,
-        "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
-    }
-    if provisioner == "karpenter":
-        spec["nodeClassRef"] = {"name": NO_SUCH_NODE_CLASS}
-        spec["instanceTypes"] = ["p5.48xlarge" if gpu == "H100" else "p5en.48xlarge"]
-    return {"apiVersion": G, "kind": "NodeGroup", "metadata": {"name": name}, "spec": spec}
-
-
-def model_deployment(name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": G, "kind": "ModelDeployment", "metadata": {"name": name, "namespace": ns}, "spec": spec}
-
-
 def status_of(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     return (api.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")) or {}).get("status") or {}
@@ -105,18 +83,6 @@ def status_of(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
-def fake_node(name: str, group: str, ready: bool) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"glmserve.io/node-group": group}},
-        "status": {
-            "allocatable": {"nvidia.com/gpu": "8", "cpu": "192"},
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        },
-    }
 
 
 def test_node_group_renders_its_node_pool_and_reports_its_nodes(cluster: Cluster, operator: KopfRunner) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
-from conftest import REPO_ROOT
 from kopf.testing import KopfRunner
-from kube import KmockCluster, eventually, unique
-from test_operator_e2e import node_group
 
 from glmserve.operator.crds import RESOURCES, build_crd
+from tests.operator.conftest import REPO_ROOT
+from tests.operator.kube import KmockCluster, eventually, unique
+from tests.operator.resources import node_group
 
 pytestmark = pytest.mark.slow
 PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "glmserve"}}

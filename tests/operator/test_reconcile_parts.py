@@ -5,23 +5,30 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
-from conftest import example_inputs
-from k8s_checks import builtin_problems
+import yaml
 
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.errors import ConfigError
 from glmserve.common.resource import Condition
 from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, hash_api_key
 from glmserve.operator.build.events import build_event
-from glmserve.operator.cluster import contains
+from glmserve.operator.cluster import Cluster, contains
 from glmserve.operator.conditions import set_condition, transitions
+from glmserve.operator.crds import RESOURCES, build_crd
 from glmserve.operator.observe import group_nodes, node_summary, rayservice_ready, ready_replicas
 from glmserve.operator.reconciler import Reconciler
+from glmserve.operator.secrets import secret_reader
 from glmserve.operator.settings import OperatorSettings
 from glmserve.operator.tenancy import router_tenancy, tenant_status
+from tests.operator.conftest import VENDORED_CRDS, example_inputs
+from tests.operator.k8s_checks import builtin_problems
+from tests.operator.kube import KmockCluster
+from tests.operator.resources import model_deployment, node_group
 
 KEYS = {("acme-key", "api-key"): "sk-acme\n", ("beta-key", "api-key"): "sk-beta"}
 
@@ -146,8 +153,6 @@ def test_events_are_valid_and_uniquely_named() -> None:
 
 
 def test_secret_reader_decodes_and_tolerates_garbage() -> None:
-    from glmserve.operator.secrets import secret_reader
-
     class FakeCluster:
         calls = 0
 
@@ -197,3 +202,25 @@ def test_triggers_queued_behind_a_waiting_reconciliation_fold_into_it() -> None:
         thread.join(10)
     assert ran[:2] == [("running", True), ("folded", False)]
     assert sorted(ran[2:]) == [("must", True), ("queued", True)]
+
+
+def test_without_the_prometheus_operator_monitors_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """A cluster without monitoring.coreos.com still gets its deployment (kmock, no kopf needed)."""
+
+    crds = [build_crd(r) for r in RESOURCES]
+    crds.append(yaml.load((VENDORED_CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader))
+    with KmockCluster(crds, tmp_path) as kmock_cluster:
+        api = kmock_cluster.api
+        api.create(node_group("h200", "H200", 2, "static"))
+        spec = {"model": {"name": "glm-4.6-fp8"}, "prefill": {"nodeGroup": "h200"}, "decode": {"nodeGroup": "h200"}}
+        api.create(model_deployment("glm", "ns", spec))
+        client = kubernetes.config.new_client_from_config(config_file=str(kmock_cluster.kubeconfig))
+        Reconciler(Cluster(client, str(tmp_path / "discovery.json")), OperatorSettings()).deployment("ns", "glm")
+        assert api.get("ray.io/v1", "RayService", "glm", "ns") is not None
+        status = api.get("glmserve.io/v1alpha1", "ModelDeployment", "glm", "ns")["status"]
+        [ready] = [c for c in status["conditions"] if c["type"] == "Ready"]
+        assert ready["message"].endswith(
+            "(not rendered, this cluster does not serve: PodMonitor, PrometheusRule, ServiceMonitor)"
+        )
+        events = [e for e in api.list("v1", "Event", "ns") if e["involvedObject"]["name"] == "glm"]
+        assert {e["reason"] for e in events} >= {"Planned", "WaitingForNodes", "NotReady"}
