@@ -27,9 +27,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kubeconfig",
         default=None,
-        help="run the operator end-to-end tests against the cluster of this kubeconfig instead of kmock: they "
-        "install missing CRDs, run the operator in-process, and create and delete their own NodeGroups and "
-        "namespaces (Karpenter groups name a node class that does not exist, so no node is ever launched)",
+        help="run the operator end-to-end tests against the cluster of this kubeconfig instead of kmock (use a "
+        "test cluster: the in-process operator watches all namespaces). They install missing CRDs, and create "
+        "and delete their own NodeGroups and namespaces; Karpenter groups name a node class that does not "
+        "exist, so no node is ever launched",
     )
 
 
