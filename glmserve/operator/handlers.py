@@ -3,9 +3,11 @@
 Our own objects are reconciled on create, update and operator start (resume), with kopf retrying
 transient API errors (TemporaryError) with back-off. Changes of what they depend on (nodes,
 children, NodeGroups, Plans, Tenants) are watched too and re-reconcile their dependents, so status
-follows the cluster without polling. No timers, daemons or delete handlers: kopf would put a
-finalizer on every object for those, and none is needed, since all children carry owner
-references and Kubernetes' garbage collector deletes them with their owner.
+follows the cluster without polling. Secrets are not watched (that takes list/watch on every
+Secret of the cluster): keys are re-read whenever a Tenant, Plan or ModelDeployment changes.
+No timers, daemons or delete handlers: kopf would put a finalizer on every object for those, and
+none is needed, since all children carry owner references and Kubernetes' garbage collector
+deletes them with their owner.
 """
 
 from __future__ import annotations

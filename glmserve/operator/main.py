@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 import kubernetes
 
+from glmserve.common.errors import ConfigError
 from glmserve.common.resource import GROUP
 from glmserve.operator import handlers  # noqa: F401  (registers the handlers)
 from glmserve.operator.cluster import Cluster
@@ -36,7 +37,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Events only for what users act on (our condition transitions); routine logs stay in the log.
     settings.posting.level = logging.WARNING
     try:
@@ -46,7 +46,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.discovery_dir = tempfile.mkdtemp(prefix="glmserve-operator-")
     cluster = Cluster(kubernetes.client.ApiClient(), str(Path(memo.discovery_dir) / "discovery.json"))
-    memo.reconciler = Reconciler(cluster, OperatorSettings.from_env())
+    try:
+        memo.reconciler = Reconciler(cluster, OperatorSettings.from_env())
+    except ConfigError as exc:  # a wrong setting needs a human; retrying cannot help
+        raise kopf.PermanentError(exc.message) from None
 
 
 @kopf.on.cleanup()
