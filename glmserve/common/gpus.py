@@ -7,7 +7,9 @@ from typing import Literal
 
 GpuType = Literal["H100", "H200"]
 
-GB = 10**9  # datasheets and Zhipu's table count memory in decimal gigabytes
+# Datasheets and Zhipu's table count memory in decimal gigabytes, and the planner plans with those
+# nominal figures (80 GB, 141 GB): the HBM a driver reports is somewhat larger, which is headroom.
+GB = 10**9
 TB = 10**12
 
 
