@@ -88,3 +88,4 @@ class ConfigError(GlmserveError):
     """A configuration (CLI flags, config file, CRD spec) is wrong; fixing it is the only remedy."""
 
     kind = INVALID
+
