@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from glmserve.cli import plan
 from glmserve.common.catalogue import CATALOGUE, TINY_MODEL
 from glmserve.common.config import ServeConfig
 from glmserve.common.errors import GlmserveError
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_up(sub)
     _add_model(sub)
+    plan.add_parser(sub)
     return p
 
 
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             from glmserve.serving.launcher import run_until_signal
 
             run_until_signal(serve_config(args), _progress)
+        elif args.command == "plan":
+            plan.run(args)
         elif args.model_command == "create-tiny":
             from glmserve.serving.tiny.create import create_tiny
 

@@ -39,9 +39,15 @@ class _Strict(BaseModel):
 class PlanLimits(_Strict):
     """Limits a plan grants; a tenant's `overrides` uses the same fields, all optional."""
 
-    requests_per_minute: PerMinute = Field(0, alias="requestsPerMinute")
-    input_tokens_per_minute: PerMinute = Field(0, alias="inputTokensPerMinute")
-    output_tokens_per_minute: PerMinute = Field(0, alias="outputTokensPerMinute")
+    requests_per_minute: PerMinute = Field(
+        0, alias="requestsPerMinute", description="requests per minute; 0: unlimited"
+    )
+    input_tokens_per_minute: PerMinute = Field(
+        0, alias="inputTokensPerMinute", description="prompt tokens per minute; 0: unlimited"
+    )
+    output_tokens_per_minute: PerMinute = Field(
+        0, alias="outputTokensPerMinute", description="generated tokens per minute; 0: unlimited"
+    )
     max_concurrent_requests: int = Field(0, ge=0, alias="maxConcurrentRequests", description="0 means unlimited")
     max_context_tokens: int = Field(0, ge=0, alias="maxContextTokens", description="prompt + output; 0: model's")
     max_output_tokens: int = Field(0, ge=0, alias="maxOutputTokens", description="per request; 0: model's")
@@ -54,18 +60,29 @@ class PlanLimits(_Strict):
 
 
 class LimitOverrides(_Strict):
-    requests_per_minute: PerMinute | None = Field(None, alias="requestsPerMinute")
-    input_tokens_per_minute: PerMinute | None = Field(None, alias="inputTokensPerMinute")
-    output_tokens_per_minute: PerMinute | None = Field(None, alias="outputTokensPerMinute")
-    max_concurrent_requests: int | None = Field(None, ge=0, alias="maxConcurrentRequests")
-    max_context_tokens: int | None = Field(None, ge=0, alias="maxContextTokens")
-    max_output_tokens: int | None = Field(None, ge=0, alias="maxOutputTokens")
-    default_output_tokens: int | None = Field(None, ge=1, alias="defaultOutputTokens")
+    """A tenant's own limits; each set field replaces its plan's."""
+
+    requests_per_minute: PerMinute | None = Field(None, alias="requestsPerMinute", description="replaces the plan's")
+    input_tokens_per_minute: PerMinute | None = Field(
+        None, alias="inputTokensPerMinute", description="replaces the plan's"
+    )
+    output_tokens_per_minute: PerMinute | None = Field(
+        None, alias="outputTokensPerMinute", description="replaces the plan's"
+    )
+    max_concurrent_requests: int | None = Field(
+        None, ge=0, alias="maxConcurrentRequests", description="replaces the plan's"
+    )
+    max_context_tokens: int | None = Field(None, ge=0, alias="maxContextTokens", description="replaces the plan's")
+    max_output_tokens: int | None = Field(None, ge=0, alias="maxOutputTokens", description="replaces the plan's")
+    default_output_tokens: int | None = Field(
+        None, ge=1, alias="defaultOutputTokens", description="replaces the plan's"
+    )
 
 
-class Plan(PlanLimits):
-    name: Name
-    priority: PriorityClass = "standard"
+class PlanSpec(PlanLimits):
+    """A plan without its name: the spec of the Plan custom resource (named by metadata.name)."""
+
+    priority: PriorityClass = Field("standard", description="scheduling class: batch, standard, premium or critical")
     allowed_models: list[str] = Field(
         default_factory=list, alias="allowedModels", description="model names; empty allows every model"
     )
@@ -79,16 +96,22 @@ class Plan(PlanLimits):
         return not self.allowed_models or model in self.allowed_models
 
 
-class SecretKeyRef(_Strict):
+class Plan(PlanSpec):
     name: Name
-    key: str = Field("api-key", min_length=1, max_length=253)
+
+
+class SecretKeyRef(_Strict):
+    """A key of a Secret in the tenant's namespace that holds one API key in clear."""
+
+    name: Name
+    key: str = Field("api-key", min_length=1, max_length=253, description="the Secret's data key")
 
 
 class ApiKey(_Strict):
     """Exactly one of `sha256` (a stored hash) or `secretRef` (a Secret the operator hashes)."""
 
-    sha256: str | None = None
-    secret_ref: SecretKeyRef | None = Field(None, alias="secretRef")
+    sha256: str | None = Field(None, description="'sha256:' + 64 hex digits of the key")
+    secret_ref: SecretKeyRef | None = Field(None, alias="secretRef", description="the Secret key holding the key")
 
     @field_validator("sha256")
     @classmethod
@@ -104,12 +127,39 @@ class ApiKey(_Strict):
         return self
 
 
-class Tenant(_Strict):
-    id: Name
+class _TenantFields(_Strict):
     plan: Name
+    overrides: LimitOverrides = Field(default_factory=LimitOverrides, description="limits replacing the plan's")
+    cache_sharing_group: Name | None = Field(
+        None, alias="cacheSharingGroup", description="replaces the plan's cache sharing group"
+    )
+
+
+class SecretApiKey(_Strict):
+    secret_ref: SecretKeyRef = Field(alias="secretRef", description="the Secret key holding the API key")
+
+
+class TenantSpec(_TenantFields):
+    """The Tenant custom resource's spec (the tenant id is metadata.name): keys only as Secret references."""
+
+    api_keys: list[SecretApiKey] = Field(
+        alias="apiKeys", min_length=1, max_length=2, description="one key, or two while rotating"
+    )
+
+    def resolve(self, tenant_id: str, hashes: list[str]) -> Tenant:
+        """The tenant with `hashes` (one per `api_keys` entry, read from the Secrets) in place of the refs."""
+        return Tenant.model_validate(
+            {
+                "id": tenant_id,
+                "apiKeys": [{"sha256": h} for h in hashes],
+                **self.model_dump(by_alias=True, exclude={"api_keys"}, exclude_none=True),
+            }
+        )
+
+
+class Tenant(_TenantFields):
+    id: Name
     api_keys: list[ApiKey] = Field(alias="apiKeys", min_length=1, max_length=2)
-    overrides: LimitOverrides = Field(default_factory=LimitOverrides)
-    cache_sharing_group: Name | None = Field(None, alias="cacheSharingGroup")
 
     def limits(self, plan: Plan) -> PlanLimits:
         """The plan's limits with this tenant's overrides applied."""

@@ -1,0 +1,218 @@
+"""The `ModelDeployment` custom resource's spec: a model served by prefill and decode pools.
+
+The operator renders it into a RayService and passes it, as its camelCase wire form, to the
+serving side's app builder, which validates it with this same model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Literal, Self
+
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
+from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
+from glmserve.common.resource import ResourceName, Spec, cel, validations
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SOURCE = r"^(hf|s3|gs|pvc|https?|builtin)://.+$"
+# The name prefixes Service names (DNS-1035 labels of at most 63 characters, e.g. `<name>-ingress`).
+DEPLOYMENT_NAME = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
+MSG_DEPLOYMENT_NAME = "metadata.name must start with a letter and have at most 40 lowercase letters, digits or '-'"
+
+MSG_EXPERT = "expert must be 1 (experts tensor-sharded) or tensor x data (expert parallelism over every rank)"
+MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
+MSG_AUTOSCALING = "minReplicas must not exceed maxReplicas"
+MSG_PLANS_UNIQUE = "plans must not repeat"
+
+
+class ModelRef(Spec):
+    """Which weights to serve and at what context."""
+
+    name: str = Field(
+        description="catalogue name (`glmserve model list`)",
+        json_schema_extra={"enum": list[JsonValue](sorted(CATALOGUE))},
+    )
+    precision: Precision | None = Field(
+        None, description="weight precision, fp8 or bf16; default: the catalogue entry's (picks its sibling entry)"
+    )
+    source: str | None = Field(
+        None, pattern=SOURCE, max_length=1024, description="weights location (hf://, s3://, gs://, pvc://, https://)"
+    )
+    max_context: int | None = Field(
+        None, ge=256, description="longest sequence (prompt + output) in tokens; default: the model's maximum"
+    )
+    served_name: str | None = Field(
+        None, min_length=1, max_length=128, description="the name clients send as `model`; default: `name`"
+    )
+    kv_cache_precision: Precision = Field("bf16", description="KV cache precision: bf16 (vLLM's default) or fp8")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        try:
+            get_model(name)
+        except UnknownModelError as exc:  # a KeyError, which pydantic would not report
+            raise ValueError(str(exc)) from None
+        return name
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> Self:
+        limit = self.catalogue_entry().arch.max_position_embeddings
+        if self.max_context is not None and self.max_context > limit:
+            raise ValueError(f"maxContext {self.max_context} exceeds {self.name}'s {limit} tokens")
+        return self
+
+    def catalogue_entry(self) -> ModelSpec:
+        """The catalogue entry of `name` in `precision` (glm-4.6 + fp8 is glm-4.6-fp8)."""
+        entry = get_model(self.name)
+        if self.precision is None or self.precision == entry.precision:
+            return entry
+        for sibling in CATALOGUE.values():
+            if sibling.arch == entry.arch and sibling.precision == self.precision:
+                return sibling
+        raise ValueError(f"{self.name} has no {self.precision} weights in the catalogue; use {entry.precision}")
+
+    def resolve(self) -> ModelSpec:
+        entry = self.catalogue_entry()
+        spec = replace(entry, source=self.source or entry.source)
+        return spec.with_context(self.max_context) if self.max_context else spec
+
+
+class Parallelism(Spec):
+    """How one replica spreads over GPUs; leave it out to let the capacity planner choose."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(cel("self.expert == 1 || self.expert == self.tensor * self.data", MSG_EXPERT))
+    )
+
+    tensor: int = Field(ge=1, le=64, description="tensor-parallel size: GPUs of one node sharing each layer")
+    data: int = Field(1, ge=1, le=64, description="data-parallel attention ranks (one per node when > 1)")
+    expert: int = Field(1, ge=1, le=4096, description="expert-parallel size: 1 or tensor x data")
+
+    @model_validator(mode="after")
+    def _expert(self) -> Self:
+        if self.expert not in (1, self.tensor * self.data):
+            raise ValueError(MSG_EXPERT)
+        return self
+
+    def layout(self) -> Layout:
+        return Layout(self.tensor, self.data, self.expert)
+
+
+class Autoscaling(Spec):
+    """Replica bounds; Ray Serve scales between them, KubeRay adds and removes worker pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(cel("self.minReplicas <= self.maxReplicas", MSG_AUTOSCALING))
+    )
+
+    min_replicas: int = Field(1, ge=1, le=64, description="replicas kept when idle")
+    max_replicas: int = Field(ge=1, le=64, description="most replicas; the planner reserves nodes for this many")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MSG_AUTOSCALING)
+        return self
+
+
+class Pool(Spec):
+    """Identical replicas of one role (prefill or decode) pinned to one node group."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(cel("!(has(self.replicas) && has(self.autoscaling))", MSG_REPLICAS_XOR))
+    )
+
+    node_group: ResourceName = Field(description="name of the NodeGroup whose nodes run this pool")
+    replicas: int | None = Field(None, ge=1, le=64, description="fixed replica count (default 1)")
+    autoscaling: Autoscaling | None = Field(None, description="replica bounds instead of a fixed count")
+    max_concurrency: int = Field(
+        DEFAULT_CONCURRENCY,
+        ge=1,
+        le=4096,
+        description="sequences one replica holds at maxContext at once; sizes its KV cache (Zhipu's table: 8)",
+    )
+    parallelism: Parallelism | None = Field(None, description="replica layout; default: the planner's smallest")
+
+    @model_validator(mode="after")
+    def _one_count(self) -> Self:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(MSG_REPLICAS_XOR)
+        return self
+
+    @property
+    def min_replicas(self) -> int:
+        return self.autoscaling.min_replicas if self.autoscaling else self.replicas or 1
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else self.replicas or 1
+
+
+class KvTransfer(Spec):
+    """How prefill replicas hand their KV cache to decode replicas."""
+
+    connector: Literal["NixlConnector", "LMCacheConnectorV1", "P2pNcclConnector"] = Field(
+        "NixlConnector", description="vLLM KV connector: NixlConnector (RDMA/NVLink), LMCacheConnectorV1 or P2pNccl"
+    )
+
+
+class Mtp(Spec):
+    """Speculative decoding with GLM-4.6's multi-token-prediction layer."""
+
+    enabled: bool = Field(True, description="draft tokens with the MTP layer (Zhipu's table assumes it)")
+    num_speculative_tokens: int = Field(1, ge=1, le=4, description="tokens drafted per step")
+
+
+class RouterSpec(Spec):
+    """The KV-aware gRPC router in front of the pools."""
+
+    replicas: int = Field(2, ge=1, le=32, description="router pods")
+
+
+class IngressSpec(Spec):
+    """The OpenAI-compatible HTTP ingress (a Ray Serve deployment)."""
+
+    replicas: int = Field(2, ge=1, le=64, description="ingress replicas in the Serve application")
+    tls_secret_name: str | None = Field(
+        None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP",
+    )
+
+
+PlanName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
+
+
+class ModelDeploymentSpec(Spec):
+    """GLM-4.6 served by disaggregated prefill and decode pools behind a router and an ingress."""
+
+    model: ModelRef = Field(description="the model to serve")
+    prefill: Pool = Field(description="the pool that computes prompts' KV cache")
+    decode: Pool = Field(description="the pool that generates tokens")
+    kv_transfer: KvTransfer = Field(default_factory=KvTransfer, description="prefill-to-decode KV transfer")
+    mtp: Mtp = Field(default_factory=Mtp, description="MTP speculative decoding")
+    router: RouterSpec = Field(default_factory=RouterSpec, description="the router")
+    ingress: IngressSpec = Field(default_factory=IngressSpec, description="the OpenAI ingress")
+    plans: list[PlanName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="names of the Plans whose tenants may use this deployment; empty: every Plan in the namespace",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    image: str | None = Field(
+        None, min_length=1, max_length=512, description="glmserve container image; default: the operator's"
+    )
+
+    @field_validator("plans")
+    @classmethod
+    def _unique(cls, plans: list[str]) -> list[str]:
+        if len(set(plans)) != len(plans):
+            raise ValueError(MSG_PLANS_UNIQUE)
+        return plans
+
+    def pools(self) -> dict[str, Pool]:
+        return {"prefill": self.prefill, "decode": self.decode}

@@ -1,0 +1,82 @@
+"""Fixtures of the operator tests: schemas to validate against, the examples, helm and kubectl."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.deployment_plan import PlanStatus, plan_for
+from glmserve.common.nodegroup import NodeGroupSpec
+from glmserve.operator.build.inputs import DeploymentInputs
+from glmserve.operator.build.meta import Owner
+from glmserve.operator.crds import RESOURCES, build_crd
+from tests.operator.k8s_checks import CustomResourceSchemas
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENDORED_CRDS = REPO_ROOT.parent / "shared" / "crds"
+EXAMPLES = REPO_ROOT / "examples"
+TOOLS = REPO_ROOT / ".tools" / "bin"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kubeconfig",
+        default=None,
+        help="run the operator end-to-end tests against the cluster of this kubeconfig instead of kmock (use a "
+        "test cluster: the in-process operator watches all namespaces). They install missing CRDs, and create "
+        "and delete their own NodeGroups and namespaces; Karpenter groups name a node class that does not "
+        "exist, so no node is ever launched",
+    )
+
+
+@pytest.fixture(scope="session")
+def schemas() -> CustomResourceSchemas:
+    """Our CRDs (generated) and the vendored upstream ones (RayService, NodePool, monitors)."""
+    if not VENDORED_CRDS.is_dir():
+        pytest.fail(f"vendored CRDs not found at {VENDORED_CRDS} (the shared/ directory beside the repository)")
+    return CustomResourceSchemas([build_crd(r) for r in RESOURCES]).merged(CustomResourceSchemas.load(VENDORED_CRDS))
+
+
+def tool(name: str) -> Path:
+    path = TOOLS / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run scripts/install-k8s-tools.sh (make test does)")
+    return path
+
+
+def load_examples() -> dict[str, dict[str, Any]]:
+    """Every object in examples/, by `Kind/name`."""
+    objects = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return objects
+
+
+def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11") -> DeploymentInputs:
+    """The example ModelDeployment, planned on the example NodeGroups, as the handler would build it."""
+    objs = load_examples()
+    groups = {
+        o["metadata"]["name"]: NodeGroupSpec.model_validate(o["spec"])
+        for o in objs.values()
+        if o["kind"] == "NodeGroup"
+    }
+    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
+    if not tls:
+        del raw["spec"]["ingress"]["tlsSecretName"]
+    spec = ModelDeploymentSpec.model_validate(raw["spec"])
+    return DeploymentInputs(
+        name=raw["metadata"]["name"],
+        namespace=raw["metadata"]["namespace"],
+        owner=Owner("ModelDeployment", raw["metadata"]["name"], uid),
+        spec=spec,
+        groups=groups,
+        plan=PlanStatus.of(plan_for(spec, groups)),
+        image="ghcr.io/glmserve/glmserve:0.1.0",
+        ray_version="2.60.0",
+    )

@@ -1,0 +1,196 @@
+"""Every manifest the pure builders render is what Kubernetes 1.34 and the upstream CRDs accept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from glmserve.common.deployment_plan import ServeAppArgs
+from glmserve.common.nodegroup import NodeGroupSpec
+from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
+from glmserve.operator.build.children import build_children
+from glmserve.operator.build.meta import Owner
+from glmserve.operator.build.nodepool import build_nodepool
+from glmserve.operator.build.rayservice import build_rayservice
+from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, build_router_configmap
+from tests.operator.conftest import example_inputs, load_examples
+from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
+
+KEY = "sk-live-0123456789abcdef"
+TENANCY = TenantsFile(
+    plans=[Plan(name="pro", requestsPerMinute=600)],
+    tenants=[Tenant(id="acme", plan="pro", apiKeys=[{"sha256": hash_api_key(KEY)}])],
+)
+
+
+def _children(tls: bool) -> list[dict[str, Any]]:
+    return build_children(example_inputs(tls=tls), TENANCY, "redis://glmserve-redis:6379/0")
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "http"])
+def test_every_child_validates_strictly(schemas: CustomResourceSchemas, tls: bool) -> None:
+    children = _children(tls)
+    kinds = sorted({c["kind"] for c in children})
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "PodMonitor",
+        "PrometheusRule",
+        "RayService",
+        "Service",
+        "ServiceMonitor",
+    ]
+    assert [p for child in children for p in manifest_problems(child, schemas)] == []
+
+
+def test_node_pools_validate_strictly(schemas: CustomResourceSchemas) -> None:
+    for obj in load_examples().values():
+        if obj["kind"] == "NodeGroup":
+            name = obj["metadata"]["name"]
+            pool = build_nodepool(name, NodeGroupSpec.model_validate(obj["spec"]), Owner("NodeGroup", name, "uid-1"))
+            assert manifest_problems(pool, schemas) == []
+
+
+def test_the_checks_can_fail(schemas: CustomResourceSchemas) -> None:
+    """The validators above reject what the API server would: unknown fields, upstream CEL rules."""
+    obj = load_examples()["NodeGroup/h100"]
+    pool = build_nodepool("h100", NodeGroupSpec.model_validate(obj["spec"]), Owner("NodeGroup", "h100", "uid-1"))
+    pool["spec"]["template"]["metadata"]["labels"]["karpenter.sh/team"] = "x"
+    assert any('label domain "karpenter.sh" is restricted' in p for p in manifest_problems(pool, schemas))
+    rayservice = build_rayservice(example_inputs())
+    rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["replicas"] = 1
+    assert any("'replicas' was unexpected" in p for p in manifest_problems(rayservice, schemas))
+    service = next(c for c in _children(True) if c["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = "eight thousand"
+    assert manifest_problems(service, schemas)
+
+
+def test_static_node_groups_get_no_node_pool() -> None:
+    spec = NodeGroupSpec.model_validate({"gpu": "H200", "maxNodes": 2, "provisioner": "static"})
+    with pytest.raises(ValueError, match="only karpenter groups get a NodePool"):
+        build_nodepool("lab", spec, Owner("NodeGroup", "lab", "uid-1"))
+
+
+def test_fixed_fleet_becomes_a_static_node_pool() -> None:
+    obj = load_examples()["NodeGroup/h200"]
+    pool = build_nodepool("h200", NodeGroupSpec.model_validate(obj["spec"]), Owner("NodeGroup", "h200", "uid-1"))
+    assert pool["spec"]["replicas"] == 3
+    assert pool["spec"]["limits"] == {"nodes": "3"}
+    dynamic = build_nodepool(
+        "h100", NodeGroupSpec.model_validate(load_examples()["NodeGroup/h100"]["spec"]), Owner("NodeGroup", "h", "u")
+    )
+    assert "replicas" not in dynamic["spec"]
+    assert dynamic["spec"]["limits"] == {"nvidia.com/gpu": "32"}
+    assert dynamic["spec"]["template"]["metadata"]["labels"] == {
+        "glmserve.io/node-group": "h100",
+        "example.com/team": "inference",
+    }
+
+
+def test_ray_pod_templates_validate_as_pod_templates() -> None:
+    cluster = build_rayservice(example_inputs())["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for i, template in enumerate(templates):
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}"}, "template": template}
+        assert builtin_problems(wrapped) == []
+
+
+def test_gpu_workers_are_pinned_to_their_node_groups() -> None:
+    inputs = example_inputs()
+    groups = {g["groupName"]: g for g in build_rayservice(inputs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert list(groups) == ["ingress", "prefill", "decode"]
+    prefill, decode = groups["prefill"], groups["decode"]
+    assert prefill["template"]["spec"]["nodeSelector"] == {
+        "glmserve.io/node-group": "h100",
+        "example.com/team": "inference",
+    }
+    assert decode["template"]["spec"]["nodeSelector"] == {"glmserve.io/node-group": "h200"}
+    for group in (prefill, decode):
+        pod = group["template"]["spec"]
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+        assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in pod["volumes"]
+        assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert prefill["resources"] == {"glmserve-node-group-h100": "8", "glmserve-pool-prefill": "8"}
+    assert decode["resources"] == {"glmserve-node-group-h200": "8", "glmserve-pool-decode": "8"}
+    # Decode autoscales 1..2 replicas of one 8-GPU node each.
+    assert (decode["replicas"], decode["minReplicas"], decode["maxReplicas"]) == (1, 1, 2)
+    assert (prefill["minReplicas"], prefill["maxReplicas"]) == (1, 1)
+    assert groups["ingress"]["replicas"] == inputs.spec.ingress.replicas
+    assert "nvidia.com/gpu" not in json.dumps(groups["ingress"]["template"])
+
+
+def test_serve_config_is_what_ray_serve_and_the_app_builder_accept() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    inputs = example_inputs()
+    config = yaml.safe_load(build_rayservice(inputs)["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"]["ssl_certfile"] == "/etc/glmserve/tls/tls.crt"
+    [app] = config["applications"]
+    assert app["import_path"] == "glmserve.serving.entrypoint:app_builder"
+    args = ServeAppArgs.model_validate(app["args"])
+    assert args.deployment == inputs.spec
+    assert args.planner == inputs.plan
+    assert app["args"]["deployment"]["ingress"]["replicas"] == 2
+    assert app["args"]["planner"]["decode"]["parallelism"] == {"tensor": 8, "data": 1, "expert": 1}
+
+
+def test_tls_secret_is_mounted_in_every_ray_pod_only_with_tls() -> None:
+    for tls in (True, False):
+        cluster = build_rayservice(example_inputs(tls=tls))["spec"]["rayClusterConfig"]
+        pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        mounted = [any(v["name"] == "tls" for v in p["spec"].get("volumes", [])) for p in pods]
+        assert mounted == [tls] * 4
+
+
+def test_router_config_holds_hashes_only() -> None:
+    children = _children(True)
+    assert KEY not in json.dumps(children)
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    config = TenantsFile.model_validate(yaml.safe_load(configmap["data"][CONFIG_FILE]))
+    assert config.tenants[0].api_keys[0].sha256 == hash_api_key(KEY)
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert [*container["command"], *container["args"]] == [
+        "glmserve",
+        "router",
+        "serve",
+        "--config",
+        "/etc/glmserve/router/config.yaml",
+    ]
+    assert container["ports"][0] == {"name": "grpc", "containerPort": 50051}
+
+
+def test_a_new_router_config_rolls_the_router() -> None:
+    inputs = example_inputs()
+    other = TenantsFile(plans=[Plan(name="pro", requestsPerMinute=1)])
+    before = build_children(inputs, TENANCY, None)
+    after = build_children(inputs, other, None)
+
+    def digest(children: list[dict[str, Any]]) -> str:
+        deployment = next(c for c in children if c["kind"] == "Deployment")
+        return deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+
+    assert digest(before) != digest(after)
+    assert build_router_configmap(inputs, TENANCY) == build_router_configmap(inputs, TENANCY)
+
+
+def test_alerting_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: scripts/install.sh --test installs it (apt package prometheus)")
+    rule = next(c for c in _children(True) if c["kind"] == "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 4 rules found" in result.stdout

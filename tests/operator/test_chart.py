@@ -1,0 +1,202 @@
+"""The Helm chart: lints strictly, renders manifests the API server would accept, least-privilege
+RBAC, a values schema that rejects bad values, and dashboards whose queries are valid PromQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from glmserve.common import metrics
+from glmserve.common.tenancy import Plan, TenantsFile
+from glmserve.operator.build.children import build_children
+from glmserve.operator.settings import OperatorSettings
+from tests.operator.conftest import REPO_ROOT, example_inputs, tool
+from tests.operator.k8s_checks import CustomResourceSchemas, manifest_problems
+
+CHART = REPO_ROOT / "charts" / "glmserve"
+RELEASE, NAMESPACE = "glm", "glmserve-system"
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tool("helm")), *args], capture_output=True, text=True, check=False)
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", *values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
+
+
+@pytest.fixture(scope="module")
+def chart_schemas(schemas: CustomResourceSchemas) -> CustomResourceSchemas:
+    """Everything `schemas` knows plus the chart's own CRDs (kopf's peering)."""
+    return schemas.merged(CustomResourceSchemas.load(CHART / "crds"))
+
+
+def test_helm_lint_strict() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+VALUE_SETS = {
+    "defaults": [],
+    "redis-and-debug": ["--set", "redis.enabled=true", "--set", "operator.logLevel=debug"],
+    "external-redis-single-replica": [
+        "--set",
+        "externalRedisUrl=rediss://redis.example:6380/0",
+        "--set",
+        "operator.replicas=1",
+        "--set",
+        "dashboards.enabled=false",
+    ],
+}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rendered_manifests_validate_strictly(chart_schemas: CustomResourceSchemas, values: list[str]) -> None:
+    docs = render(*values)
+    assert [p for doc in docs for p in manifest_problems(doc, chart_schemas)] == []
+    crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {
+        "nodegroups.glmserve.io",
+        "modeldeployments.glmserve.io",
+        "plans.glmserve.io",
+        "tenants.glmserve.io",
+        "clusterkopfpeerings.kopf.dev",
+    }
+
+
+def _operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "glmserve-operator")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_operator_runs_with_leader_election_and_valid_settings() -> None:
+    docs = render("--set", "redis.enabled=true", "--set", "defaults.router.replicas=3")
+    container = _operator(docs)
+    assert container["command"] == ["kopf"]
+    assert "--peering=glmserve" in container["args"]
+    assert container["args"][-2:] == ["-m", "glmserve.operator.main"]
+    assert any(d["kind"] == "ClusterKopfPeering" and d["metadata"]["name"] == "glmserve" for d in docs)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = OperatorSettings.from_env(env)  # the names and values the operator accepts
+    assert settings.router_replicas == 3
+    assert settings.redis_url == f"redis://{RELEASE}-redis.{NAMESPACE}.svc:6379/0"
+    assert settings.image == "ghcr.io/glmserve/glmserve:0.1.0"
+
+
+def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+# What the operator does with each resource (kopf's watches, the reconcilers' reads and writes).
+EXPECTED_RBAC = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "nodegroups"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "modeldeployments"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "plans"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "tenants"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "nodegroups/status"): {"patch"},
+    ("glmserve.io", "modeldeployments/status"): {"patch"},
+    ("glmserve.io", "tenants/status"): {"patch"},
+    ("", "nodes"): {"list", "watch"},
+    ("", "pods"): {"list"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "configmaps"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
+    ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
+    ("monitoring.coreos.com", "podmonitors"): {"get", "create", "patch"},
+    ("monitoring.coreos.com", "prometheusrules"): {"get", "create", "patch"},
+    ("karpenter.sh", "nodepools"): {"get", "create", "patch", "delete"},
+}
+
+
+def test_rbac_is_exactly_what_the_operator_uses() -> None:
+    granted = _rules(render())
+    assert not [key for key, verbs in granted.items() if "*" in key[0] + key[1] or "*" in verbs]
+    assert granted == EXPECTED_RBAC
+    # Every kind a ModelDeployment renders can be created and patched.
+    tenancy = TenantsFile(plans=[Plan(name="pro")])
+    for child in build_children(example_inputs(), tenancy, None):
+        group = child["apiVersion"].rpartition("/")[0]
+        plural = child["kind"].lower() + "s"
+        assert {"get", "create", "patch"} <= granted[(group, plural)], child["kind"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "operator.replicas=0"], "at '/operator/replicas': minimum: got 0, want 1"),
+        (["--set", "operator.logLevel=loud"], "at '/operator/logLevel': value must be one of 'quiet', 'info'"),
+        (["--set", "defaults.rayVersion=latest"], "at '/defaults/rayVersion': 'latest' does not match pattern"),
+        (
+            ["--set", "redis.enabled=true", "--set", "externalRedisUrl=redis://elsewhere:6379"],
+            "at '/externalRedisUrl': maxLength: got 22, want 0",
+        ),
+        (["--set", "externalRedisUrl=http://redis:6379"], "at '/externalRedisUrl': 'http://redis:6379' does not match"),
+        (["--set", "operator.replica=2"], "at '/operator': additional properties 'replica' not allowed"),
+    ],
+    ids=["zero-replicas", "log-level", "ray-version", "two-redises", "redis-scheme", "typo"],
+)
+def test_values_schema_rejects_bad_values(values: list[str], message: str) -> None:
+    result = helm("template", RELEASE, str(CHART), *values)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr
+
+
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
+KNOWN_METRICS = {
+    spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+    for spec in vars(metrics).values()
+    if isinstance(spec, metrics.MetricSpec)
+}
+
+
+def test_dashboards_are_config_maps_for_grafanas_sidecar() -> None:
+    maps = [d for d in render() if d["kind"] == "ConfigMap"]
+    assert {m["metadata"]["labels"]["grafana_dashboard"] for m in maps} == {"1"}
+    assert sorted(key for m in maps for key in m["data"]) == [p.name for p in DASHBOARDS]
+    for m in maps:
+        for text in m["data"].values():
+            assert json.loads(text)["panels"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_queries_are_valid_promql_on_our_metrics(path: Path, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: scripts/install.sh --test installs it (apt package prometheus)")
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    for expr in exprs:
+        used = set(re.findall(r"\bglmserve_[a-z_]+", expr))
+        assert used, expr
+        assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used} <= KNOWN_METRICS, expr
+    # promtool parses expressions only inside rules; Grafana's $variables become plain label values.
+    rules = [{"record": f"check:{i}", "expr": e.replace("$", "")} for i, e in enumerate(exprs)]
+    rule_file = tmp_path / "rules.yaml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,353 @@
+"""The operator as a real kopf process against kmock (default) or a real cluster (`--kubeconfig`).
+
+On kmock the tests also play the controllers that a real cluster runs (the kubelet's nodes and
+pods, KubeRay's RayService status, garbage collection); on a real cluster those parts are skipped
+or left to the cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from kubernetes.client.exceptions import ApiException
+
+from glmserve.common.tenancy import hash_api_key
+from glmserve.operator.crds import RESOURCES, build_crd
+from tests.operator.conftest import VENDORED_CRDS
+from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
+from tests.operator.resources import G, fake_node, model_deployment, node_group
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM_CRDS = [
+    "ray.io_rayservices.yaml",
+    "karpenter.sh_nodepools.yaml",
+    "monitoring.coreos.com_servicemonitors.yaml",
+    "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_prometheusrules.yaml",
+]
+WATCHED = {"nodegroups", "modeldeployments", "plans", "tenants", "nodes", "rayservices", "deployments"}
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    crds = [build_crd(r) for r in RESOURCES]
+    crds += [yaml.load((VENDORED_CRDS / f).read_text(), Loader=yaml.CSafeLoader) for f in UPSTREAM_CRDS]
+    kubeconfig = request.config.getoption("--kubeconfig")
+    live: KmockCluster | RealCluster = (
+        RealCluster(Path(kubeconfig), crds) if kubeconfig else KmockCluster(crds, tmp_path_factory.mktemp("kmock"))
+    )
+    with live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster) -> Iterator[KopfRunner]:
+    env = {"KUBECONFIG": str(cluster.kubeconfig)}
+    saved = {k: os.environ.get(k) for k in env}
+    saved_location = kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    os.environ.update(env)
+    # kopf logs in with the kubernetes client, which read KUBECONFIG when it was imported.
+    kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = env["KUBECONFIG"]
+    runner = KopfRunner(
+        ["run", "--quiet", "--all-namespaces", "--standalone", "-m", "glmserve.operator.main"], timeout=120
+    )
+    try:
+        with runner:
+            if isinstance(cluster, KmockCluster):
+                eventually(lambda: cluster.watching(WATCHED), what="kopf to watch our resources")
+            yield runner
+    finally:
+        kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_location
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        print(runner.output[-20000:] if runner.future.done() else "operator output unavailable")
+    assert runner.exit_code == 0
+
+
+def status_of(api: Api, obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return (api.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")) or {}).get("status") or {}
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def test_node_group_renders_its_node_pool_and_reports_its_nodes(cluster: Cluster, operator: KopfRunner) -> None:
+    api = cluster.api
+    name = unique("h100")
+    group = node_group(name, "H100", 4)
+    api.create(group)
+    pool = eventually(lambda: api.get("karpenter.sh/v1", "NodePool", name), what="the NodePool")
+    assert pool["spec"]["limits"] == {"nvidia.com/gpu": "32"}
+    assert pool["spec"]["template"]["spec"]["taints"] == [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
+    assert [(r["kind"], r["name"]) for r in pool["metadata"]["ownerReferences"]] == [("NodeGroup", name)]
+    status = eventually(lambda: status_of(api, group).get("gpuMemoryGB") and status_of(api, group), what="status")
+    assert (status["gpuMemoryGB"], status["gpuBandwidthTBps"], status["readyNodes"]) == (80, 3.35, 0)
+    assert condition(status, "Ready")["status"] == "True"  # minNodes 0: nothing to wait for
+
+    if cluster.emulated:  # the kubelets of two nodes, one of them ready
+        api.create(fake_node(f"{name}-a", name, ready=True))
+        api.create(fake_node(f"{name}-b", name, ready=False))
+        status = eventually(lambda: status_of(api, group).get("readyNodes") == 1 and status_of(api, group))
+        assert (status["nodes"], status["allocatableGpus"]) == (2, 8)
+
+    api.patch(group, {"spec": {"maxNodes": 6}})
+    eventually(
+        lambda: api.get("karpenter.sh/v1", "NodePool", name)["spec"]["limits"] == {"nvidia.com/gpu": "48"},
+        what="the NodePool to follow maxNodes",
+    )
+    api.delete(G, "NodeGroup", name)
+
+    def pool_gone() -> bool:
+        cluster.garbage_collect()
+        return api.get("karpenter.sh/v1", "NodePool", name) is None
+
+    eventually(pool_gone, what="the NodePool to be garbage-collected")
+
+
+OWNED_CHILDREN = [
+    ("ray.io/v1", "RayService", ""),
+    ("apps/v1", "Deployment", "-router"),
+    ("v1", "Service", "-router"),
+    ("v1", "Service", "-ingress"),
+    ("v1", "ConfigMap", "-router"),
+    ("policy/v1", "PodDisruptionBudget", "-router"),
+    ("policy/v1", "PodDisruptionBudget", "-ingress"),
+    ("policy/v1", "PodDisruptionBudget", "-prefill"),
+    ("policy/v1", "PodDisruptionBudget", "-decode"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor", "-ingress"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor", "-router"),
+    ("monitoring.coreos.com/v1", "PodMonitor", "-ray"),
+    ("monitoring.coreos.com/v1", "PrometheusRule", ""),
+]
+
+
+def _secret(name: str, ns: str, key: str) -> dict[str, Any]:
+    data = {"api-key": base64.b64encode(key.encode()).decode()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "data": data}
+
+
+def _play_kuberay_and_kubelets(api: Api, name: str, ns: str, groups: list[str]) -> None:
+    """What KubeRay, the kubelets and the Deployment controller would report once all is up."""
+    for group in groups:
+        api.create(fake_node(f"{group}-0", group, ready=True))
+    for component in ("prefill", "decode"):
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-{component}-0",
+                    "namespace": ns,
+                    "labels": {"glmserve.io/model-deployment": name, "glmserve.io/component": component},
+                },
+                "spec": {"containers": [{"name": "ray-worker", "image": "glmserve"}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }
+        )
+    rayservice = api.get("ray.io/v1", "RayService", name, ns)
+    assert rayservice is not None
+    api.patch(rayservice, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, status=True)
+    router = api.get("apps/v1", "Deployment", f"{name}-router", ns)
+    assert router is not None
+    api.patch(router, {"status": {"readyReplicas": 2, "replicas": 2}}, status=True)
+
+
+def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> None:
+    api = cluster.api
+    h100, h200 = unique("h100"), unique("h200")
+    api.create(node_group(h100, "H100", 2, "static"))
+    api.create(node_group(h200, "H200", 3, "static"))
+    with cluster.namespace("glm") as ns:
+        key, new_key = "sk-acme-0123456789", "sk-acme-rotated-9876"
+        api.create(_secret("acme-key", ns, key))
+        for plan, rpm in (("free", 20), ("pro", 600)):
+            api.create(
+                {
+                    "apiVersion": G,
+                    "kind": "Plan",
+                    "metadata": {"name": plan, "namespace": ns},
+                    "spec": {"requestsPerMinute": rpm},
+                }
+            )
+        tenant = {
+            "apiVersion": G,
+            "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": ns},
+            "spec": {"plan": "pro", "apiKeys": [{"secretRef": {"name": "acme-key"}}]},
+        }
+        api.create(tenant)
+        deployment = model_deployment(
+            "glm",
+            ns,
+            {
+                "model": {"name": "glm-4.6", "precision": "fp8", "maxContext": 131072},
+                "prefill": {"nodeGroup": h100, "replicas": 1, "maxConcurrency": 2},
+                "decode": {"nodeGroup": h200, "autoscaling": {"minReplicas": 1, "maxReplicas": 2}},
+                "ingress": {"replicas": 2, "tlsSecretName": "glm-tls"},
+                "plans": ["pro"],
+            },
+        )
+        api.create(deployment)
+
+        for api_version, kind, suffix in OWNED_CHILDREN:
+            child = eventually(
+                lambda v=api_version, k=kind, s=suffix: api.get(v, k, f"glm{s}", ns), what=f"{kind} glm{suffix}"
+            )
+            assert [(r["kind"], r["name"]) for r in child["metadata"]["ownerReferences"]] == [
+                ("ModelDeployment", "glm")
+            ]
+        status = eventually(lambda: status_of(api, deployment).get("plan") and status_of(api, deployment))
+        assert condition(status, "Planned")["status"] == "True"
+        assert status["phase"] == "Provisioning"
+        assert status["endpoint"] == f"https://glm-ingress.{ns}.svc:8000/v1"
+        assert status["plan"]["prefill"]["gpu"] == "H100"
+        assert status["plan"]["decode"]["gpusPerReplica"] == 8
+        assert condition(status, "Provisioned")["reason"] == "WaitingForNodes"
+
+        config = api.get("v1", "ConfigMap", "glm-router", ns)["data"]["config.yaml"]
+        assert hash_api_key(key) in config
+        assert key not in config
+        assert [p["name"] for p in yaml.safe_load(config)["plans"]] == ["pro"]
+        eventually(lambda: condition(status_of(api, tenant), "Ready").get("status") == "True", what="tenant Ready")
+
+        if cluster.emulated:
+            _play_kuberay_and_kubelets(api, "glm", ns, [h100, h200])
+
+            def ready_and_provisioned() -> dict[str, Any] | None:
+                status = status_of(api, deployment)
+                done = status.get("phase") == "Ready" and condition(status, "Provisioned").get("status") == "True"
+                return status if done else None
+
+            status = eventually(ready_and_provisioned, what="Ready and Provisioned")
+            assert status["readyReplicas"] == {"prefill": 1, "decode": 1, "router": 2}
+            assert condition(status, "Ready")["message"] == f"serving at https://glm-ingress.{ns}.svc:8000/v1"
+
+        # A spec change patches the children.
+        api.patch(deployment, {"spec": {"decode": {"autoscaling": {"maxReplicas": 3}}, "ingress": {"replicas": 3}}})
+
+        def rayservice_follows() -> bool:
+            rayservice = api.get("ray.io/v1", "RayService", "glm", ns)
+            groups = {g["groupName"]: g for g in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+            serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+            args = serve["applications"][0]["args"]
+            return (
+                groups["decode"]["maxReplicas"] == 3
+                and groups["ingress"]["replicas"] == 3
+                and args["deployment"]["ingress"]["replicas"] == 3
+            )
+
+        eventually(rayservice_follows, what="the RayService to follow the spec")
+
+        # Key rotation: a second key joins; the router's config holds both hashes, no key.
+        api.create(_secret("acme-key-2", ns, new_key))
+        api.patch(
+            tenant, {"spec": {"apiKeys": [{"secretRef": {"name": "acme-key"}}, {"secretRef": {"name": "acme-key-2"}}]}}
+        )
+        eventually(
+            lambda: hash_api_key(new_key) in api.get("v1", "ConfigMap", "glm-router", ns)["data"]["config.yaml"],
+            what="the rotated key's hash in the router config",
+        )
+
+        api.delete(G, "ModelDeployment", "glm", ns)
+
+        def children_gone() -> bool:
+            cluster.garbage_collect()  # again and again, as the real one: a reconcile may have been in flight
+            return all(api.get(v, k, f"glm{s}", ns) is None for v, k, s in OWNED_CHILDREN)
+
+        eventually(children_gone, what="the children to be garbage-collected")
+    api.delete(G, "NodeGroup", h100)
+    api.delete(G, "NodeGroup", h200)
+
+
+def test_infeasible_deployment_is_refused_until_capacity_allows(cluster: Cluster, operator: KopfRunner) -> None:
+    api = cluster.api
+    h100 = unique("h100")
+    group = node_group(h100, "H100", 1, "static")
+    api.create(group)
+    with cluster.namespace("bf16") as ns:
+        deployment = model_deployment(
+            "glm",
+            ns,
+            {
+                "model": {"name": "glm-4.6", "maxContext": 32768},
+                "prefill": {"nodeGroup": h100},
+                "decode": {"nodeGroup": h100},
+            },
+        )
+        api.create(deployment)
+        status = eventually(
+            lambda: status_of(api, deployment).get("phase") == "Infeasible" and status_of(api, deployment)
+        )
+        planned = condition(status, "Planned")
+        assert (planned["status"], planned["reason"]) == ("False", "Infeasible")
+        assert planned["message"] == (
+            f"node group {h100} allows at most 1 node(s) of 8 H100 but prefill 1 x 16 GPUs (2 node(s))"
+            " + decode 1 x 16 GPUs (2 node(s)) need 4 node(s): short by 3 node(s) (24 H100 GPUs)"
+        )
+        assert "plan" not in status
+        assert api.get("ray.io/v1", "RayService", "glm", ns) is None
+        events = eventually(
+            lambda: [
+                e
+                for e in api.list("v1", "Event", ns)
+                if e["involvedObject"]["name"] == "glm" and e["reason"] == "Infeasible"
+            ],
+            what="a Warning event",
+        )
+        assert events[0]["type"] == "Warning"
+
+        api.patch(group, {"spec": {"maxNodes": 4}})
+        eventually(
+            lambda: condition(status_of(api, deployment), "Planned").get("status") == "True",
+            what="Planned once capacity allows",
+        )
+        assert api.get("ray.io/v1", "RayService", "glm", ns) is not None
+    api.delete(G, "NodeGroup", h100)
+
+
+def test_spec_errors_become_conditions_without_children(cluster: Cluster, operator: KopfRunner) -> None:
+    api = cluster.api
+    with cluster.namespace("bad") as ns:
+        missing = model_deployment(
+            "nogroup",
+            ns,
+            {"model": {"name": "glm-4.6-fp8"}, "prefill": {"nodeGroup": "nowhere"}, "decode": {"nodeGroup": "nowhere"}},
+        )
+        api.create(missing)
+        status = eventually(lambda: status_of(api, missing).get("phase") == "Pending" and status_of(api, missing))
+        assert condition(status, "Planned")["message"] == "NodeGroup(s) nowhere not found"
+
+        both = model_deployment(
+            "both",
+            ns,
+            {
+                "model": {"name": "glm-4.6-fp8"},
+                "prefill": {"nodeGroup": "nowhere"},
+                "decode": {"nodeGroup": "nowhere", "replicas": 1, "autoscaling": {"maxReplicas": 2}},
+            },
+        )
+        if not cluster.emulated:  # a real API server evaluates the CRD's CEL rule at admission
+            with pytest.raises(ApiException) as rejected:
+                api.create(both)
+            assert "set replicas or autoscaling, not both" in str(rejected.value.body)
+            return
+        api.create(both)  # kmock validates nothing: the operator has to refuse it
+        status = eventually(lambda: status_of(api, both).get("phase") == "Invalid" and status_of(api, both))
+        planned = condition(status, "Planned")
+        assert planned["reason"] == "InvalidSpec"
+        assert planned["message"] == "decode: set replicas or autoscaling, not both"
+        assert api.get("ray.io/v1", "RayService", "both", ns) is None

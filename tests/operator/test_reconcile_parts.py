@@ -1,0 +1,226 @@
+"""The pure parts the reconcilers are made of: settings, tenancy, conditions, observations, Events."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.errors import ConfigError
+from glmserve.common.resource import Condition
+from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, hash_api_key
+from glmserve.operator.build.events import build_event
+from glmserve.operator.cluster import Cluster, contains
+from glmserve.operator.conditions import set_condition, transitions
+from glmserve.operator.crds import RESOURCES, build_crd
+from glmserve.operator.observe import group_nodes, node_summary, rayservice_ready, ready_replicas
+from glmserve.operator.reconciler import Reconciler
+from glmserve.operator.secrets import secret_reader
+from glmserve.operator.settings import OperatorSettings
+from glmserve.operator.tenancy import router_tenancy, tenant_status
+from tests.operator.conftest import VENDORED_CRDS, example_inputs
+from tests.operator.k8s_checks import builtin_problems
+from tests.operator.kube import KmockCluster
+from tests.operator.resources import model_deployment, node_group
+
+KEYS = {("acme-key", "api-key"): "sk-acme\n", ("beta-key", "api-key"): "sk-beta"}
+
+
+def read(ref: SecretKeyRef) -> str | None:
+    return KEYS.get((ref.name, ref.key))
+
+
+def tenant(plan: str, secret: str) -> TenantSpec:
+    return TenantSpec.model_validate({"plan": plan, "apiKeys": [{"secretRef": {"name": secret}}]})
+
+
+PLANS = {"free": PlanSpec(requestsPerMinute=10), "pro": PlanSpec(requestsPerMinute=600)}
+
+
+def test_router_config_serves_the_allowed_plans_and_hashes_keys() -> None:
+    tenants = {"acme": tenant("pro", "acme-key"), "beta": tenant("free", "beta-key"), "gone": tenant("pro", "nokey")}
+    result = router_tenancy(PLANS, tenants, ["pro"], read)
+    assert result.config is not None
+    assert [p.name for p in result.config.plans] == ["pro"]
+    assert [t.id for t in result.config.tenants] == ["acme"]  # beta's plan is served elsewhere
+    assert result.config.tenants[0].api_keys[0].sha256 == hash_api_key("sk-acme")  # the newline is not the key's
+    assert result.problems == {"gone": "Secret nokey has no key api-key (or it is empty)"}
+
+
+def test_router_config_without_plans_admits_nobody() -> None:
+    result = router_tenancy({}, {"acme": tenant("pro", "acme-key")}, [], read)
+    assert result.config is None
+    assert result.problems == {"acme": "plan pro not found (plans: none)"}
+
+
+def test_tenant_status_says_what_to_fix() -> None:
+    ok = tenant_status(
+        "acme", tenant("pro", "acme-key").model_dump(by_alias=True), PLANS, read, conditions=[], generation=3
+    )
+    assert (ok.conditions[0].status, ok.conditions[0].reason, ok.observed_generation) == ("True", "Admitted", 3)
+    bad = tenant_status("acme", {"plan": "pro", "apiKeys": []}, PLANS, read, conditions=[], generation=None)
+    assert bad.conditions[0].reason == "InvalidSpec"
+    assert "apiKeys: List should have at least 1 item" in bad.conditions[0].message
+
+
+def test_settings_come_from_the_environment_and_fill_defaults() -> None:
+    settings = OperatorSettings.from_env({"GLMSERVE_OPERATOR_INGRESS_REPLICAS": "4", "PATH": "/bin"})
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "glm-4.6"},
+            "prefill": {"nodeGroup": "a"},
+            "decode": {"nodeGroup": "a"},
+            "router": {"replicas": 5},
+        }
+    )
+    done = settings.complete(spec)
+    assert (done.router.replicas, done.ingress.replicas) == (5, 4)
+    with pytest.raises(ConfigError, match="unknown operator settings GLMSERVE_OPERATOR_IMAGES; known: "):
+        OperatorSettings.from_env({"GLMSERVE_OPERATOR_IMAGES": "x"})
+    with pytest.raises(ConfigError, match="GLMSERVE_OPERATOR_REDIS_URL: String should match pattern"):
+        OperatorSettings.from_env({"GLMSERVE_OPERATOR_REDIS_URL": "http://redis"})
+
+
+def test_live_objects_with_server_defaults_still_match() -> None:
+    desired = {"spec": {"ports": [{"name": "grpc", "port": 50051}]}}
+    live = {"metadata": {"uid": "u"}, "spec": {"ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}]}}
+    assert contains(live, desired)
+    assert not contains(live, {"spec": {"ports": [{"name": "grpc", "port": 50052}]}})
+    assert not contains(live, {"spec": {"ports": []}})
+
+
+def test_conditions_move_their_transition_time_only_on_change() -> None:
+    first = set_condition([], "Ready", status=False, reason="NotReady", message="a", generation=1)
+    first = [first[0].model_copy(update={"last_transition_time": "2026-01-01T00:00:00Z"})]
+    same = set_condition(first, "Ready", status=False, reason="NotReady", message="b", generation=2)
+    assert same[0].last_transition_time == "2026-01-01T00:00:00Z"
+    flipped = set_condition(same, "Ready", status=True, reason="Ready", message="c", generation=2)
+    assert flipped[0].last_transition_time != "2026-01-01T00:00:00Z"
+    events = transitions(first, flipped)
+    assert [(e.type, e.reason, e.message) for e in events] == [("Normal", "Ready", "Ready: c")]
+    assert transitions(flipped, flipped) == []
+
+
+def _condition(type_: str, status: str) -> dict[str, Any]:
+    return {"type": type_, "status": status}
+
+
+def test_readings_of_nodes_and_children() -> None:
+    node = {
+        "metadata": {"name": "n1", "labels": {"glmserve.io/node-group": "h100", "team": "a"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [_condition("Ready", "True")]},
+    }
+    summary = node_summary(node)
+    assert summary == {"name": "n1", "labels": node["metadata"]["labels"], "ready": True, "gpus": 8}
+    assert group_nodes([summary], {"glmserve.io/node-group": "h100", "team": "b"}) == []
+    assert rayservice_ready(None) == (False, "the RayService does not exist yet")
+    assert rayservice_ready({"status": {"conditions": [_condition("Ready", "True")]}})[0]
+    waiting = {"status": {"activeServiceStatus": {"applicationStatuses": {"glmserve": {"status": "DEPLOYING"}}}}}
+    assert rayservice_ready(waiting) == (False, "the Serve application is not running yet (glmserve: DEPLOYING)")
+    plan = example_inputs().plan
+    pods = [
+        {
+            "metadata": {"labels": {"glmserve.io/model-deployment": "glm-46", "glmserve.io/component": role}},
+            "status": {"phase": "Running", "conditions": [_condition("Ready", ready)]},
+        }
+        for role, ready in (("decode", "True"), ("decode", "True"), ("decode", "True"), ("prefill", "False"))
+    ]
+    replicas = ready_replicas("glm-46", plan, pods, router_ready=1)
+    assert (replicas.prefill, replicas.decode, replicas.router) == (0, 2, 1)  # decode is capped at its maximum
+
+
+def test_events_are_valid_and_uniquely_named() -> None:
+    involved = {"apiVersion": "glmserve.io/v1alpha1", "kind": "NodeGroup", "metadata": {"name": "h100", "uid": "u1"}}
+    event = build_event(
+        involved,
+        type_="Warning",
+        reason="Infeasible",
+        message="short",
+        time="2026-01-01T00:00:00Z",
+        suffix="a1",
+        instance="op-0",
+    )
+    assert builtin_problems(event) == []
+    assert event["metadata"] == {"name": "h100.a1", "namespace": "default"}
+    assert event["involvedObject"]["uid"] == "u1"
+
+
+def test_secret_reader_decodes_and_tolerates_garbage() -> None:
+    class FakeCluster:
+        calls = 0
+
+        def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            FakeCluster.calls += 1
+            data = {"ok": {"api-key": base64.b64encode(b"sk-1").decode()}, "bad": {"api-key": "%%%"}}
+            return {"data": data[name]} if name in data else None
+
+    reader = secret_reader(FakeCluster(), "ns")  # type: ignore[arg-type]
+    assert reader(SecretKeyRef(name="ok")) == "sk-1"
+    assert reader(SecretKeyRef(name="ok", key="other")) is None
+    assert reader(SecretKeyRef(name="bad")) is None
+    assert reader(SecretKeyRef(name="missing")) is None
+    assert FakeCluster.calls == 3  # one read per Secret
+
+
+def test_condition_model_matches_kubernetes_condition_syntax() -> None:
+    with pytest.raises(ValueError, match="String should match pattern"):
+        Condition(type="Ready", status="True", reason="not camel case", last_transition_time="t")
+
+
+def test_triggers_queued_behind_a_waiting_reconciliation_fold_into_it() -> None:
+    reconciler = Reconciler(cluster=None, settings=OperatorSettings())  # type: ignore[arg-type]
+    key = ("ModelDeployment", "ns", "glm")
+    holding, release = threading.Event(), threading.Event()
+    ran: list[tuple[str, bool]] = []
+
+    def trigger(name: str, must_run: bool = False) -> None:
+        with reconciler._turn(key, must_run) as mine:
+            ran.append((name, mine))
+            if name == "running":
+                holding.set()
+                release.wait(10)
+
+    threads = [threading.Thread(target=trigger, args=("running",))]
+    threads[0].start()
+    assert holding.wait(10)
+    threads.append(threading.Thread(target=trigger, args=("queued",)))
+    threads[1].start()
+    while key not in reconciler._waiting:  # "queued" waits for its turn
+        time.sleep(0.01)
+    trigger("folded")  # returns at once: "queued" reads the object after this trigger anyway
+    threads.append(threading.Thread(target=trigger, args=("must", True)))  # a change handler always runs
+    threads[2].start()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert ran[:2] == [("running", True), ("folded", False)]
+    assert sorted(ran[2:]) == [("must", True), ("queued", True)]
+
+
+def test_without_the_prometheus_operator_monitors_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """A cluster without monitoring.coreos.com still gets its deployment (kmock, no kopf needed)."""
+
+    crds = [build_crd(r) for r in RESOURCES]
+    crds.append(yaml.load((VENDORED_CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader))
+    with KmockCluster(crds, tmp_path) as kmock_cluster:
+        api = kmock_cluster.api
+        api.create(node_group("h200", "H200", 2, "static"))
+        spec = {"model": {"name": "glm-4.6-fp8"}, "prefill": {"nodeGroup": "h200"}, "decode": {"nodeGroup": "h200"}}
+        api.create(model_deployment("glm", "ns", spec))
+        client = kubernetes.config.new_client_from_config(config_file=str(kmock_cluster.kubeconfig))
+        Reconciler(Cluster(client, str(tmp_path / "discovery.json")), OperatorSettings()).deployment("ns", "glm")
+        assert api.get("ray.io/v1", "RayService", "glm", "ns") is not None
+        status = api.get("glmserve.io/v1alpha1", "ModelDeployment", "glm", "ns")["status"]
+        [ready] = [c for c in status["conditions"] if c["type"] == "Ready"]
+        assert ready["message"].endswith(
+            "(not rendered, this cluster does not serve: PodMonitor, PrometheusRule, ServiceMonitor)"
+        )
+        events = [e for e in api.list("v1", "Event", "ns") if e["involvedObject"]["name"] == "glm"]
+        assert {e["reason"] for e in events} >= {"Planned", "WaitingForNodes", "NotReady"}
