@@ -1,0 +1,1 @@
+"""Pure `build_*()` functions: custom resource specs in, Kubernetes manifests (dicts) out."""

@@ -1,0 +1,53 @@
+"""Everything the ModelDeployment builders read, resolved by the handler beforehand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.deployment_plan import PlanStatus
+from glmserve.common.nodegroup import NodeGroupSpec
+from glmserve.operator.build.meta import Owner
+
+SERVE_PORT = 8000
+RAY_METRICS_PORT = 8080
+ROUTER_PORT = 50051
+ROUTER_METRICS_PORT = 9090
+TLS_DIR = "/etc/glmserve/tls"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInputs:
+    name: str
+    namespace: str
+    owner: Owner
+    spec: ModelDeploymentSpec
+    groups: dict[str, NodeGroupSpec]  # the NodeGroups its pools use, by name
+    plan: PlanStatus
+    image: str  # the operator's default; spec.image wins
+    ray_version: str
+
+    @property
+    def container_image(self) -> str:
+        return self.spec.image or self.image
+
+    @property
+    def tls(self) -> bool:
+        return self.spec.ingress.tls_secret_name is not None
+
+    @property
+    def router_service(self) -> str:
+        return f"{self.name}-router"
+
+    @property
+    def router_address(self) -> str:
+        return f"{self.router_service}.{self.namespace}.svc:{ROUTER_PORT}"
+
+    @property
+    def ingress_service(self) -> str:
+        return f"{self.name}-ingress"
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.ingress_service}.{self.namespace}.svc:{SERVE_PORT}/v1"

@@ -1,0 +1,83 @@
+"""Pod templates of the Ray head, the CPU ingress group and the GPU worker groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glmserve.common.deployment_plan import PoolLayoutStatus
+from glmserve.common.gpus import get_gpu
+from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
+from glmserve.operator.build.meta import deployment_labels
+
+# NCCL and vLLM's workers exchange tensors through /dev/shm; a container's default 64 MiB stalls them.
+SHM_SIZE = "32Gi"
+# Floors that keep the pods out of the BestEffort class; GPU nodes have many times this.
+HEAD_RESOURCES = {"cpu": "4", "memory": "16Gi"}
+INGRESS_RESOURCES = {"cpu": "4", "memory": "8Gi"}
+GPU_WORKER_FLOOR = {"cpu": "16", "memory": "128Gi"}
+HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+
+
+def ray_resource(kind: str, name: str) -> str:
+    """A custom Ray resource per node group and per role, so placement groups can target them."""
+    return f"glmserve-{kind}-{name}"
+
+
+def _pod_template(
+    inputs: DeploymentInputs,
+    component: str,
+    requests: dict[str, str],
+    gpus: dict[str, str] | None = None,
+    pod: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One Ray container (`gpus`: its GPU limit, which also earns it a RAM-backed /dev/shm)."""
+    ports = HEAD_PORTS if component == "head" else {}
+    container: dict[str, Any] = {
+        "name": "ray-head" if component == "head" else "ray-worker",
+        "image": inputs.container_image,
+        "env": [
+            {"name": "GLMSERVE_MODEL_DEPLOYMENT", "value": inputs.name},
+            {"name": "GLMSERVE_ROUTER_ADDRESS", "value": inputs.router_address},
+        ],
+        "ports": [
+            {"name": name, "containerPort": port}
+            for name, port in {**ports, "serve": SERVE_PORT, "metrics": RAY_METRICS_PORT}.items()
+        ],
+        "resources": {"requests": {**requests, **(gpus or {})}, **({"limits": gpus} if gpus else {})},
+    }
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    if inputs.tls:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": inputs.spec.ingress.tls_secret_name}})
+    if gpus:
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+    if mounts:
+        container["volumeMounts"] = mounts
+    spec: dict[str, Any] = {"containers": [container], **(pod or {})}
+    if volumes:
+        spec["volumes"] = volumes
+    return {"metadata": {"labels": deployment_labels(inputs.name, component)}, "spec": spec}
+
+
+def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
+    return _pod_template(inputs, "head", HEAD_RESOURCES)
+
+
+def ingress_template(inputs: DeploymentInputs) -> dict[str, Any]:
+    return _pod_template(inputs, "ingress", INGRESS_RESOURCES)
+
+
+def gpu_worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+    group = inputs.groups[layout.node_group]
+    tolerations = [
+        {"key": t.key, "operator": "Equal" if t.value else "Exists", "effect": t.effect}
+        | ({"value": t.value} if t.value else {})
+        for t in group.taints
+    ]
+    pod: dict[str, Any] = {"nodeSelector": group.node_selector(layout.node_group)}
+    if tolerations:
+        pod["tolerations"] = tolerations
+    gpus = {get_gpu(group.gpu).resource: str(layout.gpus_per_node)}
+    return _pod_template(inputs, role, GPU_WORKER_FLOOR, gpus, pod)

@@ -1,0 +1,71 @@
+"""A ModelDeployment -> a KubeRay `RayService`: head, ingress group, prefill and decode GPU groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from glmserve.common.deployment_plan import PoolLayoutStatus
+from glmserve.operator.build.inputs import DeploymentInputs
+from glmserve.operator.build.meta import deployment_labels, metadata
+from glmserve.operator.build.raypods import gpu_worker_template, head_template, ingress_template, ray_resource
+from glmserve.operator.build.serveconfig import build_serve_config
+
+
+def _gpu_group(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+    # One worker pod per node.
+    low, high = layout.nodes(layout.min_replicas), layout.nodes(layout.max_replicas)
+    per_node = str(layout.gpus_per_node)
+    return {
+        "groupName": role,
+        "replicas": low,
+        "minReplicas": low,
+        "maxReplicas": high,
+        "rayStartParams": {},
+        "resources": {ray_resource("node-group", layout.node_group): per_node, ray_resource("pool", role): per_node},
+        "labels": {"glmserve.io/node-group": layout.node_group, "glmserve.io/pool": role},
+        "template": gpu_worker_template(inputs, role, layout),
+    }
+
+
+def _ingress_group(inputs: DeploymentInputs) -> dict[str, Any]:
+    replicas = inputs.spec.ingress.replicas
+    return {
+        "groupName": "ingress",
+        "replicas": replicas,
+        "minReplicas": replicas,
+        "maxReplicas": replicas,
+        # No GPUs here: the ingress replicas, one per pod, are placed by this resource.
+        "rayStartParams": {"num-gpus": "0"},
+        "resources": {ray_resource("pool", "ingress"): "1"},
+        "template": ingress_template(inputs),
+    }
+
+
+def build_rayservice(inputs: DeploymentInputs) -> dict[str, Any]:
+    pools = inputs.plan.pools()
+    autoscaling = any(layout.min_replicas != layout.max_replicas for layout in pools.values())
+    cluster: dict[str, Any] = {
+        "rayVersion": inputs.ray_version,
+        "enableInTreeAutoscaling": autoscaling,
+        # The head schedules nothing (num-cpus 0): a busy head slows the GCS every worker depends on.
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
+            "template": head_template(inputs),
+        },
+        "workerGroupSpecs": [
+            _ingress_group(inputs),
+            *(_gpu_group(inputs, role, layout) for role, layout in pools.items()),
+        ],
+    }
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": metadata(inputs.name, inputs.owner, deployment_labels(inputs.name, "ray"), inputs.namespace),
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(build_serve_config(inputs), sort_keys=False),
+            "upgradeStrategy": {"type": "NewCluster"},
+            "rayClusterConfig": cluster,
+        },
+    }

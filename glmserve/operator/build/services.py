@@ -1,0 +1,35 @@
+"""Services: the OpenAI ingress (the Serve HTTP port of the ingress pods) and the router (gRPC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, ROUTER_PORT, SERVE_PORT, DeploymentInputs
+from glmserve.operator.build.meta import deployment_labels, metadata, selector
+
+
+def _service(inputs: DeploymentInputs, name: str, component: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name, inputs.owner, deployment_labels(inputs.name, component), inputs.namespace),
+        "spec": {"type": "ClusterIP", "selector": selector(inputs.name, component), "ports": ports},
+    }
+
+
+def ingress_port_name(inputs: DeploymentInputs) -> str:
+    return "https" if inputs.tls else "http"
+
+
+def build_ingress_service(inputs: DeploymentInputs) -> dict[str, Any]:
+    scheme = ingress_port_name(inputs)
+    port = {"name": scheme, "port": SERVE_PORT, "targetPort": "serve", "protocol": "TCP", "appProtocol": scheme}
+    return _service(inputs, inputs.ingress_service, "ingress", [port])
+
+
+def build_router_service(inputs: DeploymentInputs) -> dict[str, Any]:
+    ports = [
+        {"name": "grpc", "port": ROUTER_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "metrics", "port": ROUTER_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+    ]
+    return _service(inputs, inputs.router_service, "router", ports)
