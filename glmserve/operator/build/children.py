@@ -15,7 +15,9 @@ from glmserve.operator.build.services import build_ingress_service, build_router
 MONITORING_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
 
 
-def build_children(inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None) -> list[dict[str, Any]]:
+def build_children(
+    inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
+) -> list[dict[str, Any]]:
     """The router's ConfigMap comes first so its pods never start without it (None: no Plan yet)."""
     children: list[dict[str, Any]] = []
     digest = "none"
