@@ -10,11 +10,13 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from glmserve.common.config import ServeConfig
+from glmserve.common.placement import local_pool_placement
 from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress, ServedModel
 from glmserve.serving.models import ResolvedModel
+from glmserve.serving.placement import check_fits
 
 APP_NAME = "glmserve"
 # NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
@@ -59,8 +61,23 @@ def cpu_binds(cfg: ServeConfig, device: Device, roles: list[Role]) -> dict[Role,
     return {r: [cpus] if (cpus := pool_of(cfg, r).cpus) else auto.get(r, []) for r in roles}
 
 
+def roles_of(cfg: ServeConfig) -> list[Role]:
+    return ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
+
+
+def check_placement(cfg: ServeConfig, device: Device) -> None:
+    """Fail before deploying when the Ray cluster cannot hold every engine replica."""
+    check_fits(
+        [
+            (local_pool_placement(role, pool_of(cfg, role).tensor_parallel_size, "CPU" if device == "cpu" else "GPU"),
+             pool_of(cfg, role).replicas)
+            for role in roles_of(cfg)
+        ]
+    )  # fmt: skip
+
+
 def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Application:
-    roles: list[Role] = ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
+    roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
     pools = {
         "decode" if role == "colocated" else role: build_llm_deployment(
