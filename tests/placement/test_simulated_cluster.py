@@ -154,4 +154,3 @@ def test_infeasible_layout_is_refused_before_anything_starts(cluster: dict[str, 
     with pytest.raises(ConfigError, match="node group 'h300' \\(0 node"):
         check_fits([(wrong_group, 1)], nodes)
     assert serve.status().applications == {}  # nothing was deployed for the refused layouts
-
