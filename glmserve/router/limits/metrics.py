@@ -1,0 +1,20 @@
+"""The admission metrics one router/ingress process exports (names live in common/metrics.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from glmserve.common import metrics as m
+
+
+class AdmissionMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.auth_failures = m.counter(m.AUTH_FAILURES, self.registry)
+        self.decisions = m.counter(m.ADMISSION_DECISIONS, self.registry)
+        self.latency = m.histogram(m.ADMISSION_LATENCY, self.registry)
+        self.store_up = m.gauge(m.ADMISSION_STORE_UP, self.registry)
+        self.fail_open = m.counter(m.ADMISSION_FAIL_OPEN, self.registry)
+        self.settlements = m.counter(m.ADMISSION_SETTLEMENTS, self.registry)
+        self.leases_lost = m.counter(m.ADMISSION_LEASES_LOST, self.registry)
+        self.store_up.set(1)
