@@ -1,0 +1,142 @@
+"""The in-process limits store: the Lua script of `scripts.py`, line for line, in Python.
+
+Floating-point operations happen in the same order as in Lua, on the same IEEE doubles, so both
+stores reach bit-identical decisions for the same sequence of calls and clock readings.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from glmserve.router.limits.model import DIMENSION_CODES, US_PER_MINUTE, Bucket, Cost, Decision, Rates
+
+
+def monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+@dataclass(slots=True)
+class _Tenant:
+    # dimension index -> (level, microsecond timestamp); absent means full
+    levels: dict[int, tuple[float, int]] = field(default_factory=dict)
+    leases: dict[str, int] = field(default_factory=dict)  # lease id -> expiry (us)
+
+
+def _limits(rates: Rates) -> tuple[int, int, int]:
+    return rates.requests_per_minute, rates.input_tokens_per_minute, rates.output_tokens_per_minute
+
+
+def _level(state: _Tenant, d: int, limit: int, now: int) -> float:
+    stored = state.levels.get(d)
+    if stored is None:
+        return float(limit)
+    elapsed = now - stored[1]
+    elapsed = max(elapsed, 0)  # a clock that stepped back refills nothing
+    level = stored[0] + elapsed * (limit / US_PER_MINUTE)
+    return min(level, float(limit))
+
+
+def _bucket(level: float | None, limit: int) -> Bucket:
+    if level is None or limit == 0:
+        return Bucket(limit, 0, 0)
+    return Bucket(limit, math.floor(level), math.ceil((limit - level) / (limit / US_PER_MINUTE)))
+
+
+class MemoryBackend:
+    """One process's buckets and leases. Thread-safe; every call is one atomic step."""
+
+    def __init__(self, clock: Callable[[], int] = monotonic_us) -> None:
+        self._clock = clock
+        self._tenants: dict[str, _Tenant] = {}
+        self._lock = threading.Lock()
+
+    async def admit(self, tenant_id: str, rates: Rates, cost: Cost, lease_id: str, lease_ttl_us: int) -> Decision:
+        with self._lock:
+            return self._admit(tenant_id, rates, cost, lease_id, lease_ttl_us)
+
+    async def settle(self, tenant_id: str, rates: Rates, lease_id: str, refund: Cost) -> bool:
+        with self._lock:
+            return self._settle(tenant_id, rates, lease_id, refund)
+
+    async def renew(self, tenant_id: str, lease_id: str, lease_ttl_us: int) -> bool:
+        with self._lock:
+            return self._renew(tenant_id, lease_id, lease_ttl_us)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _admit(self, tenant_id: str, rates: Rates, cost: Cost, lease_id: str, lease_ttl_us: int) -> Decision:
+        now = self._clock()
+        state = self._tenants.setdefault(tenant_id, _Tenant())
+        limits = _limits(rates)
+        need = (1, cost.input_tokens, cost.output_tokens)
+        levels: list[float | None] = [None, None, None]
+        code, wait = 0, 0
+        for d, limit in enumerate(limits):
+            if limit > 0:
+                level = _level(state, d, limit, now)
+                levels[d] = level
+                if level < need[d]:
+                    w = math.ceil((need[d] - level) / (limit / US_PER_MINUTE))
+                    if w > wait:
+                        code, wait = d + 1, w
+        for lid in [lid for lid, expiry in state.leases.items() if expiry <= now]:
+            del state.leases[lid]
+        in_flight = len(state.leases)
+        if code == 0 and rates.max_concurrent_requests > 0 and in_flight >= rates.max_concurrent_requests:
+            code = 4
+        if code == 0:
+            for d, before in enumerate(levels):
+                if before is not None:  # limited dimensions only
+                    levels[d] = before - need[d]
+            self._store(state, limits, levels, now)
+            state.leases[lease_id] = now + lease_ttl_us
+            in_flight += 1
+        return Decision(
+            allowed=code == 0,
+            limited_by=DIMENSION_CODES[code],
+            retry_after_us=wait,
+            requests=_bucket(levels[0], limits[0]),
+            input_tokens=_bucket(levels[1], limits[1]),
+            output_tokens=_bucket(levels[2], limits[2]),
+            in_flight=in_flight,
+            now_us=now,
+        )
+
+    def _settle(self, tenant_id: str, rates: Rates, lease_id: str, refund: Cost) -> bool:
+        now = self._clock()
+        state = self._tenants.get(tenant_id)
+        if state is None or state.leases.pop(lease_id, None) is None:
+            return False
+        limits = _limits(rates)
+        adjust = (0, refund.input_tokens, refund.output_tokens)
+        levels: list[float | None] = [None, None, None]
+        for d, limit in enumerate(limits):
+            if limit > 0:
+                level = _level(state, d, limit, now) + adjust[d]
+                levels[d] = min(level, float(limit))
+        self._store(state, limits, levels, now)
+        return True
+
+    def _renew(self, tenant_id: str, lease_id: str, lease_ttl_us: int) -> bool:
+        now = self._clock()
+        state = self._tenants.get(tenant_id)
+        expiry = None if state is None else state.leases.get(lease_id)
+        if state is None or expiry is None:
+            return False
+        if expiry <= now:
+            del state.leases[lease_id]
+            return False
+        state.leases[lease_id] = now + lease_ttl_us
+        return True
+
+    @staticmethod
+    def _store(state: _Tenant, limits: tuple[int, int, int], levels: list[float | None], now: int) -> None:
+        for d, limit in enumerate(limits):
+            level = levels[d]
+            if limit > 0 and level is not None:
+                state.levels[d] = (level, now)
