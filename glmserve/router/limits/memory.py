@@ -6,6 +6,7 @@ stores reach bit-identical decisions for the same sequence of calls and clock re
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -21,9 +22,23 @@ def monotonic_us() -> int:
 
 @dataclass(slots=True)
 class _Tenant:
-    # dimension index -> (level, microsecond timestamp); absent means full
-    levels: dict[int, tuple[float, int]] = field(default_factory=dict)
+    # dimension index -> level at `stamp` (us); absent means full
+    levels: dict[int, float] = field(default_factory=dict)
+    stamp: int = 0
     leases: dict[str, int] = field(default_factory=dict)  # lease id -> expiry (us)
+    # (expiry, lease id), including stale entries of settled or renewed leases: finds the expired
+    # leases in O(log n) like Redis's ZREMRANGEBYSCORE, instead of scanning every lease
+    expiries: list[tuple[int, str]] = field(default_factory=list)
+
+    def drop_expired(self, now: int) -> None:
+        while self.expiries and self.expiries[0][0] <= now:
+            expiry, lease_id = heapq.heappop(self.expiries)
+            if self.leases.get(lease_id) == expiry:
+                del self.leases[lease_id]
+
+    def lease(self, lease_id: str, expiry: int) -> None:
+        self.leases[lease_id] = expiry
+        heapq.heappush(self.expiries, (expiry, lease_id))
 
 
 def _limits(rates: Rates) -> tuple[int, int, int]:
@@ -34,9 +49,9 @@ def _level(state: _Tenant, d: int, limit: int, now: int) -> float:
     stored = state.levels.get(d)
     if stored is None:
         return float(limit)
-    elapsed = now - stored[1]
+    elapsed = now - state.stamp
     elapsed = max(elapsed, 0)  # a clock that stepped back refills nothing
-    level = stored[0] + elapsed * (limit / US_PER_MINUTE)
+    level = stored + elapsed * (limit / US_PER_MINUTE)
     return min(level, float(limit))
 
 
@@ -84,8 +99,7 @@ class MemoryBackend:
                     w = math.ceil((need[d] - level) / (limit / US_PER_MINUTE))
                     if w > wait:
                         code, wait = d + 1, w
-        for lid in [lid for lid, expiry in state.leases.items() if expiry <= now]:
-            del state.leases[lid]
+        state.drop_expired(now)
         in_flight = len(state.leases)
         if code == 0 and rates.max_concurrent_requests > 0 and in_flight >= rates.max_concurrent_requests:
             code = 4
@@ -94,7 +108,7 @@ class MemoryBackend:
                 if before is not None:  # limited dimensions only
                     levels[d] = before - need[d]
             self._store(state, limits, levels, now)
-            state.leases[lease_id] = now + lease_ttl_us
+            state.lease(lease_id, now + lease_ttl_us)
             in_flight += 1
         return Decision(
             allowed=code == 0,
@@ -131,12 +145,10 @@ class MemoryBackend:
         if expiry <= now:
             del state.leases[lease_id]
             return False
-        state.leases[lease_id] = now + lease_ttl_us
+        state.lease(lease_id, now + lease_ttl_us)
         return True
 
     @staticmethod
     def _store(state: _Tenant, limits: tuple[int, int, int], levels: list[float | None], now: int) -> None:
-        for d, limit in enumerate(limits):
-            level = levels[d]
-            if limit > 0 and level is not None:
-                state.levels[d] = (level, now)
+        state.levels = {d: level for d, level in enumerate(levels) if limits[d] > 0 and level is not None}
+        state.stamp = now

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from glmserve.common import metrics as m
 
@@ -18,3 +18,19 @@ class AdmissionMetrics:
         self.settlements = m.counter(m.ADMISSION_SETTLEMENTS, self.registry)
         self.leases_lost = m.counter(m.ADMISSION_LEASES_LOST, self.registry)
         self.store_up.set(1)
+        # labelled children, looked up once: `labels()` costs more than the admission's arithmetic
+        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+
+    def decided(self, plan: str, outcome: str, dimension: str) -> None:
+        key = (plan, outcome, dimension)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(plan, outcome, dimension)
+        child.inc()
+
+    def timed(self, source: str, seconds: float) -> None:
+        child = self._latency.get(source)
+        if child is None:
+            child = self._latency[source] = self.latency.labels(source)
+        child.observe(seconds)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -22,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from glmserve.common.errors import BackendError
 from glmserve.router.limits.backend import StoreUnavailable
 from glmserve.router.limits.model import DIMENSION_CODES, Bucket, Cost, Decision, Rates
-from glmserve.router.limits.scripts import BATCH, RESULT_WIDTH
+from glmserve.router.limits.scripts import BATCH
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,18 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, a
 @dataclass(frozen=True, slots=True)
 class _Op:
     keys: tuple[str, str]
-    args: tuple[str | int, ...]
-    future: asyncio.Future[list[int]]
-    # an admission whose caller went away (cancelled) is refunded instead of holding its lease
-    orphan: Cost | None = None
+    arg: str  # the operation, as the script's ARGV entry
+    future: asyncio.Future[tuple[bytes, int]]  # its result and the store's clock
+    # an admission whose caller went away (cancelled) is refunded instead of holding its lease:
+    # (limits field, lease id, cost)
+    orphan: tuple[str, str, Cost] | None = None
+
+
+def _limits(rates: Rates) -> str:
+    return (
+        f"{rates.requests_per_minute} {rates.input_tokens_per_minute} "
+        f"{rates.output_tokens_per_minute} {rates.max_concurrent_requests}"
+    )
 
 
 class RedisBackend:
@@ -50,7 +59,8 @@ class RedisBackend:
         max_batch: int = 128,
         max_in_flight: int = 2,
     ) -> None:
-        """`clock` (microseconds) replaces the server's clock: tests only, since replicas' clocks differ."""
+        """`clock` (microseconds) replaces the server's clock: tests only, since replicas' clocks differ.
+        `max_in_flight` batches may be on the wire at once (each on its own connection)."""
         self._client = client
         self._script = client.register_script(BATCH)
         self._prefix = prefix
@@ -62,7 +72,7 @@ class RedisBackend:
         self._keys: dict[str, tuple[str, str]] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 0.25, **kwargs: object) -> RedisBackend:
+    def from_url(cls, url: str, *, timeout_s: float = 0.25, **kwargs: Any) -> RedisBackend:
         """A client that fails fast (the outage policy decides what then) and reconnects on the next call."""
         client = aioredis.Redis.from_url(
             url,
@@ -73,21 +83,13 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
-        return cls(client, **kwargs)  # type: ignore[arg-type]
+        return cls(client, **kwargs)
 
     async def admit(self, tenant_id: str, rates: Rates, cost: Cost, lease_id: str, lease_ttl_us: int) -> Decision:
-        args = (
-            "a",
-            rates.requests_per_minute,
-            rates.input_tokens_per_minute,
-            rates.output_tokens_per_minute,
-            rates.max_concurrent_requests,
-            cost.input_tokens,
-            cost.output_tokens,
-            lease_id,
-            lease_ttl_us,
-        )
-        r = await self._submit(tenant_id, args, orphan=cost)
+        limits = _limits(rates)
+        arg = f"a {limits} {cost.input_tokens} {cost.output_tokens} {lease_ttl_us} {lease_id}"
+        result, now = await self._submit(tenant_id, arg, orphan=(limits, lease_id, cost))
+        r = list(map(int, result.split(b",")))
         return Decision(
             allowed=r[0] == 1,
             limited_by=DIMENSION_CODES[r[1]],
@@ -96,25 +98,15 @@ class RedisBackend:
             input_tokens=Bucket(rates.input_tokens_per_minute, r[5], r[6]),
             output_tokens=Bucket(rates.output_tokens_per_minute, r[7], r[8]),
             in_flight=r[9],
-            now_us=r[RESULT_WIDTH],
+            now_us=now,
         )
 
     async def settle(self, tenant_id: str, rates: Rates, lease_id: str, refund: Cost) -> bool:
-        args = (
-            "s",
-            rates.requests_per_minute,
-            rates.input_tokens_per_minute,
-            rates.output_tokens_per_minute,
-            rates.max_concurrent_requests,
-            refund.input_tokens,
-            refund.output_tokens,
-            lease_id,
-            0,
-        )
-        return (await self._submit(tenant_id, args))[0] == 1
+        arg = f"s {_limits(rates)} {refund.input_tokens} {refund.output_tokens} 0 {lease_id}"
+        return (await self._submit(tenant_id, arg))[0] == b"1"
 
     async def renew(self, tenant_id: str, lease_id: str, lease_ttl_us: int) -> bool:
-        return (await self._submit(tenant_id, ("r", 0, 0, 0, 0, 0, 0, lease_id, lease_ttl_us)))[0] == 1
+        return (await self._submit(tenant_id, f"r 0 0 0 0 0 0 {lease_ttl_us} {lease_id}"))[0] == b"1"
 
     async def aclose(self) -> None:
         if self._flushers:
@@ -124,23 +116,24 @@ class RedisBackend:
     # -- batching ----------------------------------------------------------------------------
 
     def _submit(
-        self, tenant_id: str, args: tuple[str | int, ...], orphan: Cost | None = None
-    ) -> asyncio.Future[list[int]]:
+        self, tenant_id: str, arg: str, orphan: tuple[str, str, Cost] | None = None
+    ) -> asyncio.Future[tuple[bytes, int]]:
         """Queue one operation now, before the caller's first await: a cancelled caller (client
         disconnect) cannot keep a settlement from reaching Redis."""
         keys = self._keys.get(tenant_id)
         if keys is None:
             tag = f"{self._prefix}:{{{tenant_id}}}"  # the hash tag keeps a tenant's keys in one slot
             keys = self._keys[tenant_id] = (tag + ":b", tag + ":l")
-        return self._enqueue(keys, args, orphan)
+        return self._enqueue(keys, arg, orphan)
 
     def _enqueue(
-        self, keys: tuple[str, str], args: tuple[str | int, ...], orphan: Cost | None = None
-    ) -> asyncio.Future[list[int]]:
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(keys, args, future, orphan))
+        self, keys: tuple[str, str], arg: str, orphan: tuple[str, str, Cost] | None = None
+    ) -> asyncio.Future[tuple[bytes, int]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bytes, int]] = loop.create_future()
+        self._queue.append(_Op(keys, arg, future, orphan))
         if len(self._flushers) < self._max_in_flight:
-            task = asyncio.get_running_loop().create_task(self._flush())
+            task = loop.create_task(self._flush())
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
         return future
@@ -156,7 +149,7 @@ class RedisBackend:
         argv: list[str | int] = ["" if self._clock is None else self._clock()]
         for op in batch:
             keys += op.keys
-            argv += op.args
+            argv.append(op.arg)
         try:
             reply = await self._script(keys=keys, args=argv)
         except _TRANSIENT as exc:
@@ -168,15 +161,15 @@ class RedisBackend:
         except BaseException as exc:  # cancelled while on the wire: the callers must not hang
             self._fail(batch, StoreUnavailable(f"redis call interrupted: {type(exc).__name__}"))
             raise
-        now = reply[-1]
-        for k, op in enumerate(batch):
-            result = [*reply[k * RESULT_WIDTH : (k + 1) * RESULT_WIDTH], now]
+        results = reply.split(b";")
+        now = int(results[-1])
+        for op, result in zip(batch, results, strict=False):
             if not op.future.done():
-                op.future.set_result(result)
-            elif op.orphan is not None and result[0] == 1:
+                op.future.set_result((result, now))
+            elif op.orphan is not None and result.startswith(b"1,"):
                 log.debug("refunding an admission whose caller went away")
-                refund = (op.orphan.input_tokens, op.orphan.output_tokens)
-                self._enqueue(op.keys, ("s", *op.args[1:5], *refund, op.args[7], 0))
+                limits, lease_id, cost = op.orphan
+                self._enqueue(op.keys, f"s {limits} {cost.input_tokens} {cost.output_tokens} 0 {lease_id}")
 
     @staticmethod
     def _fail(batch: list[_Op], exc: Exception) -> None:

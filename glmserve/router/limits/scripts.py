@@ -4,25 +4,23 @@ Redis runs a script atomically, so every operation in a batch is its own atomic 
 batch only saves round trips). `memory.py` is this script in Python, operation for operation;
 change both together (tests/limits/test_equivalence.py compares them).
 
-KEYS, two per operation: the tenant's bucket hash and its lease sorted set. Both carry the tenant
+KEYS, two per operation: the tenant's buckets (a string) and its lease sorted set. Both carry the tenant
 id as a hash tag, so they share a Cluster slot.
 ARGV[1]: the clock in microseconds, or '' for the server's TIME (the one clock all replicas share).
-ARGV[2..]: WIDTH fields per operation:
+ARGV[2..]: one operation each, as one space-separated string (one argument, not nine: encoding
+and parsing arguments is most of a client's cost):
   op ('a' admit, 's' settle, 'r' renew), requests/min, input tokens/min, output tokens/min,
-  max concurrent, input tokens, output tokens (admit: cost; settle: refund), lease id, lease ttl us.
-Reply: RESULT_WIDTH integers per operation, then the clock. Admit: allowed, limiting dimension
-(0 none, 1 requests, 2 input, 3 output, 4 concurrency), retry-after us, then remaining and reset us
-of requests, input and output, then leases in flight. Settle and renew: 1 or 0, then zeros.
+  max concurrent, input tokens, output tokens (admit: the cost; settle: the refund), lease ttl us,
+  lease id.
+Reply: one string, for the same reason: the operations' results separated by ';', then the
+clock. An admission's result is ten comma-separated integers: allowed, limiting dimension (0 none,
+1 requests, 2 input, 3 output, 4 concurrency), retry-after us, remaining and reset us of requests,
+of input and of output tokens, leases in flight. A settlement's or renewal's is 1 or 0.
 """
 
 from __future__ import annotations
 
-WIDTH = 9
-RESULT_WIDTH = 10
-
-BATCH = (
-    f"local WIDTH, RESULT_WIDTH = {WIDTH}, {RESULT_WIDTH}\n"
-    + r"""
+BATCH = r"""
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -31,44 +29,54 @@ else
   now = tonumber(ARGV[1])
 end
 local MINUTE = 60000000
-local FIELDS = {'r', 'rt', 'i', 'it', 'o', 'ot'}
+local call = redis.call
+local NOW = string.format('%d', now)
 local function fmt(x) return string.format('%.17g', x) end
 
+-- A tenant's buckets are one string, "requests input output stamp" ('-' for a dimension not
+-- limited when last written): one GET and one SET (with its expiry) instead of a hash's HMGET,
+-- HSET and PEXPIRE.
+local function load(bk)
+  local value = call('GET', bk)
+  if not value then return nil end
+  local r, i, o, t = string.match(value, '^(%S+) (%S+) (%S+) (%S+)$')
+  return {tonumber(r), tonumber(i), tonumber(o), tonumber(t)}
+end
+
 local function level(stored, d, limit)
-  local value = stored[2 * d - 1]
-  if not value then return limit end
-  local elapsed = now - tonumber(stored[2 * d])
+  if not stored or not stored[d] then return limit end
+  local elapsed = now - stored[4]
   if elapsed < 0 then elapsed = 0 end
-  local l = tonumber(value) + elapsed * (limit / MINUTE)
+  local l = stored[d] + elapsed * (limit / MINUTE)
   if l > limit then l = limit end
   return l
 end
 
--- writes the limited dimensions and lets the hash expire once every bucket would be full again,
--- which is what a missing hash means
-local function store(bk, limits, levels)
-  local args, longest = {}, 0
+-- the value expires once every bucket would be full again, which is what a missing value means
+local function store(bk, stored, limits, levels)
+  local parts, longest = {'-', '-', '-', NOW}, 0
   for d = 1, 3 do
     if limits[d] > 0 then
-      args[#args + 1] = FIELDS[2 * d - 1]
-      args[#args + 1] = fmt(levels[d])
-      args[#args + 1] = FIELDS[2 * d]
-      args[#args + 1] = fmt(now)
+      parts[d] = fmt(levels[d])
       local full = (limits[d] - levels[d]) / (limits[d] / MINUTE)
       if full > longest then longest = full end
     end
   end
-  if #args > 0 then
-    redis.call('HSET', bk, unpack(args))
-    redis.call('PEXPIRE', bk, math.floor(longest / 1000) + 1000)
+  if parts[1] ~= '-' or parts[2] ~= '-' or parts[3] ~= '-' then
+    call('SET', bk, table.concat(parts, ' '), 'PX', math.floor(longest / 1000) + 1000)
+  elseif stored then  -- no rate limits any more (the plan changed): nothing to remember
+    call('DEL', bk)
   end
 end
 
--- the lease set lives until its last lease expires (relative, so a test clock works too)
-local function keep_leases(lk)
-  local last = redis.call('ZRANGE', lk, -1, -1, 'WITHSCORES')
-  if last[2] then
-    redis.call('PEXPIRE', lk, math.max(1, math.floor((tonumber(last[2]) - now) / 1000) + 1000))
+-- the lease set lives until its last lease expires (relative, so a test clock works too); GT
+-- never shortens it, so replicas configured with different TTLs cannot cut each other's leases
+local function keep_leases(lk, expiry, created)
+  local ms = math.max(1, math.floor((expiry - now) / 1000) + 1000)
+  if created then
+    call('PEXPIRE', lk, ms)
+  else
+    call('PEXPIRE', lk, ms, 'GT')
   end
 end
 
@@ -77,11 +85,10 @@ local function bucket(l, limit)
   return math.floor(l), math.ceil((limit - l) / (limit / MINUTE))
 end
 
-local function admit(bk, lk, a)
-  local limits = {tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])}
-  local concurrency = tonumber(ARGV[a + 4])
-  local need = {1, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
-  local stored = redis.call('HMGET', bk, unpack(FIELDS))
+local function admit(bk, lk, op)
+  local limits = op.limits
+  local need = {1, op.tokens_in, op.tokens_out}
+  local stored = load(bk)
   local levels = {0, 0, 0}
   local code, wait = 0, 0
   for d = 1, 3 do
@@ -93,16 +100,16 @@ local function admit(bk, lk, a)
       end
     end
   end
-  redis.call('ZREMRANGEBYSCORE', lk, '-inf', fmt(now))
-  local in_flight = redis.call('ZCARD', lk)
-  if code == 0 and concurrency > 0 and in_flight >= concurrency then code = 4 end
+  call('ZREMRANGEBYSCORE', lk, '-inf', NOW)
+  local in_flight = call('ZCARD', lk)
+  if code == 0 and op.concurrency > 0 and in_flight >= op.concurrency then code = 4 end
   if code == 0 then
     for d = 1, 3 do
       if limits[d] > 0 then levels[d] = levels[d] - need[d] end
     end
-    store(bk, limits, levels)
-    redis.call('ZADD', lk, fmt(now + tonumber(ARGV[a + 8])), ARGV[a + 7])
-    keep_leases(lk)
+    store(bk, stored, limits, levels)
+    call('ZADD', lk, fmt(now + op.ttl), op.lease)
+    keep_leases(lk, now + op.ttl, in_flight == 0)
     in_flight = in_flight + 1
   end
   local r1, r2 = bucket(levels[1], limits[1])
@@ -110,14 +117,14 @@ local function admit(bk, lk, a)
   local o1, o2 = bucket(levels[3], limits[3])
   local allowed = 0
   if code == 0 then allowed = 1 end
-  return {allowed, code, wait, r1, r2, i1, i2, o1, o2, in_flight}
+  return string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%d', allowed, code, wait, r1, r2, i1, i2, o1, o2, in_flight)
 end
 
-local function settle(bk, lk, a)
-  if redis.call('ZREM', lk, ARGV[a + 7]) == 0 then return 0 end
-  local limits = {tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])}
-  local adjust = {0, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
-  local stored = redis.call('HMGET', bk, unpack(FIELDS))
+local function settle(bk, lk, op)
+  if call('ZREM', lk, op.lease) == 0 then return '0' end
+  local limits = op.limits
+  local adjust = {0, op.tokens_in, op.tokens_out}
+  local stored = load(bk)
   local levels = {0, 0, 0}
   for d = 1, 3 do
     if limits[d] > 0 then
@@ -126,38 +133,44 @@ local function settle(bk, lk, a)
       levels[d] = l
     end
   end
-  store(bk, limits, levels)
-  return 1
+  store(bk, stored, limits, levels)
+  return '1'
 end
 
-local function renew(lk, a)
-  local id = ARGV[a + 7]
-  local expiry = redis.call('ZSCORE', lk, id)
-  if not expiry then return 0 end
+local function renew(lk, op)
+  local expiry = call('ZSCORE', lk, op.lease)
+  if not expiry then return '0' end
   if tonumber(expiry) <= now then
-    redis.call('ZREM', lk, id)
-    return 0
+    call('ZREM', lk, op.lease)
+    return '0'
   end
-  redis.call('ZADD', lk, fmt(now + tonumber(ARGV[a + 8])), id)
-  keep_leases(lk)
-  return 1
+  call('ZADD', lk, fmt(now + op.ttl), op.lease)
+  keep_leases(lk, now + op.ttl, false)
+  return '1'
 end
 
+local PATTERN = '^(%a) (%d+) (%d+) (%d+) (%d+) (%-?%d+) (%-?%d+) (%d+) (%S+)$'
 local out = {}
-for k = 0, (#ARGV - 1) / WIDTH - 1 do
-  local a = 2 + k * WIDTH  -- ARGV[a] is the op, ARGV[a + 1 .. a + 8] its fields
-  local bk, lk = KEYS[2 * k + 1], KEYS[2 * k + 2]
-  local result
-  if ARGV[a] == 'a' then
-    result = admit(bk, lk, a)
-  elseif ARGV[a] == 's' then
-    result = {settle(bk, lk, a)}
+for k = 1, #ARGV - 1 do
+  local kind, rpm, ipm, opm, concurrency, tokens_in, tokens_out, ttl, lease = string.match(ARGV[k + 1], PATTERN)
+  if not kind then return redis.error_reply('malformed operation ' .. k .. ': ' .. ARGV[k + 1]) end
+  local op = {
+    limits = {tonumber(rpm), tonumber(ipm), tonumber(opm)},
+    concurrency = tonumber(concurrency),
+    tokens_in = tonumber(tokens_in),
+    tokens_out = tonumber(tokens_out),
+    ttl = tonumber(ttl),
+    lease = lease,
+  }
+  local bk, lk = KEYS[2 * k - 1], KEYS[2 * k]
+  if kind == 'a' then
+    out[k] = admit(bk, lk, op)
+  elseif kind == 's' then
+    out[k] = settle(bk, lk, op)
   else
-    result = {renew(lk, a)}
+    out[k] = renew(lk, op)
   end
-  for j = 1, RESULT_WIDTH do out[#out + 1] = result[j] or 0 end
 end
-out[#out + 1] = now
-return out
+out[#out + 1] = NOW
+return table.concat(out, ';')
 """
-)
