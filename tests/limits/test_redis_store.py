@@ -10,8 +10,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from glmserve.common.errors import BackendError
 from glmserve.router.limits.limiter import Limiter, LimiterConfig
-from glmserve.router.limits.model import Cost, Rates
+from glmserve.router.limits.model import Cost, Decision, Rates
 from glmserve.router.limits.redis_backend import RedisBackend
 from tests.limits.helpers import tenant
 
@@ -85,4 +86,32 @@ async def test_open_leases_are_renewed_and_dropped_ones_expire(redis_url: str) -
     await asyncio.sleep(0.5)
     assert (await limiter.admit(acme, model="m", prompt_tokens=1)).allowed
     assert limiter.metrics.registry.get_sample_value("glmserve_admission_leases_lost_total") == 0
+    await limiter.aclose()
+
+
+async def test_a_malformed_operation_fails_alone(redis_url: str) -> None:
+    store = RedisBackend.from_url(redis_url)
+    rates = Rates(10, 0, 0, 0)
+    bad, good = await asyncio.gather(
+        store.admit("t", rates, Cost(0, 1), "lease with spaces", 1_000_000),
+        store.admit("t", rates, Cost(0, 1), "good", 1_000_000),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, BackendError)
+    assert isinstance(good, Decision)
+    assert good.allowed
+    assert good.requests.remaining == 9  # the bad one took nothing
+    await store.aclose()
+
+
+async def test_an_admission_whose_caller_went_away_is_refunded(redis_url: str) -> None:
+    limiter = Limiter(RedisBackend.from_url(redis_url))
+    acme = tenant(concurrent=1, otpm=1000)
+    pending = asyncio.create_task(limiter.admit(acme, model="m", prompt_tokens=0, max_tokens=500))
+    await asyncio.sleep(0)  # queued for the next batch
+    pending.cancel()
+    await asyncio.sleep(0.1)
+    later = await limiter.admit(acme, model="m", prompt_tokens=0, max_tokens=1)
+    assert later.allowed  # the orphan's slot was released...
+    assert later.decision.output_tokens.remaining >= 999  # ...and its reservation refunded
     await limiter.aclose()

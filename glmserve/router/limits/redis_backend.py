@@ -164,7 +164,10 @@ class RedisBackend:
         results = reply.split(b";")
         now = int(results[-1])
         for op, result in zip(batch, results, strict=False):
-            if not op.future.done():
+            if result == b"E":
+                if not op.future.done():
+                    op.future.set_exception(BackendError(f"the rate-limit script rejected {op.arg!r}"))
+            elif not op.future.done():
                 op.future.set_result((result, now))
             elif op.orphan is not None and result.startswith(b"1,"):
                 log.debug("refunding an admission whose caller went away")

@@ -15,7 +15,8 @@ and parsing arguments is most of a client's cost):
 Reply: one string, for the same reason: the operations' results separated by ';', then the
 clock. An admission's result is ten comma-separated integers: allowed, limiting dimension (0 none,
 1 requests, 2 input, 3 output, 4 concurrency), retry-after us, remaining and reset us of requests,
-of input and of output tokens, leases in flight. A settlement's or renewal's is 1 or 0.
+of input and of output tokens, leases in flight. A settlement's or renewal's is 1 or 0. A
+malformed operation's is E.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ local PATTERN = '^(%a) (%d+) (%d+) (%d+) (%d+) (%-?%d+) (%-?%d+) (%d+) (%S+)$'
 local out = {}
 for k = 1, #ARGV - 1 do
   local kind, rpm, ipm, opm, concurrency, tokens_in, tokens_out, ttl, lease = string.match(ARGV[k + 1], PATTERN)
-  if not kind then return redis.error_reply('malformed operation ' .. k .. ': ' .. ARGV[k + 1]) end
+  -- a malformed operation fails alone: failing the script would hide the effects of the others
+  if not kind then kind = 'E' end
   local op = {
     limits = {tonumber(rpm), tonumber(ipm), tonumber(opm)},
     concurrency = tonumber(concurrency),
@@ -167,8 +169,10 @@ for k = 1, #ARGV - 1 do
     out[k] = admit(bk, lk, op)
   elseif kind == 's' then
     out[k] = settle(bk, lk, op)
-  else
+  elseif kind == 'r' then
     out[k] = renew(lk, op)
+  else
+    out[k] = 'E'
   end
 end
 out[#out + 1] = NOW
