@@ -11,7 +11,7 @@ from glmserve.common.errors import RateLimitedError
 from glmserve.router.limits.backend import LimitsBackend
 from glmserve.router.limits.limiter import Limiter, LimiterConfig
 from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.model import Cost, Dimension
+from glmserve.router.limits.model import Cost, Dimension, Rates
 from tests.limits.conftest import ManualClock
 from tests.limits.helpers import tenant
 
@@ -242,3 +242,17 @@ async def test_failed_request_is_refunded(limiter: Limiter) -> None:
     nxt = await limiter.admit(acme, model="m", prompt_tokens=0, max_tokens=1)
     assert nxt.allowed
     assert nxt.decision.output_tokens.remaining == 999
+
+
+async def test_a_replayed_admission_takes_nothing_twice(backend: LimitsBackend) -> None:
+    """A retry after a lost reply (timeout, dropped connection) carries the same lease id."""
+    rates = Rates(10, 0, 100, 1)
+    first = await backend.admit("t", rates, Cost(0, 30), "lease-1", 10_000_000)
+    replay = await backend.admit("t", rates, Cost(0, 30), "lease-1", 10_000_000)
+    assert first.allowed
+    assert replay.allowed
+    assert (replay.requests.remaining, replay.output_tokens.remaining, replay.in_flight) == (9, 70, 1)
+    assert not (await backend.admit("t", rates, Cost(0, 30), "lease-2", 10_000_000)).allowed  # 1 slot
+    assert await backend.settle("t", rates, "lease-1", Cost(0, 30))
+    assert not await backend.settle("t", rates, "lease-1", Cost(0, 30))  # a replayed settlement
+    assert (await backend.admit("t", rates, Cost(0, 1), "lease-3", 10_000_000)).output_tokens.remaining == 99

@@ -25,7 +25,9 @@ class StoreUnavailable(Exception):
 
 class LimitsBackend(Protocol):
     async def admit(self, tenant_id: str, rates: Rates, cost: Cost, lease_id: str, lease_ttl_us: int) -> Decision:
-        """Take `cost` and a lease for `lease_id` atomically if every dimension allows it."""
+        """Take `cost` and a lease for `lease_id` atomically if every dimension allows it. Idempotent
+        per lease id (a replay of an applied admission is allowed and takes nothing), so a call whose
+        reply was lost may be retried."""
         ...
 
     async def settle(self, tenant_id: str, rates: Rates, lease_id: str, refund: Cost) -> bool:

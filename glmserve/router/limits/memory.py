@@ -101,9 +101,12 @@ class MemoryBackend:
                         code, wait = d + 1, w
         state.drop_expired(now)
         in_flight = len(state.leases)
-        if code == 0 and rates.max_concurrent_requests > 0 and in_flight >= rates.max_concurrent_requests:
+        replay = lease_id in state.leases  # a retried admission that was applied: take nothing twice
+        if replay:
+            code, wait = 0, 0
+        if code == 0 and not replay and 0 < rates.max_concurrent_requests <= in_flight:
             code = 4
-        if code == 0:
+        if code == 0 and not replay:
             for d, before in enumerate(levels):
                 if before is not None:  # limited dimensions only
                     levels[d] = before - need[d]

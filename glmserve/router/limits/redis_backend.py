@@ -72,14 +72,17 @@ class RedisBackend:
         self._keys: dict[str, tuple[str, str]] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 0.25, **kwargs: Any) -> RedisBackend:
-        """A client that fails fast (the outage policy decides what then) and reconnects on the next call."""
+    def from_url(cls, url: str, *, timeout_s: float = 0.5, **kwargs: Any) -> RedisBackend:
+        """A client that fails fast (the outage policy decides what then) and reconnects on the next call.
+        `timeout_s` bounds a call: a healthy Redis answers in about a millisecond, but a starved
+        machine (CPU-throttled pod) can take 100s of ms, which must not count as an outage."""
         client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             # one immediate retry replaces a connection the server closed (restart); more would
-            # only delay the outage policy
+            # only delay the outage policy. Retrying is safe: every operation is idempotent per
+            # lease id, so a script that ran but whose reply was lost does not count twice.
             retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )

@@ -103,8 +103,12 @@ local function admit(bk, lk, op)
   end
   call('ZREMRANGEBYSCORE', lk, '-inf', NOW)
   local in_flight = call('ZCARD', lk)
-  if code == 0 and op.concurrency > 0 and in_flight >= op.concurrency then code = 4 end
-  if code == 0 then
+  -- a lease that exists already means this is a retry of an admission that was applied (its reply
+  -- was lost): answer it again, take nothing twice
+  local replay = call('ZSCORE', lk, op.lease)
+  if replay then code, wait = 0, 0 end
+  if code == 0 and not replay and op.concurrency > 0 and in_flight >= op.concurrency then code = 4 end
+  if code == 0 and not replay then
     for d = 1, 3 do
       if limits[d] > 0 then levels[d] = levels[d] - need[d] end
     end
