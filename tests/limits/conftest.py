@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 import redis
 
 from glmserve.router.limits.backend import LimitsBackend
@@ -26,11 +27,6 @@ class ManualClock:
         self.now_us += round(seconds * 1_000_000)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
@@ -51,7 +47,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[LimitsBackend]:
     """Both stores on the same manual clock: every semantic test runs against each."""
     store: LimitsBackend

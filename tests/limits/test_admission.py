@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 
 from glmserve.common.errors import RateLimitedError
 from glmserve.router.limits.backend import LimitsBackend
@@ -15,10 +16,10 @@ from glmserve.router.limits.model import Cost, Dimension, Rates
 from tests.limits.conftest import ManualClock
 from tests.limits.helpers import tenant
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def limiter(backend: LimitsBackend, clock: ManualClock) -> AsyncIterator[Limiter]:
     limiter = Limiter(backend, LimiterConfig(lease_ttl_s=30), local=MemoryBackend(clock))
     yield limiter

@@ -12,7 +12,7 @@ from glmserve.router.limits.model import Cost, Rates
 from glmserve.router.limits.redis_backend import RedisBackend
 from tests.limits.conftest import ManualClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 PLANS = [Rates(7, 500, 300, 3), Rates(60, 0, 1000, 0), Rates(0, 120, 0, 1), Rates(2, 0, 0, 0), Rates(1, 1, 1, 1)]
 TTL_US = 5_000_000

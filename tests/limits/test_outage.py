@@ -18,7 +18,7 @@ from glmserve.router.limits.redis_backend import RedisBackend
 from tests.limits.helpers import tenant
 from tests.limits.redis_server import RedisServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 RETRY_S = 0.2
 

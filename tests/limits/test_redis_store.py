@@ -16,7 +16,7 @@ from glmserve.router.limits.model import Cost, Decision, Rates
 from glmserve.router.limits.redis_backend import RedisBackend
 from tests.limits.helpers import tenant
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.asyncio
 
 
 def command_calls(url: str) -> dict[str, int]:

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from glmserve.common.errors import AuthenticationError, ConfigError
@@ -165,3 +166,19 @@ def test_without_a_tenants_file_everyone_is_the_open_tenant(caplog: pytest.LogCa
         assert tenant.limits.rates.unlimited
     assert registry.is_open
     assert registry.get(OPEN_TENANT_ID) is not None
+
+
+def test_reads_the_config_the_operator_renders(tmp_path: Path) -> None:
+    """The router's ConfigMap holds a TenantsFile dumped by alias without unset fields."""
+    config = TenantsFile.model_validate(yaml.safe_load(TENANTS_YAML))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    registry = TenantRegistry.from_file(path)
+    assert registry.authenticate(f"Bearer {NEW_KEY}").limits.rates == Rates(20, 10000, 2000, 2)
+
+
+def test_a_plan_without_tenants_admits_nobody() -> None:
+    registry = TenantRegistry.from_config(TenantsFile.model_validate({"plans": [{"name": "free"}]}))
+    assert not registry.is_open
+    with pytest.raises(AuthenticationError):
+        registry.authenticate(f"Bearer {OLD_KEY}")
