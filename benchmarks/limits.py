@@ -1,6 +1,6 @@
 """Admission decisions per second and their latency: one process, one local redis-server.
 
-    python -m benchmarks.limits [--seconds 1.5] [--repeats 3] [--out benchmarks/results]
+    python -m benchmarks.limits [--seconds 1.5] [--repeats 3]
 
 Compares, in one run, the shipped RedisBackend (concurrent admissions share a Lua call) with
 the same script called once per admission over a connection pool, and with the in-memory store
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from typing import Any
 
 import redis
 
+from benchmarks import results_io
 from glmserve.common.errors import OverloadedError
 from glmserve.router.limits.backend import LimitsBackend
 from glmserve.router.limits.limiter import Limiter, LimiterConfig
@@ -236,19 +235,18 @@ def fmt_load(load: tuple[float, float, float]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    head = result["headline"]
+    env, cond, head = results_io.environment(), result["conditions"], result["headline"]
     rate_met = "met" if head["per_s"] >= GOAL_PER_S else "NOT met"
     p99_met = "met" if head["p99_ms"] <= GOAL_P99_MS else "NOT met"
     lines = [
         "# Admission benchmark (`python -m benchmarks.limits`)",
         "",
-        f"{result['environment']['cpus']} CPUs ({result['environment']['machine']}), {result['environment']['redis']},"
-        f" Python {result['environment']['python']}; median of {result['repeats']} interleaved runs of"
-        f" {result['seconds']} s per case, 1000 tenants, every admission"
-        " allowed and written. Client and redis-server share the machine; its load average (1, 5, 15 min)"
-        f" was {fmt_load(result['environment']['load_average_at_start'])} at the start and"
-        f" {fmt_load(result['environment']['load_average_at_end'])} at the end; 10M additions in a Python loop"
-        f" took {result['environment']['python_10M_additions_s']} CPU s (start, end; ~0.4 on an idle core).",
+        f"{env['cpus']} CPUs ({env['machine']}), {cond['redis']}, Python {env['python']}, commit {env['commit']};"
+        f" median of {result['repeats']} interleaved runs of {result['seconds']} s per case, 1000 tenants, every"
+        " admission allowed and written. Client and redis-server share the machine; its load average (1, 5, 15"
+        f" min) was {fmt_load(cond['load_average_at_start'])} at the start and"
+        f" {fmt_load(cond['load_average_at_end'])} at the end; 10M additions in a Python loop took"
+        f" {cond['python_10M_additions_s']} CPU s (start, end; ~0.4 on an idle core).",
         "",
         "**Headline**: the shipped store's best admit-only run whose p99 meets the goal (else its run at 32"
         f" in flight): {head['concurrency']} in flight, "
@@ -302,9 +300,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per run (after 0.5 s warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case, interleaved; the median is reported")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
     load_at_start = os.getloadavg()  # other work on the machine competes with client and server
     speed_at_start = python_speed()
@@ -331,10 +327,7 @@ def main() -> None:
         "seconds": args.seconds,
         "repeats": args.repeats,
         "goals": {"decisions_per_s": GOAL_PER_S, "p99_ms": GOAL_P99_MS},
-        "environment": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
+        "conditions": {
             "redis": redis_version,
             "python_10M_additions_s": [speed_at_start, python_speed()],  # at the start and at the end
             "load_average_at_start": load_at_start,
@@ -344,12 +337,11 @@ def main() -> None:
         "ratios": ratios(runs),
         "runs": [asdict(r) for r in runs],
     }
-    (args.out / "limits.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "limits.md").write_text(markdown(result))
-    env = result["environment"]
-    plot(runs, args.out / "limits.png", f"{env['cpus']} CPUs, load {fmt_load(env['load_average_at_start'])}")
-    print(f"\nwrote {args.out}/limits.json, limits.md, limits.png", file=sys.stderr)
-    print(markdown(result))
+    text = markdown(result)
+    title = f"{os.cpu_count()} CPUs, load {fmt_load(load_at_start)}"
+    paths = results_io.write("limits", result, text, lambda path: plot(runs, path, title))
+    print(f"\nwrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    print(text)
 
 
 if __name__ == "__main__":
