@@ -66,6 +66,54 @@ INGRESS_IN_FLIGHT = MetricSpec(
 )
 
 
+# Admission at the router/ingress: tenants, plan limits, the shared limits store.
+# Plans, not tenants, label these: plans are few, tenants are many (and keys never appear at all).
+ADMISSION_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+AUTH_FAILURES = MetricSpec(
+    "glmserve_auth_failures_total",
+    "counter",
+    "Requests refused before admission because of their API key (reason: missing, malformed, unknown).",
+    ("reason",),
+)
+ADMISSION_DECISIONS = MetricSpec(
+    "glmserve_admission_decisions_total",
+    "counter",
+    "Rate-limit decisions by plan, outcome (allowed, limited, unavailable) and limiting dimension "
+    "(none, requests, input_tokens, output_tokens, concurrency).",
+    ("plan", "outcome", "dimension"),
+)
+ADMISSION_LATENCY = MetricSpec(
+    "glmserve_admission_decision_duration_seconds",
+    "histogram",
+    "Time to decide one admission, by where it was decided (store, local: fail-open fallback).",
+    ("source",),
+    ADMISSION_LATENCY_BUCKETS,
+)
+ADMISSION_STORE_UP = MetricSpec(
+    "glmserve_admission_store_up",
+    "gauge",
+    "1 while the shared limits store (Redis) answers, 0 while its outage policy is in force.",
+)
+ADMISSION_FAIL_OPEN = MetricSpec(
+    "glmserve_admission_fail_open_decisions_total",
+    "counter",
+    "Admissions decided on this replica's local, approximate limits because the limits store was down.",
+)
+ADMISSION_SETTLEMENTS = MetricSpec(
+    "glmserve_admission_settlements_total",
+    "counter",
+    "Ends of admitted requests by outcome: settled, duplicate (lease already gone), deferred (store "
+    "down, retried), lost (store down until the lease expired).",
+    ("outcome",),
+)
+ADMISSION_LEASES_LOST = MetricSpec(
+    "glmserve_admission_leases_lost_total",
+    "counter",
+    "Concurrency leases that expired while their request was still running (renewal came too late).",
+)
+
+
 def counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
     assert spec.kind == "counter", spec.name
     # prometheus_client appends `_total` itself.
