@@ -50,6 +50,9 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     for pool in ("prefill", "decode"):
         up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
         up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
+    up.add_argument("--tenants-file", type=Path, help="plans and tenants YAML (default: open access, one tenant)")
+    up.add_argument("--redis-url", help="keep rate-limit state in this Redis (redis://host:port/db)")
+    up.add_argument("--limits-outage", choices=["fail-open", "fail-closed"], help="when Redis is down (default open)")
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 

@@ -14,7 +14,8 @@ from glmserve.common.placement import local_pool_placement
 from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.server import EngineServer
-from glmserve.serving.ingress.app import Ingress, ServedModel
+from glmserve.serving.ingress.app import Ingress
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
 
@@ -88,8 +89,21 @@ def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Applica
         )
         for role in roles
     }
-    served = ServedModel(model.name, cfg.max_model_len or model.max_context, model.thinking_default, int(time.time()))
-    # @serve.deployment turned the class into a Deployment, which mypy cannot see.
-    return Ingress.bind(  # type: ignore[attr-defined]
-        engines={model.name: pools}, models=[served], retry_after_s=cfg.retry_after_s
+    decode: Role = "decode" if cfg.disaggregated else "colocated"
+    served = ServedModel(
+        model.name,
+        cfg.max_model_len or model.max_context,
+        model.thinking_default,
+        int(time.time()),
+        checkpoint=str(model.path),
+        engine_kwargs=engine_kwargs(model, cfg, device, decode),
+        capacity=pool_of(cfg, decode).replicas * cfg.max_ongoing_requests,
     )
+    limits = LimitsSettings(
+        tenants_file=str(cfg.tenants_file) if cfg.tenants_file else None,
+        redis_url=cfg.redis_url,
+        outage=cfg.limits_outage,
+    )
+    settings = IngressSettings(models=(served,), retry_after_s=cfg.retry_after_s, limits=limits)
+    # @serve.deployment turned the class into a Deployment, which mypy cannot see.
+    return Ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ OpenAI ingress, with the engine arguments and placement the plan implies.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,7 +22,8 @@ from glmserve.common.placement import pool_placement
 from glmserve.serving.app import DEPLOYMENT_PREFIX, NIXL_PORT_BASE
 from glmserve.serving.engine.gpu_args import gpu_engine_kwargs
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
-from glmserve.serving.ingress.app import Ingress, ServedModel
+from glmserve.serving.ingress.app import Ingress
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
 
 
 def model_source(source: str) -> str:
@@ -81,8 +83,28 @@ def app_builder(args: dict[str, Any]) -> Application:
     }
     model = spec.model.resolve()
     name = spec.model.served_name or spec.model.name
-    served = ServedModel(name, model.max_context, model.thinking_default, int(time.time()))
+    decode = plan.decode
+    served = ServedModel(
+        name,
+        model.max_context,
+        model.thinking_default,
+        int(time.time()),
+        checkpoint=model_source(model.source),
+        engine_kwargs=gpu_engine_kwargs(spec, "decode", decode),
+        capacity=decode.max_replicas * spec.decode.max_concurrency,
+    )
+    settings = IngressSettings(models=(served,), limits=limits_from_environment())
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.options(num_replicas=spec.ingress.replicas).bind(  # type: ignore[attr-defined]
-        engines={name: pools}, models=[served]
+        engines={name: pools}, settings=settings
+    )
+
+
+def limits_from_environment() -> LimitsSettings:
+    """Tenancy the operator hands the Ray pods (the router's rendered config, Redis, the salt secret)."""
+    return LimitsSettings(
+        tenants_file=os.environ.get("GLMSERVE_TENANTS_FILE"),
+        redis_url=os.environ.get("GLMSERVE_REDIS_URL"),
+        outage="fail-closed" if os.environ.get("GLMSERVE_LIMITS_OUTAGE") == "fail-closed" else "fail-open",
+        cache_salt_secret=os.environ.get("GLMSERVE_CACHE_SALT_SECRET"),
     )
