@@ -1,0 +1,82 @@
+"""What every plugin sees: the request's context, with the prompt's block hashes and each
+worker's cached prefix computed once and shared by all plugins of both profiles."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from glmserve.router.config import RouterConfig
+from glmserve.router.hashing import BlockHasher
+from glmserve.router.index import KVIndex
+from glmserve.router.types import Role, RouteQuery
+from glmserve.router.workers import Registry, Worker
+
+
+@dataclass(slots=True)
+class RouteContext:
+    query: RouteQuery
+    now: float
+    config: RouterConfig
+    registry: Registry
+    index: KVIndex
+    hasher: BlockHasher
+    _hashes: dict[int, list[int]] = field(default_factory=dict)
+    _cached_blocks: dict[str, int] = field(default_factory=dict)
+    _rng: random.Random | None = None
+
+    @property
+    def rng(self) -> random.Random:
+        """Seeded by (seed, request id): every router replica breaks the same tie the same way."""
+        if self._rng is None:
+            self._rng = random.Random(f"{self.config.seed}:{self.query.request_id}")
+        return self._rng
+
+    def block_hashes(self, block_size: int) -> list[int]:
+        hashes = self._hashes.get(block_size)
+        if hashes is None:
+            q = self.query
+            hashes = self._hashes[block_size] = self.hasher.block_hashes(q.tokens, block_size, q.cache_salt)
+        return hashes
+
+    def prompt_blocks(self, worker: Worker) -> int:
+        return len(self.query.tokens) // worker.info.block_size
+
+    def cached_tokens(self, workers: list[Worker]) -> list[int]:
+        """Prompt tokens each worker holds as a cached prefix, according to the KV index."""
+        missing: dict[int, list[str]] = {}
+        for w in workers:
+            if w.worker_id not in self._cached_blocks:
+                missing.setdefault(w.info.block_size, []).append(w.worker_id)
+        for block_size, ids in missing.items():
+            self._cached_blocks.update(self.index.prefix_blocks(self.block_hashes(block_size), ids))
+        return [self._cached_blocks[w.worker_id] * w.info.block_size for w in workers]
+
+
+class Filter(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]: ...
+
+
+class Scorer(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+        """One score in [0, 1] per worker, higher is better."""
+        ...
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        """Told where the request went (approximate scorers learn from it; most ignore it)."""
+        ...
+
+
+class Picker(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+        """The index of the chosen worker; `workers` is never empty."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginArgs:
+    """What a plugin factory gets: the whole config and the pool its profile routes to."""
+
+    config: RouterConfig
+    role: Role

@@ -1,0 +1,40 @@
+"""Scorers: each rates every candidate in [0, 1], higher is better."""
+
+from __future__ import annotations
+
+from glmserve.router.plugins.base import PluginArgs, RouteContext
+from glmserve.router.workers import Worker
+
+
+class _Scorer:
+    def __init__(self, args: PluginArgs) -> None:
+        self._default_capacity = args.config.overload.default_max_running_requests
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        pass
+
+
+class PrefixCache(_Scorer):
+    """The share of the prompt's full blocks cached as a prefix on the worker (the precise index)."""
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+        cached = ctx.cached_tokens(workers)
+        scores = []
+        for w, tokens in zip(workers, cached, strict=True):
+            full = ctx.prompt_blocks(w) * w.info.block_size
+            scores.append(tokens / full if full else 0.0)
+        return scores
+
+
+class LoadScorer(_Scorer):
+    """Free request slots: 1 when idle, 0 at max_running_requests (running + queued requests)."""
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+        return [max(0.0, 1.0 - w.busy() / (w.info.max_running_requests or self._default_capacity)) for w in workers]
+
+
+class KVCacheUtilization(_Scorer):
+    """Free KV cache: new blocks fit without evicting other tenants' prefixes."""
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+        return [min(1.0, max(0.0, 1.0 - w.load.kv_cache_usage)) for w in workers]
