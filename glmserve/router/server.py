@@ -19,7 +19,7 @@ from glmserve.router.metrics import RouterMetrics
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.router import Router
-from glmserve.router.service import RouterService
+from glmserve.router.service import RouterService, StrictDecoding
 from glmserve.router.subscriber import Subscriptions
 
 log = logging.getLogger("glmserve.router")
@@ -44,7 +44,7 @@ class RouterServer:
     async def start(self) -> int:
         """Starts serving and returns the bound gRPC port."""
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(interceptors=[StrictDecoding()], options=options)
         self._subscriptions = Subscriptions(self.router, self.config.events.replay_timeout_s)
         pb_grpc.add_RouterServicer_to_server(RouterService(self.router, self._subscriptions), server)
         self._health = health.aio.HealthServicer()

@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from glmserve.common.errors import GlmserveError
+from glmserve.common.errors import GlmserveError, InvalidRequestError
 from glmserve.router import convert
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
@@ -84,3 +85,30 @@ class RouterService(pb_grpc.RouterServicer):
     def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         request_id, stage, usage = convert.completion_from_pb(request)
         return pb.CompleteResponse(known=self._router.complete(request_id, stage, usage))
+
+
+class StrictDecoding(grpc.aio.ServerInterceptor):
+    """Bytes that do not decode as the method's request message are INVALID_ARGUMENT. gRPC itself
+    decodes before any handler runs and answers UNKNOWN, which reads like a router fault."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, behavior = handler.request_deserializer, handler.unary_unary
+
+        async def decode_then_call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = decode(raw)
+            except DecodeError as exc:
+                code, details, trailers = to_status(InvalidRequestError(f"undecodable request: {exc}"))
+                await context.abort(code, details, trailing_metadata=trailers)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            decode_then_call, request_deserializer=None, response_serializer=handler.response_serializer
+        )

@@ -25,7 +25,6 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STAGE_UNSPECIFIED: _ClassVar[Stage]
     STAGE_PREFILL_DONE: _ClassVar[Stage]
-
 ROLE_UNSPECIFIED: Role
 ROLE_PREFILL: Role
 ROLE_DECODE: Role
@@ -38,18 +37,7 @@ STAGE_UNSPECIFIED: Stage
 STAGE_PREFILL_DONE: Stage
 
 class Worker(_message.Message):
-    __slots__ = (
-        "worker_id",
-        "role",
-        "model",
-        "address",
-        "kv_events_endpoint",
-        "kv_replay_endpoint",
-        "kv_events_topic",
-        "block_size",
-        "max_running_requests",
-        "kv_cache_blocks",
-    )
+    __slots__ = ("worker_id", "role", "model", "address", "kv_events_endpoint", "kv_replay_endpoint", "kv_events_topic", "block_size", "max_running_requests", "kv_cache_blocks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -70,19 +58,7 @@ class Worker(_message.Message):
     block_size: int
     max_running_requests: int
     kv_cache_blocks: int
-    def __init__(
-        self,
-        worker_id: _Optional[str] = ...,
-        role: _Optional[_Union[Role, str]] = ...,
-        model: _Optional[str] = ...,
-        address: _Optional[str] = ...,
-        kv_events_endpoint: _Optional[str] = ...,
-        kv_replay_endpoint: _Optional[str] = ...,
-        kv_events_topic: _Optional[str] = ...,
-        block_size: _Optional[int] = ...,
-        max_running_requests: _Optional[int] = ...,
-        kv_cache_blocks: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., model: _Optional[str] = ..., address: _Optional[str] = ..., kv_events_endpoint: _Optional[str] = ..., kv_replay_endpoint: _Optional[str] = ..., kv_events_topic: _Optional[str] = ..., block_size: _Optional[int] = ..., max_running_requests: _Optional[int] = ..., kv_cache_blocks: _Optional[int] = ...) -> None: ...
 
 class Load(_message.Message):
     __slots__ = ("running", "waiting", "kv_cache_usage")
@@ -92,9 +68,7 @@ class Load(_message.Message):
     running: int
     waiting: int
     kv_cache_usage: float
-    def __init__(
-        self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...
-    ) -> None: ...
+    def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("worker", "load")
@@ -102,9 +76,7 @@ class RegisterRequest(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     worker: Worker
     load: Load
-    def __init__(
-        self, worker: _Optional[_Union[Worker, _Mapping]] = ..., load: _Optional[_Union[Load, _Mapping]] = ...
-    ) -> None: ...
+    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("heartbeat_interval_s", "lease_s")
@@ -139,16 +111,7 @@ class DeregisterResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = (
-        "request_id",
-        "tenant",
-        "model",
-        "prompt_token_ids",
-        "cache_salt",
-        "max_tokens",
-        "priority",
-        "allowed_worker_ids",
-    )
+    __slots__ = ("request_id", "tenant", "model", "prompt_token_ids", "cache_salt", "max_tokens", "priority", "allowed_worker_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -165,17 +128,7 @@ class RouteRequest(_message.Message):
     max_tokens: int
     priority: Priority
     allowed_worker_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        tenant: _Optional[str] = ...,
-        model: _Optional[str] = ...,
-        prompt_token_ids: _Optional[_Iterable[int]] = ...,
-        cache_salt: _Optional[str] = ...,
-        max_tokens: _Optional[int] = ...,
-        priority: _Optional[_Union[Priority, str]] = ...,
-        allowed_worker_ids: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., allowed_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("worker_id", "address", "cached_tokens", "score")
@@ -187,25 +140,10 @@ class Target(_message.Message):
     address: str
     cached_tokens: int
     score: float
-    def __init__(
-        self,
-        worker_id: _Optional[str] = ...,
-        address: _Optional[str] = ...,
-        cached_tokens: _Optional[int] = ...,
-        score: _Optional[float] = ...,
-    ) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., cached_tokens: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = (
-        "request_id",
-        "prefill",
-        "decode",
-        "expected_cached_tokens",
-        "prompt_tokens",
-        "policy",
-        "reasons",
-        "degraded",
-    )
+    __slots__ = ("request_id", "prefill", "decode", "expected_cached_tokens", "prompt_tokens", "policy", "reasons", "degraded")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREFILL_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
@@ -222,17 +160,7 @@ class RouteResponse(_message.Message):
     policy: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
     degraded: bool
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        prefill: _Optional[_Union[Target, _Mapping]] = ...,
-        decode: _Optional[_Union[Target, _Mapping]] = ...,
-        expected_cached_tokens: _Optional[int] = ...,
-        prompt_tokens: _Optional[int] = ...,
-        policy: _Optional[str] = ...,
-        reasons: _Optional[_Iterable[str]] = ...,
-        degraded: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prefill: _Optional[_Union[Target, _Mapping]] = ..., decode: _Optional[_Union[Target, _Mapping]] = ..., expected_cached_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
     __slots__ = ("request_id", "stage", "prompt_tokens", "cached_tokens", "completion_tokens", "failed")
@@ -248,15 +176,7 @@ class CompleteRequest(_message.Message):
     cached_tokens: int
     completion_tokens: int
     failed: bool
-    def __init__(
-        self,
-        request_id: _Optional[str] = ...,
-        stage: _Optional[_Union[Stage, str]] = ...,
-        prompt_tokens: _Optional[int] = ...,
-        cached_tokens: _Optional[int] = ...,
-        completion_tokens: _Optional[int] = ...,
-        failed: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("known",)
