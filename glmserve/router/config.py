@@ -15,11 +15,14 @@ from glmserve.router.types import Role, WorkerInfo
 Policy = Literal["precise", "approximate", "least-load", "round-robin"]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 DEFAULT_FILTERS = ("allowed", "healthy", "model", "role", "not-overloaded")
-# What each policy scores with, for both pools, unless `profiles` says otherwise. The prefix weight
-# dominates so a long cached prefix wins until its worker is nearly full; load breaks the rest.
+# What each policy scores with, for both pools, unless `profiles` says otherwise. Precise and
+# approximate score alike and differ only in where the cached prefixes come from (estimates.py).
+# Prefix affinity dominates, as in llm-d's default profile: spreading a prefix's traffic for a
+# moment's balance fills more caches with it and evicts more (benchmarks/routing measures this).
+_CACHE_AWARE = {"prefix-cache": 3.0, "prefill-work": 1.0, "load": 1.0, "kv-cache-utilization": 0.5}
 PRESETS: dict[Policy, tuple[dict[str, float], str]] = {
-    "precise": ({"prefix-cache": 3.0, "load": 1.0, "kv-cache-utilization": 0.5}, "max-score"),
-    "approximate": ({"approx-prefix": 3.0, "load": 1.0}, "max-score"),
+    "precise": (_CACHE_AWARE, "max-score"),
+    "approximate": (_CACHE_AWARE, "max-score"),
     "least-load": ({"load": 1.0}, "max-score"),
     "round-robin": ({}, "round-robin"),
 }
@@ -100,6 +103,12 @@ class WorkersConfig(_Strict):
         return self
 
 
+class ScoringConfig(_Strict):
+    prefill_work_floor_tokens: int = Field(
+        default=1024, ge=1, description="prefill-work: cost differences well below this many tokens barely count"
+    )
+
+
 class EventsConfig(_Strict):
     replay_timeout_s: float = Field(default=2.0, gt=0, description="wait this long for an engine's replay to end")
 
@@ -110,7 +119,7 @@ class HashingConfig(_Strict):
 
 
 class ApproximateConfig(_Strict):
-    """The approximate baseline (no events): where the router sent each prompt chunk, per worker."""
+    """The approximate policy's cache estimate (no events): where this router sent each chunk."""
 
     chunk_tokens: int = Field(default=64, ge=1)
     capacity_chunks: int = Field(default=31250, ge=1, description="per worker, as llm-d's lruCapacityPerServer")
@@ -127,6 +136,7 @@ class RouterConfig(_Strict):
     request_ttl_s: float = Field(default=3600.0, gt=0, description="forget a routed request never completed")
     hashing: HashingConfig = HashingConfig()
     overload: OverloadConfig = OverloadConfig()
+    scoring: ScoringConfig = ScoringConfig()
     disaggregation: DisaggregationConfig = DisaggregationConfig()
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()

@@ -63,7 +63,4 @@ class Profile:
         started = clock()
         chosen = self._picker(ctx, workers, totals)
         self._picker_timer.observe(clock() - started)
-        worker = workers[chosen]
-        for _, _, scorer in self._scorers:
-            scorer.routed(ctx, worker)
-        return Pick(worker, totals[chosen], tuple((name, scores[chosen]) for name, scores in parts))
+        return Pick(workers[chosen], totals[chosen], tuple((name, scores[chosen]) for name, scores in parts))

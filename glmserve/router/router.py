@@ -11,12 +11,13 @@ from dataclasses import dataclass, replace
 from glmserve.common.errors import OverloadedError
 from glmserve.router.config import RouterConfig
 from glmserve.router.disaggregation import Disaggregation
+from glmserve.router.estimates import EngineEvents, RoutingHistory
 from glmserve.router.events import Event
 from glmserve.router.hashing import DEFAULT_SEED, BlockHasher
 from glmserve.router.index import KVIndex
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.pipeline import Pick, Profile, Rejected
-from glmserve.router.plugins.base import RouteContext
+from glmserve.router.plugins.base import PrefixEstimate, RouteContext
 from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
 from glmserve.router.workers import Registry, Worker
 
@@ -28,7 +29,12 @@ class Booking:
     tenant: str
     prefill: str | None
     decode: str
+    prefill_tokens: int  # uncached tokens the prefilling worker owes until the first token
     expires_at: float
+
+    @property
+    def prefiller(self) -> str:
+        return self.prefill or self.decode
 
 
 class Router:
@@ -43,6 +49,9 @@ class Router:
         self.registry = Registry(config.workers.lease_s, config.workers.forget_after_s, clock)
         self.index = KVIndex()
         self.hasher = BlockHasher(config.hashing.seed or DEFAULT_SEED)
+        self.estimate: PrefixEstimate = (
+            RoutingHistory(config.approximate) if config.policy == "approximate" else EngineEvents(self.index)
+        )
         self._clock = clock
         self._decode = Profile("decode", config.profile("decode"), config, self.metrics)
         prefill = Profile("prefill", config.profile("prefill"), config, self.metrics)
@@ -99,8 +108,7 @@ class Router:
             self._ordered = None
         now = self._clock()
         for request_id in [r for r, b in self._bookings.items() if b.expires_at < now]:
-            booking = self._bookings.pop(request_id)
-            self._release(booking.prefill, booking.decode)
+            self._end(self._bookings.pop(request_id))
         self._refresh_gauges(now)
         return gone
 
@@ -120,16 +128,19 @@ class Router:
         if self._ordered is None:  # one candidate order on every replica, so tie-breaks agree
             self._ordered = sorted(self.registry.workers.values(), key=lambda w: w.worker_id)
         workers = self._ordered
-        ctx = RouteContext(query, self._clock(), self.config, self.registry, self.index, self.hasher)
+        ctx = RouteContext(query, self._clock(), self.config, self.registry, self.hasher, self.estimate)
         decode = self._decode.run(ctx, workers)
         if isinstance(decode, Rejected):
             raise self._unavailable(query, decode)
         prefill, why = self._disaggregation.prefill_for(ctx, decode, workers)
         previous = self._bookings.pop(query.request_id, None)
         if previous is not None:  # the ingress re-routes a request (e.g. its replica died)
-            self._release(previous.prefill, previous.decode)
-        self._book(query, prefill, decode)
+            self._end(previous)
         decision = self._decision(ctx, prefill, decode, why)
+        self._book(query, decision, prefill, decode)
+        for pick in (prefill, decode):
+            if pick is not None:
+                self.estimate.routed(ctx, pick.worker)
         self._count(query, decision, "remote_prefill" if prefill else "local_prefill")
         self.metrics.route_duration.observe(time.perf_counter() - started)
         return decision
@@ -166,13 +177,32 @@ class Router:
             decision.prompt_tokens - decision.expected_cached_tokens
         )
 
-    def _book(self, query: RouteQuery, prefill: Pick | None, decode: Pick) -> None:
+    def _book(self, query: RouteQuery, decision: Decision, prefill: Pick | None, decode: Pick) -> None:
+        owed = decision.prompt_tokens - decision.expected_cached_tokens
+        (prefill or decode).worker.prefill_backlog += owed
         for pick in (prefill, decode):
             if pick is not None:
                 pick.worker.in_flight += 1
-        expires = self._clock() + self.config.request_ttl_s
-        prefill_id = prefill.worker.worker_id if prefill else None
-        self._bookings[query.request_id] = Booking(query.tenant, prefill_id, decode.worker.worker_id, expires)
+        booking = Booking(
+            query.tenant,
+            prefill.worker.worker_id if prefill else None,
+            decode.worker.worker_id,
+            owed,
+            self._clock() + self.config.request_ttl_s,
+        )
+        self._bookings[query.request_id] = booking
+
+    def _first_token(self, booking: Booking) -> Booking:
+        """The prompt is prefilled: its tokens leave the prefiller's backlog, a remote prefill
+        worker is done with it."""
+        prefiller = self.registry.workers.get(booking.prefiller)
+        if prefiller is not None:
+            prefiller.prefill_backlog = max(0, prefiller.prefill_backlog - booking.prefill_tokens)
+        self._release(booking.prefill)
+        return replace(booking, prefill=None, prefill_tokens=0)
+
+    def _end(self, booking: Booking) -> None:
+        self._release(self._first_token(booking).decode)
 
     def _release(self, *worker_ids: str | None) -> None:
         for worker_id in worker_ids:
@@ -186,11 +216,10 @@ class Router:
         if booking is None:
             return False
         if stage == "prefill_done":
-            self._release(booking.prefill)
-            self._bookings[request_id] = replace(booking, prefill=None)
+            self._bookings[request_id] = self._first_token(booking)
             return True
         del self._bookings[request_id]
-        self._release(booking.prefill, booking.decode)
+        self._end(booking)
         tokens = self.metrics.completed_tokens
         tokens.labels(booking.tenant, "prompt").inc(usage.prompt_tokens)
         tokens.labels(booking.tenant, "cached").inc(usage.cached_tokens)

@@ -16,6 +16,7 @@ class Worker:
     last_seen: float
     static: bool = False
     in_flight: int = 0  # routed by this router and not completed yet
+    prefill_backlog: int = 0  # uncached prompt tokens of those, until their first token
     index_ready: bool = False  # its KV events have been replayed (or it has none to replay)
 
     @property
@@ -42,8 +43,10 @@ class Registry:
         if known is not None and known.info == info:
             known.load, known.last_seen = load, now
             return False
-        in_flight = known.in_flight if known else 0
-        self.workers[info.worker_id] = Worker(info, load, now, static=static, in_flight=in_flight)
+        worker = Worker(info, load, now, static=static)
+        if known is not None:  # requests routed to it before the change are still on it
+            worker.in_flight, worker.prefill_backlog = known.in_flight, known.prefill_backlog
+        self.workers[info.worker_id] = worker
         return True
 
     def heartbeat(self, worker_id: str, load: Load) -> None:

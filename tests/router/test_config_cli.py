@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmserve.common.errors import ConfigError
-from glmserve.router.config import load_config
+from glmserve.router.config import PRESETS, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ workers:
     assert cfg.port == 6000
     assert cfg.hashing.seed == "0"
     assert cfg.profile("prefill").scorers == {"prefix-cache": 1, "load": 2}
-    assert cfg.profile("decode").scorers == {"approx-prefix": 3.0, "load": 1.0}
+    assert cfg.profile("decode").scorers == PRESETS["approximate"][0]
     assert cfg.workers.static[0].info().kv_events_endpoint == "tcp://10.0.0.1:5557"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from glmserve.router.config import RouterConfig
+from glmserve.router.estimates import EngineEvents
 from glmserve.router.hashing import BlockHasher
 from glmserve.router.index import KVIndex
 from glmserve.router.plugins.base import PluginArgs, RouteContext
@@ -26,12 +27,13 @@ class Clock:
 
 
 def setup(
-    specs: list[dict[str, Any]], query: dict[str, Any] | None = None, **config: Any
+    specs: list[dict[str, Any]], query: dict[str, Any] | None = None, index: KVIndex | None = None, **config: Any
 ) -> tuple[RouteContext, list[Worker]]:
+    """A context over hand-made workers; cached prefixes come from `index` (the precise source)."""
     clock = Clock()
     cfg = RouterConfig.model_validate(config)
     registry = Registry(lease_s=5, forget_after_s=60, clock=clock)
-    index = KVIndex()
+    index = index or KVIndex()
     for spec in specs:
         info = WorkerInfo(
             spec["id"], spec.get("role", "decode"), spec.get("model", "m"), block_size=16, max_running_requests=10
@@ -39,7 +41,7 @@ def setup(
         registry.register(info, spec.get("load", Load()))
         index.attach(info.worker_id)
     fields = {"request_id": "req-1", "tenant": "t", "model": "m", "tokens": PROMPT} | (query or {})
-    ctx = RouteContext(RouteQuery(**fields), clock.now, cfg, registry, index, BlockHasher())
+    ctx = RouteContext(RouteQuery(**fields), clock.now, cfg, registry, BlockHasher(), EngineEvents(index))
     return ctx, list(registry.workers.values())
 
 
@@ -90,37 +92,29 @@ def test_not_overloaded_counts_the_routers_own_in_flight_requests() -> None:
 
 
 def test_prefix_cache_scorer_is_the_cached_share_of_full_blocks() -> None:
-    ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    index = KVIndex()
+    ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}], index=index)
     hashes = ctx.block_hashes(16)
-    ctx.index.store("a", hashes)
-    ctx.index.store("b", hashes[:3])
+    index.store("a", hashes)
+    index.store("b", hashes[:3])
     assert plugin(SCORERS, "prefix-cache", ctx)(ctx, workers) == [1.0, 0.5, 0.0]
 
 
+def test_prefill_work_scorer_weighs_uncached_tokens_against_backlog() -> None:
+    index = KVIndex()
+    ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}], index=index, scoring={"prefill_work_floor_tokens": 4})
+    index.store("a", ctx.block_hashes(16))  # 96 of 100 tokens cached: 4 to prefill
+    workers[0].prefill_backlog = 92  # ...behind 92 queued: 96 in all
+    workers[2].prefill_backlog = 100  # c: 200
+    # b: 100 uncached, nothing queued. Score (best + floor) / (cost + floor), best = a's 96.
+    assert plugin(SCORERS, "prefill-work", ctx)(ctx, workers) == [1.0, 100 / 104, 100 / 204]
+
+
 def test_load_and_kv_scorers() -> None:
-    ctx, workers = setup(
-        [{"id": "a", "load": Load(running=5, kv_cache_usage=0.25)}, {"id": "b", "load": Load(running=20)}]
-    )
+    specs = [{"id": "a", "load": Load(running=5, kv_cache_usage=0.25)}, {"id": "b", "load": Load(running=20)}]
+    ctx, workers = setup(specs)
     assert plugin(SCORERS, "load", ctx)(ctx, workers) == [0.5, 0.0]
     assert plugin(SCORERS, "kv-cache-utilization", ctx)(ctx, workers) == [0.75, 1.0]
-
-
-def test_approx_prefix_scorer_learns_from_routed_requests_only() -> None:
-    ctx, workers = setup([{"id": "a"}, {"id": "b"}], approximate={"chunk_tokens": 10, "capacity_chunks": 100})
-    scorer = plugin(SCORERS, "approx-prefix", ctx)
-    assert scorer(ctx, workers) == [0.0, 0.0]
-    scorer.routed(ctx, workers[1])
-    assert scorer(ctx, workers) == [0.0, 1.0]
-    longer, _ = setup([{"id": "a"}, {"id": "b"}], approximate={"chunk_tokens": 10, "capacity_chunks": 100})
-    longer.query = RouteQuery("req-2", "t", "m", np.concatenate([PROMPT, PROMPT]))
-    assert scorer(longer, workers) == [0.0, 0.5]
-
-
-def test_approx_prefix_scorer_forgets_past_its_capacity() -> None:
-    ctx, workers = setup([{"id": "a"}], approximate={"chunk_tokens": 10, "capacity_chunks": 5})
-    scorer = plugin(SCORERS, "approx-prefix", ctx)
-    scorer.routed(ctx, workers[0])  # 10 chunks into an LRU of 5: the first ones are gone
-    assert scorer(ctx, workers) == [0.0]
 
 
 def test_max_score_picker_breaks_ties_by_request_not_by_call() -> None:

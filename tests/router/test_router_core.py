@@ -132,3 +132,25 @@ def test_reregistering_the_same_spec_keeps_the_index() -> None:
     assert router.index.blocks("a") == 62
     assert router.register(WorkerInfo("a", "decode", "m", kv_events_endpoint="tcp://x:1"), Load())
     assert router.index.blocks("a") == 0
+
+
+def test_prefill_backlog_lasts_until_the_first_token() -> None:
+    router, _ = make_router([("a", "decode")])
+    cache(router, "a", PROMPT[:320])  # 320 of 1000 cached: 680 to prefill
+    router.route(query("r1"))
+    router.route(query("r2", tokens=PROMPT[:100]))  # its 6 full blocks are cached: 4 tokens to prefill
+    a = router.registry.workers["a"]
+    assert a.prefill_backlog == 680 + 4
+    router.complete("r1", "prefill_done", Usage())
+    assert (a.prefill_backlog, a.in_flight) == (4, 2)
+    router.complete("r2", "finished", Usage())  # a request that ends without a first-token report
+    assert (a.prefill_backlog, a.in_flight) == (0, 1)
+
+
+def test_approximate_policy_ignores_events_and_learns_from_its_own_routing() -> None:
+    router, _ = make_router([("a", "decode"), ("b", "decode")], policy="approximate")
+    cache(router, "b", PROMPT)  # the index knows, the approximate policy does not look
+    first = router.route(query("r1"))
+    assert first.expected_cached_tokens == 0
+    second = router.route(query("r2"))
+    assert (second.decode.worker_id, second.expected_cached_tokens) == (first.decode.worker_id, 960)  # 15 chunks of 64

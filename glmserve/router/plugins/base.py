@@ -1,5 +1,6 @@
 """What every plugin sees: the request's context, with the prompt's block hashes and each
-worker's cached prefix computed once and shared by all plugins of both profiles."""
+worker's cached prefix (from the policy's PrefixEstimate) computed once and shared by all plugins
+of both profiles."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from typing import Protocol
 
 from glmserve.router.config import RouterConfig
 from glmserve.router.hashing import BlockHasher
-from glmserve.router.index import KVIndex
 from glmserve.router.types import Role, RouteQuery
 from glmserve.router.workers import Registry, Worker
+
+
+class PrefixEstimate(Protocol):
+    def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
+        """Prompt tokens each worker is believed to hold as a cached prefix."""
+        ...
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        """Told that the worker will prefill the request (history-based estimates learn from it)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -20,10 +30,10 @@ class RouteContext:
     now: float
     config: RouterConfig
     registry: Registry
-    index: KVIndex
     hasher: BlockHasher
+    estimate: PrefixEstimate
     _hashes: dict[int, list[int]] = field(default_factory=dict)
-    _cached_blocks: dict[str, int] = field(default_factory=dict)
+    _cached: dict[str, int] = field(default_factory=dict)
     _rng: random.Random | None = None
 
     @property
@@ -44,14 +54,11 @@ class RouteContext:
         return len(self.query.tokens) // worker.info.block_size
 
     def cached_tokens(self, workers: list[Worker]) -> list[int]:
-        """Prompt tokens each worker holds as a cached prefix, according to the KV index."""
-        missing: dict[int, list[str]] = {}
-        for w in workers:
-            if w.worker_id not in self._cached_blocks:
-                missing.setdefault(w.info.block_size, []).append(w.worker_id)
-        for block_size, ids in missing.items():
-            self._cached_blocks.update(self.index.prefix_blocks(self.block_hashes(block_size), ids))
-        return [self._cached_blocks[w.worker_id] * w.info.block_size for w in workers]
+        """Prompt tokens each worker holds as a cached prefix, by the policy's estimate."""
+        missing = [w for w in workers if w.worker_id not in self._cached]
+        if missing:
+            self._cached.update(self.estimate.cached_tokens(self, missing))
+        return [self._cached[w.worker_id] for w in workers]
 
 
 class Filter(Protocol):
@@ -61,10 +68,6 @@ class Filter(Protocol):
 class Scorer(Protocol):
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
         """One score in [0, 1] per worker, higher is better."""
-        ...
-
-    def routed(self, ctx: RouteContext, worker: Worker) -> None:
-        """Told where the request went (approximate scorers learn from it; most ignore it)."""
         ...
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from glmserve.router.plugins import filters, pickers, scorers
-from glmserve.router.plugins.approx import ApproxPrefix
 from glmserve.router.plugins.base import Filter, Picker, PluginArgs, Scorer
 
 FILTERS: dict[str, Callable[[PluginArgs], Filter]] = {
@@ -17,7 +16,7 @@ FILTERS: dict[str, Callable[[PluginArgs], Filter]] = {
 }
 SCORERS: dict[str, Callable[[PluginArgs], Scorer]] = {
     "prefix-cache": scorers.PrefixCache,
-    "approx-prefix": ApproxPrefix,
+    "prefill-work": scorers.PrefillWork,
     "load": scorers.LoadScorer,
     "kv-cache-utilization": scorers.KVCacheUtilization,
 }
