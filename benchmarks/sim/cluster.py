@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmarks.sim.engine import EngineModel, Job, SimEngine
 from benchmarks.sim.loop import EventLoop
@@ -40,7 +40,7 @@ MODEL = "glm-4.6"
 class ClusterConfig:
     workers: int = 8
     routers: int = 1
-    engine: EngineModel = EngineModel()
+    engine: EngineModel = field(default_factory=EngineModel)
     event_lag_s: float = 0.01  # engine step -> ZMQ -> router index
     seed: int = 0  # which router replica each request reaches
 
