@@ -8,13 +8,14 @@ salted request and null elsewhere (no LoRA, no multimodal input). KV events carr
 of each hash as an unsigned int, which is what the index keys on.
 
 An 8K-token prompt is 512 blocks at block size 16: per-block `cbor2.dumps` costs ~1.4 ms, so the
-token arrays are CBOR-encoded for a whole prompt at once with numpy, and blocks already hashed for
-an earlier request (agentic prompts repeat their prefix) come from a memo.
+token arrays are CBOR-encoded many blocks at a time with numpy, blocks already hashed for an earlier
+request (agentic prompts repeat their prefix) come from a memo, and hashes are computed lazily.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import cbor2
 import numpy as np
@@ -29,6 +30,7 @@ _COLUMNS = np.arange(9)
 _TRIPLE_AND_PARENT = b"\x83\x58\x20"  # array(3), then byte string(32): the parent hash
 _NULL = b"\xf6"
 _MEMO_GENERATION = 1 << 17
+_ENCODE_BLOCKS = 64  # CBOR-encode this many blocks at a time: vectorised, yet lazy
 
 
 def to_index_hash(block_hash: bytes | int) -> int:
@@ -88,7 +90,7 @@ class _Memo:
 
 
 class BlockHasher:
-    """vLLM-compatible block hashes for one hash seed; safe to share, not thread-safe."""
+    """vLLM-compatible block hashes for one hash seed; not thread-safe."""
 
     def __init__(self, seed: str = DEFAULT_SEED) -> None:
         self.root = hashlib.sha256(cbor2.dumps(seed, canonical=True)).digest()
@@ -96,6 +98,11 @@ class BlockHasher:
 
     def block_hashes(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> list[int]:
         """Index keys of every full block of `tokens` (uint32[n]), in order; n // block_size long."""
+        return list(self.iter_block_hashes(tokens, block_size, cache_salt))
+
+    def iter_block_hashes(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[int]:
+        """The same keys, each computed only when asked for: routing stops reading at the first
+        block no candidate holds, so an uncached tail is never hashed."""
         n_blocks = len(tokens) // block_size
         memo = self._memos.setdefault(block_size, _Memo())
         raw = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32).tobytes()
@@ -103,23 +110,41 @@ class BlockHasher:
         salt = cache_salt.encode()
         head = _array_header(block_size)
         parent = self.root
-        keys: list[int] = []
-        first_miss = -1
+        encoded, bounds, first = b"", [0], 0  # CBOR of blocks first.., encoded on a memo miss
         for i in range(n_blocks):
             memo_key = parent + raw[i * step : (i + 1) * step] + (salt if i == 0 else b"")
-            hit = memo.get(memo_key)
+            hit = memo.new.get(memo_key) or memo.get(memo_key)
             if hit is None:
-                if first_miss < 0:  # encode the rest of the prompt once, on the first miss
-                    first_miss = i
-                    encoded, offsets = cbor_uints(np.asarray(tokens[i * block_size : n_blocks * block_size], np.uint64))
+                if i - first + 1 >= len(bounds):
+                    first, last = i, min(n_blocks, i + _ENCODE_BLOCKS)
+                    encoded, offsets = cbor_uints(np.asarray(tokens[i * block_size : last * block_size], np.uint64))
                     bounds = offsets[::block_size].tolist()
-                j = i - first_miss
+                j = i - first
                 tail = _salt_keys(cache_salt) if i == 0 and cache_salt else _NULL
                 digest = hashlib.sha256(
                     _TRIPLE_AND_PARENT + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail
                 ).digest()
-                hit = (digest, to_index_hash(digest))
+                hit = (digest, int.from_bytes(digest[-8:], "big"))
                 memo.put(memo_key, hit)
             parent = hit[0]
-            keys.append(hit[1])
-        return keys
+            yield hit[1]
+
+
+class PromptHashes:
+    """A prompt's block hashes as a sequence shared by several readers: computed once, and only
+    as far as the furthest reader went."""
+
+    def __init__(self, hashes: Iterator[int]) -> None:
+        self._pending = hashes
+        self._known: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        known, i = self._known, 0
+        while True:
+            while i < len(known):  # including what other readers added meanwhile
+                yield known[i]
+                i += 1
+            block_hash = next(self._pending, None)
+            if block_hash is None:
+                return
+            known.append(block_hash)

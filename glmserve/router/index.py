@@ -6,7 +6,7 @@ one dict lookup and one AND per block (an 8K-token prompt is 512 blocks at block
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored, Event
 
@@ -77,14 +77,17 @@ class KVIndex:
         """(worker, block) entries over all workers."""
         return sum(len(b) for b in self._blocks.values())
 
-    def prefix_blocks(self, hashes: Sequence[int], worker_ids: Iterable[str]) -> dict[str, int]:
+    def prefix_blocks(self, hashes: Iterable[int], worker_ids: Iterable[str]) -> dict[str, int]:
         """For each worker, how many leading blocks of `hashes` it holds: vLLM's prefix hit stops
-        at the first missing block, so later blocks a worker happens to hold do not count."""
+        at the first missing block, so later blocks a worker happens to hold do not count. Reads
+        `hashes` only until no worker holds the block."""
         result = dict.fromkeys(worker_ids, 0)
         owner = {self._slots[w]: w for w in result if w in self._slots}
         active = sum(1 << slot for slot in owner)
+        if not active:
+            return result
         holders = self._holders
-        matched = len(hashes)
+        matched = 0
         for i, h in enumerate(hashes):
             held = holders.get(h, 0) & active
             if held != active:
@@ -96,6 +99,7 @@ class KVIndex:
                 active = held
                 if not active:
                     break
+            matched = i + 1
         while active:
             low = active & -active
             result[owner[low.bit_length() - 1]] = matched

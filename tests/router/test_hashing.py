@@ -5,12 +5,13 @@ own events is in test_vllm_parity.py."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import cbor2
 import numpy as np
 import pytest
 
-from glmserve.router.hashing import DEFAULT_SEED, BlockHasher, cbor_uints, to_index_hash
+from glmserve.router.hashing import DEFAULT_SEED, BlockHasher, PromptHashes, cbor_uints, to_index_hash
 
 
 def vllm_hashes(tokens: list[int], block_size: int, cache_salt: str = "", seed: str = DEFAULT_SEED) -> list[int]:
@@ -78,3 +79,20 @@ def test_short_prompt_has_no_full_block() -> None:
 def test_index_hash_of_bytes_and_int_agree() -> None:
     digest = hashlib.sha256(b"x").digest()
     assert to_index_hash(digest) == to_index_hash(int.from_bytes(digest, "big")) < 2**64
+
+
+def test_prompt_hashes_are_shared_by_readers_and_computed_once() -> None:
+    tokens = np.arange(160, dtype=np.uint32)
+    computed: list[int] = []
+
+    def counting() -> Iterator[int]:
+        for h in BlockHasher().iter_block_hashes(tokens, 16):
+            computed.append(h)
+            yield h
+
+    hashes = PromptHashes(counting())
+    assert list(zip(range(3), hashes, strict=False)) == list(enumerate(vllm_hashes(tokens.tolist(), 16)[:3]))
+    assert len(computed) == 3
+    assert list(hashes) == vllm_hashes(tokens.tolist(), 16)
+    assert list(hashes) == list(hashes)
+    assert len(computed) == 10

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored
 from glmserve.router.index import KVIndex
 
@@ -48,3 +50,17 @@ def test_many_workers_each_get_their_own_prefix() -> None:
     for i, w in enumerate(workers):
         index.store(w, CHAIN[: i % 6])
     assert index.prefix_blocks(CHAIN, workers) == {w: i % 6 for i, w in enumerate(workers)}
+
+
+def test_prefix_match_reads_hashes_only_while_some_worker_holds_them() -> None:
+    index = _index("a", "b")
+    index.store("a", CHAIN[:2])
+    read: list[int] = []
+
+    def lazily() -> Iterator[int]:
+        for h in CHAIN:
+            read.append(h)
+            yield h
+
+    assert index.prefix_blocks(lazily(), ["a", "b"]) == {"a": 2, "b": 0}
+    assert read == CHAIN[:3]  # the third block is nowhere: nothing after it is hashed

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from glmserve.router.config import RouterConfig
-from glmserve.router.hashing import BlockHasher
+from glmserve.router.hashing import BlockHasher, PromptHashes
 from glmserve.router.types import Role, RouteQuery
 from glmserve.router.workers import Registry, Worker
 
@@ -32,7 +32,7 @@ class RouteContext:
     registry: Registry
     hasher: BlockHasher
     estimate: PrefixEstimate
-    _hashes: dict[int, list[int]] = field(default_factory=dict)
+    _hashes: dict[int, PromptHashes] = field(default_factory=dict)
     _cached: dict[str, int] = field(default_factory=dict)
     _rng: random.Random | None = None
 
@@ -43,11 +43,13 @@ class RouteContext:
             self._rng = random.Random(f"{self.config.seed}:{self.query.request_id}")
         return self._rng
 
-    def block_hashes(self, block_size: int) -> list[int]:
+    def block_hashes(self, block_size: int) -> PromptHashes:
+        """The prompt's block hashes at `block_size`, computed as far as they are read."""
         hashes = self._hashes.get(block_size)
         if hashes is None:
             q = self.query
-            hashes = self._hashes[block_size] = self.hasher.block_hashes(q.tokens, block_size, q.cache_salt)
+            hashes = PromptHashes(self.hasher.iter_block_hashes(q.tokens, block_size, q.cache_salt))
+            self._hashes[block_size] = hashes
         return hashes
 
     def prompt_blocks(self, worker: Worker) -> int:
