@@ -4,8 +4,12 @@ The router runs as `glmserve router serve` in its own process. 64 simulated engi
 gRPC and publish vLLM-format KV events over ZMQ until the index holds every block: 16 tenants with
 a 4K-token context each, on 4 workers per tenant, and 60 sessions per worker that continue the
 context to 8K tokens (about 1M (worker, block) entries at block size 16). Then requests arrive
-open-loop at a fixed rate: 8K-token prompts, 90% the next turn of a random session (its cached
-prefix plus 256-1024 new tokens), 10% never seen; each is completed as soon as it is routed.
+open-loop at a fixed rate, each completed as soon as it is routed: 8K-token prompts, 10% never
+seen before, 90% turns of agentic sessions. A session has 10 turns, taken in order and mixed
+with other sessions' turns; turn t is the conversation cached on the worker up to
+7168 + 96 t tokens, then new tokens up to 8K. So a router replica sees each session's prefix first
+on its first turn (the case where the whole cached prefix must be hashed) and then only the
+tokens each turn adds.
 
 Reported: the latency the caller sees (gRPC round trip, on the same machine), the router's own
 decision time (its route-duration histogram, bucketed), an exact in-process distribution of the
@@ -50,6 +54,8 @@ BLOCK = 16
 CONTEXT_TOKENS = 4096
 PROMPT_TOKENS = 8192
 VOCAB = 151_552
+TURNS = 10
+ACTIVE_SESSIONS = 200
 ROUTE = "/glmserve.router.v1.Router/Route"
 COMPLETE = "/glmserve.router.v1.Router/Complete"
 Batches = list[list[dict[str, Any]]]  # one engine's event batches
@@ -81,21 +87,29 @@ def corpus(sessions_per_worker: int, seed: int) -> Corpus:
 
 
 def requests(c: Corpus, n: int, seed: int) -> tuple[list[np.ndarray], list[bool]]:
-    """n 8K-token prompts and whether each one's prefix is new to the router (first sighting)."""
+    """n 8K-token prompts and whether each one's cached prefix is new to the router."""
     rng = np.random.default_rng(seed + 1)
-    prompts, first, seen = [], [], set()
+    pool = [(w, s) for w in range(WORKERS) for s in range(len(c.sessions[w]))]
+    order = rng.permutation(len(pool))
+    live: list[tuple[int, int, int]] = []  # (worker, session, next turn)
+    prompts, first = [], []
     for _ in range(n):
         if rng.random() < 0.1:
             prompts.append(rng.integers(0, VOCAB, PROMPT_TOKENS, dtype=np.uint32))
             first.append(True)
             continue
-        w, s = int(rng.integers(WORKERS)), int(rng.integers(len(c.sessions[0])))
-        new = int(rng.integers(256, 1025))
-        prompts.append(
-            np.concatenate([c.sessions[w][s][: PROMPT_TOKENS - new], rng.integers(0, VOCAB, new, dtype=np.uint32)])
-        )
-        first.append((w, s) not in seen)
-        seen.add((w, s))
+        if len(live) < ACTIVE_SESSIONS:
+            w, s = pool[order[len(prompts) % len(pool)]]
+            live.append((w, s, 0))
+        k = int(rng.integers(len(live)))
+        w, s, turn = live[k]
+        live[k] = (w, s, turn + 1)
+        if turn + 1 == TURNS:
+            live.pop(k)
+        cached = PROMPT_TOKENS - 1024 + 96 * turn
+        fresh = rng.integers(0, VOCAB, PROMPT_TOKENS - cached, dtype=np.uint32)
+        prompts.append(np.concatenate([c.sessions[w][s][:cached], fresh]))
+        first.append(turn == 0)
     return prompts, first
 
 

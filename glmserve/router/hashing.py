@@ -8,8 +8,9 @@ salted request and null elsewhere (no LoRA, no multimodal input). KV events carr
 of each hash as an unsigned int, which is what the index keys on.
 
 An 8K-token prompt is 512 blocks at block size 16: per-block `cbor2.dumps` costs ~1.4 ms, so the
-token arrays are CBOR-encoded many blocks at a time with numpy, blocks already hashed for an earlier
-request (agentic prompts repeat their prefix) come from a memo, and hashes are computed lazily.
+token arrays are CBOR-encoded many blocks at a time with numpy, runs of blocks already hashed for
+an earlier request (agentic prompts repeat their prefix) come from a memo, and runs are hashed only
+when routing reads that far.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _HEADERS = np.array([0, 0x18, 0x19, 0x1A, 0x1B], dtype=np.uint8)
 _COLUMNS = np.arange(9)
 _TRIPLE_AND_PARENT = b"\x83\x58\x20"  # array(3), then byte string(32): the parent hash
 _NULL = b"\xf6"
-_MEMO_GENERATION = 1 << 17
-_ENCODE_BLOCKS = 64  # CBOR-encode this many blocks at a time: vectorised, yet lazy
+_MEMO_GENERATION = 1 << 16
+RUN_BLOCKS = 16  # blocks hashed, memoised and handed out together
 
 
 def to_index_hash(block_hash: bytes | int) -> int:
@@ -66,16 +67,17 @@ def _salt_keys(cache_salt: str) -> bytes:
 
 
 class _Memo:
-    """(parent hash + raw block tokens [+ salt]) -> (hash, index key), in two generations so the
-    recently used half survives each reset; memory stays under ~2 x 2^17 entries per block size."""
+    """(parent hash + a run of raw block tokens [+ salt]) -> (the run's last hash, its index keys),
+    in two generations so the recently used half survives each reset: at most ~2 x 2^16 runs of up
+    to RUN_BLOCKS blocks per block size."""
 
     __slots__ = ("new", "old")
 
     def __init__(self) -> None:
-        self.new: dict[bytes, tuple[bytes, int]] = {}
-        self.old: dict[bytes, tuple[bytes, int]] = {}
+        self.new: dict[bytes, tuple[bytes, list[int]]] = {}
+        self.old: dict[bytes, tuple[bytes, list[int]]] = {}
 
-    def get(self, key: bytes) -> tuple[bytes, int] | None:
+    def get(self, key: bytes) -> tuple[bytes, list[int]] | None:
         hit = self.new.get(key)
         if hit is None:
             hit = self.old.get(key)
@@ -83,7 +85,7 @@ class _Memo:
                 self.put(key, hit)
         return hit
 
-    def put(self, key: bytes, value: tuple[bytes, int]) -> None:
+    def put(self, key: bytes, value: tuple[bytes, list[int]]) -> None:
         if len(self.new) >= _MEMO_GENERATION:
             self.old, self.new = self.new, {}
         self.new[key] = value
@@ -98,53 +100,62 @@ class BlockHasher:
 
     def block_hashes(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> list[int]:
         """Index keys of every full block of `tokens` (uint32[n]), in order; n // block_size long."""
-        return list(self.iter_block_hashes(tokens, block_size, cache_salt))
+        return [key for run in self.runs(tokens, block_size, cache_salt) for key in run]
 
-    def iter_block_hashes(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[int]:
-        """The same keys, each computed only when asked for: routing stops reading at the first
-        block no candidate holds, so an uncached tail is never hashed."""
+    def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[list[int]]:
+        """The same keys in runs of up to RUN_BLOCKS blocks, each run computed only when asked for:
+        routing stops at the first block no candidate holds, so an uncached tail is not hashed. A
+        run seen before (the prefix of an earlier turn) costs one memo lookup."""
         n_blocks = len(tokens) // block_size
         memo = self._memos.setdefault(block_size, _Memo())
         raw = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32).tobytes()
         step = 4 * block_size
-        salt = cache_salt.encode()
-        head = _array_header(block_size)
         parent = self.root
-        encoded, bounds, first = b"", [0], 0  # CBOR of blocks first.., encoded on a memo miss
-        for i in range(n_blocks):
-            memo_key = parent + raw[i * step : (i + 1) * step] + (salt if i == 0 else b"")
-            hit = memo.new.get(memo_key) or memo.get(memo_key)
+        for start in range(0, n_blocks, RUN_BLOCKS):
+            stop = min(n_blocks, start + RUN_BLOCKS)
+            memo_key = parent + raw[start * step : stop * step]
+            if start == 0:
+                memo_key += cache_salt.encode()
+            hit = memo.get(memo_key)
             if hit is None:
-                if i - first + 1 >= len(bounds):
-                    first, last = i, min(n_blocks, i + _ENCODE_BLOCKS)
-                    encoded, offsets = cbor_uints(np.asarray(tokens[i * block_size : last * block_size], np.uint64))
-                    bounds = offsets[::block_size].tolist()
-                j = i - first
-                tail = _salt_keys(cache_salt) if i == 0 and cache_salt else _NULL
-                digest = hashlib.sha256(
-                    _TRIPLE_AND_PARENT + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail
-                ).digest()
-                hit = (digest, int.from_bytes(digest[-8:], "big"))
+                encoded, offsets = cbor_uints(np.asarray(tokens[start * block_size : stop * block_size], np.uint64))
+                hit = _hash_run(
+                    encoded, offsets[::block_size].tolist(), block_size, cache_salt if start == 0 else "", parent
+                )
                 memo.put(memo_key, hit)
             parent = hit[0]
             yield hit[1]
+
+
+def _hash_run(
+    encoded: bytes, bounds: list[int], block_size: int, cache_salt: str, parent: bytes
+) -> tuple[bytes, list[int]]:
+    """Chains the blocks whose CBOR token arrays are encoded[bounds[j]:bounds[j + 1]] onto
+    `parent`; `cache_salt` (block 0 of a salted request only) goes into the first block."""
+    head = _array_header(block_size)
+    keys = []
+    for j in range(len(bounds) - 1):
+        tail = _salt_keys(cache_salt) if j == 0 and cache_salt else _NULL
+        parent = hashlib.sha256(_TRIPLE_AND_PARENT + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail).digest()
+        keys.append(int.from_bytes(parent[-8:], "big"))
+    return parent, keys
 
 
 class PromptHashes:
     """A prompt's block hashes as a sequence shared by several readers: computed once, and only
     as far as the furthest reader went."""
 
-    def __init__(self, hashes: Iterator[int]) -> None:
-        self._pending = hashes
-        self._known: list[int] = []
+    def __init__(self, runs: Iterator[list[int]]) -> None:
+        self._pending = runs
+        self._known: list[list[int]] = []
 
     def __iter__(self) -> Iterator[int]:
         known, i = self._known, 0
         while True:
             while i < len(known):  # including what other readers added meanwhile
-                yield known[i]
+                yield from known[i]
                 i += 1
-            block_hash = next(self._pending, None)
-            if block_hash is None:
+            run = next(self._pending, None)
+            if run is None:
                 return
-            known.append(block_hash)
+            known.append(run)

@@ -85,11 +85,12 @@ def test_serve_command_serves_until_sigterm(tmp_path: Path) -> None:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        _, stderr = proc.communicate(timeout=10)
+        assert proc.returncode == 0, stderr
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
 
 
 def test_serve_command_reports_a_bad_config(tmp_path: Path) -> None:

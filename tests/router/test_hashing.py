@@ -82,17 +82,19 @@ def test_index_hash_of_bytes_and_int_agree() -> None:
 
 
 def test_prompt_hashes_are_shared_by_readers_and_computed_once() -> None:
-    tokens = np.arange(160, dtype=np.uint32)
+    tokens = np.arange(16 * 40, dtype=np.uint32)  # 40 blocks: runs of 16, 16 and 8
+    expected = vllm_hashes(tokens.tolist(), 16)
     computed: list[int] = []
 
-    def counting() -> Iterator[int]:
-        for h in BlockHasher().iter_block_hashes(tokens, 16):
-            computed.append(h)
-            yield h
+    def counting() -> Iterator[list[int]]:
+        for run in BlockHasher().runs(tokens, 16):
+            computed.extend(run)
+            yield run
 
     hashes = PromptHashes(counting())
-    assert list(zip(range(3), hashes, strict=False)) == list(enumerate(vllm_hashes(tokens.tolist(), 16)[:3]))
-    assert len(computed) == 3
-    assert list(hashes) == vllm_hashes(tokens.tolist(), 16)
-    assert list(hashes) == list(hashes)
-    assert len(computed) == 10
+    assert list(zip(range(3), hashes, strict=False)) == list(enumerate(expected[:3]))
+    assert len(computed) == 16  # one run, not the whole prompt
+    first, second = iter(hashes), iter(hashes)  # interleaved readers see the same sequence
+    assert [a for a, b in zip(first, second, strict=True) if a == b] == expected
+    assert list(hashes) == expected
+    assert len(computed) == 40  # each run hashed once for all readers

@@ -48,7 +48,7 @@ class RouteContext:
         hashes = self._hashes.get(block_size)
         if hashes is None:
             q = self.query
-            hashes = PromptHashes(self.hasher.iter_block_hashes(q.tokens, block_size, q.cache_salt))
+            hashes = PromptHashes(self.hasher.runs(q.tokens, block_size, q.cache_salt))
             self._hashes[block_size] = hashes
         return hashes
 
