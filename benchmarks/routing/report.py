@@ -98,7 +98,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     quality = results.get("quality", {})
-    fig, axes = plt.subplots(1, len(quality) + 1, figsize=(6 * (len(quality) + 1), 4.5))
+    fig, axes = plt.subplots(1, len(quality) + 1, figsize=(6 * (len(quality) + 1), 4.5), squeeze=False)
+    axes = axes[0]
     for ax, (name, scenario) in zip(axes, quality.items(), strict=False):
         for policy in ORDER:
             q = scenario["policies"][policy]["ttft_quantiles_s"]

@@ -142,18 +142,18 @@ def _hash_run(
 
 
 class PromptHashes:
-    """A prompt's block hashes as a sequence shared by several readers: computed once, and only
-    as far as the furthest reader went."""
+    """A prompt's block hashes, in runs, shared by several readers: each run is computed once,
+    and only when the furthest reader gets to it."""
 
     def __init__(self, runs: Iterator[list[int]]) -> None:
         self._pending = runs
         self._known: list[list[int]] = []
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
         known, i = self._known, 0
         while True:
             while i < len(known):  # including what other readers added meanwhile
-                yield from known[i]
+                yield known[i]
                 i += 1
             run = next(self._pending, None)
             if run is None:

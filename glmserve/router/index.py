@@ -6,7 +6,7 @@ one dict lookup and one AND per block (an 8K-token prompt is 512 blocks at block
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored, Event
 
@@ -77,31 +77,33 @@ class KVIndex:
         """(worker, block) entries over all workers."""
         return sum(len(b) for b in self._blocks.values())
 
-    def prefix_blocks(self, hashes: Iterable[int], worker_ids: Iterable[str]) -> dict[str, int]:
-        """For each worker, how many leading blocks of `hashes` it holds: vLLM's prefix hit stops
-        at the first missing block, so later blocks a worker happens to hold do not count. Reads
-        `hashes` only until no worker holds the block."""
+    def prefix_blocks(self, runs: Iterable[Sequence[int]], worker_ids: Iterable[str]) -> dict[str, int]:
+        """For each worker, how many leading blocks of the prompt it holds; the prompt's block
+        hashes come in runs (BlockHasher.runs). vLLM's prefix hit stops at the first missing block,
+        so later blocks a worker happens to hold do not count, and no run is read past the first
+        block that no worker holds."""
         result = dict.fromkeys(worker_ids, 0)
         owner = {self._slots[w]: w for w in result if w in self._slots}
         active = sum(1 << slot for slot in owner)
-        if not active:
-            return result
         holders = self._holders
         matched = 0
-        for i, h in enumerate(hashes):
-            held = holders.get(h, 0) & active
-            if held != active:
-                gone = active & ~held
-                while gone:
-                    low = gone & -gone
-                    result[owner[low.bit_length() - 1]] = i
-                    gone ^= low
-                active = held
-                if not active:
-                    break
-            matched = i + 1
-        while active:
-            low = active & -active
-            result[owner[low.bit_length() - 1]] = matched
-            active ^= low
+        for run in runs if active else ():
+            for h in run:
+                held = holders.get(h, 0) & active
+                if held != active:
+                    self._settle(active & ~held, matched, owner, result)
+                    active = held
+                    if not active:
+                        break
+                matched += 1
+            if not active:
+                break
+        self._settle(active, matched, owner, result)
         return result
+
+    @staticmethod
+    def _settle(slots: int, blocks: int, owner: dict[int, str], result: dict[str, int]) -> None:
+        while slots:
+            low = slots & -slots
+            result[owner[low.bit_length() - 1]] = blocks
+            slots ^= low

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from glmserve.common.errors import NotFoundError
 from glmserve.router.types import Load, WorkerInfo
@@ -18,10 +18,10 @@ class Worker:
     in_flight: int = 0  # routed by this router and not completed yet
     prefill_backlog: int = 0  # uncached prompt tokens of those, until their first token
     index_ready: bool = False  # its KV events have been replayed (or it has none to replay)
+    worker_id: str = field(init=False)  # read by every plugin for every request: not a property
 
-    @property
-    def worker_id(self) -> str:
-        return self.info.worker_id
+    def __post_init__(self) -> None:
+        self.worker_id = self.info.worker_id
 
     def busy(self) -> int:
         """Requests on the worker. Heartbeats see other routers' requests but lag; this router's own

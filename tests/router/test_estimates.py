@@ -32,9 +32,9 @@ def test_engine_events_hash_at_each_workers_block_size() -> None:
     for w in ("a", "b"):
         index.attach(w)
     ctx, workers = context(EngineEvents(index))
-    index.store("a", list(ctx.block_hashes(16))[:5])  # 80 tokens in 16-token blocks
-    index.store("b", list(ctx.block_hashes(32))[:2])  # 64 tokens in 32-token blocks
-    index.store("b", list(ctx.block_hashes(16)))  # b's block size is 32: these are not its blocks
+    index.store("a", [h for run in ctx.block_hashes(16) for h in run][:5])  # 80 tokens in 16-token blocks
+    index.store("b", [h for run in ctx.block_hashes(32) for h in run][:2])  # 64 tokens in 32-token blocks
+    index.store("b", [h for run in ctx.block_hashes(16) for h in run])  # b's block size is 32: these are not its blocks
     assert ctx.cached_tokens(workers) == [80, 64]
 
 

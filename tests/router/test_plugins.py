@@ -94,7 +94,7 @@ def test_not_overloaded_counts_the_routers_own_in_flight_requests() -> None:
 def test_prefix_cache_scorer_is_the_cached_share_of_full_blocks() -> None:
     index = KVIndex()
     ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}], index=index)
-    hashes = list(ctx.block_hashes(16))
+    hashes = [h for run in ctx.block_hashes(16) for h in run]
     index.store("a", hashes)
     index.store("b", hashes[:3])
     assert plugin(SCORERS, "prefix-cache", ctx)(ctx, workers) == [1.0, 0.5, 0.0]
@@ -103,7 +103,7 @@ def test_prefix_cache_scorer_is_the_cached_share_of_full_blocks() -> None:
 def test_prefill_work_scorer_weighs_uncached_tokens_against_backlog() -> None:
     index = KVIndex()
     ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}], index=index, scoring={"prefill_work_floor_tokens": 4})
-    index.store("a", list(ctx.block_hashes(16)))  # 96 of 100 tokens cached: 4 to prefill
+    index.store("a", [h for run in ctx.block_hashes(16) for h in run])  # 96 of 100 tokens cached: 4 to prefill
     workers[0].prefill_backlog = 92  # ...behind 92 queued: 96 in all
     workers[2].prefill_backlog = 100  # c: 200
     # b: 100 uncached, nothing queued. Score (best + floor) / (cost + floor), best = a's 96.

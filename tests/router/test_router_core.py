@@ -65,7 +65,7 @@ def test_no_prefill_pool_means_local_prefill() -> None:
     router, _ = make_router([("d1", "decode")], disaggregation={"min_remote_prefill_tokens": 0})
     decision = router.route(query())
     assert decision.prefill is None
-    assert "role filter left none" in decision.reasons[1]
+    assert decision.reasons[1] == "local prefill: no prefill pool"
 
 
 def test_prefill_done_releases_only_the_prefill_worker() -> None:
