@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m benchmarks.routing", *(argv if argv is not None else sys.argv[1:])]),
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit.stdout.strip() or "unknown",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     if not args.skip_quality:
         results["quality"] = {}

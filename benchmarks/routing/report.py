@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 MAIN = "agentic-4-ingress"
 ORDER = ("precise", "approximate", "round-robin", "oracle")
@@ -32,9 +32,13 @@ def goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             out[key]["met"] = out[key]["value"] >= threshold
     latency = results.get("latency")
     if latency:
-        decision = latency["in_process_decision"]
+        # The goal is judged on the decision at the target rate, as the router's histogram records it.
+        decision = latency["open_loop"][-1]["decision_bucketed"]
         out["route_decision_p50_ms"] = {"value": decision["p50_ms"], "goal": "<= 1", "met": decision["p50_ms"] <= 1}
         out["route_decision_p99_ms"] = {"value": decision["p99_ms"], "goal": "<= 3", "met": decision["p99_ms"] <= 3}
+        grpc = latency["open_loop"][-1]["grpc_round_trip"]
+        out["route_grpc_p50_ms"] = {"value": grpc["p50_ms"], "goal": "<= 1", "met": grpc["p50_ms"] <= 1}
+        out["route_grpc_p99_ms"] = {"value": grpc["p99_ms"], "goal": "<= 3", "met": grpc["p99_ms"] <= 3}
     return out
 
 
@@ -73,22 +77,27 @@ def markdown(results: dict[str, Any]) -> str:
             "## Route latency",
             "",
             f"{latency['workers']} workers, {latency['index_entries']:,} (worker, block) index entries, "
-            f"{latency['prompt_tokens']}-token prompts at {latency['rate_per_s']:.0f}/s offered "
-            f"({latency['achieved_rate_per_s']:.0f}/s sent, {latency['failures']} failed); closed-loop throughput "
-            f"{latency['closed_loop_throughput_per_s']:.0f} Route+Complete/s.",
+            f"{latency['prompt_tokens']}-token prompts, each Route followed by its Complete; load average "
+            f"{latency['load_average'][0]:.1f} on {latency['cpu_cores']} cores at the end.",
             "",
-            "| measured | p50 | p90 | p99 |",
-            "|---|---|---|---|",
+            "Decision alone, in-process (exact): "
+            + ", ".join(f"{q[:3]} {latency['in_process_decision'][q]:.2f} ms" for q in ("p50_ms", "p90_ms", "p99_ms"))
+            + ". "
+            f"Closed loop (16 callers): {latency['closed_loop_per_s']:.0f} Route + Complete per second.",
+            "",
+            "| offered | sent | failed | router CPU / request | decision p50 / p99 (bucketed) "
+            "| gRPC round trip p50 / p90 / p99 | prefix first seen p50 | seen before p50 |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        rows = (
-            ("decision, in-process (exact)", latency["in_process_decision"]),
-            ("decision, router's histogram (bucketed)", latency["server_decision_bucketed"]),
-            ("gRPC round trip, all", latency["client_grpc"]),
-            ("gRPC round trip, prefix first seen", latency["client_grpc_first_sighting"]),
-            ("gRPC round trip, prefix seen before", latency["client_grpc_repeat_prefix"]),
-        )
-        for label, r in rows:
-            lines.append(f"| {label} | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")
+        for r in latency["open_loop"]:
+            d, g = r["decision_bucketed"], r["grpc_round_trip"]
+            lines.append(
+                f"| {r['rate_per_s']:.0f}/s | {r['sent_per_s']:.0f}/s | {sum(r['failures'].values())} "
+                f"| {r['router_cpu_ms_per_request']:.2f} ms | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms "
+                f"| {g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f} ms "
+                f"| {r['grpc_round_trip_prefix_first_seen']['p50_ms']:.2f} ms "
+                f"| {r['grpc_round_trip_prefix_seen_before']['p50_ms']:.2f} ms |"
+            )
         lines.append("")
     lines += ["## Goals", "", "| goal | value | target | met |", "|---|---|---|---|"]
     for key, g in results["goals"].items():
@@ -114,15 +123,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[-1]
     latency = results.get("latency")
     if latency:
-        labels = ["in-process\ndecision", "gRPC, all", "gRPC, prefix\nfirst seen", "gRPC, prefix\nseen before"]
-        keys = ["in_process_decision", "client_grpc", "client_grpc_first_sighting", "client_grpc_repeat_prefix"]
-        for i, q in enumerate(("p50_ms", "p99_ms")):
-            ax.bar([k + 0.4 * i for k in range(len(keys))], [latency[k][q] for k in keys], width=0.4, label=q[:3])
-        ax.set_xticks([k + 0.2 for k in range(len(keys))], labels, fontsize=8)
-        ax.set(ylabel="ms", title=f"Route, 8K-token prompts, {latency['rate_per_s']:.0f}/s, 64 workers")
+        rates = [r["rate_per_s"] for r in latency["open_loop"]]
+        for q in ("p50_ms", "p90_ms", "p99_ms"):
+            ax.plot(rates, [r["grpc_round_trip"][q] for r in latency["open_loop"]], marker="o", label=f"gRPC {q[:3]}")
+        for q in ("p50_ms", "p99_ms"):
+            ax.plot(
+                rates,
+                [r["decision_bucketed"][q] for r in latency["open_loop"]],
+                ls="--",
+                marker=".",
+                label=f"decision {q[:3]}",
+            )
+        ax.set(xlabel="offered Route + Complete per second", ylabel="ms", yscale="log")
+        ax.set(title=f"Route, {latency['prompt_tokens']}-token prompts, {latency['workers']} workers")
         ax.axhline(1, color="grey", lw=0.5, ls="--")
         ax.axhline(3, color="grey", lw=0.5, ls="--")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -15,6 +15,7 @@ router: its hit rate is the best this scoring can reach on the workload.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Callable
@@ -87,7 +88,7 @@ class Cluster:
     def run(self, sessions: list[Session]) -> list[Served]:
         self._unfinished = len(sessions)
         for session in sessions:
-            self.loop.at(session.start_s, lambda s=session: self._arrive(s, 0, s.start_s))
+            self.loop.at(session.start_s, functools.partial(self._arrive, session, 0, session.start_s))
         self._heartbeat()
         self.loop.run()
         return self.served
@@ -101,7 +102,7 @@ class Cluster:
     def _publish(self, worker_id: str, payload: bytes) -> None:
         batch = decode_batch((0).to_bytes(8, "big"), payload)
         for router in self.routers:
-            self.loop.after(self._lag, lambda r=router: r.apply_events(worker_id, batch.events))
+            self.loop.after(self._lag, functools.partial(router.apply_events, worker_id, batch.events))
 
     def _arrive(self, session: Session, k: int, arrival_s: float) -> None:
         request_id = f"{session.session_id}-t{k}"
