@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from glmserve.common.errors import ConfigError
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.proto import router_pb2 as pb
@@ -50,7 +51,10 @@ class RouterServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        try:
+            self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
+            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from None
         await server.start()
         self._server = server
         for worker in self.router.registry.workers.values():

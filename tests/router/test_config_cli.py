@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmserve.common.errors import ConfigError
-from glmserve.router.config import PRESETS, load_config
+from glmserve.router.config import PRESETS, RouterConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,3 +108,9 @@ def test_serve_command_reports_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "invalid router config: policy" in done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_the_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "glmserve" / "router" / "example-config.yaml")
+    assert cfg.hashing.seed == "0"
+    assert cfg.model_dump() == RouterConfig(hashing={"seed": "0"}).model_dump()  # every other value is a default
