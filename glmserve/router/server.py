@@ -46,15 +46,20 @@ class RouterServer:
         """Starts serving and returns the bound gRPC port."""
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(interceptors=[StrictDecoding()], options=options)
+        try:
+            self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
+            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from None
+        if self.config.metrics_port is not None:
+            try:
+                self._metrics_http = start_http_server(self.config.metrics_port, registry=self.metrics.registry)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on port {self.config.metrics_port}: {exc}") from None
         self._subscriptions = Subscriptions(self.router, self.config.events.replay_timeout_s)
         pb_grpc.add_RouterServicer_to_server(RouterService(self.router, self._subscriptions), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        try:
-            self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
-            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: {exc}") from None
         await server.start()
         self._server = server
         for worker in self.router.registry.workers.values():
@@ -62,8 +67,6 @@ class RouterServer:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep(), name="router-sweep")
-        if self.config.metrics_port is not None:
-            self._metrics_http = start_http_server(self.config.metrics_port, registry=self.metrics.registry)
         log.info("router serving on %s:%d (policy %s)", self.config.host, self.port, self.config.policy)
         return self.port
 

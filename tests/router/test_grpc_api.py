@@ -3,6 +3,7 @@ the router from serving good ones."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -10,9 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from glmserve.common.errors import ConfigError
 from glmserve.router.proto import router_pb2 as pb
-from glmserve.router.server import SERVICE_NAME
-from tests.router.harness import MODEL, ServerThread, SimEngine, register, route, tokens
+from glmserve.router.server import SERVICE_NAME, RouterServer
+from tests.router.harness import MODEL, ServerThread, SimEngine, config, register, route, tokens
 
 Start = Callable[..., ServerThread]
 
@@ -105,3 +107,14 @@ def test_complete_says_whether_the_request_was_known(start_router: Start, engine
     route(router.stub, [1, 2, 3], "known")
     assert router.stub.Complete(pb.CompleteRequest(request_id="known"), timeout=5).known
     assert not router.stub.Complete(pb.CompleteRequest(request_id="known"), timeout=5).known
+
+
+def test_a_taken_port_is_a_config_error(start_router: Start) -> None:
+    router = start_router()
+
+    async def second() -> None:
+        server = RouterServer(config(port=router.port))
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{router.port}"):
+            await server.start()
+
+    asyncio.run(second())

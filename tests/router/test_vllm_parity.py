@@ -72,31 +72,31 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         )
     )
     env = os.environ | {"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": SEED}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tests.router.vllm_engine", str(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
         start_new_session=True,  # its EngineCore child goes with it on cleanup
-    )
-    try:
+    ) as proc:
+        assert proc.stdin is not None
         assert proc.stdout is not None
-        for line in proc.stdout:  # until the prompts ran (~30 s) or the engine died
-            if line.startswith("READY "):
-                break
-        else:
-            pytest.fail(f"the vLLM engine exited with {proc.wait(timeout=START_TIMEOUT_S)} before its prompts ran")
-        block_size = json.loads(line.removeprefix("READY "))["block_size"]
-        yield Engine(f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}", block_size)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            for line in proc.stdout:  # until the prompts ran (~30 s) or the engine died
+                if line.startswith("READY "):
+                    break
+            else:
+                pytest.fail(f"the vLLM engine exited with {proc.wait(timeout=START_TIMEOUT_S)} before its prompts ran")
+            block_size = json.loads(line.removeprefix("READY "))["block_size"]
+            yield Engine(f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}", block_size)
+        finally:
+            proc.stdin.close()  # the engine exits when its stdin closes
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _replayed_batches(engine: Engine) -> list[BlockStored]:
