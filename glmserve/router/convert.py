@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,8 @@ from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.types import Decision, Load, Role, RouteQuery, Stage, Target, Usage, WorkerInfo
 
 MAX_ID_CHARS = 256
+# The router connects to engines' sockets: a concrete host and port, never a bind wildcard.
+_ENDPOINT = re.compile(r"^(tcp://[^*\s]+:\d{1,5}|ipc://\S+)$")
 _ROLE_VALUES: dict[Role, pb.Role] = {"prefill": pb.ROLE_PREFILL, "decode": pb.ROLE_DECODE}
 _ROLES: dict[int, Role] = {value: name for name, value in _ROLE_VALUES.items()}
 _PRIORITY_VALUES: dict[PriorityClass, pb.Priority] = {
@@ -41,6 +44,13 @@ def worker_from_pb(msg: pb.Worker) -> WorkerInfo:
         raise InvalidRequestError("worker.block_size must be positive (vLLM's block size)", param="worker.block_size")
     if msg.kv_replay_endpoint and not msg.kv_events_endpoint:
         raise InvalidRequestError("kv_replay_endpoint needs kv_events_endpoint", param="worker.kv_replay_endpoint")
+    for param in ("kv_events_endpoint", "kv_replay_endpoint"):
+        endpoint = getattr(msg, param)
+        if endpoint and not _ENDPOINT.match(endpoint):
+            raise InvalidRequestError(
+                f"{param} {endpoint!r} is not a ZMQ endpoint the router can connect to (tcp://HOST:PORT, ipc://PATH)",
+                param=f"worker.{param}",
+            )
     return WorkerInfo(
         worker_id=_identifier(msg.worker_id, "worker.worker_id"),
         role=role,

@@ -60,6 +60,8 @@ def test_malformed_requests_get_invalid_argument_and_the_router_keeps_serving(
         pb.Worker(worker_id="w", role=pb.ROLE_DECODE, model=MODEL),  # no block size
         pb.Worker(role=pb.ROLE_DECODE, model=MODEL, block_size=16),  # no id
         pb.Worker(worker_id="w", role=pb.ROLE_DECODE, model=MODEL, block_size=16, kv_replay_endpoint="tcp://x:1"),
+        pb.Worker(worker_id="w", role=pb.ROLE_DECODE, model=MODEL, block_size=16, kv_events_endpoint="tcp://*:5557"),
+        pb.Worker(worker_id="w", role=pb.ROLE_DECODE, model=MODEL, block_size=16, kv_events_endpoint="10.0.0.1:5557"),
     ]
     calls: list[Callable[[], object]] = [lambda r=r: stub.Route(r, timeout=5) for r in bad_routes]
     calls += [lambda w=w: stub.Register(pb.RegisterRequest(worker=w), timeout=5) for w in bad_workers]
