@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
+from benchmarks import results_io
 
 MAIN = "agentic-4-ingress"
 ORDER = ("precise", "approximate", "round-robin", "oracle")
@@ -143,11 +144,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def write(results: dict[str, Any]) -> list[Path]:
     results["goals"] = goals(results)
-    paths = [out / "routing.json", out / "routing.md", out / "routing.png"]
-    paths[0].write_text(json.dumps(results, indent=1) + "\n")
-    paths[1].write_text(markdown(results))
-    plot(results, paths[2])
-    return paths
+    return results_io.write("routing", results, markdown(results), lambda path: plot(results, path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 
@@ -13,15 +12,10 @@ from glmserve.common.errors import InvalidRequestError, NotFoundError, Overloade
 from glmserve.router.agent import WorkerAgent
 from glmserve.router.client import RouterClient, RouterUnavailableError
 from glmserve.router.types import Load, Usage, WorkerInfo
+from tests.conftest import free_port
 from tests.router.harness import MODEL, ServerThread, SimEngine, tokens, wait_for
 
 Start = Callable[..., ServerThread]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def worker(worker_id: str, role: str = "decode") -> WorkerInfo:

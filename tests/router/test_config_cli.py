@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmserve.common.errors import ConfigError
 from glmserve.router.config import PRESETS, RouterConfig, load_config
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,9 +68,7 @@ def test_bad_configs_are_refused_with_the_reason(tmp_path: Path, text: str, comp
 
 
 def test_serve_command_serves_until_sigterm(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = write(tmp_path, "host: 127.0.0.1\nmetrics_port: null\n")
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import zmq
 from glmserve.router.events import BlockStored, decode_batch, decode_seq
 from glmserve.router.hashing import BlockHasher
 from glmserve.router.proto import router_pb2 as pb
+from tests.conftest import free_port
 from tests.router.harness import MODEL, ServerThread, probe, wait_for
 
 pytestmark = pytest.mark.slow
@@ -55,15 +55,9 @@ class Engine:
     block_size: int
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    pub, replay = _free_port(), _free_port()
+    pub, replay = free_port(), free_port()
     spec = tmp_path_factory.mktemp("vllm") / "spec.json"
     prompts = [{"tokens": t, "cache_salt": s} for t, s in PROMPTS]
     spec.write_text(
