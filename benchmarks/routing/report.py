@@ -44,13 +44,9 @@ def goals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "# Routing benchmark",
-        "",
-        f"`{results['command']}` at {results['generated_at']} (commit {results['commit']}).",
-        "",
-    ]
-    lines += [f"Machine: {results['machine']}.", ""]
+    env = results_io.environment()
+    lines = ["# Routing benchmark", "", f"`{results['command']}` at {env['date']} (commit {env['commit']})."]
+    lines += ["", f"Machine: {env['machine']}, {env['cpus']} cores, Python {env['python']}.", ""]
     for name, scenario in results.get("quality", {}).items():
         w, c = scenario["workload"], scenario["cluster"]
         lines += [
