@@ -15,6 +15,7 @@ from glmserve.cli import plan
 from glmserve.common.catalogue import CATALOGUE, TINY_MODEL
 from glmserve.common.config import ServeConfig
 from glmserve.common.errors import GlmserveError
+from glmserve.router import cli as router_cli
 
 
 def _progress(message: str) -> None:
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     _add_up(sub)
     _add_model(sub)
     plan.add_parser(sub)
+    router_cli.add_parser(sub)
     return p
 
 
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             run_until_signal(serve_config(args), _progress)
         elif args.command == "plan":
             plan.run(args)
+        elif args.command == "router":
+            router_cli.run(args)
         elif args.model_command == "create-tiny":
             from glmserve.serving.tiny.create import create_tiny
 

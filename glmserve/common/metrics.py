@@ -19,6 +19,8 @@ disable_created_metrics()
 # Latencies of a 2-core laptop and of an H100 node both fall inside these.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+# A routing decision takes well under a millisecond; one plugin, microseconds.
+ROUTER_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,67 @@ INGRESS_IN_FLIGHT = MetricSpec(
     "gauge",
     "Requests the ingress is currently serving.",
     ("model",),
+)
+
+ROUTER_ROUTES = MetricSpec(
+    "glmserve_router_routes_total",
+    "counter",
+    "Route decisions by model and outcome (local_prefill, remote_prefill, no_endpoints, overloaded, invalid).",
+    ("model", "outcome"),
+)
+ROUTER_ROUTE_DURATION = MetricSpec(
+    "glmserve_router_route_duration_seconds",
+    "histogram",
+    "Time the router spends deciding one Route call (hashing, filters, scorers, pickers).",
+    (),
+    ROUTER_BUCKETS,
+)
+ROUTER_PLUGIN_DURATION = MetricSpec(
+    "glmserve_router_plugin_duration_seconds",
+    "histogram",
+    "Time one routing plugin takes for one request, by pool profile, plugin kind and plugin name.",
+    ("profile", "kind", "plugin"),
+    ROUTER_BUCKETS,
+)
+ROUTER_PROMPT_TOKENS = MetricSpec(
+    "glmserve_router_routed_prompt_tokens_total",
+    "counter",
+    "Prompt tokens of routed requests, split by whether the chosen worker was expected to have them cached.",
+    ("model", "cached"),
+)
+ROUTER_COMPLETED_TOKENS = MetricSpec(
+    "glmserve_router_completed_tokens_total",
+    "counter",
+    "Tokens of completed requests as the ingress reported them (kind: prompt, cached, completion).",
+    ("tenant", "kind"),
+)
+ROUTER_KV_EVENTS = MetricSpec(
+    "glmserve_router_kv_events_total",
+    "counter",
+    "vLLM KV-cache events applied to the index, by type (BlockStored, BlockRemoved, AllBlocksCleared, malformed).",
+    ("type",),
+)
+ROUTER_KV_EVENT_GAPS = MetricSpec(
+    "glmserve_router_kv_event_gaps_total",
+    "counter",
+    "Breaks in an engine's event sequence, by outcome (replayed, lost, engine_restart).",
+    ("outcome",),
+)
+ROUTER_INDEX_BLOCKS = MetricSpec(
+    "glmserve_router_index_blocks",
+    "gauge",
+    "(worker, block) entries in the router's KV index.",
+)
+ROUTER_WORKERS = MetricSpec(
+    "glmserve_router_workers",
+    "gauge",
+    "Registered workers by pool role and state (healthy, unhealthy).",
+    ("role", "state"),
+)
+ROUTER_IN_FLIGHT = MetricSpec(
+    "glmserve_router_requests_in_flight",
+    "gauge",
+    "Requests routed by this router whose completion it has not been told yet.",
 )
 
 
