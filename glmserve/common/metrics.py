@@ -63,6 +63,12 @@ INGRESS_TOKENS = MetricSpec(
     "Prompt (direction=input) and generated (direction=output) tokens of completed requests.",
     ("model", "direction"),
 )
+INGRESS_ROUTER_FALLBACKS = MetricSpec(
+    "glmserve_ingress_router_fallbacks_total",
+    "counter",
+    "Requests the ingress sent without a router decision (the router was unreachable or too slow).",
+    ("reason",),
+)
 INGRESS_IN_FLIGHT = MetricSpec(
     "glmserve_ingress_requests_in_flight",
     "gauge",

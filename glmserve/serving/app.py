@@ -13,6 +13,7 @@ from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
 from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
+from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
@@ -25,7 +26,12 @@ NIXL_PORT_BASE = {"colocated": 20000, "prefill": 20000, "decode": 21000}
 DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 
 
-def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> LLMConfig:
+PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
+
+
+def llm_config(
+    model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated", *, routed: bool = False
+) -> LLMConfig:
     pool = pool_of(cfg, role)
     deployment: dict[str, Any] = {
         # The replica actor only relays; vLLM's engine processes hold the CPUs/GPUs (placement bundles).
@@ -42,6 +48,9 @@ def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Rol
         }
     else:
         deployment["num_replicas"] = pool.replicas
+    if routed:
+        # Calls go to the replica glmserve's router chose for them.
+        deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
     extra: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if device == "cpu" else {}
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
@@ -77,18 +86,20 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
     )  # fmt: skip
 
 
-def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Application:
+def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device, router: str | None = None) -> Application:
+    """`router`: gRPC target of glmserve's router, if one runs."""
     roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
-    pools = {
-        "decode" if role == "colocated" else role: build_llm_deployment(
-            llm_config(model, cfg, device, role),
+    pools = {}
+    for role in roles:
+        pool = "decode" if role == "colocated" else role
+        link = RouterLink((router,), pool, model.name) if router else None
+        pools[pool] = build_llm_deployment(
+            llm_config(model, cfg, device, role, routed=router is not None),
             deployment_cls=EngineServer,
             name_prefix=DEPLOYMENT_PREFIX[role],
-            bind_kwargs={"cpu_binds": binds[role]},
+            bind_kwargs={"cpu_binds": binds[role], "router": link},
         )
-        for role in roles
-    }
     decode: Role = "decode" if cfg.disaggregated else "colocated"
     served = ServedModel(
         model.name,
@@ -104,6 +115,6 @@ def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Applica
         redis_url=cfg.redis_url,
         outage=cfg.limits_outage,
     )
-    settings = IngressSettings(models=(served,), retry_after_s=cfg.retry_after_s, limits=limits)
+    settings = IngressSettings(models=(served,), retry_after_s=cfg.retry_after_s, limits=limits, router_address=router)
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from glmserve.common.errors import GlmserveError, NotFoundError
-from glmserve.serving.ingress.engine_call import EngineCall, EngineReply
+from glmserve.router.client import RouterClient
+from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.gate import ENGINE_PRIORITY, Gate
 from glmserve.serving.ingress.metrics import IngressMetrics
@@ -42,8 +43,11 @@ class Ingress:
         self._models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
         self._gate = Gate(settings.limits, registry)
+        router = RouterClient(settings.router_address) if settings.router_address else None
         self._calls = {
-            name: EngineCall(pools["decode"], pools.get("prefill"), settings.retry_after_s)
+            name: EngineCall(
+                pools["decode"], pools.get("prefill"), settings.retry_after_s, router, self._metrics.router_fallback
+            )
             for name, pools in engines.items()
         }
 
@@ -144,6 +148,7 @@ class Ingress:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)
         body.priority = ENGINE_PRIORITY[tenant.priority]
+        caller = Caller(tenant.id, body.cache_salt, tenant.priority)
 
         def done(status: int, prompt_tokens: int, completion_tokens: int) -> None:
             self._gate.finished(served.name)
@@ -151,7 +156,7 @@ class Ingress:
             timer.finish(status, prompt_tokens, completion_tokens)
 
         try:
-            reply = await self._calls[served.name].run(endpoint, body, prompt, timer.tokens_sent)
+            reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer.tokens_sent)
         except BaseException as exc:
             done(exc.kind.http_status if isinstance(exc, GlmserveError) else 500, 0, 0)
             raise

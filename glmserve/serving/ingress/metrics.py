@@ -19,6 +19,10 @@ class IngressMetrics:
         self.duration = m.histogram(m.INGRESS_E2E, self.registry)
         self.tokens = m.counter(m.INGRESS_TOKENS, self.registry)
         self.in_flight = m.gauge(m.INGRESS_IN_FLIGHT, self.registry)
+        self.router_fallbacks = m.counter(m.INGRESS_ROUTER_FALLBACKS, self.registry)
+
+    def router_fallback(self, reason: str) -> None:
+        self.router_fallbacks.labels(reason).inc()
 
     def start(self, endpoint: str, model: str) -> RequestTimer:
         self.in_flight.labels(model).inc()

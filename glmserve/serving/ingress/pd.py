@@ -29,10 +29,12 @@ class PrefillRejected(Exception):
 
 
 async def remote_prefill(
-    prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int]
+    prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int], target: str | None = None
 ) -> dict[str, Any] | None:
-    """KV transfer parameters for the decode request, or None to prefill on the decode replica."""
+    """KV transfer parameters for the decode request, or None to prefill on the decode replica.
+    `target`: the prefill replica the router chose (None: Serve balances)."""
     request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
+    request.glmserve_target = target  # type: ignore[union-attr]  # our ChatRequest/TextCompletionRequest
     request.kv_transfer_params = {**(request.kv_transfer_params or {}), "prompt_token_ids": prompt}
     try:
         stream = getattr(prefill, endpoint).remote(request)

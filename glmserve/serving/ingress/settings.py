@@ -31,3 +31,4 @@ class IngressSettings:
     models: tuple[ServedModel, ...]
     retry_after_s: float = 1.0
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    router_address: str | None = None  # glmserve's router (gRPC target); None: Serve balances alone
