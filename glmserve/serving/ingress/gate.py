@@ -50,7 +50,8 @@ class Gate:
         return await self.limiter.admit(tenant, model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
     def shed(self, tenant: ResolvedTenant, model: str, capacity: int) -> None:
-        if capacity and self._in_flight.get(model, 0) >= SHED_AT[tenant.priority] * capacity:
+        """Counts the requests running besides this one (which `started` already counted)."""
+        if capacity and self._in_flight.get(model, 0) - 1 >= SHED_AT[tenant.priority] * capacity:
             raise OverloadedError(
                 f"{model} is saturated; requests of plan '{tenant.plan}' are shed first, retry shortly",
                 retry_after_s=1.0,

@@ -15,6 +15,7 @@ from typing import Any
 from vllm.config import StructuredOutputsConfig, VllmConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.exceptions import VLLMClientError
 from vllm.renderers import renderer_from_config
 from vllm.renderers.online_renderer import OnlineRenderer
 
@@ -56,13 +57,13 @@ class PromptRenderer:
         # Rendering adjusts the request (tool grammars); the engine must get it untouched.
         try:
             return self._tokens(await self._online.render_chat(request.model_copy(deep=True)))
-        except (ValueError, TypeError) as exc:  # vLLM's validation errors (VLLMValidationError) included
+        except (ValueError, TypeError, VLLMClientError) as exc:  # e.g. VLLMValidationError
             raise _invalid(exc) from None
 
     async def completion_tokens(self, request: Any) -> list[int]:
         try:
             return self._tokens(await self._online.render_completion(request.model_copy(deep=True)))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, VLLMClientError) as exc:
             raise _invalid(exc) from None
 
     @staticmethod
