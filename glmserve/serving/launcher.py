@@ -123,7 +123,8 @@ class Stack:
         # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.
         sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(
-            address=self.cfg.ray_address,
+            # "local" never joins a cluster found on the machine (another stack, a stale one, RAY_ADDRESS).
+            address=self.cfg.ray_address or "local",
             num_cpus=num_cpus if self._own_cluster else None,
             include_dashboard=False,
             log_to_driver=os.environ.get("GLMSERVE_RAY_LOGS") == "1",
