@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ray.serve.deployment import Application
@@ -14,6 +15,7 @@ from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress, ServedModel
+from glmserve.serving.ingress.discovery import ScrapeTarget
 from glmserve.serving.models import ResolvedModel
 
 APP_NAME = "glmserve"
@@ -59,7 +61,9 @@ def cpu_binds(cfg: ServeConfig, device: Device, roles: list[Role]) -> dict[Role,
     return {r: [cpus] if (cpus := pool_of(cfg, r).cpus) else auto.get(r, []) for r in roles}
 
 
-def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Application:
+def build_app(
+    model: ResolvedModel, cfg: ServeConfig, device: Device, scrape_targets: Sequence[ScrapeTarget] = ()
+) -> Application:
     roles: list[Role] = ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
     binds = cpu_binds(cfg, device, roles)
     pools = {
@@ -74,5 +78,9 @@ def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device) -> Applica
     served = ServedModel(model.name, cfg.max_model_len or model.max_context, model.thinking_default, int(time.time()))
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.bind(  # type: ignore[attr-defined]
-        engines={model.name: pools}, models=[served], retry_after_s=cfg.retry_after_s
+        engines={model.name: pools},
+        models=[served],
+        retry_after_s=cfg.retry_after_s,
+        scrape_targets=scrape_targets,
+        metrics_tenants=cfg.metrics_tenants,
     )

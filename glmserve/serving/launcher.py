@@ -97,6 +97,7 @@ class Stack:
         from ray.serve.config import HTTPOptions
 
         from glmserve.serving.app import APP_NAME, build_app
+        from glmserve.serving.ingress.discovery import local_targets
         from glmserve.serving.models import resolve_model
 
         ensure_port_free(self.cfg.host, self.cfg.port)
@@ -128,7 +129,7 @@ class Stack:
             ssl_keyfile=str(self.cfg.tls_keyfile) if self.cfg.tls_keyfile else None,
         )
         serve.start(http_options=http)
-        app = build_app(model, self.cfg, device)  # type: ignore[arg-type]
+        app = build_app(model, self.cfg, device, local_targets(self.cfg, self.metrics_port))  # type: ignore[arg-type]
         serve.run_many(
             [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,

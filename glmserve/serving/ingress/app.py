@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from glmserve.common import tracing
 from glmserve.common.errors import BackendError, GlmserveError, NotFoundError, OverloadedError
+from glmserve.serving.ingress.discovery import ScrapeTarget, http_sd
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.metrics import IngressMetrics, RequestTimer
 from glmserve.serving.ingress.pd import PrefillRejected, decode_request, remote_prefill
@@ -46,16 +48,19 @@ class Ingress:
         engines: dict[str, dict[str, DeploymentHandle]],
         models: list[ServedModel],
         retry_after_s: float = 1.0,
+        scrape_targets: Sequence[ScrapeTarget] = (),
+        metrics_tenants: Sequence[str] = (),
     ) -> None:
         """`engines[model]` holds a "decode" pool (colocated engines in colocated mode) and, when
-        disaggregated, a "prefill" pool."""
+        disaggregated, a "prefill" pool. `scrape_targets`: every metrics endpoint of the stack."""
         self._engines = {name: pools["decode"].options(stream=True) for name, pools in engines.items()}
         self._prefill = {
             name: pools["prefill"].options(stream=True) for name, pools in engines.items() if "prefill" in pools
         }
         self._models = {m.name: m for m in models}
         self._retry_after_s = retry_after_s
-        self._metrics = IngressMetrics()
+        self._metrics = IngressMetrics(tracer=tracing.tracer("glmserve-ingress"), tenants=metrics_tenants)
+        self._scrape_targets = http_sd(scrape_targets)
 
     # -- OpenAI API -------------------------------------------------------------------------
 
@@ -95,6 +100,11 @@ class Ingress:
     @app.get("/metrics")
     async def metrics(self) -> Response:
         return Response(generate_latest(self._metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/sd")
+    async def metrics_sd(self) -> JSONResponse:
+        """Prometheus HTTP service discovery: every metrics endpoint of the running stack."""
+        return JSONResponse(self._scrape_targets)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -143,10 +153,14 @@ class Ingress:
             body.stream_options = StreamOptions(include_usage=True)
         model = body.model or ""
         if prefill := self._prefill.get(model):
+            timer.begin("prefill")
             try:
-                body = decode_request(body, await remote_prefill(prefill, endpoint, body))
+                prefilled = await remote_prefill(prefill, endpoint, body)
             except PrefillRejected as rejected:
                 return self._engine_error(rejected.error, timer)
+            timer.prefilled(prefilled.fallback, prefilled.worker)
+            body = decode_request(body, prefilled.kv_transfer_params)
+        timer.begin("decode" if prefill else "generate")
         stream: DeploymentResponseGenerator = getattr(self._engines[model], endpoint).remote(body)
         try:
             first = await stream.__anext__()
@@ -161,7 +175,7 @@ class Ingress:
             content = glm_message_fields(first_item.model_dump())
             usage = Usage.from_dict(content.get("usage"))
             timer.tokens_sent(1)
-            timer.finish(200, usage.prompt_tokens, usage.completion_tokens)
+            timer.finish(200, usage)
             return JSONResponse(content)
         return StreamingResponse(
             self._relay(first, stream, wants_usage, timer),
@@ -203,4 +217,4 @@ class Ingress:
             status = 200
         finally:
             rest.cancel()
-            timer.finish(status, usage.prompt_tokens, usage.completion_tokens)
+            timer.finish(status, usage)
