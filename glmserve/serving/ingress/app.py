@@ -24,7 +24,7 @@ from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.metrics import IngressMetrics, RequestTimer
 from glmserve.serving.ingress.pd import PrefillRejected, decode_request, remote_prefill
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, parse_body
-from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
+from glmserve.serving.ingress.responses import Usage, ends_stream, glm_message_fields, sse_stream
 
 log = logging.getLogger("glmserve.ingress")
 
@@ -213,6 +213,8 @@ class Ingress:
             async for chunk in sse_stream(
                 batches(), client_wants_usage=wants_usage, usage=usage, on_events=timer.tokens_sent
             ):
+                if ends_stream(chunk):
+                    status = 200  # complete: the OpenAI client closes as soon as it reads [DONE]
                 yield chunk
             status = 200
         finally:

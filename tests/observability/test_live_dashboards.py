@@ -1,0 +1,188 @@
+"""Observability, verified live: `glmserve up --disaggregated` under load, a real Prometheus that finds
+every endpoint through the ingress's /metrics/sd, every dashboard query run through its HTTP API,
+promtool on every endpoint, and the traces the ingress exports over OTLP.
+
+Panels over metrics of a component the local stack does not run (the router and rate limits, until
+`glmserve up` starts them) are skipped, each saying which component is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from glmserve.common import metrics as m
+from glmserve.common import tracing as t
+from glmserve.dashboards import DASHBOARDS
+from tests.helpers.grafana import SPECS, as_sent, metric_names
+from tests.helpers.otlp import ReceivedSpan, otlp_receiver
+from tests.helpers.prometheus import Prometheus, prometheus
+from tests.serving.conftest import Stack, run_stack
+
+pytestmark = pytest.mark.slow
+
+MODEL = "glm-4.6-tiny"
+# The tenant every request runs as until the ingress authenticates (limits' open access), named in
+# metrics_tenants so that the tenant panels show it.
+TENANT, PLAN = "default", "open"
+# Endpoints whose metric names glmserve chooses: promtool must find nothing to lint there. Ray's
+# export carries Ray's and vLLM's names (`_ms` units, camelCase labels), which must parse.
+OWNED_JOBS = {"glmserve-ingress", "glmserve-router"}
+SHARED_PREFIX = "You are a coding agent working in a large repository. " * 6
+PROMPTS = [SHARED_PREFIX + "Fix the failing test.", SHARED_PREFIX + "Add a changelog entry.", "hi"]
+
+
+@dataclass
+class Live:
+    stack: Stack
+    prometheus: Prometheus
+    sd: list[dict[str, object]]
+    expositions: dict[str, str]  # job -> its /metrics text
+    spans: list[ReceivedSpan]
+    requests: int
+
+    @property
+    def running(self) -> set[str]:
+        """Components whose metrics some endpoint exports (a family is listed even before it has samples)."""
+        families = {name for text in self.expositions.values() for name in re.findall(r"^# TYPE (\S+)", text, re.M)}
+        return {m.component(s) for s in SPECS.values() if {s.name, s.name.removesuffix("_total")} & families}
+
+
+def _drive(stack: Stack) -> int:
+    """One round of load: streamed and whole chats, a completion, prompts sharing a prefix (so the
+    prefix cache hits). Returns the number of requests."""
+    client = stack.client()
+    for prompt in PROMPTS:
+        for _ in client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
+            pass
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4)
+    client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=4)
+    return len(PROMPTS) + 2
+
+
+def _wait_above(prom: Prometheus, expr: str, above: float, what: str, timeout_s: float = 120) -> float:
+    """Waits until the scalar-valued `expr` exceeds `above`; returns its value."""
+    deadline = time.monotonic() + timeout_s
+    value = math.nan
+    while time.monotonic() < deadline:
+        result = prom.query(expr)
+        value = float(result[0]["value"][1]) if result else math.nan
+        if value > above:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"{what}: {expr} = {value} after {timeout_s} s")
+
+
+def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
+    texts = {}
+    with stack.http() as http:
+        for group in sd:
+            labels, targets = group["labels"], group["targets"]
+            assert isinstance(labels, dict) and isinstance(targets, list)
+            [address] = targets
+            url = f"{labels['__scheme__']}://{address}{labels['__metrics_path__']}"
+            texts[labels["job"]] = http.get(url).raise_for_status().text
+    return texts
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("observability")
+    config = tmp / "glmserve.yaml"
+    config.write_text(yaml.safe_dump({"disaggregated": True, "metrics_tenants": [TENANT]}))
+    with otlp_receiver() as receiver, pytest.MonkeyPatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        env.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+        for stack in run_stack(tmp, ["--config", str(config)]):
+            with stack.http() as http:
+                sd = http.get(f"{stack.root}/metrics/sd").raise_for_status().json()
+            with prometheus(tmp, f"{stack.root}/metrics/sd", stack.cert) as prom:
+                _wait_above(prom, "count(up == 1)", len(sd) - 1, "every discovered target is up")
+                requests = _drive(stack)
+                # Ray exports engine metrics every few seconds and a counter only once it moved: wait
+                # for them, then load again so that every rate has two different samples to span.
+                generated = f"sum({m.VLLM_GENERATION_TOKENS.name})"
+                before = _wait_above(prom, generated, 0, "engine metrics")
+                requests += _drive(stack)
+                _wait_above(prom, generated, before, "the second round's engine metrics")
+                spans = receiver.wait_for(3 * requests)
+                yield Live(stack, prom, sd, _expositions(stack, sd), spans, requests)
+
+
+def test_metrics_sd_lists_every_endpoint_and_prometheus_scrapes_them(live: Live) -> None:
+    assert sorted(g["labels"]["job"] for g in live.sd) == ["glmserve-ingress", "glmserve-ray"]  # type: ignore[index]
+    targets = live.prometheus.active_targets()
+    assert sorted(target["labels"]["job"] for target in targets) == ["glmserve-ingress", "glmserve-ray"]
+    assert all(target["health"] == "up" for target in targets), targets
+    ingress = next(target for target in targets if target["labels"]["job"] == "glmserve-ingress")
+    assert ingress["scrapeUrl"] == f"{live.stack.root}/metrics"
+
+
+def test_every_endpoint_passes_promtool(live: Live) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/install.sh --test installs it (apt package prometheus)"
+    for job, text in live.expositions.items():
+        result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        problems = result.stdout + result.stderr
+        if job in OWNED_JOBS:
+            assert result.returncode == 0 and not problems.strip(), f"{job}: {problems}"
+        else:
+            assert "parsing error" not in problems and result.returncode in (0, 3), f"{job}: {problems[-2000:]}"
+            assert not re.search(r"^glmserve_", problems, re.M), f"{job} exports glmserve names that fail lint"
+
+
+QUERIES = [
+    pytest.param(target.expr, id=f"{dashboard.uid}/{panel.title}/{chr(ord('A') + n)}")
+    for dashboard in DASHBOARDS
+    for panel in dashboard.panels
+    for n, target in enumerate(panel.targets)
+]
+
+
+@pytest.mark.parametrize("expr", QUERIES)
+def test_panel_query_returns_data(live: Live, expr: str) -> None:
+    missing = {m.component(SPECS[name]) for name in metric_names(expr)} - live.running
+    if missing:
+        pytest.skip(f"not running in the local stack: {', '.join(sorted(missing))} (no endpoint exports its metrics)")
+    result = live.prometheus.query(as_sent(expr))
+    values = [float(sample["value"][1]) for sample in result]
+    assert any(not math.isnan(v) for v in values), f"no data: {as_sent(expr)} -> {result}"
+
+
+def test_one_trace_per_request_through_prefill_and_decode(live: Live) -> None:
+    roots = [s for s in live.spans if not s.parent_id]
+    assert len(roots) == live.requests
+    assert {s.service for s in live.spans} == {"glmserve-ingress"}
+    for root in roots:
+        children = sorted((s for s in live.spans if s.parent_id == root.span_id), key=lambda s: s.name)
+        assert [(c.name, c.kind) for c in children] == [("decode", "SPAN_KIND_CLIENT"), ("prefill", "SPAN_KIND_CLIENT")]
+        assert all(c.trace_id == root.trace_id for c in children)
+        assert root.kind == "SPAN_KIND_SERVER" and not root.error
+        assert root.attributes[t.MODEL] == MODEL and root.attributes[t.PLAN] == PLAN
+        assert root.attributes[t.TENANT] == TENANT and root.attributes[t.HTTP_STATUS] == 200
+        assert root.attributes[t.PREFILL_WORKER], "the prefill engine holding the KV"
+        assert root.attributes[t.INPUT_TOKENS] > 0 and root.attributes[t.OUTPUT_TOKENS] > 0
+        assert t.CACHED_TOKENS in root.attributes
+    # Distinct traces, one per request.
+    assert len({r.trace_id for r in roots}) == len(roots)
+
+
+def test_requests_are_counted_per_plan_and_named_tenant(live: Live) -> None:
+    by_tenant = live.prometheus.query(f'sum by (plan, tenant) ({m.INGRESS_REQUESTS.name}{{status="200"}})')
+    assert [(s["metric"], float(s["value"][1])) for s in by_tenant] == [
+        ({"plan": PLAN, "tenant": TENANT}, live.requests)
+    ]
