@@ -15,6 +15,7 @@ from glmserve.cli import plan
 from glmserve.common.catalogue import CATALOGUE, TINY_MODEL
 from glmserve.common.config import ServeConfig
 from glmserve.common.errors import GlmserveError
+from glmserve.router import cli as router_cli
 
 
 def _progress(message: str) -> None:
@@ -50,6 +51,9 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     for pool in ("prefill", "decode"):
         up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
         up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
+    up.add_argument("--tenants-file", type=Path, help="plans and tenants YAML (default: open access, one tenant)")
+    up.add_argument("--redis-url", help="keep rate-limit state in this Redis (redis://host:port/db)")
+    up.add_argument("--limits-outage", choices=["fail-open", "fail-closed"], help="when Redis is down (default open)")
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 
@@ -73,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     _add_up(sub)
     _add_model(sub)
     plan.add_parser(sub)
+    router_cli.add_parser(sub)
     return p
 
 
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             run_until_signal(serve_config(args), _progress)
         elif args.command == "plan":
             plan.run(args)
+        elif args.command == "router":
+            router_cli.run(args)
         elif args.model_command == "create-tiny":
             from glmserve.serving.tiny.create import create_tiny
 

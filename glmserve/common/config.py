@@ -73,6 +73,13 @@ class ServeConfig(BaseModel):
     max_ongoing_requests: int = Field(64, ge=1, description="requests one engine replica runs at once")
     max_queued_requests: int = Field(64, ge=0, description="requests waiting for an engine before 503")
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded")
+    tenants_file: Path | None = Field(None, description="plans and tenants (YAML); default: one open tenant, no keys")
+    redis_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="limits shared in Redis; default: in memory"
+    )
+    limits_outage: Literal["fail-open", "fail-closed"] = Field(
+        "fail-open", description="when Redis is unreachable: local approximate limits, or 503"
+    )
     seed: int = 0
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting one")
@@ -82,7 +89,7 @@ class ServeConfig(BaseModel):
         description="tenant ids the ingress's metrics name; the rest count as tenant 'other' (bounds the series)",
     )
 
-    @field_validator("tls_certfile", "tls_keyfile")
+    @field_validator("tls_certfile", "tls_keyfile", "tenants_file")
     @classmethod
     def _file_exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():

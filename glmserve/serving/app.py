@@ -11,12 +11,15 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from glmserve.common.config import ServeConfig
+from glmserve.common.placement import local_pool_placement
 from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.server import EngineServer
-from glmserve.serving.ingress.app import Ingress, ServedModel
+from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
 from glmserve.serving.models import ResolvedModel
+from glmserve.serving.placement import check_fits
 
 APP_NAME = "glmserve"
 # NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
@@ -61,10 +64,25 @@ def cpu_binds(cfg: ServeConfig, device: Device, roles: list[Role]) -> dict[Role,
     return {r: [cpus] if (cpus := pool_of(cfg, r).cpus) else auto.get(r, []) for r in roles}
 
 
+def roles_of(cfg: ServeConfig) -> list[Role]:
+    return ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
+
+
+def check_placement(cfg: ServeConfig, device: Device) -> None:
+    """Fail before deploying when the Ray cluster cannot hold every engine replica."""
+    check_fits(
+        [
+            (local_pool_placement(role, pool_of(cfg, role).tensor_parallel_size, "CPU" if device == "cpu" else "GPU"),
+             pool_of(cfg, role).replicas)
+            for role in roles_of(cfg)
+        ]
+    )  # fmt: skip
+
+
 def build_app(
     model: ResolvedModel, cfg: ServeConfig, device: Device, scrape_targets: Sequence[ScrapeTarget] = ()
 ) -> Application:
-    roles: list[Role] = ["prefill", "decode"] if cfg.disaggregated else ["colocated"]
+    roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
     pools = {
         "decode" if role == "colocated" else role: build_llm_deployment(
@@ -75,12 +93,27 @@ def build_app(
         )
         for role in roles
     }
-    served = ServedModel(model.name, cfg.max_model_len or model.max_context, model.thinking_default, int(time.time()))
-    # @serve.deployment turned the class into a Deployment, which mypy cannot see.
-    return Ingress.bind(  # type: ignore[attr-defined]
-        engines={model.name: pools},
-        models=[served],
+    decode: Role = "decode" if cfg.disaggregated else "colocated"
+    served = ServedModel(
+        model.name,
+        cfg.max_model_len or model.max_context,
+        model.thinking_default,
+        int(time.time()),
+        checkpoint=str(model.path),
+        engine_kwargs=engine_kwargs(model, cfg, device, decode),
+        capacity=pool_of(cfg, decode).replicas * cfg.max_ongoing_requests,
+    )
+    limits = LimitsSettings(
+        tenants_file=str(cfg.tenants_file) if cfg.tenants_file else None,
+        redis_url=cfg.redis_url,
+        outage=cfg.limits_outage,
+    )
+    settings = IngressSettings(
+        models=(served,),
         retry_after_s=cfg.retry_after_s,
-        scrape_targets=scrape_targets,
+        limits=limits,
+        scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
     )
+    # @serve.deployment turned the class into a Deployment, which mypy cannot see.
+    return Ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]

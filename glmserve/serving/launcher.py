@@ -96,7 +96,7 @@ class Stack:
         from ray import serve
         from ray.serve.config import HTTPOptions
 
-        from glmserve.serving.app import APP_NAME, build_app
+        from glmserve.serving.app import APP_NAME, build_app, check_placement
         from glmserve.serving.ingress.discovery import local_targets
         from glmserve.serving.models import resolve_model
 
@@ -128,6 +128,7 @@ class Stack:
             ssl_certfile=str(self.cfg.tls_certfile) if self.cfg.tls_certfile else None,
             ssl_keyfile=str(self.cfg.tls_keyfile) if self.cfg.tls_keyfile else None,
         )
+        check_placement(self.cfg, device)  # type: ignore[arg-type]
         serve.start(http_options=http)
         app = build_app(model, self.cfg, device, local_targets(self.cfg, self.metrics_port))  # type: ignore[arg-type]
         serve.run_many(

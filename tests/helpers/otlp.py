@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,14 +86,16 @@ class OtlpReceiver:
         with self._lock:
             self.spans += spans
 
-    def wait_for(self, count: int, timeout_s: float = 30) -> list[ReceivedSpan]:
+    def wait_until(self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 30) -> list[ReceivedSpan]:
+        """The spans received once `done(spans)` holds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.spans) >= count:
-                    return list(self.spans)
+                spans = list(self.spans)
+            if done(spans):
+                return spans
             time.sleep(0.1)
-        raise AssertionError(f"expected {count} spans within {timeout_s} s, received {self.spans}")
+        raise AssertionError(f"the spans expected did not arrive within {timeout_s} s; received {self.spans}")
 
 
 @contextmanager

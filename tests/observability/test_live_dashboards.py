@@ -1,13 +1,15 @@
-"""Observability, verified live: `glmserve up --disaggregated` under load, a real Prometheus that finds
-every endpoint through the ingress's /metrics/sd, every dashboard query run through its HTTP API,
-promtool on every endpoint, and the traces the ingress exports over OTLP.
+"""Observability, verified live: `glmserve up --disaggregated` with tenants on two plans under load
+(one tenant over its rate limit, one request with a wrong key), a real Prometheus that finds every
+endpoint through the ingress's /metrics/sd, every dashboard query run through its HTTP API, promtool
+on every endpoint, and the traces the ingress exports over OTLP.
 
-Panels over metrics of a component the local stack does not run (the router and rate limits, until
-`glmserve up` starts them) are skipped, each saying which component is missing.
+Panels over metrics of a component the local stack does not run (the router, until `glmserve up`
+starts it) are skipped, each saying which component is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
@@ -15,12 +17,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
+import openai
 import pytest
 import yaml
 
 from glmserve.common import metrics as m
 from glmserve.common import tracing as t
+from glmserve.common.tenancy import hash_api_key
 from glmserve.dashboards import DASHBOARDS
 from tests.helpers.grafana import SPECS, as_sent, metric_names
 from tests.helpers.otlp import ReceivedSpan, otlp_receiver
@@ -30,9 +35,18 @@ from tests.serving.conftest import Stack, run_stack
 pytestmark = pytest.mark.slow
 
 MODEL = "glm-4.6-tiny"
-# The tenant every request runs as until the ingress authenticates (limits' open access), named in
-# metrics_tenants so that the tenant panels show it.
-TENANT, PLAN = "default", "open"
+# acme carries the load and is named in metrics_tenants; hobby's plan allows 2 requests a minute.
+ACME_KEY, HOBBY_KEY = "sk-acme-observability", "sk-hobby-observability"
+TENANTS = {
+    "plans": [
+        {"name": "pro", "priority": "premium", "requestsPerMinute": 10000},
+        {"name": "free", "priority": "batch", "requestsPerMinute": 2},
+    ],
+    "tenants": [
+        {"id": "acme", "plan": "pro", "apiKeys": [{"sha256": hash_api_key(ACME_KEY)}]},
+        {"id": "hobby", "plan": "free", "apiKeys": [{"sha256": hash_api_key(HOBBY_KEY)}]},
+    ],
+}
 # Endpoints whose metric names glmserve chooses: promtool must find nothing to lint there. Ray's
 # export carries Ray's and vLLM's names (`_ms` units, camelCase labels), which must parse.
 OWNED_JOBS = {"glmserve-ingress", "glmserve-router"}
@@ -56,10 +70,20 @@ class Live:
         return {m.component(s) for s in SPECS.values() if {s.name, s.name.removesuffix("_total")} & families}
 
 
+def _client(stack: Stack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url, api_key=key, http_client=stack.http(), max_retries=0)  # type: ignore[arg-type]
+
+
 def _drive(stack: Stack) -> int:
-    """One round of load: streamed and whole chats, a completion, prompts sharing a prefix (so the
-    prefix cache hits). Returns the number of requests."""
-    client = stack.client()
+    """One round of load: acme's streamed and whole chats and a completion, on prompts sharing a
+    prefix (so the prefix cache hits); hobby over its plan's limit; a wrong key. Returns how many
+    requests acme completed."""
+    for _ in range(3):
+        with contextlib.suppress(openai.RateLimitError):
+            _client(stack, HOBBY_KEY).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        _client(stack, "sk-wrong").completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    client = _client(stack, ACME_KEY)
     for prompt in PROMPTS:
         for _ in client.chat.completions.create(
             model=MODEL,
@@ -87,6 +111,17 @@ def _wait_above(prom: Prometheus, expr: str, above: float, what: str, timeout_s:
     raise AssertionError(f"{what}: {expr} = {value} after {timeout_s} s")
 
 
+def _acme_traces(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    """The spans of acme's requests' traces."""
+    traces = {s.trace_id for s in spans if not s.parent_id and s.attributes.get(t.TENANT) == "acme"}
+    return [s for s in spans if s.trace_id in traces]
+
+
+def _all_acme_spans(spans: list[ReceivedSpan], requests: int) -> bool:
+    """Each of acme's requests: its request span, prefill and decode."""
+    return len(_acme_traces(spans)) == 3 * requests
+
+
 def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
     texts = {}
     with stack.http() as http:
@@ -103,7 +138,10 @@ def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("observability")
     config = tmp / "glmserve.yaml"
-    config.write_text(yaml.safe_dump({"disaggregated": True, "metrics_tenants": [TENANT]}))
+    tenants = tmp / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump(TENANTS))
+    settings = {"disaggregated": True, "tenants_file": str(tenants), "metrics_tenants": ["acme"]}
+    config.write_text(yaml.safe_dump(settings))
     with otlp_receiver() as receiver, pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
         env.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
@@ -119,7 +157,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 before = _wait_above(prom, generated, 0, "engine metrics")
                 requests += _drive(stack)
                 _wait_above(prom, generated, before, "the second round's engine metrics")
-                spans = receiver.wait_for(3 * requests)
+                spans = receiver.wait_until(partial(_all_acme_spans, requests=requests))
                 yield Live(stack, prom, sd, _expositions(stack, sd), spans, requests)
 
 
@@ -164,7 +202,7 @@ def test_panel_query_returns_data(live: Live, expr: str) -> None:
 
 
 def test_one_trace_per_request_through_prefill_and_decode(live: Live) -> None:
-    roots = [s for s in live.spans if not s.parent_id]
+    roots = [s for s in live.spans if not s.parent_id and s.attributes[t.TENANT] == "acme"]
     assert len(roots) == live.requests
     assert {s.service for s in live.spans} == {"glmserve-ingress"}
     for root in roots:
@@ -172,17 +210,23 @@ def test_one_trace_per_request_through_prefill_and_decode(live: Live) -> None:
         assert [(c.name, c.kind) for c in children] == [("decode", "SPAN_KIND_CLIENT"), ("prefill", "SPAN_KIND_CLIENT")]
         assert all(c.trace_id == root.trace_id for c in children)
         assert root.kind == "SPAN_KIND_SERVER" and not root.error
-        assert root.attributes[t.MODEL] == MODEL and root.attributes[t.PLAN] == PLAN
-        assert root.attributes[t.TENANT] == TENANT and root.attributes[t.HTTP_STATUS] == 200
+        assert root.attributes[t.MODEL] == MODEL and root.attributes[t.PLAN] == "pro"
+        assert root.attributes[t.HTTP_STATUS] == 200
         assert root.attributes[t.PREFILL_WORKER], "the prefill engine holding the KV"
         assert root.attributes[t.INPUT_TOKENS] > 0 and root.attributes[t.OUTPUT_TOKENS] > 0
         assert t.CACHED_TOKENS in root.attributes
     # Distinct traces, one per request.
     assert len({r.trace_id for r in roots}) == len(roots)
+    # A request its plan refused is traced too, without engine spans.
+    refused = [s for s in live.spans if s.attributes.get(t.HTTP_STATUS) == 429]
+    assert refused and all(s.attributes[t.PLAN] == "free" for s in refused)
+    assert not {s.span_id for s in refused} & {s.parent_id for s in live.spans}
 
 
 def test_requests_are_counted_per_plan_and_named_tenant(live: Live) -> None:
-    by_tenant = live.prometheus.query(f'sum by (plan, tenant) ({m.INGRESS_REQUESTS.name}{{status="200"}})')
-    assert [(s["metric"], float(s["value"][1])) for s in by_tenant] == [
-        ({"plan": PLAN, "tenant": TENANT}, live.requests)
-    ]
+    """acme is named in metrics_tenants; hobby, not named, counts as "other"."""
+    counted = live.prometheus.query(f"sum by (plan, tenant, status) ({m.INGRESS_REQUESTS.name})")
+    by_labels = {tuple(s["metric"][k] for k in ("plan", "tenant", "status")): float(s["value"][1]) for s in counted}
+    assert by_labels[("pro", "acme", "200")] == live.requests
+    assert by_labels[("free", "other", "429")] >= 1
+    assert {tenant for _, tenant, _ in by_labels} == {"acme", "other"}

@@ -48,7 +48,7 @@ def test_spans_reach_the_configured_otlp_endpoint(monkeypatch: pytest.MonkeyPatc
         tracer = tracing.tracer("glmserve-test")
         with tracer.start_as_current_span("work", attributes={tracing.PLAN: "pro"}):
             pass
-        [span] = receiver.wait_for(1)
+        [span] = receiver.wait_until(lambda spans: len(spans) >= 1)
     assert (span.service, span.name, span.attributes) == ("glmserve-test", "work", {tracing.PLAN: "pro"})
 
 

@@ -18,11 +18,6 @@ GPU_WORKER_FLOOR = {"cpu": "16", "memory": "128Gi"}
 HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 
 
-def ray_resource(kind: str, name: str) -> str:
-    """A custom Ray resource per node group and per role, so placement groups can target them."""
-    return f"glmserve-{kind}-{name}"
-
-
 def _pod_template(
     inputs: DeploymentInputs,
     component: str,

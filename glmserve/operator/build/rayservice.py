@@ -7,9 +7,10 @@ from typing import Any
 import yaml
 
 from glmserve.common.deployment_plan import PoolLayoutStatus
+from glmserve.common.placement import node_group_resource, pool_resource
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels, metadata
-from glmserve.operator.build.raypods import gpu_worker_template, head_template, ingress_template, ray_resource
+from glmserve.operator.build.raypods import gpu_worker_template, head_template, ingress_template
 from glmserve.operator.build.serveconfig import build_serve_config
 
 
@@ -23,7 +24,7 @@ def _gpu_group(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) ->
         "minReplicas": low,
         "maxReplicas": high,
         "rayStartParams": {},
-        "resources": {ray_resource("node-group", layout.node_group): per_node, ray_resource("pool", role): per_node},
+        "resources": {node_group_resource(layout.node_group): per_node, pool_resource(role): per_node},
         "labels": {"glmserve.io/node-group": layout.node_group, "glmserve.io/pool": role},
         "template": gpu_worker_template(inputs, role, layout),
     }
@@ -38,7 +39,7 @@ def _ingress_group(inputs: DeploymentInputs) -> dict[str, Any]:
         "maxReplicas": replicas,
         # No GPUs here: the ingress replicas, one per pod, are placed by this resource.
         "rayStartParams": {"num-gpus": "0"},
-        "resources": {ray_resource("pool", "ingress"): "1"},
+        "resources": {pool_resource("ingress"): "1"},
         "template": ingress_template(inputs),
     }
 

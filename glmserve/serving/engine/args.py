@@ -40,12 +40,10 @@ def kv_exchange_dir() -> Path:
     return Path(tempfile.gettempdir()) / "glmserve-kv"
 
 
-def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> dict[str, Any]:
-    """Keyword arguments for vLLM's `AsyncEngineArgs` + `FrontendArgs` (Ray Serve LLM splits them)."""
-    pool = pool_of(cfg, role)
-    kwargs: dict[str, Any] = {
-        "max_model_len": cfg.max_model_len or model.max_context,
-        "seed": cfg.seed,
+def glm_serving_kwargs(*, max_model_len: int, thinking_default: bool, max_seqs: int, max_queued: int) -> dict[str, Any]:
+    """What every GLM-4.6 engine runs with, on any hardware."""
+    return {
+        "max_model_len": max_model_len,
         # GLM-4.6's tool-call and reasoning formats, parsed by vLLM's own glm45 parsers.
         "tool_call_parser": "glm45",
         "reasoning_parser": "glm45",
@@ -55,12 +53,25 @@ def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: 
         # grammar allows until max_tokens, or emit a call missing required arguments.
         "tool_strict_level": "parameter",
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
-        "default_chat_template_kwargs": {"enable_thinking": model.thinking_default},
+        "default_chat_template_kwargs": {"enable_thinking": thinking_default},
         "enable_prompt_tokens_details": True,
         "enable_prefix_caching": True,
-        "max_num_seqs": cfg.max_ongoing_requests,
+        "max_num_seqs": max_seqs,
         # vLLM's own admission control: past this many unfinished requests it answers 503.
-        "max_num_queued_reqs": cfg.max_ongoing_requests + cfg.max_queued_requests,
+        "max_num_queued_reqs": max_seqs + max_queued,
+    }
+
+
+def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> dict[str, Any]:
+    """Keyword arguments for vLLM's `AsyncEngineArgs` + `FrontendArgs` (Ray Serve LLM splits them)."""
+    pool = pool_of(cfg, role)
+    kwargs = glm_serving_kwargs(
+        max_model_len=cfg.max_model_len or model.max_context,
+        thinking_default=model.thinking_default,
+        max_seqs=cfg.max_ongoing_requests,
+        max_queued=cfg.max_queued_requests,
+    ) | {
+        "seed": cfg.seed,
         "dtype": cfg.dtype,
         "tensor_parallel_size": pool.tensor_parallel_size,
         "enable_expert_parallel": pool.expert_parallel,

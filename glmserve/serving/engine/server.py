@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray import serve
+from ray.llm._internal.serve.serving_patterns.data_parallel.dp_server import DPServer
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
@@ -46,3 +47,8 @@ class EngineServer(LLMServer):
 
     async def _run_request(self, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         return _graceful(await super()._run_request(request, **kwargs))
+
+
+class DataParallelEngineServer(EngineServer, DPServer):
+    """One data-parallel rank of a replica spanning several nodes: Ray Serve LLM's gang-scheduled
+    DPServer (rank 0 hosts vLLM's DP coordinator) with this module's batching."""

@@ -45,9 +45,10 @@ class PrefillRejected(Exception):
         self.error = error
 
 
-async def remote_prefill(prefill: DeploymentHandle, endpoint: str, body: Any) -> Prefilled:
+async def remote_prefill(prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int]) -> Prefilled:
     """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica."""
     request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
+    request.kv_transfer_params = {**(request.kv_transfer_params or {}), "prompt_token_ids": prompt}
     try:
         stream = getattr(prefill, endpoint).remote(request)
         first = await stream.__anext__()
@@ -66,11 +67,3 @@ async def remote_prefill(prefill: DeploymentHandle, endpoint: str, body: Any) ->
         log.warning("prefill response carried no kv_transfer_params; decoding with local prefill")
         return Prefilled(None, "no_kv_params")
     return Prefilled(dict(params))
-
-
-def decode_request(body: Any, kv_transfer_params: dict[str, Any] | None) -> Any:
-    if kv_transfer_params is None:
-        return body
-    request = body.model_copy(deep=True)
-    request.kv_transfer_params = kv_transfer_params
-    return request

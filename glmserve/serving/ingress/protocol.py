@@ -101,3 +101,16 @@ def parse_body(raw: bytes, model: type[R]) -> R:
         param = _param(first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequestError(f"{param}: {message}" if param else message, param=param) from None
+
+
+def check_context(max_context: int, prompt_tokens: int, max_tokens: int | None) -> None:
+    """The engine checks this too, but only after the request reached it; the ingress knows first."""
+    total = prompt_tokens + (max_tokens or 0)
+    if prompt_tokens >= max_context or total > max_context:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_context} tokens. However, you requested "
+            f"{total} tokens ({prompt_tokens} in the prompt, {max_tokens or 0} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="max_tokens" if max_tokens else "messages",
+            code="context_length_exceeded",
+        )

@@ -42,11 +42,6 @@ def glm_message_fields(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def ends_stream(chunk: bytes) -> bool:
-    """Whether `chunk` carries the closing [DONE] event, after which clients may hang up at once."""
-    return _DONE.encode() in chunk
-
-
 def _is_usage_event(event: str) -> bool:
     return '"choices":[]' in event and '"usage":' in event
 

@@ -1,0 +1,143 @@
+"""Route latency and throughput of the real router process, with 64 workers' worth of KV index.
+
+The router runs as `glmserve router serve` in its own process. 64 simulated engines register over
+gRPC and publish vLLM-format KV events over ZMQ until the index holds every block they hold
+(corpus.py), then Route + Complete calls arrive open-loop at a fixed rate.
+
+Reported: the latency the caller sees (gRPC round trip, on the same machine), the router's own
+decision time (its route-duration histogram, bucketed), an exact in-process distribution of the
+same decisions without gRPC, and closed-loop throughput.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+
+from benchmarks.routing.corpus import BLOCK, PROMPT_TOKENS, WORKERS, Batches, corpus, requests, worker_events
+from benchmarks.routing.load import closed_loop, open_loop
+from benchmarks.routing.router_process import RouterProcess, bucket_quantile, histogram, metric, percentiles, scrape
+from benchmarks.sim.publisher import EnginePublisher
+from benchmarks.sim.vllm_events import encode_batch
+from glmserve.router import convert
+from glmserve.router.config import RouterConfig
+from glmserve.router.events import decode_batch
+from glmserve.router.hashing import BlockHasher
+from glmserve.router.proto import router_pb2 as pb
+from glmserve.router.proto import router_pb2_grpc as pb_grpc
+from glmserve.router.router import Router
+from glmserve.router.types import Load, RouteQuery, Usage, WorkerInfo
+
+MODEL = "glm-4.6"
+Log = Callable[[str], None]
+
+
+def _worker(w: int, publisher: EnginePublisher | None = None) -> WorkerInfo:
+    return WorkerInfo(
+        f"w{w:02d}",
+        "decode",
+        MODEL,
+        kv_events_endpoint=publisher.endpoint if publisher else "",
+        kv_replay_endpoint=publisher.replay_endpoint if publisher else "",
+        block_size=BLOCK,
+        max_running_requests=1_000_000,  # latency, not admission, is measured here
+    )
+
+
+def fill_index(router: RouterProcess, events: list[Batches], log: Log) -> int:
+    expected = sum(len(e["block_hashes"]) for batches in events for batch in batches for e in batch)
+    publishers = [EnginePublisher() for _ in range(WORKERS)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = pb_grpc.RouterStub(channel)
+            for w, publisher in enumerate(publishers):
+                stub.Register(pb.RegisterRequest(worker=convert.worker_to_pb(_worker(w, publisher))), timeout=10)
+        for publisher, batches in zip(publishers, events, strict=True):
+            for batch in batches:
+                publisher.publish(batch)
+        deadline = time.monotonic() + 600
+        while (held := metric(scrape(router.metrics_port), "glmserve_router_index_blocks")) < expected:
+            log(f"index: {held:,.0f} of {expected:,} (worker, block) entries")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the router did not index every published block in 10 minutes")
+            time.sleep(2)
+    finally:
+        for publisher in publishers:  # the index stays; quiet publishers leave the CPU to the router
+            publisher.close()
+    return expected
+
+
+def in_process(events: list[Batches], prompts: list[np.ndarray]) -> list[float]:
+    """The same decisions in this process without gRPC or ZMQ: Router.route alone, timed exactly."""
+    router = Router(
+        RouterConfig.model_validate({"workers": {"heartbeat_interval_s": 60, "lease_s": 3600, "forget_after_s": 7200}})
+    )
+    for w, batches in enumerate(events):
+        router.register(_worker(w), Load())
+        for batch in batches:
+            router.apply_events(f"w{w:02d}", decode_batch(b"\0" * 8, encode_batch(0.0, batch)).events)
+    timings = []
+    for i, prompt in enumerate(prompts):
+        started = time.perf_counter()
+        router.route(RouteQuery(f"r{i}", "t", MODEL, prompt))
+        timings.append(time.perf_counter() - started)
+        router.complete(f"r{i}", "finished", Usage())
+    return timings
+
+
+def _at_rate(router: RouterProcess, prompts: list[np.ndarray], first: list[bool], rate: float) -> dict[str, Any]:
+    histogram_name = "glmserve_router_route_duration_seconds"
+    before, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s()
+    latencies, sent, failures = open_loop(router.port, prompts, rate, MODEL)
+    after, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s() - cpu
+    by_first = {f: [lat for lat, g in zip(latencies, first, strict=False) if g == f] for f in (True, False)}
+    return {
+        "rate_per_s": rate,
+        "sent_per_s": sent,
+        "failures": dict(Counter(failures)),
+        "grpc_round_trip": percentiles(latencies),
+        "grpc_round_trip_prefix_first_seen": percentiles(by_first[True]),
+        "grpc_round_trip_prefix_seen_before": percentiles(by_first[False]),
+        "decision_bucketed": {f"p{q}_ms": bucket_quantile(before, after, q / 100) * 1e3 for q in (50, 90, 99)},
+        "router_cpu_ms_per_request": cpu / len(prompts) * 1e3,
+    }
+
+
+def run(rate: float, seconds: float, sessions_per_worker: int, log: Log, seed: int = 0) -> dict[str, Any]:
+    """Open-loop runs at rate / 5, rate / 2 and rate (fresh requests each), closed-loop
+    throughput, and the exact in-process decision latency."""
+    c = corpus(sessions_per_worker, seed)
+    hasher = BlockHasher()
+    log(f"hashing {WORKERS} workers' caches ({WORKERS * (sessions_per_worker + 1)} conversations)")
+    events = [worker_events(c, w, hasher) for w in range(WORKERS)]
+    rates = (rate / 5, rate / 2, rate)
+    loads = [requests(c, int(r * seconds), seed + i) for i, r in enumerate(rates)]
+    router = RouterProcess()
+    try:
+        entries = fill_index(router, events, log)
+        sweep = []
+        for r, (prompts, first) in zip(rates, loads, strict=True):
+            log(f"index holds {entries:,} entries; {len(prompts)} Route + Complete at {r:.0f}/s")
+            sweep.append(_at_rate(router, prompts, first, r))
+        log("closed loop: Route + Complete throughput with 16 callers")
+        throughput = closed_loop(router.port, loads[-1][0][:2000], callers=16, seconds=5, model=MODEL)
+    finally:
+        router.close()
+    log("the same decisions in-process, without gRPC")
+    return {
+        "workers": WORKERS,
+        "index_entries": entries,
+        "prompt_tokens": PROMPT_TOKENS,
+        "block_size": BLOCK,
+        "open_loop": sweep,
+        "closed_loop_per_s": throughput,
+        "in_process_decision": percentiles(in_process(events, loads[-1][0])),
+        "cpu_cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }

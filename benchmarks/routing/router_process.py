@@ -1,0 +1,94 @@
+"""The router under test as its own process (`glmserve router serve`), and its /metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def histogram(text: str, name: str) -> list[tuple[float, float]]:
+    return [
+        (float("inf") if le == "+Inf" else float(le), float(v))
+        for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    ]
+
+
+def bucket_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float:
+    """Prometheus's histogram_quantile over the observations between two scrapes."""
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = counts[-1][1]
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, cumulative in counts:
+        if cumulative >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cumulative - below, 1e-12)
+        lower, below = le, cumulative
+    return lower
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    a = np.array(samples) * 1e3
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+        "n": len(a),
+    }
+
+
+class RouterProcess:
+    def __init__(self) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self._dir = tempfile.TemporaryDirectory()
+        config = Path(self._dir.name) / "router.yaml"
+        config.write_text(
+            f"host: 127.0.0.1\nmetrics_port: {self.metrics_port}\n"
+            "workers: {heartbeat_interval_s: 60, lease_s: 3600, forget_after_s: 7200}\n"
+        )
+        env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        command = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(config)]
+        self.proc = subprocess.Popen([*command, "--port", str(self.port)], env=env, stderr=subprocess.DEVNULL)
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the router process has used (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._dir.cleanup()

@@ -1,0 +1,1 @@
+"""A simulated vLLM cluster: engines whose prefix caches publish the KV events vLLM publishes."""

@@ -1,0 +1,50 @@
+"""`glmserve router serve --config FILE [--port N]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from glmserve.router.config import RouterConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    router = subparsers.add_parser("router", help="the KV-cache-aware gRPC router")
+    rsub = router.add_subparsers(dest="router_command", required=True)
+    serve = rsub.add_parser(
+        "serve",
+        help="serve the router until SIGINT/SIGTERM",
+        description="Serves the gRPC router (health checking and reflection on) that engines register with and "
+        "the ingress asks where to send each request.",
+    )
+    serve.add_argument("--config", type=Path, required=True, help="router YAML (see glmserve/router/config.py)")
+    serve.add_argument("--port", type=int, help="gRPC port (default: the config's, 50051)")
+    serve.add_argument("--host", help="listen address (default: the config's, 0.0.0.0)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from glmserve.router.config import load_config
+
+    config = load_config(args.config, port=args.port, host=args.host)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve(config))
+
+
+async def _serve(config: RouterConfig) -> None:
+    from glmserve.router.server import RouterServer
+
+    server = RouterServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

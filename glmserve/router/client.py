@@ -1,0 +1,137 @@
+"""The async client the ingress (Route/Complete) and the engines (Register/Heartbeat) use.
+
+Every call has a deadline. A call that fails because the router is unreachable, too slow or broken
+raises RouterUnavailableError: the caller routes locally instead. An answer the router gives on
+purpose raises its glmserve error (OverloadedError: no worker can take the request;
+InvalidRequestError; NotFoundError: heartbeat of an unknown worker, register again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from glmserve.common.errors import UNAVAILABLE, GlmserveError
+from glmserve.common.tenancy import PriorityClass
+from glmserve.router import convert
+from glmserve.router.proto import router_pb2 as pb
+from glmserve.router.proto import router_pb2_grpc as pb_grpc
+from glmserve.router.status import from_rpc_error
+from glmserve.router.types import Decision, Load, Stage, Usage, WorkerInfo
+
+# Routing sits on every request's critical path: past this, routing locally is the better deal.
+DEFAULT_ROUTE_TIMEOUT_S = 0.05
+DEFAULT_TIMEOUT_S = 2.0
+
+
+class RouterUnavailableError(GlmserveError):
+    """The router did not answer (unreachable, deadline, internal failure): route locally."""
+
+    kind = UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    heartbeat_interval_s: float
+    lease_s: float
+
+
+class RouterClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        """`target`: a gRPC target such as "router:50051" or "dns:///router-headless:50051"."""
+        self.target = target
+        self._route_timeout_s = route_timeout_s
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 2**20)])
+        self._stub = pb_grpc.RouterStub(self._channel)
+
+    async def route(
+        self,
+        request_id: str,
+        model: str,
+        prompt_token_ids: Sequence[int],
+        *,
+        tenant: str = "",
+        cache_salt: str = "",
+        max_tokens: int = 0,
+        priority: PriorityClass = "standard",
+        allowed_worker_ids: Sequence[str] = (),
+    ) -> Decision:
+        request = convert.query_to_pb(
+            request_id,
+            model,
+            prompt_token_ids,
+            tenant=tenant,
+            cache_salt=cache_salt,
+            max_tokens=max_tokens,
+            priority=priority,
+            allowed_worker_ids=allowed_worker_ids,
+        )
+        try:
+            reply = await self._stub.Route(request, timeout=self._route_timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc, "Route") from None
+        return convert.decision_from_pb(reply)
+
+    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
+        """Reports the end of a request (or of its remote prefill leg); False if the router did
+        not know the request (it restarted, or the request was never routed by it)."""
+        try:
+            reply = await self._stub.Complete(
+                convert.completion_to_pb(request_id, stage, usage or Usage()), timeout=self._timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, "Complete") from None
+        return bool(reply.known)
+
+    async def register(self, worker: WorkerInfo, load: Load | None = None) -> Lease:
+        request = pb.RegisterRequest(worker=convert.worker_to_pb(worker), load=convert.load_to_pb(load or Load()))
+        try:
+            reply = await self._stub.Register(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc, "Register") from None
+        return Lease(reply.heartbeat_interval_s, reply.lease_s)
+
+    async def heartbeat(self, worker_id: str, load: Load) -> None:
+        """Raises NotFoundError when the router does not know the worker: register again."""
+        try:
+            await self._stub.Heartbeat(
+                pb.HeartbeatRequest(worker_id=worker_id, load=convert.load_to_pb(load or Load())),
+                timeout=self._timeout_s,
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc, "Heartbeat") from None
+
+    async def deregister(self, worker_id: str) -> None:
+        try:
+            await self._stub.Deregister(pb.DeregisterRequest(worker_id=worker_id), timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc, "Deregister") from None
+
+    def _error(self, exc: grpc.RpcError, method: str) -> GlmserveError:
+        answered = from_rpc_error(exc)
+        if answered is not None:
+            return answered
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return RouterUnavailableError(f"router {self.target} {method} failed: {code} {details}", code=code.lower())
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> RouterClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,92 @@
+"""Where the router believes each worker holds the prompt's prefix: the one thing that differs
+between the precise and the approximate policy (their scorers are the same).
+
+- EngineEvents (precise): the KV index, fed by every engine's own KV-cache events.
+- RoutingHistory (approximate, a baseline): no events, only the router's memory of where it sent
+  each prompt, as llm-d's approximate prefix-cache scorer and Ray Serve's PrefixCacheAffinityRouter
+  do. The prompt is cut into chunks of `chunk_tokens` (llm-d cuts characters; the ingress hands the
+  router tokens), chained so a chunk stands for its whole prefix, and each worker keeps the chunks
+  last sent to it in an LRU of `capacity_chunks`: a guess at the engine's cache that drifts from it
+  as engines evict, restart, cache replies, or take traffic from other router replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from glmserve.router.config import ApproximateConfig
+from glmserve.router.index import KVIndex
+from glmserve.router.workers import Worker
+
+if TYPE_CHECKING:
+    from glmserve.router.plugins.base import RouteContext
+
+
+class EngineEvents:
+    def __init__(self, index: KVIndex) -> None:
+        self._index = index
+
+    def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
+        by_block_size: dict[int, list[str]] = {}
+        for w in workers:
+            by_block_size.setdefault(w.info.block_size, []).append(w.worker_id)
+        cached: dict[str, int] = {}
+        for block_size, ids in by_block_size.items():
+            blocks = self._index.prefix_blocks(ctx.block_hashes(block_size), ids)
+            cached.update((w, n * block_size) for w, n in blocks.items())
+        return cached
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        pass  # the engine's events will say what it cached
+
+
+_NOTHING: OrderedDict[bytes, None] = OrderedDict()
+
+
+class RoutingHistory:
+    def __init__(self, cfg: ApproximateConfig) -> None:
+        self._chunk_tokens = cfg.chunk_tokens
+        self._capacity = cfg.capacity_chunks
+        self._seen: dict[str, OrderedDict[bytes, None]] = {}
+        self._last: tuple[str, list[bytes]] = ("", [])
+
+    def _chunks(self, ctx: RouteContext) -> list[bytes]:
+        q = ctx.query
+        if self._last[0] != q.request_id:
+            raw = np.ascontiguousarray(q.tokens, dtype=np.uint32).tobytes()
+            step = 4 * self._chunk_tokens
+            digest = hashlib.blake2b(q.cache_salt.encode(), digest_size=8).digest()
+            chunks = []
+            for start in range(0, len(raw) - step + 1, step):
+                digest = hashlib.blake2b(digest + raw[start : start + step], digest_size=8).digest()
+                chunks.append(digest)
+            self._last = (q.request_id, chunks)
+        return self._last[1]
+
+    def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
+        chunks = self._chunks(ctx)
+        cached = {}
+        for w in workers:
+            seen = self._seen.get(w.worker_id, _NOTHING)
+            matched = 0
+            for chunk in chunks:
+                if chunk not in seen:
+                    break
+                matched += 1
+            cached[w.worker_id] = matched * self._chunk_tokens
+        return cached
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        seen = self._seen.setdefault(worker.worker_id, OrderedDict())
+        for chunk in self._chunks(ctx):
+            seen[chunk] = None
+            seen.move_to_end(chunk)
+        while len(seen) > self._capacity:
+            seen.popitem(last=False)
+        if len(self._seen) > len(ctx.registry.workers):  # forget departed workers
+            for worker_id in [w for w in self._seen if w not in ctx.registry.workers]:
+                del self._seen[worker_id]

@@ -1,0 +1,26 @@
+"""The router's Prometheus metrics (names in glmserve.common.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from glmserve.common import metrics as m
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.routes = m.counter(m.ROUTER_ROUTES, self.registry)
+        self.route_duration = m.histogram(m.ROUTER_ROUTE_DURATION, self.registry)
+        self.plugin_duration = m.histogram(m.ROUTER_PLUGIN_DURATION, self.registry)
+        self.prompt_tokens = m.counter(m.ROUTER_PROMPT_TOKENS, self.registry)
+        self.completed_tokens = m.counter(m.ROUTER_COMPLETED_TOKENS, self.registry)
+        self.kv_events = m.counter(m.ROUTER_KV_EVENTS, self.registry)
+        self.kv_event_gaps = m.counter(m.ROUTER_KV_EVENT_GAPS, self.registry)
+        self.index_blocks = m.gauge(m.ROUTER_INDEX_BLOCKS, self.registry)
+        self.workers = m.gauge(m.ROUTER_WORKERS, self.registry)
+        self.in_flight = m.gauge(m.ROUTER_IN_FLIGHT, self.registry)
+
+    def plugin_timer(self, profile: str, kind: str, plugin: str) -> Histogram:
+        """The plugin's histogram child, bound once so each request pays no label lookup."""
+        return self.plugin_duration.labels(profile, kind, plugin)

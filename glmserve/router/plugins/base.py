@@ -1,0 +1,87 @@
+"""What every plugin sees: the request's context, with the prompt's block hashes and each
+worker's cached prefix (from the policy's PrefixEstimate) computed once and shared by all plugins
+of both profiles."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from glmserve.router.config import RouterConfig
+from glmserve.router.hashing import BlockHasher, PromptHashes
+from glmserve.router.types import Role, RouteQuery
+from glmserve.router.workers import Registry, Worker
+
+
+class PrefixEstimate(Protocol):
+    def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
+        """Prompt tokens each worker is believed to hold as a cached prefix."""
+        ...
+
+    def routed(self, ctx: RouteContext, worker: Worker) -> None:
+        """Told that the worker will prefill the request (history-based estimates learn from it)."""
+        ...
+
+
+@dataclass(slots=True)
+class RouteContext:
+    query: RouteQuery
+    now: float
+    config: RouterConfig
+    registry: Registry
+    hasher: BlockHasher
+    estimate: PrefixEstimate
+    _hashes: dict[int, PromptHashes] = field(default_factory=dict)
+    _cached: dict[str, int] = field(default_factory=dict)
+    _rng: random.Random | None = None
+
+    @property
+    def rng(self) -> random.Random:
+        """Seeded by (seed, request id): every router replica breaks the same tie the same way."""
+        if self._rng is None:
+            self._rng = random.Random(f"{self.config.seed}:{self.query.request_id}")
+        return self._rng
+
+    def block_hashes(self, block_size: int) -> PromptHashes:
+        """The prompt's block hashes at `block_size`, computed as far as they are read."""
+        hashes = self._hashes.get(block_size)
+        if hashes is None:
+            q = self.query
+            hashes = PromptHashes(self.hasher.runs(q.tokens, block_size, q.cache_salt))
+            self._hashes[block_size] = hashes
+        return hashes
+
+    def prompt_blocks(self, worker: Worker) -> int:
+        return len(self.query.tokens) // worker.info.block_size
+
+    def cached_tokens(self, workers: list[Worker]) -> list[int]:
+        """Prompt tokens each worker holds as a cached prefix, by the policy's estimate."""
+        missing = [w for w in workers if w.worker_id not in self._cached]
+        if missing:
+            self._cached.update(self.estimate.cached_tokens(self, missing))
+        return [self._cached[w.worker_id] for w in workers]
+
+
+class Filter(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]: ...
+
+
+class Scorer(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+        """One score in [0, 1] per worker, higher is better."""
+        ...
+
+
+class Picker(Protocol):
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+        """The index of the chosen worker; `workers` is never empty."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PluginArgs:
+    """What a plugin factory gets: the whole config and the pool its profile routes to."""
+
+    config: RouterConfig
+    role: Role

@@ -1,0 +1,62 @@
+"""Filters: drop the workers that cannot take the request."""
+
+from __future__ import annotations
+
+from glmserve.router.plugins.base import PluginArgs, RouteContext
+from glmserve.router.workers import Worker
+
+
+class Allowed:
+    """Only the workers the caller lists (e.g. the replicas Ray Serve currently considers alive)."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        pass
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
+        allowed = ctx.query.allowed_worker_ids
+        return [w for w in workers if w.worker_id in allowed] if allowed else workers
+
+
+class Healthy:
+    """Workers whose lease (last heartbeat) has not run out."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        pass
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
+        return [w for w in workers if ctx.registry.healthy(w, ctx.now)]
+
+
+class ModelMatch:
+    def __init__(self, args: PluginArgs) -> None:
+        pass
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
+        return [w for w in workers if w.info.model == ctx.query.model]
+
+
+class RoleMatch:
+    """Workers of the profile's pool."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        self._role = args.role
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
+        return [w for w in workers if w.info.role == self._role]
+
+
+class NotOverloaded:
+    """Drops workers at their priority-dependent load limit or with a (nearly) full KV cache."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        self._cfg = args.config.overload
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
+        limit = self._cfg.load_limit.get(ctx.query.priority, 1.0)
+        default = self._cfg.default_max_running_requests
+        max_kv = self._cfg.max_kv_cache_usage
+        return [
+            w
+            for w in workers
+            if w.busy() < limit * (w.info.max_running_requests or default) and w.load.kv_cache_usage < max_kv
+        ]

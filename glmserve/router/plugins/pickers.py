@@ -1,0 +1,31 @@
+"""Pickers: choose one worker from the scored candidates."""
+
+from __future__ import annotations
+
+from glmserve.router.plugins.base import PluginArgs, RouteContext
+from glmserve.router.workers import Worker
+
+_TIE = 1e-9
+
+
+class MaxScore:
+    """The best score; ties are broken at random, seeded per request (replicas agree)."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        pass
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+        best = max(scores)
+        ties = [i for i, s in enumerate(scores) if s >= best - _TIE]
+        return ties[0] if len(ties) == 1 else ctx.rng.choice(ties)
+
+
+class RoundRobin:
+    """Cycles through the candidates (ordered by worker id); ignores scores. A baseline."""
+
+    def __init__(self, args: PluginArgs) -> None:
+        self._turn = 0
+
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+        self._turn += 1
+        return (self._turn - 1) % len(workers)

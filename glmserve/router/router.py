@@ -1,0 +1,232 @@
+"""The router's state and decisions, without gRPC: workers, the KV index fed by their events, the
+two pool profiles, and the requests in flight (for load). Single-threaded by design: the server
+calls it from one event loop, so there are no locks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from glmserve.common.errors import OverloadedError
+from glmserve.router.config import RouterConfig
+from glmserve.router.disaggregation import Disaggregation
+from glmserve.router.estimates import EngineEvents, RoutingHistory
+from glmserve.router.events import Event
+from glmserve.router.hashing import DEFAULT_SEED, BlockHasher
+from glmserve.router.index import KVIndex
+from glmserve.router.metrics import RouterMetrics
+from glmserve.router.pipeline import Pick, Profile, Rejected
+from glmserve.router.plugins.base import PrefixEstimate, RouteContext
+from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
+from glmserve.router.workers import Registry, Worker
+
+RETRY_AFTER_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    tenant: str
+    prefill: str | None
+    decode: str
+    prefill_tokens: int  # uncached tokens the prefilling worker owes until the first token
+    expires_at: float
+
+    @property
+    def prefiller(self) -> str:
+        return self.prefill or self.decode
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        metrics: RouterMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or RouterMetrics()
+        self.registry = Registry(config.workers.lease_s, config.workers.forget_after_s, clock)
+        self.index = KVIndex()
+        self.hasher = BlockHasher(config.hashing.seed or DEFAULT_SEED)
+        self.estimate: PrefixEstimate = (
+            RoutingHistory(config.approximate) if config.policy == "approximate" else EngineEvents(self.index)
+        )
+        self._clock = clock
+        self._decode = Profile("decode", config.profile("decode"), config, self.metrics)
+        prefill = Profile("prefill", config.profile("prefill"), config, self.metrics)
+        self._disaggregation = Disaggregation(prefill, config.disaggregation.min_remote_prefill_tokens)
+        self._bookings: dict[str, Booking] = {}
+        self._ordered: list[Worker] | None = None
+        for static in config.workers.static:
+            self.register(static.info(), Load(), static=True)
+
+    # -- workers --------------------------------------------------------------------------
+
+    def register(self, info: WorkerInfo, load: Load, *, static: bool = False) -> bool:
+        """True when the worker is new or changed: its index starts empty and its events must be
+        (re)subscribed."""
+        changed = self.registry.register(info, load, static=static)
+        if changed:
+            self.index.detach(info.worker_id)
+            self.index.attach(info.worker_id)
+            self.registry.workers[info.worker_id].index_ready = not info.kv_events_endpoint
+            self._ordered = None
+        return changed
+
+    def heartbeat(self, worker_id: str, load: Load) -> None:
+        self.registry.heartbeat(worker_id, load)
+
+    def deregister(self, worker_id: str) -> bool:
+        self.index.detach(worker_id)
+        self._ordered = None
+        return self.registry.deregister(worker_id)
+
+    def apply_events(self, worker_id: str, events: Iterable[Event]) -> None:
+        if worker_id not in self.registry.workers:
+            return
+        for event in events:
+            self.index.apply(worker_id, event)
+            self.metrics.kv_events.labels(type(event).__name__).inc()
+
+    def reset_index(self, worker_id: str) -> None:
+        """The engine restarted (its event sequence started over): what it held is gone."""
+        if worker_id in self.registry.workers:
+            self.index.clear(worker_id)
+
+    def set_index_ready(self, worker_id: str, ready: bool) -> None:
+        worker = self.registry.workers.get(worker_id)
+        if worker is not None:
+            worker.index_ready = ready
+
+    def sweep(self) -> list[str]:
+        """Forgets silent workers and never-completed requests; refreshes gauges. Returns the ids of
+        the workers dropped, whose event subscriptions should stop."""
+        gone = self.registry.forget_silent()
+        for worker_id in gone:
+            self.index.detach(worker_id)
+            self._ordered = None
+        now = self._clock()
+        for request_id in [r for r, b in self._bookings.items() if b.expires_at < now]:
+            self._end(self._bookings.pop(request_id))
+        self._refresh_gauges(now)
+        return gone
+
+    def _refresh_gauges(self, now: float) -> None:
+        counts = {(role, state): 0 for role in ("prefill", "decode") for state in ("healthy", "unhealthy")}
+        for w in self.registry.workers.values():
+            counts[w.info.role, "healthy" if self.registry.healthy(w, now) else "unhealthy"] += 1
+        for (role, state), n in counts.items():
+            self.metrics.workers.labels(role, state).set(n)
+        self.metrics.index_blocks.set(self.index.size())
+        self.metrics.in_flight.set(len(self._bookings))
+
+    # -- requests -------------------------------------------------------------------------
+
+    def route(self, query: RouteQuery) -> Decision:
+        started = time.perf_counter()
+        if self._ordered is None:  # one candidate order on every replica, so tie-breaks agree
+            self._ordered = sorted(self.registry.workers.values(), key=lambda w: w.worker_id)
+        workers = self._ordered
+        ctx = RouteContext(query, self._clock(), self.config, self.registry, self.hasher, self.estimate)
+        decode = self._decode.run(ctx, workers)
+        if isinstance(decode, Rejected):
+            raise self._unavailable(query, decode)
+        prefill, why = self._disaggregation.prefill_for(ctx, decode, workers)
+        previous = self._bookings.pop(query.request_id, None)
+        if previous is not None:  # the ingress re-routes a request (e.g. its replica died)
+            self._end(previous)
+        decision = self._decision(ctx, prefill, decode, why)
+        self._book(query, decision, prefill, decode)
+        for pick in (prefill, decode):
+            if pick is not None:
+                self.estimate.routed(ctx, pick.worker)
+        self._count(query, decision, "remote_prefill" if prefill else "local_prefill")
+        self.metrics.route_duration.observe(time.perf_counter() - started)
+        return decision
+
+    def _decision(self, ctx: RouteContext, prefill: Pick | None, decode: Pick, why: str) -> Decision:
+        query = ctx.query
+        decode_target = _target(ctx, decode)
+        prefill_target = _target(ctx, prefill) if prefill else None
+        return Decision(
+            request_id=query.request_id,
+            prefill=prefill_target,
+            decode=decode_target,
+            expected_cached_tokens=(prefill_target or decode_target).cached_tokens,
+            prompt_tokens=len(query.tokens),
+            policy="custom" if self.config.profiles else self.config.policy,
+            reasons=(f"decode {decode.explain()}", why),
+            degraded=any(not w.index_ready for w in ctx.registry.workers.values() if w.info.model == query.model),
+        )
+
+    def _unavailable(self, query: RouteQuery, rejected: Rejected) -> OverloadedError:
+        overloaded = rejected.stage == "not-overloaded"
+        outcome = "overloaded" if overloaded else "no_endpoints"
+        self.metrics.routes.labels(query.model, outcome).inc()
+        if overloaded:
+            message = f"all {rejected.before} decode workers for {query.model!r} are at their load limit"
+        else:
+            message = f"no decode worker for {query.model!r} passes the {rejected.stage!r} filter"
+        return OverloadedError(message, code=outcome, retry_after_s=RETRY_AFTER_S)
+
+    def _count(self, query: RouteQuery, decision: Decision, outcome: str) -> None:
+        self.metrics.routes.labels(query.model, outcome).inc()
+        self.metrics.prompt_tokens.labels(query.model, "true").inc(decision.expected_cached_tokens)
+        self.metrics.prompt_tokens.labels(query.model, "false").inc(
+            decision.prompt_tokens - decision.expected_cached_tokens
+        )
+
+    def _book(self, query: RouteQuery, decision: Decision, prefill: Pick | None, decode: Pick) -> None:
+        owed = decision.prompt_tokens - decision.expected_cached_tokens
+        (prefill or decode).worker.prefill_backlog += owed
+        for pick in (prefill, decode):
+            if pick is not None:
+                pick.worker.in_flight += 1
+        booking = Booking(
+            query.tenant,
+            prefill.worker.worker_id if prefill else None,
+            decode.worker.worker_id,
+            owed,
+            self._clock() + self.config.request_ttl_s,
+        )
+        self._bookings[query.request_id] = booking
+
+    def _first_token(self, booking: Booking) -> Booking:
+        """The prompt is prefilled: its tokens leave the prefiller's backlog, a remote prefill
+        worker is done with it."""
+        prefiller = self.registry.workers.get(booking.prefiller)
+        if prefiller is not None:
+            prefiller.prefill_backlog = max(0, prefiller.prefill_backlog - booking.prefill_tokens)
+        self._release(booking.prefill)
+        return replace(booking, prefill=None, prefill_tokens=0)
+
+    def _end(self, booking: Booking) -> None:
+        self._release(self._first_token(booking).decode)
+
+    def _release(self, *worker_ids: str | None) -> None:
+        for worker_id in worker_ids:
+            worker = self.registry.workers.get(worker_id) if worker_id else None
+            if worker is not None:
+                worker.in_flight = max(0, worker.in_flight - 1)
+
+    def complete(self, request_id: str, stage: Stage, usage: Usage) -> bool:
+        """Releases the request's load; False when the router has no record of it."""
+        booking = self._bookings.get(request_id)
+        if booking is None:
+            return False
+        if stage == "prefill_done":
+            self._bookings[request_id] = self._first_token(booking)
+            return True
+        del self._bookings[request_id]
+        self._end(booking)
+        tokens = self.metrics.completed_tokens
+        tokens.labels(booking.tenant, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(booking.tenant, "cached").inc(usage.cached_tokens)
+        tokens.labels(booking.tenant, "completion").inc(usage.completion_tokens)
+        return True
+
+
+def _target(ctx: RouteContext, pick: Pick) -> Target:
+    cached = ctx.cached_tokens([pick.worker])[0]
+    return Target(pick.worker.worker_id, pick.worker.info.address, cached, pick.score)

@@ -1,0 +1,53 @@
+"""glmserve errors on the gRPC wire, both ways.
+
+The server marks every error it raises on purpose with the trailer `glmserve-error-code`, so a
+client can tell "the router answered UNAVAILABLE: no worker can serve this" from "the router is
+unreachable" (which gRPC also reports as UNAVAILABLE) and fall back only in the second case.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from glmserve.common.errors import (
+    AuthenticationError,
+    BackendError,
+    GlmserveError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+
+ERROR_CODE = "glmserve-error-code"
+RETRY_AFTER = "glmserve-retry-after-s"
+_BY_STATUS: dict[grpc.StatusCode, type[GlmserveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitedError,
+    grpc.StatusCode.UNAVAILABLE: OverloadedError,
+    grpc.StatusCode.INTERNAL: BackendError,
+}
+
+
+def to_status(error: GlmserveError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status code, details and trailers the server aborts with."""
+    trailers = [(ERROR_CODE, error.code or error.kind.grpc_code.lower())]
+    if error.retry_after_s is not None:
+        trailers.append((RETRY_AFTER, f"{error.retry_after_s:g}"))
+    return grpc.StatusCode[error.kind.grpc_code], error.message, tuple(trailers)
+
+
+def from_rpc_error(error: grpc.RpcError) -> GlmserveError | None:
+    """The error the router raised on purpose, or None when the call failed for another reason
+    (unreachable, deadline, cancelled, a router bug)."""
+    trailers = dict(error.trailing_metadata() or ())
+    code = trailers.get(ERROR_CODE)
+    cls = _BY_STATUS.get(error.code())
+    if code is None or cls is None:
+        return None
+    retry = trailers.get(RETRY_AFTER)
+    return cls(error.details() or "", code=str(code), retry_after_s=float(retry) if retry else None)

@@ -1,0 +1,110 @@
+"""The RayService's Serve application: `import_path: glmserve.serving.entrypoint:app_builder`.
+
+The operator renders `args` as `ServeAppArgs` (the ModelDeployment spec and the capacity plan
+it chose); this builds the prefill and decode pools on their node groups' GPUs behind the
+OpenAI ingress, with the engine arguments and placement the plan implies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.deployment import LLMServer
+
+from glmserve.common.deployment import ModelDeploymentSpec, Pool
+from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
+from glmserve.common.errors import ConfigError
+from glmserve.common.placement import pool_placement
+from glmserve.serving.app import DEPLOYMENT_PREFIX, NIXL_PORT_BASE
+from glmserve.serving.engine.gpu_args import gpu_engine_kwargs
+from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
+from glmserve.serving.ingress.app import Ingress
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
+
+
+def model_source(source: str) -> str:
+    """What Ray Serve LLM loads: a Hugging Face repo id, or an s3:// / gs:// mirror."""
+    scheme, _, rest = source.partition("://")
+    if scheme == "hf":
+        return rest
+    if scheme in ("s3", "gs"):
+        return source
+    raise ConfigError(f"model source {source!r} is not supported by the serving image yet; use hf://, s3:// or gs://")
+
+
+def _replicas(pool: Pool) -> dict[str, Any]:
+    if pool.autoscaling is None:
+        return {"num_replicas": pool.min_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": pool.autoscaling.min_replicas,
+            "initial_replicas": pool.autoscaling.min_replicas,
+            "max_replicas": pool.autoscaling.max_replicas,
+        }
+    }
+
+
+def pool_llm_config(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStatus) -> LLMConfig:
+    placement = pool_placement(role, layout.node_group, layout.parallelism.layout())  # type: ignore[arg-type]
+    model = spec.model.resolve()
+    return LLMConfig(
+        model_loading_config={
+            "model_id": spec.model.served_name or spec.model.name,
+            "model_source": model_source(model.source),
+        },
+        accelerator_type=layout.gpu,
+        placement_group_config={"bundles": list(placement.group.bundles), "strategy": placement.group.strategy},
+        deployment_config={"ray_actor_options": {"num_cpus": 0}, **_replicas(spec.pools()[role])},
+        engine_kwargs=gpu_engine_kwargs(spec, role, layout),
+        experimental_configs={"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role]},
+        log_engine_metrics=True,
+    )
+
+
+def engine_class(layout: PoolLayoutStatus) -> type[LLMServer]:
+    """A replica wider than one data-parallel rank is a gang of Serve replicas, one per rank."""
+    return DataParallelEngineServer if layout.parallelism.data > 1 else EngineServer
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    app_args = ServeAppArgs.model_validate(args)
+    spec, plan = app_args.deployment, app_args.planner
+    pools = {
+        role: build_llm_deployment(
+            pool_llm_config(spec, role, layout),
+            deployment_cls=engine_class(layout),
+            name_prefix=DEPLOYMENT_PREFIX[role],
+        )
+        for role, layout in plan.pools().items()
+    }
+    model = spec.model.resolve()
+    name = spec.model.served_name or spec.model.name
+    decode = plan.decode
+    served = ServedModel(
+        name,
+        model.max_context,
+        model.thinking_default,
+        int(time.time()),
+        checkpoint=model_source(model.source),
+        engine_kwargs=gpu_engine_kwargs(spec, "decode", decode),
+        capacity=decode.max_replicas * spec.decode.max_concurrency,
+    )
+    settings = IngressSettings(models=(served,), limits=limits_from_environment())
+    # @serve.deployment turned the class into a Deployment, which mypy cannot see.
+    return Ingress.options(num_replicas=spec.ingress.replicas).bind(  # type: ignore[attr-defined]
+        engines={name: pools}, settings=settings
+    )
+
+
+def limits_from_environment() -> LimitsSettings:
+    """Tenancy the operator hands the Ray pods (the router's rendered config, Redis, the salt secret)."""
+    return LimitsSettings(
+        tenants_file=os.environ.get("GLMSERVE_TENANTS_FILE"),
+        redis_url=os.environ.get("GLMSERVE_REDIS_URL"),
+        outage="fail-closed" if os.environ.get("GLMSERVE_LIMITS_OUTAGE") == "fail-closed" else "fail-open",
+        cache_salt_secret=os.environ.get("GLMSERVE_CACHE_SALT_SECRET"),
+    )

@@ -1,0 +1,37 @@
+"""What one ingress replica is told at deploy time (plain data: it crosses Ray's actor boundary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from glmserve.serving.ingress.discovery import ScrapeTarget
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    max_context: int
+    thinking_default: bool
+    created: int
+    checkpoint: str  # where the ingress loads the tokenizer and chat template from
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engines', so prompts render alike
+    capacity: int = 0  # requests all its decode replicas run at once (0: unknown, no shedding)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    tenants_file: str | None = None  # None: no authentication, one open tenant (local mode)
+    redis_url: str | None = None  # None: in-process limits (one ingress replica)
+    outage: Literal["fail-open", "fail-closed"] = "fail-open"
+    fail_open_share: float = 1.0
+    cache_salt_secret: str | None = None  # hex; None: a random one per process
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    models: tuple[ServedModel, ...]
+    retry_after_s: float = 1.0
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
+    metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"

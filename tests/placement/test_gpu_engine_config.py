@@ -1,0 +1,125 @@
+"""The GPU path, verified as configuration: what each pool's vLLM engine gets on H100/H200,
+from the planner's layout (no GPU or GPU build of vLLM exists in CI)."""
+
+from __future__ import annotations
+
+import pytest
+
+from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.deployment_plan import PlanStatus, ServeAppArgs, plan_for
+from glmserve.common.nodegroup import NodeGroupSpec
+from glmserve.common.placement import node_group_resource, pool_resource
+from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
+from glmserve.serving.entrypoint import engine_class, model_source, pool_llm_config
+
+
+def _groups(gpu: str, max_nodes: int = 16) -> dict[str, NodeGroupSpec]:
+    spec = {"gpu": gpu, "gpusPerNode": 8, "maxNodes": max_nodes, "provisioner": "static"}
+    return {"gpus": NodeGroupSpec.model_validate(spec)}
+
+
+def _deployment(precision: str, context: int, *, mtp: bool = True) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "glm-4.6", "precision": precision, "maxContext": context},
+            "prefill": {"nodeGroup": "gpus", "replicas": 1},
+            "decode": {"nodeGroup": "gpus", "autoscaling": {"minReplicas": 1, "maxReplicas": 2}},
+            "mtp": {"enabled": mtp, "numSpeculativeTokens": 1},
+        }
+    )
+
+
+def _planned(gpu: str, precision: str, context: int) -> tuple[ModelDeploymentSpec, PlanStatus]:
+    spec = _deployment(precision, context)
+    plan = plan_for(spec, _groups(gpu))
+    assert plan.feasible, plan.shortfalls
+    return spec, PlanStatus.of(plan)
+
+
+# (GPU, precision, context) -> GPUs per replica, as in Zhipu's table (shared/reference/glm-4.6.md).
+TABLE = [
+    ("H100", "fp8", 32768, 8),
+    ("H200", "fp8", 32768, 4),
+    ("H100", "bf16", 32768, 16),
+    ("H200", "bf16", 32768, 8),
+    ("H200", "fp8", 131072, 8),
+    ("H100", "bf16", 131072, 32),
+]
+
+
+@pytest.mark.parametrize(("gpu", "precision", "context", "gpus"), TABLE)
+def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, context: int, gpus: int) -> None:
+    spec, plan = _planned(gpu, precision, context)
+    for role in ("prefill", "decode"):
+        layout = plan.pools()[role]
+        config = pool_llm_config(spec, role, layout)
+        kw = config.engine_kwargs
+        par = layout.parallelism
+        assert layout.gpus_per_replica == gpus
+        assert kw["tensor_parallel_size"] * kw["data_parallel_size"] == gpus
+        assert (kw["tensor_parallel_size"], kw["data_parallel_size"]) == (par.tensor, par.data)
+        assert kw["max_model_len"] == context
+        assert kw["gpu_memory_utilization"] == 0.90
+        assert kw["kv_transfer_config"] == {
+            "kv_connector": "NixlConnector",
+            "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+        }
+        assert kw["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
+        assert kw["tool_call_parser"] == kw["reasoning_parser"] == "glm45"
+        assert kw["default_chat_template_kwargs"] == {"enable_thinking": True}
+        assert config.accelerator_type == gpu
+        expected_source = "zai-org/GLM-4.6-FP8" if precision == "fp8" else "zai-org/GLM-4.6"
+        assert config.model_loading_config.model_source == expected_source
+        if par.expert > 1:
+            # Expert parallelism over every rank, EPLB with redundant slots that split evenly.
+            assert kw["enable_expert_parallel"] and kw["enable_eplb"]
+            redundant = kw["eplb_config"]["num_redundant_experts"]
+            assert redundant >= par.expert and (160 + redundant) % par.expert == 0
+        else:
+            assert "enable_expert_parallel" not in kw
+
+
+def test_multi_node_replica_is_a_gang_of_data_parallel_ranks() -> None:
+    spec, plan = _planned("H100", "bf16", 131072)
+    layout = plan.decode
+    assert (layout.parallelism.tensor, layout.parallelism.data, layout.nodes_per_replica) == (8, 4, 4)
+    assert engine_class(layout) is DataParallelEngineServer
+    config = pool_llm_config(spec, "decode", layout)
+    options = DataParallelEngineServer.get_deployment_options(config)
+    # One Serve replica per data-parallel rank, restarted together; replicas = DP groups x DP size.
+    assert options["gang_scheduling_config"].gang_size == 4
+    assert options["autoscaling_config"]["max_replicas"] == 2 * 4
+    bundles = options["placement_group_bundles"]
+    assert len([b for b in bundles if b.get("GPU")]) == 8
+    assert all(b[node_group_resource("gpus")] == 1 for b in bundles if b.get("GPU"))
+
+
+def test_single_node_replica_packs_its_ranks_on_its_node_group() -> None:
+    spec, plan = _planned("H200", "fp8", 32768)
+    layout = plan.prefill
+    assert engine_class(layout) is EngineServer
+    options = EngineServer.get_deployment_options(pool_llm_config(spec, "prefill", layout))
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    gpu_bundles = [b for b in options["placement_group_bundles"] if b.get("GPU")]
+    assert len(gpu_bundles) == 4
+    for bundle in gpu_bundles:
+        assert bundle[node_group_resource("gpus")] == 1 and bundle[pool_resource("prefill")] == 1
+        assert bundle["accelerator_type:H200"] > 0
+
+
+def test_kv_cache_precision_and_mtp_switches() -> None:
+    spec = _deployment("fp8", 32768, mtp=False).model_copy(
+        update={"model": _deployment("fp8", 32768).model.model_copy(update={"kv_cache_precision": "fp8"})}
+    )
+    plan = PlanStatus.of(plan_for(spec, _groups("H200")))
+    kw = pool_llm_config(spec, "decode", plan.decode).engine_kwargs
+    assert kw["kv_cache_dtype"] == "fp8" and "speculative_config" not in kw
+
+
+def test_serve_app_args_round_trip_and_unsupported_sources() -> None:
+    spec, plan = _planned("H200", "fp8", 32768)
+    wire = ServeAppArgs(deployment=spec, planner=plan).wire()
+    assert ServeAppArgs.model_validate(wire).planner == plan
+    assert model_source("s3://bucket/glm") == "s3://bucket/glm"
+    with pytest.raises(Exception, match="use hf://, s3:// or gs://"):
+        model_source("pvc://weights/glm-4.6")

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.router.harness import ServerThread, SimEngine, config
+
+
+@pytest.fixture
+def start_router() -> Iterator[Callable[..., ServerThread]]:
+    """Starts routers (config overrides as keyword arguments); all are stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        server = ServerThread(config(**overrides))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def engines() -> Iterator[Callable[..., SimEngine]]:
+    made: list[SimEngine] = []
+
+    def make(worker_id: str, **kwargs: Any) -> SimEngine:
+        engine = SimEngine(worker_id, **kwargs)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()

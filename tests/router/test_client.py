@@ -1,0 +1,118 @@
+"""The async client the ingress and the engines use, against a real router (and a dead one)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from glmserve.common.errors import InvalidRequestError, NotFoundError, OverloadedError
+from glmserve.router.agent import WorkerAgent
+from glmserve.router.client import RouterClient, RouterUnavailableError
+from glmserve.router.types import Load, Usage, WorkerInfo
+from tests.conftest import free_port
+from tests.router.harness import MODEL, ServerThread, SimEngine, tokens, wait_for
+
+Start = Callable[..., ServerThread]
+
+
+def worker(worker_id: str, role: str = "decode") -> WorkerInfo:
+    return WorkerInfo(worker_id, role, MODEL, address=f"{worker_id}:8000", block_size=16, max_running_requests=4)
+
+
+def test_route_and_complete(start_router: Start, engines: Callable[..., SimEngine]) -> None:
+    router = start_router(disaggregation={"min_remote_prefill_tokens": 100})
+    sim = engines("d1")
+    prompt = tokens(3, 300)
+
+    async def main() -> None:
+        async with RouterClient(router.target, route_timeout_s=2) as client:
+            await client.register(worker("p1", "prefill"))
+            await client.register(
+                WorkerInfo(
+                    "d1",
+                    "decode",
+                    MODEL,
+                    address="d1:8000",
+                    kv_events_endpoint=sim.publisher.endpoint,
+                    kv_replay_endpoint=sim.publisher.replay_endpoint,
+                )
+            )
+            cold = await client.route("r1", MODEL, prompt, tenant="acme", max_tokens=64, priority="premium")
+            assert cold.prefill is not None
+            assert cold.prefill.worker_id == "p1"
+            assert cold.prefill.address == "p1:8000"
+            assert (cold.decode.worker_id, cold.prompt_tokens, cold.policy) == ("d1", 300, "precise")
+            assert await client.complete("r1", stage="prefill_done")
+            assert await client.complete("r1", Usage(prompt_tokens=300, cached_tokens=0, completion_tokens=64))
+            assert not await client.complete("r1")
+            sim.store(prompt)  # now 288 of 300 tokens are cached on d1: 12 uncached < 100
+            deadline = time.monotonic() + 10
+            while (warm := await client.route("r2", MODEL, prompt)).prefill is not None:
+                assert time.monotonic() < deadline, "d1's events never arrived"
+                await asyncio.sleep(0.02)
+            assert warm.expected_cached_tokens == 288
+
+    asyncio.run(main())
+
+
+def test_errors_the_router_answers_are_not_unavailability(start_router: Start) -> None:
+    router = start_router()
+
+    async def main() -> None:
+        async with RouterClient(router.target, route_timeout_s=2) as client:
+            with pytest.raises(OverloadedError) as none:
+                await client.route("r", MODEL, [1, 2, 3])
+            assert none.value.code == "no_endpoints"
+            assert none.value.retry_after_s == 1
+            assert not isinstance(none.value, RouterUnavailableError)
+            with pytest.raises(InvalidRequestError):
+                await client.route("r", MODEL, [])
+            with pytest.raises(NotFoundError):
+                await client.heartbeat("ghost", Load())
+
+    asyncio.run(main())
+
+
+def test_unreachable_router_is_unavailable_fast() -> None:
+    async def main() -> None:
+        async with RouterClient(f"127.0.0.1:{free_port()}", route_timeout_s=0.2) as client:
+            started = time.monotonic()
+            with pytest.raises(RouterUnavailableError) as down:
+                await client.route("r", MODEL, [1, 2, 3])
+            assert time.monotonic() - started < 1.0
+            assert down.value.kind.grpc_code == "UNAVAILABLE"
+            assert down.value.retryable
+
+    asyncio.run(main())
+
+
+def test_agent_registers_again_after_a_router_restart(start_router: Start) -> None:
+    port = free_port()
+    first = start_router(port=port)
+
+    async def main() -> None:
+        async with RouterClient(f"127.0.0.1:{port}") as client:
+            agent = WorkerAgent([client], worker("w1"), lambda: Load(running=1))
+            await agent.beat()
+            assert first.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
+            first.stop()
+            await agent.beat()  # unreachable: logged, retried on the next beat
+            second = start_router(port=port)
+            wait_for(lambda: second.port == port)
+            for _ in range(50):
+                await agent.beat()
+                if second.inspect(lambda s: "w1" in s.router.registry.workers):
+                    break
+                await asyncio.sleep(0.05)
+            assert second.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
+            task = asyncio.create_task(agent.run())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert second.inspect(lambda s: "w1" not in s.router.registry.workers)  # deregistered
+
+    asyncio.run(main())

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored
+from glmserve.router.index import KVIndex
+
+CHAIN = [101, 102, 103, 104, 105]
+
+
+def _index(*workers: str) -> KVIndex:
+    index = KVIndex()
+    for w in workers:
+        index.attach(w)
+    return index
+
+
+def test_prefix_stops_at_first_missing_block() -> None:
+    index = _index("a", "b", "c")
+    index.apply("a", BlockStored(tuple(CHAIN), 16))
+    index.apply("b", BlockStored((101, 102, 104, 105), 16))  # holds later blocks but not 103
+    assert index.prefix_blocks([CHAIN], ["a", "b", "c", "unknown"]) == {"a": 5, "b": 2, "c": 0, "unknown": 0}
+    assert index.prefix_blocks([CHAIN[:2], [], CHAIN[2:]], ["a", "b"]) == {"a": 5, "b": 2}
+    assert index.prefix_blocks([CHAIN[:3]], ["a"]) == {"a": 3}
+    assert index.prefix_blocks([], ["a"]) == {"a": 0}
+
+
+def test_remove_and_clear_update_only_that_worker() -> None:
+    index = _index("a", "b")
+    for w in ("a", "b"):
+        index.store(w, CHAIN)
+    index.apply("a", BlockRemoved((104, 105, 999)))  # 999 was never stored: ignored
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 3, "b": 5}
+    index.apply("b", AllBlocksCleared())
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 3, "b": 0}
+    assert (index.blocks("a"), index.blocks("b"), index.size()) == (3, 0, 3)
+
+
+def test_detached_slot_is_reused_empty() -> None:
+    index = _index("a", "b")
+    index.store("a", CHAIN)
+    index.detach("a")
+    index.attach("c")  # takes a's slot
+    assert index.prefix_blocks([CHAIN], ["c", "b"]) == {"c": 0, "b": 0}
+    assert index.size() == 0
+
+
+def test_many_workers_each_get_their_own_prefix() -> None:
+    workers = [f"w{i}" for i in range(70)]  # more slots than a 64-bit word
+    index = _index(*workers)
+    for i, w in enumerate(workers):
+        index.store(w, CHAIN[: i % 6])
+    assert index.prefix_blocks([CHAIN], workers) == {w: i % 6 for i, w in enumerate(workers)}
+
+
+def test_prefix_match_reads_hashes_only_while_some_worker_holds_them() -> None:
+    index = _index("a", "b")
+    index.store("a", CHAIN[:2])
+    read: list[list[int]] = []
+
+    def lazily() -> Iterator[list[int]]:
+        for run in ([101], [102, 103], [104], [105]):
+            read.append(run)
+            yield run
+
+    assert index.prefix_blocks(lazily(), ["a", "b"]) == {"a": 2, "b": 0}
+    assert read == [[101], [102, 103]]  # block 103 is nowhere: no later run is hashed
