@@ -51,6 +51,8 @@ TENANTS = {
 # export carries Ray's and vLLM's names (`_ms` units, camelCase labels), which must parse.
 OWNED_JOBS = {"glmserve-ingress", "glmserve-router"}
 SHARED_PREFIX = "You are a coding agent working in a large repository. " * 6
+ENGINE_REPLICAS = 2  # one prefill, one decode
+RAY_REPORT_S = 6  # Ray's metrics export refreshes every few seconds
 PROMPTS = [SHARED_PREFIX + "Fix the failing test.", SHARED_PREFIX + "Add a changelog entry.", "hi"]
 
 
@@ -98,17 +100,23 @@ def _drive(stack: Stack) -> int:
     return len(PROMPTS) + 2
 
 
-def _wait_above(prom: Prometheus, expr: str, above: float, what: str, timeout_s: float = 120) -> float:
-    """Waits until the scalar-valued `expr` exceeds `above`; returns its value."""
-    deadline = time.monotonic() + timeout_s
-    value = math.nan
+def _value(prom: Prometheus, expr: str) -> float:
+    result = prom.query(expr)
+    return float(result[0]["value"][1]) if result else math.nan
+
+
+def _load_until_engines_move(stack: Stack, prom: Prometheus) -> int:
+    """Rounds of load until Prometheus saw every engine replica's counters grow between two scrapes:
+    Ray exports engine metrics every few seconds, and a counter only once it first moved. Returns
+    how many requests acme completed."""
+    moving = f"count(sum by (ReplicaId) (rate({m.VLLM_PROMPT_TOKENS_BY_SOURCE.name}[5m])) > 0)"
+    requests, deadline = 0, time.monotonic() + 300
     while time.monotonic() < deadline:
-        result = prom.query(expr)
-        value = float(result[0]["value"][1]) if result else math.nan
-        if value > above:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what}: {expr} = {value} after {timeout_s} s")
+        requests += _drive(stack)
+        time.sleep(RAY_REPORT_S)
+        if _value(prom, moving) >= ENGINE_REPLICAS:
+            return requests
+    raise AssertionError(f"engine counters did not move in Prometheus: {moving} = {_value(prom, moving)}")
 
 
 def _acme_traces(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
@@ -149,14 +157,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             with stack.http() as http:
                 sd = http.get(f"{stack.root}/metrics/sd").raise_for_status().json()
             with prometheus(tmp, f"{stack.root}/metrics/sd", stack.cert) as prom:
-                _wait_above(prom, "count(up == 1)", len(sd) - 1, "every discovered target is up")
-                requests = _drive(stack)
-                # Ray exports engine metrics every few seconds and a counter only once it moved: wait
-                # for them, then load again so that every rate has two different samples to span.
-                generated = f"sum({m.VLLM_GENERATION_TOKENS.name})"
-                before = _wait_above(prom, generated, 0, "engine metrics")
-                requests += _drive(stack)
-                _wait_above(prom, generated, before, "the second round's engine metrics")
+                deadline = time.monotonic() + 60
+                while _value(prom, "count(up == 1)") != len(sd):
+                    assert time.monotonic() < deadline, f"not every discovered target is up: {prom.active_targets()}"
+                    time.sleep(1)
+                requests = _load_until_engines_move(stack, prom)
                 spans = receiver.wait_until(partial(_all_acme_spans, requests=requests))
                 yield Live(stack, prom, sd, _expositions(stack, sd), spans, requests)
 
