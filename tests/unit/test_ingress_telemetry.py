@@ -111,7 +111,7 @@ def test_prefill_fallback_and_failure_are_recorded(metrics: IngressMetrics, span
 
 
 def test_colocated_request_has_one_generate_stage(metrics: IngressMetrics, spans: InMemorySpanExporter) -> None:
-    timer = metrics.start("chat", MODEL)
+    timer = metrics.start("chat", MODEL, plan="open", tenant="default")
     timer.begin("generate")
     timer.tokens_sent(1)
     timer.finish(200, Usage(prompt_tokens=5, completion_tokens=1))

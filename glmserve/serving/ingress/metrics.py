@@ -16,9 +16,6 @@ from glmserve.common import tracing as t
 from glmserve.serving.ingress.pd import PrefillFallback
 from glmserve.serving.ingress.responses import Usage
 
-# What requests count as until the ingress authenticates tenants: the limits' open-access tenant.
-OPEN_PLAN = "open"
-OPEN_TENANT = "default"
 # Each fallback reason's series exists from a model's first remote prefill on, so that a rate()
 # over it reads 0 rather than nothing.
 PREFILL_FALLBACK_REASONS: tuple[PrefillFallback, ...] = get_args(PrefillFallback)
@@ -47,7 +44,7 @@ class IngressMetrics:
         self.remote_prefill = m.histogram(m.INGRESS_REMOTE_PREFILL, self.registry)
         self.prefill_fallbacks = m.counter(m.INGRESS_PREFILL_FALLBACKS, self.registry)
 
-    def start(self, endpoint: str, model: str, *, plan: str = OPEN_PLAN, tenant: str = OPEN_TENANT) -> RequestTimer:
+    def start(self, endpoint: str, model: str, *, plan: str, tenant: str) -> RequestTimer:
         self.in_flight.labels(model, plan).inc()
         operation = _OPERATIONS.get(endpoint, endpoint)
         span = self.tracer.start_span(
