@@ -54,6 +54,12 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--tenants-file", type=Path, help="plans and tenants YAML (default: open access, one tenant)")
     up.add_argument("--redis-url", help="keep rate-limit state in this Redis (redis://host:port/db)")
     up.add_argument("--limits-outage", choices=["fail-open", "fail-closed"], help="when Redis is down (default open)")
+    up.add_argument(
+        "--router",
+        choices=["auto", "on", "off"],
+        help="run the KV-aware router locally (auto, the default: when there are several engines)",
+    )
+    up.add_argument("--router-address", help="use a running router (host:port) instead of a local one")
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 

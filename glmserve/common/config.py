@@ -81,6 +81,11 @@ class ServeConfig(BaseModel):
         "fail-open", description="when Redis is unreachable: local approximate limits, or 503"
     )
     seed: int = 0
+    router: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run glmserve's KV-aware router locally; auto: when there is a choice (several engines)",
+    )
+    router_address: str | None = Field(None, min_length=1, description="use this router (host:port) instead")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting one")
     metrics_tenants: tuple[Name, ...] = Field(
@@ -107,6 +112,16 @@ class ServeConfig(BaseModel):
         if self.disaggregated and (self.prefill.replicas < 1 or self.decode.replicas < 1):
             raise ValueError("disaggregated mode needs at least one prefill and one decode replica at start")
         return self
+
+    @property
+    def engine_replicas(self) -> int:
+        return self.prefill.replicas + self.decode.replicas if self.disaggregated else self.replicas
+
+    @property
+    def runs_local_router(self) -> bool:
+        if self.router_address is not None or self.router == "off":
+            return False
+        return self.router == "on" or self.engine_replicas > 1
 
     @property
     def scheme(self) -> str:

@@ -76,6 +76,12 @@ INGRESS_CACHED_TOKENS = MetricSpec(
     "Prompt tokens of completed requests that an engine found in its prefix cache (part of direction=input).",
     ("model", "plan"),
 )
+INGRESS_ROUTER_FALLBACKS = MetricSpec(
+    "glmserve_ingress_router_fallbacks_total",
+    "counter",
+    "Requests the ingress sent without a router decision (the router was unreachable or too slow).",
+    ("reason",),
+)
 INGRESS_IN_FLIGHT = MetricSpec(
     "glmserve_ingress_requests_in_flight",
     "gauge",

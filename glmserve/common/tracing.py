@@ -29,9 +29,14 @@ CACHED_TOKENS = "glmserve.usage.cached_tokens"
 PLAN = "glmserve.tenant.plan"
 TENANT = "glmserve.tenant.id"
 HTTP_STATUS = "http.response.status_code"
+# The workers glmserve's router chose, and the prompt tokens it expected them to hold.
 PREFILL_WORKER = "glmserve.worker.prefill"
 DECODE_WORKER = "glmserve.worker.decode"
+EXPECTED_CACHED_TOKENS = "glmserve.route.expected_cached_tokens"
+ROUTE_POLICY = "glmserve.route.policy"
 PREFILL_FALLBACK = "glmserve.prefill.fallback"
+# NIXL's id of the prefill engine whose KV the decode engine pulled.
+KV_SOURCE_ENGINE = "glmserve.kv.source_engine"
 
 
 def otlp_exporter(env: Mapping[str, str] = os.environ) -> SpanExporter | None:

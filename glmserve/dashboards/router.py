@@ -72,6 +72,14 @@ DASHBOARD = Dashboard(
             _HIT_THRESHOLDS,
         ),
         Panel(
+            "Requests routed without the router",
+            "Share of requests the ingress sent with Serve's own balancing because the router did not answer "
+            "in time: KV-cache-aware routing is off for them.",
+            "percentunit",
+            (Target(f"{Q.sum_rate(m.INGRESS_ROUTER_FALLBACKS)} / {Q.sum_rate(m.INGRESS_REQUESTS)}", "without router"),),
+            (("green", None), ("orange", 0.01), ("red", 0.05)),
+        ),
+        Panel(
             "Routing decisions per second by outcome",
             "local_prefill and remote_prefill route; no_endpoints, overloaded and invalid refuse.",
             "ops",

@@ -14,6 +14,7 @@ from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
 from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
+from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.discovery import ScrapeTarget
@@ -27,7 +28,12 @@ NIXL_PORT_BASE = {"colocated": 20000, "prefill": 20000, "decode": 21000}
 DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 
 
-def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated") -> LLMConfig:
+PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
+
+
+def llm_config(
+    model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated", *, routed: bool = False
+) -> LLMConfig:
     pool = pool_of(cfg, role)
     deployment: dict[str, Any] = {
         # The replica actor only relays; vLLM's engine processes hold the CPUs/GPUs (placement bundles).
@@ -44,6 +50,9 @@ def llm_config(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Rol
         }
     else:
         deployment["num_replicas"] = pool.replicas
+    if routed:
+        # Calls go to the replica glmserve's router chose for them.
+        deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
     extra: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if device == "cpu" else {}
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
@@ -80,19 +89,26 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
 
 
 def build_app(
-    model: ResolvedModel, cfg: ServeConfig, device: Device, scrape_targets: Sequence[ScrapeTarget] = ()
+    model: ResolvedModel,
+    cfg: ServeConfig,
+    device: Device,
+    router: str | None = None,
+    scrape_targets: Sequence[ScrapeTarget] = (),
 ) -> Application:
+    """`router`: gRPC target of glmserve's router, if one runs; `scrape_targets`: the stack's
+    metrics endpoints, which the ingress lists at /metrics/sd."""
     roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
-    pools = {
-        "decode" if role == "colocated" else role: build_llm_deployment(
-            llm_config(model, cfg, device, role),
+    pools = {}
+    for role in roles:
+        pool = "decode" if role == "colocated" else role
+        link = RouterLink((router,), pool, model.name) if router else None
+        pools[pool] = build_llm_deployment(
+            llm_config(model, cfg, device, role, routed=router is not None),
             deployment_cls=EngineServer,
             name_prefix=DEPLOYMENT_PREFIX[role],
-            bind_kwargs={"cpu_binds": binds[role]},
+            bind_kwargs={"cpu_binds": binds[role], "router": link},
         )
-        for role in roles
-    }
     decode: Role = "decode" if cfg.disaggregated else "colocated"
     served = ServedModel(
         model.name,
@@ -112,6 +128,7 @@ def build_app(
         models=(served,),
         retry_after_s=cfg.retry_after_s,
         limits=limits,
+        router_address=router,
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
     )

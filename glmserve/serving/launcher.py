@@ -6,14 +6,17 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from glmserve.common.config import ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.serving import reaper
+from glmserve.serving.local_router import ROUTER_HASH_SEED, LocalRouter
 
 log = logging.getLogger("glmserve.up")
 
@@ -90,6 +93,7 @@ class Stack:
         self._own_cluster = cfg.ray_address is None
         # Where Ray exports every actor's metrics, the engines' vllm:* series included.
         self.metrics_port: int | None = None
+        self.router: LocalRouter | None = None
 
     def start(self) -> str:
         import ray
@@ -111,6 +115,12 @@ class Stack:
             self.metrics_port = _free_port("127.0.0.1")
             # Read by every Serve process, which inherit the environment of the node we start.
             os.environ.update(serve_environment(self.cfg.port, proxy_port))
+        router_target = self.cfg.router_address
+        if self.cfg.runs_local_router:
+            os.environ["PYTHONHASHSEED"] = ROUTER_HASH_SEED
+            self.router = LocalRouter(Path(tempfile.mkdtemp(prefix="glmserve-router-")))
+            router_target = self.router.start()
+            self.progress(f"router: {router_target} (metrics http://127.0.0.1:{self.router.metrics_port}/metrics)")
         # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.
         sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(
@@ -130,7 +140,8 @@ class Stack:
         )
         check_placement(self.cfg, device)  # type: ignore[arg-type]
         serve.start(http_options=http)
-        app = build_app(model, self.cfg, device, local_targets(self.cfg, self.metrics_port))  # type: ignore[arg-type]
+        targets = local_targets(self.cfg, self.metrics_port, self.router.metrics_port if self.router else None)
+        app = build_app(model, self.cfg, device, router_target, targets)  # type: ignore[arg-type]
         serve.run_many(
             [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,
@@ -171,6 +182,8 @@ class Stack:
             except Exception as exc:  # still tear the cluster down below
                 log.warning("serve.shutdown failed: %s", exc)
             ray.shutdown()
+        if self.router is not None:
+            self.router.stop()
         if self._own_cluster:
             reaper.kill_descendants()
         reaper.sweep_shm(since=self.started_at)

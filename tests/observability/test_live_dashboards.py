@@ -1,10 +1,9 @@
-"""Observability, verified live: `glmserve up --disaggregated` with tenants on two plans under load
-(one tenant over its rate limit, one request with a wrong key), a real Prometheus that finds every
-endpoint through the ingress's /metrics/sd, every dashboard query run through its HTTP API, promtool
-on every endpoint, and the traces the ingress exports over OTLP.
+"""Observability, verified live: `glmserve up --disaggregated` (with its router) and tenants on two
+plans under load (one tenant over its rate limit, one request with a wrong key), a real Prometheus
+that finds every endpoint through the ingress's /metrics/sd, every dashboard query run through its
+HTTP API, promtool on every endpoint, and the traces the ingress and the router export over OTLP.
 
-Panels over metrics of a component the local stack does not run (the router, until `glmserve up`
-starts it) are skipped, each saying which component is missing.
+A panel over metrics of a component the stack does not run would be skipped, saying which.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from glmserve.dashboards import DASHBOARDS
 from tests.helpers.grafana import SPECS, as_sent, metric_names
 from tests.helpers.otlp import ReceivedSpan, otlp_receiver
 from tests.helpers.prometheus import Prometheus, prometheus
+from tests.limits.redis_server import RedisServer
 from tests.serving.conftest import Stack, run_stack
 
 pytestmark = pytest.mark.slow
@@ -53,6 +53,8 @@ OWNED_JOBS = {"glmserve-ingress", "glmserve-router"}
 SHARED_PREFIX = "You are a coding agent working in a large repository. " * 6
 ENGINE_REPLICAS = 2  # one prefill, one decode
 RAY_REPORT_S = 6  # Ray's metrics export refreshes every few seconds
+# Over the router's 512 uncached tokens, past which it prefers remote prefill.
+LONG_PROMPT = "A prompt the decode engine has never seen before, spanning several KV blocks. " * 60
 PROMPTS = [SHARED_PREFIX + "Fix the failing test.", SHARED_PREFIX + "Add a changelog entry.", "hi"]
 
 
@@ -72,21 +74,17 @@ class Live:
         return {m.component(s) for s in SPECS.values() if {s.name, s.name.removesuffix("_total")} & families}
 
 
-def _client(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=key, http_client=stack.http(), max_retries=0)  # type: ignore[arg-type]
-
-
-def _drive(stack: Stack) -> int:
+def _drive(stack: Stack, round_: int) -> int:
     """One round of load: acme's streamed and whole chats and a completion, on prompts sharing a
-    prefix (so the prefix cache hits); hobby over its plan's limit; a wrong key. Returns how many
-    requests acme completed."""
+    prefix (so the prefix cache hits) and a new long one (which the router prefills remotely);
+    hobby over its plan's limit; a wrong key. Returns how many requests acme completed."""
     for _ in range(3):
         with contextlib.suppress(openai.RateLimitError):
-            _client(stack, HOBBY_KEY).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+            stack.client(HOBBY_KEY, max_retries=0).completions.create(model=MODEL, prompt="hi", max_tokens=2)
     with pytest.raises(openai.AuthenticationError):
-        _client(stack, "sk-wrong").completions.create(model=MODEL, prompt="hi", max_tokens=2)
-    client = _client(stack, ACME_KEY)
-    for prompt in PROMPTS:
+        stack.client("sk-wrong", max_retries=0).completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    client = stack.client(ACME_KEY, max_retries=0)
+    for prompt in [*PROMPTS, f"Round {round_}. {LONG_PROMPT}"]:
         for _ in client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": prompt}],
@@ -97,7 +95,7 @@ def _drive(stack: Stack) -> int:
             pass
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4)
     client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=4)
-    return len(PROMPTS) + 2
+    return len(PROMPTS) + 3
 
 
 def _value(prom: Prometheus, expr: str) -> float:
@@ -110,24 +108,24 @@ def _load_until_engines_move(stack: Stack, prom: Prometheus) -> int:
     Ray exports engine metrics every few seconds, and a counter only once it first moved. Returns
     how many requests acme completed."""
     moving = f"count(sum by (ReplicaId) (rate({m.VLLM_PROMPT_TOKENS_BY_SOURCE.name}[5m])) > 0)"
-    requests, deadline = 0, time.monotonic() + 300
-    while time.monotonic() < deadline:
-        requests += _drive(stack)
+    requests, rounds, deadline = 0, 0, time.monotonic() + 300
+    while not _value(prom, moving) >= ENGINE_REPLICAS:  # NaN (no series yet) is not >= either
+        assert time.monotonic() < deadline, f"engine counters did not move in Prometheus: {moving}"
+        requests += _drive(stack, rounds)
+        rounds += 1
         time.sleep(RAY_REPORT_S)
-        if _value(prom, moving) >= ENGINE_REPLICAS:
-            return requests
-    raise AssertionError(f"engine counters did not move in Prometheus: {moving} = {_value(prom, moving)}")
+    return requests
 
 
-def _acme_traces(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-    """The spans of acme's requests' traces."""
-    traces = {s.trace_id for s in spans if not s.parent_id and s.attributes.get(t.TENANT) == "acme"}
-    return [s for s in spans if s.trace_id in traces]
+def _acme_roots(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return [s for s in spans if not s.parent_id and s.attributes.get(t.TENANT) == "acme"]
 
 
 def _all_acme_spans(spans: list[ReceivedSpan], requests: int) -> bool:
-    """Each of acme's requests: its request span, prefill and decode."""
-    return len(_acme_traces(spans)) == 3 * requests
+    """Each of acme's requests has its request span and the router's span (they end first and last)."""
+    traces = {s.trace_id for s in _acme_roots(spans)}
+    routed = {s.trace_id for s in spans if s.service == "glmserve-router"}
+    return len(traces) == requests and traces <= routed
 
 
 def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
@@ -143,12 +141,27 @@ def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("observability")
     config = tmp / "glmserve.yaml"
     tenants = tmp / "tenants.yaml"
     tenants.write_text(yaml.safe_dump(TENANTS))
-    settings = {"disaggregated": True, "tenants_file": str(tenants), "metrics_tenants": ["acme"]}
+    settings = {
+        "disaggregated": True,
+        "tenants_file": str(tenants),
+        "redis_url": redis_server.url,
+        "metrics_tenants": ["acme"],
+    }
     config.write_text(yaml.safe_dump(settings))
     with otlp_receiver() as receiver, pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
@@ -167,9 +180,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 def test_metrics_sd_lists_every_endpoint_and_prometheus_scrapes_them(live: Live) -> None:
-    assert sorted(g["labels"]["job"] for g in live.sd) == ["glmserve-ingress", "glmserve-ray"]  # type: ignore[index]
+    jobs = ["glmserve-ingress", "glmserve-ray", "glmserve-router"]
+    assert sorted(g["labels"]["job"] for g in live.sd) == jobs  # type: ignore[index]
     targets = live.prometheus.active_targets()
-    assert sorted(target["labels"]["job"] for target in targets) == ["glmserve-ingress", "glmserve-ray"]
+    assert sorted(target["labels"]["job"] for target in targets) == jobs
     assert all(target["health"] == "up" for target in targets), targets
     ingress = next(target for target in targets if target["labels"]["job"] == "glmserve-ingress")
     assert ingress["scrapeUrl"] == f"{live.stack.root}/metrics"
@@ -206,26 +220,34 @@ def test_panel_query_returns_data(live: Live, expr: str) -> None:
     assert any(not math.isnan(v) for v in values), f"no data: {as_sent(expr)} -> {result}"
 
 
-def test_one_trace_per_request_through_prefill_and_decode(live: Live) -> None:
-    roots = [s for s in live.spans if not s.parent_id and s.attributes[t.TENANT] == "acme"]
-    assert len(roots) == live.requests
-    assert {s.service for s in live.spans} == {"glmserve-ingress"}
+def test_one_trace_per_request_through_the_router_and_the_engines(live: Live) -> None:
+    """ingress request -> route (ingress) -> route (router), and -> prefill (when the router chose
+    remote prefill) -> decode; the router's choice is on the request span."""
+    roots = _acme_roots(live.spans)
+    assert len(roots) == live.requests and len({r.trace_id for r in roots}) == len(roots)
+    by_parent: dict[str, list[ReceivedSpan]] = {}
+    for span in live.spans:
+        by_parent.setdefault(span.parent_id, []).append(span)
     for root in roots:
-        children = sorted((s for s in live.spans if s.parent_id == root.span_id), key=lambda s: s.name)
-        assert [(c.name, c.kind) for c in children] == [("decode", "SPAN_KIND_CLIENT"), ("prefill", "SPAN_KIND_CLIENT")]
-        assert all(c.trace_id == root.trace_id for c in children)
-        assert root.kind == "SPAN_KIND_SERVER" and not root.error
+        assert root.service == "glmserve-ingress" and root.kind == "SPAN_KIND_SERVER" and not root.error
         assert root.attributes[t.MODEL] == MODEL and root.attributes[t.PLAN] == "pro"
         assert root.attributes[t.HTTP_STATUS] == 200
-        assert root.attributes[t.PREFILL_WORKER], "the prefill engine holding the KV"
         assert root.attributes[t.INPUT_TOKENS] > 0 and root.attributes[t.OUTPUT_TOKENS] > 0
         assert t.CACHED_TOKENS in root.attributes
-    # Distinct traces, one per request.
-    assert len({r.trace_id for r in roots}) == len(roots)
+        children = {c.name: c for c in by_parent[root.span_id]}
+        remote_prefill = t.PREFILL_WORKER in root.attributes
+        assert sorted(children) == (["decode", "prefill", "route"] if remote_prefill else ["decode", "route"])
+        assert all(c.trace_id == root.trace_id and c.kind == "SPAN_KIND_CLIENT" for c in children.values())
+        [router] = by_parent[children["route"].span_id]
+        assert (router.service, router.name, router.kind) == ("glmserve-router", "route", "SPAN_KIND_SERVER")
+        assert router.trace_id == root.trace_id
+        assert router.attributes[t.DECODE_WORKER] == root.attributes[t.DECODE_WORKER]
+        assert router.attributes.get(t.PREFILL_WORKER) == root.attributes.get(t.PREFILL_WORKER)
+    assert any(t.PREFILL_WORKER in r.attributes for r in roots), "the router never chose remote prefill"
     # A request its plan refused is traced too, without engine spans.
     refused = [s for s in live.spans if s.attributes.get(t.HTTP_STATUS) == 429]
     assert refused and all(s.attributes[t.PLAN] == "free" for s in refused)
-    assert not {s.span_id for s in refused} & {s.parent_id for s in live.spans}
+    assert not {s.span_id for s in refused} & by_parent.keys()
 
 
 def test_requests_are_counted_per_plan_and_named_tenant(live: Live) -> None:

@@ -154,6 +154,8 @@ BURN_CASES = [
 
 # -- the platform's components ---------------------------------------------------------------
 
+REQUESTS = f'{m.INGRESS_REQUESTS.name}{{{SCOPE},endpoint="chat",model="glm",status="200",plan="pro",tenant="other"'
+FALLBACKS = f"{m.INGRESS_ROUTER_FALLBACKS.name}{{{SCOPE},reason="
 ROUTES = f'{m.ROUTER_ROUTES.name}{{{SCOPE},model="glm",outcome='
 REPLICA = 'ReplicaId="r1"'
 HEALTHY = f'{m.SERVE_REPLICA_HEALTHY.name}{{{SCOPE},application="glmserve",deployment="Decode:glm",replica="r1"}}'
@@ -182,6 +184,20 @@ COMPONENT_CASES = [
     Case("router-down", "GlmserveRouterDown", {ROUTER_UP: gauge(1, (10, 0))}, 9, [CRITICAL]),
     Case("router-never-scraped", "GlmserveRouterDown", {RAY_UP: gauge(1, (10, 1))}, 9, [CRITICAL]),
     Case("router-up", "GlmserveRouterDown", {ROUTER_UP: gauge(1, (10, 1))}, 9, []),
+    Case(
+        "router-bypassed",
+        "GlmserveRouterUnavailable",
+        {f"{REQUESTS}}}": counter(1, (30, 100)), f'{FALLBACKS}"unavailable"}}': counter(1, (30, 10))},
+        29,
+        [WARNING],
+    ),
+    Case(
+        "router-answering",
+        "GlmserveRouterUnavailable",
+        {f"{REQUESTS}}}": counter(1, (30, 100)), f'{FALLBACKS}"unavailable"}}': gauge(1, (30, 0))},
+        29,
+        [],
+    ),
     Case(
         "router-refusing",
         "GlmserveRouterRefusing",

@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,8 @@ from cryptography.x509.oid import NameOID
 from openai import OpenAI
 
 from tests.conftest import VENV_BIN, free_port, leftover_shm, session_processes
+from tests.limits.redis_server import RedisServer
+from tests.serving.tenants import KEYS, write_tenants
 
 START_TIMEOUT_S = 600
 # Small admission limits so that the overload test can fill an engine with a dozen requests.
@@ -33,6 +35,7 @@ class Stack:
     base_url: str
     cert: Path
     log: Path
+    api_key: str = "unused"  # stacks without a tenants file accept any key
 
     @property
     def metrics_url(self) -> str:
@@ -42,11 +45,13 @@ class Stack:
                 return line.split("metrics: ", 1)[1].strip()
         raise AssertionError("glmserve up did not print its metrics endpoint")
 
-    def client(self, **kwargs: object) -> OpenAI:
-        return OpenAI(base_url=self.base_url, api_key="unused", http_client=self.http(), **kwargs)  # type: ignore[arg-type]
+    def client(self, api_key: str | None = None, **kwargs: object) -> OpenAI:
+        key = api_key or self.api_key
+        return OpenAI(base_url=self.base_url, api_key=key, http_client=self.http(), **kwargs)  # type: ignore[arg-type]
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(verify=str(self.cert), timeout=120)
+    def http(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"authorization": f"Bearer {api_key or self.api_key}"}
+        return httpx.Client(verify=str(self.cert), timeout=120, headers=headers)
 
     @property
     def root(self) -> str:
@@ -90,9 +95,24 @@ def _pump(stream: object, log: Path, ready: threading.Event, url: list[str]) -> 
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_redis: RedisServer) -> Iterator[Stack]:
+    """The colocated stack, with tenants (tests/serving/tenants.py) whose limits live in a real Redis."""
+    tmp = tmp_path_factory.mktemp("stack")
+    tenants_file = write_tenants(tmp / "tenants.yaml")
     flags = ["--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED)]
-    yield from run_stack(tmp_path_factory.mktemp("stack"), flags)
+    flags += ["--tenants-file", str(tenants_file), "--redis-url", stack_redis.url]
+    for running in run_stack(tmp, flags):
+        yield replace(running, api_key=KEYS["test"])
+
+
+@pytest.fixture(scope="session")
+def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:

@@ -34,7 +34,8 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def pd_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from run_stack(tmp_path_factory.mktemp("pd"), ["--disaggregated"])
+    # Two decode replicas, so the router (on by default with several engines) has a choice to make.
+    yield from run_stack(tmp_path_factory.mktemp("pd"), ["--disaggregated", "--decode-replicas", "2"])
 
 
 def _generate(client: OpenAI) -> tuple[list[list[int]], list[list[int]]]:
@@ -66,13 +67,7 @@ def test_disaggregated_equals_colocated_and_offline(pd_stack: Stack, stack: Stac
 
 def _engine_counter(stack: Stack, name: str, **labels: str) -> float:
     """Sum of one vLLM counter over the engine replicas, as Ray exports it."""
-    text = httpx.get(stack.metrics_url, timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"ray_vllm_{name}" and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return _sum_samples(httpx.get(stack.metrics_url, timeout=10).text, f"ray_vllm_{name}", labels)
 
 
 def test_decode_consumed_transferred_kv(pd_stack: Stack) -> None:
@@ -80,7 +75,8 @@ def test_decode_consumed_transferred_kv(pd_stack: Stack) -> None:
     external = {"source": "external_kv_transfer"}
     before = _engine_counter(pd_stack, "prompt_tokens_by_source_total", **external)
     moved_before = _engine_counter(pd_stack, "nixl_bytes_transferred_sum")
-    text = "A prompt the decode engine has never seen before, spanning several KV blocks. " * 6
+    # Long enough that the router prefers remote prefill (>= 512 uncached tokens).
+    text = "A prompt the decode engine has never seen before, spanning several KV blocks. " * 60
     r = pd_stack.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=4, temperature=0
     )
@@ -102,6 +98,50 @@ def test_streaming_through_prefill_and_decode(pd_stack: Stack) -> None:
         model=MODEL, messages=CHATS[1], max_tokens=MAX_TOKENS, temperature=0, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == full.choices[0].message.content
+
+
+def _router_metric(stack: Stack, name: str, **labels: str) -> float:
+    line = next(x for x in stack.log.read_text().splitlines() if "glmserve: router: " in x)
+    url = line.split("(metrics ", 1)[1].rstrip(")").strip()
+    return _sum_samples(httpx.get(url, timeout=10).text, name, labels)
+
+
+def _sum_samples(text: str, name: str, labels: dict[str, str]) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_router_keeps_a_repeated_prefix_on_the_replica_that_caches_it(pd_stack: Stack) -> None:
+    """Two decode replicas: Serve alone would send a repeat elsewhere half the time; the router
+    sends every repeat to the replica whose KV events say it holds the prefix."""
+    client = pd_stack.client()
+    routed_before = _router_metric(pd_stack, "glmserve_router_routes_total")
+    text = [{"role": "user", "content": "Repository context for the agent, file by file. " * 25}]
+    client.chat.completions.create(model=MODEL, messages=text, max_tokens=1, temperature=0)  # type: ignore[arg-type]
+    time.sleep(1)  # the engine's KV events reach the router
+    hits = []
+    for _ in range(5):
+        r = client.chat.completions.create(model=MODEL, messages=text, max_tokens=1, temperature=0)  # type: ignore[arg-type]
+        hits.append((r.usage.prompt_tokens_details.cached_tokens or 0) > 0)  # type: ignore[union-attr]
+    assert all(hits), hits
+    assert _router_metric(pd_stack, "glmserve_router_routes_total") >= routed_before + 6
+
+
+def test_requests_survive_the_router_going_away(pd_stack: Stack) -> None:
+    """The ingress falls back to Serve's own balancing, and counts it."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    routers = [int(line.split(None, 1)[0]) for line in ps.splitlines() if "glmserve.cli.main router serve" in line]
+    assert len(routers) == 1, ps
+    os.kill(routers[0], signal.SIGKILL)
+    r = pd_stack.client().chat.completions.create(model=MODEL, messages=CHATS[0], max_tokens=2, temperature=0)
+    assert r.choices[0].message.content is not None
+    with pd_stack.http() as http:
+        metrics = http.get(f"{pd_stack.root}/metrics").text
+    assert _sum_samples(metrics, "glmserve_ingress_router_fallbacks_total", {}) >= 1
 
 
 def test_prefill_replica_failure_never_hangs(pd_stack: Stack) -> None:

@@ -83,7 +83,8 @@ def test_overload_answers_503_with_retry_after(stack: Stack) -> None:
         return await client.post(f"{stack.base_url}/chat/completions", json=body)
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(verify=str(stack.cert), timeout=300) as client:
+        headers = {"authorization": f"Bearer {stack.api_key}"}
+        async with httpx.AsyncClient(verify=str(stack.cert), timeout=300, headers=headers) as client:
             return await asyncio.gather(*(one(client) for _ in range(n)))
 
     responses = asyncio.run(burst())

@@ -11,9 +11,10 @@ def test_replicas_and_tensor_ranks_split_the_machine() -> None:
     assert plan == {"prefill": ["0-1|2-3"], "decode": ["4-5", "6-7"]}
 
 
-def test_single_engine_or_too_many_ranks_keep_vllm_default() -> None:
+def test_a_single_engine_keeps_vllm_default() -> None:
     assert assign_cores([PoolRanks("colocated", 1, 1)], num_cores=2) == {"colocated": []}
-    assert assign_cores([PoolRanks("prefill", 2, 1), PoolRanks("decode", 2, 1)], num_cores=2) == {
-        "prefill": [],
-        "decode": [],
-    }
+
+
+def test_more_ranks_than_cores_share_single_cores_round_robin() -> None:
+    plan = assign_cores([PoolRanks("prefill", 1, 1), PoolRanks("decode", 2, 1)], num_cores=2)
+    assert plan == {"prefill": ["0"], "decode": ["1", "0"]}

@@ -41,12 +41,14 @@ def _tree(spans: InMemorySpanExporter) -> tuple[ReadableSpan, list[ReadableSpan]
     return root, children
 
 
-def test_disaggregated_request_is_one_trace_with_prefill_and_decode(
+def test_routed_disaggregated_request_is_one_trace_with_route_prefill_and_decode(
     metrics: IngressMetrics, spans: InMemorySpanExporter
 ) -> None:
     timer = metrics.start("chat", MODEL, plan="pro", tenant="acme")
+    timer.begin("route")
+    timer.routed("prefill-0", "decode-1", 32, "precise")
     timer.begin("prefill")
-    timer.prefilled(None, "prefill-engine-0")
+    timer.prefilled(None, "nixl-engine-0")
     timer.begin("decode")
     timer.tokens_sent(1)
     timer.tokens_sent(3)
@@ -55,19 +57,25 @@ def test_disaggregated_request_is_one_trace_with_prefill_and_decode(
     root, children = _tree(spans)
     assert root.name == f"chat {MODEL}" and root.kind == trace.SpanKind.SERVER
     assert root.attributes is not None
-    assert {k: root.attributes[k] for k in (t.MODEL, t.PLAN, t.TENANT, t.PREFILL_WORKER, t.CACHED_TOKENS)} == {
+    keys = (t.MODEL, t.PLAN, t.TENANT, t.PREFILL_WORKER, t.DECODE_WORKER, t.EXPECTED_CACHED_TOKENS, t.CACHED_TOKENS)
+    assert {k: root.attributes[k] for k in keys} == {
         t.MODEL: MODEL,
         t.PLAN: "pro",
         t.TENANT: "acme",
-        t.PREFILL_WORKER: "prefill-engine-0",
+        t.PREFILL_WORKER: "prefill-0",
+        t.DECODE_WORKER: "decode-1",
+        t.EXPECTED_CACHED_TOKENS: 32,
         t.CACHED_TOKENS: 32,
     }
     assert (root.attributes[t.INPUT_TOKENS], root.attributes[t.OUTPUT_TOKENS]) == (40, 4)
     assert [(c.name, c.kind) for c in sorted(children, key=lambda s: s.start_time or 0)] == [
+        ("route", trace.SpanKind.CLIENT),
         ("prefill", trace.SpanKind.CLIENT),
         ("decode", trace.SpanKind.CLIENT),
     ]
-    prefill, decode = sorted(children, key=lambda s: s.start_time or 0)
+    route, prefill, decode = sorted(children, key=lambda s: s.start_time or 0)
+    assert route.attributes is not None and route.attributes[t.ROUTE_POLICY] == "precise"
+    assert prefill.attributes is not None and prefill.attributes[t.KV_SOURCE_ENGINE] == "nixl-engine-0"
     assert prefill.end_time is not None and decode.start_time is not None and prefill.end_time <= decode.start_time
     assert decode.end_time is not None and root.end_time is not None and decode.end_time <= root.end_time
 

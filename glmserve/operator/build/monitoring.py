@@ -19,6 +19,7 @@ API_VERSION = "monitoring.coreos.com/v1"
 RAY_COMPONENTS = ("head", "ingress", "prefill", "decode")
 SLO_RATIO = "glmserve:slo_errors:ratio_rate"
 ROUTER_REFUSED_SHARE = 0.05
+ROUTER_BYPASSED_SHARE = 0.05
 KV_CACHE_FULL = 0.95
 QUEUE_P95_SECONDS = 5
 LOST = 'outcome="lost"'
@@ -137,6 +138,14 @@ def component_alerts(q: Query, inputs: DeploymentInputs) -> list[dict[str, Any]]
             "5m",
             "critical",
             f"{deployment}: no router pod is up; requests cannot be admitted",
+        ),
+        _alert(
+            "GlmserveRouterUnavailable",
+            f"{q.sum_rate(m.INGRESS_ROUTER_FALLBACKS)} / {q.sum_rate(m.INGRESS_REQUESTS)} > {ROUTER_BYPASSED_SHARE}",
+            "5m",
+            "warning",
+            f"{deployment}: over {ROUTER_BYPASSED_SHARE:.0%} of requests bypass the router (unreachable or too slow); "
+            "routing ignores the KV caches",
         ),
         _alert(
             "GlmserveRouterRefusing",

@@ -56,7 +56,11 @@ def glm_serving_kwargs(*, max_model_len: int, thinking_default: bool, max_seqs: 
         "default_chat_template_kwargs": {"enable_thinking": thinking_default},
         "enable_prompt_tokens_details": True,
         "enable_prefix_caching": True,
+        # The block hash glmserve's router can reproduce from token ids (with PYTHONHASHSEED pinned).
+        "prefix_caching_hash_algo": "sha256_cbor",
         "max_num_seqs": max_seqs,
+        # Waiting requests run in plan-priority order (the ingress sets each request's priority).
+        "scheduling_policy": "priority",
         # vLLM's own admission control: past this many unfinished requests it answers 503.
         "max_num_queued_reqs": max_seqs + max_queued,
     }

@@ -27,12 +27,14 @@ def assign_cores(pools: list[PoolRanks], num_cores: int) -> dict[str, list[str]]
     cores 0-1, rank 1 on 2-3); an empty list leaves a pool on vLLM's default binding.
 
     Cores are split evenly over all ranks (a pool's replicas are started at once, so each
-    replica gets its own share). With a single rank, or more ranks than cores, nothing is pinned.
+    replica gets its own share). With more ranks than cores each rank gets one core, dealt
+    round-robin: ranks sharing a core only compete while both compute, whereas ranks on every
+    core spin against each other all the time. A single rank keeps vLLM's default.
     """
     ranks = sum(p.replicas * p.tensor_parallel for p in pools)
-    if ranks < 2 or ranks > num_cores:
+    if ranks < 2:
         return {p.name: [] for p in pools}
-    per_rank = num_cores // ranks
+    per_rank = max(1, num_cores // ranks)
     next_core = 0
     plan: dict[str, list[str]] = {}
     for pool in pools:
@@ -40,7 +42,8 @@ def assign_cores(pools: list[PoolRanks], num_cores: int) -> dict[str, list[str]]
         for _ in range(pool.replicas):
             rank_binds = []
             for _ in range(pool.tensor_parallel):
-                rank_binds.append(_spans(list(range(next_core, next_core + per_rank))))
+                cores = [(next_core + i) % num_cores for i in range(per_rank)]
+                rank_binds.append(_spans(cores))
                 next_core += per_rank
             binds.append("|".join(rank_binds))
         plan[pool.name] = binds

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import ray
 from ray import serve
 from ray.llm._internal.serve.serving_patterns.data_parallel.dp_server import DPServer
 from ray.serve.llm import LLMConfig
@@ -13,40 +16,81 @@ from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
 
+from glmserve.router.agent import WorkerAgent
+from glmserve.router.client import RouterClient
+from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
+from glmserve.serving.engine.registration import RouterLink
 
 
-async def _graceful(stream: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+async def _graceful(stream: AsyncGenerator[Any, None], in_flight: list[int]) -> AsyncGenerator[Any, None]:
     """vLLM's admission errors (queue full → 503) as error responses.
 
     Raised, they would reach the ingress as an opaque 500: their constructors take no
     arguments, so Ray cannot pickle them across the actor boundary.
     """
+    in_flight[0] += 1
     try:
         async for item in stream:
             yield item
     except GracefulHTTPError as exc:
         status = int(exc.http_status)
         yield ErrorResponse(error=ErrorInfo(message=exc.message, type=exc.http_status.phrase, code=status))
+    finally:
+        in_flight[0] -= 1
 
 
 class EngineServer(LLMServer):
     """One vLLM engine replica: Ray Serve LLM's, plus core pinning and latency-free batching."""
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
-        self, llm_config: LLMConfig, *, cpu_binds: list[str] | None = None, **kwargs: Any
+        self,
+        llm_config: LLMConfig,
+        *,
+        cpu_binds: list[str] | None = None,
+        router: RouterLink | None = None,
+        **kwargs: Any,
     ) -> None:
+        context = serve.get_replica_context()
+        rank = context.rank.rank
         if cpu_binds:
             # Replicas of one pool share a config; each takes the cores of its own rank.
-            rank = serve.get_replica_context().rank.rank
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binds[rank % len(cpu_binds)]
+        if router is not None:
+            llm_config.update_engine_kwargs(kv_events_config=router.kv_events_config(rank))
+        self._in_flight = [0]
         await super().__init__(llm_config, **kwargs)
+        self._agent: asyncio.Task[None] | None = None
+        if router is not None:
+            self._agent = asyncio.create_task(self._announce(router, context.replica_id.unique_id, rank))
+
+    async def _announce(self, router: RouterLink, worker_id: str, rank: int) -> None:
+        vllm_config = self.engine._engine_client.vllm_config  # type: ignore[union-attr]
+        max_running = vllm_config.scheduler_config.max_num_seqs
+        worker = router.worker(
+            worker_id, ray.util.get_node_ip_address(), rank, vllm_config.cache_config.block_size, max_running
+        )
+
+        def load() -> Load:
+            in_flight = self._in_flight[0]
+            return Load(running=min(in_flight, max_running), waiting=max(0, in_flight - max_running))
+
+        await WorkerAgent([RouterClient(target) for target in router.routers], worker, load).run()
+
+    async def __del__(self) -> None:
+        # Deregister first, so the router stops sending work to a replica that is going away.
+        agent = getattr(self, "_agent", None)
+        if agent is not None:
+            agent.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent
+        await super().__del__()
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
         return coalesce(generator)
 
     async def _run_request(self, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        return _graceful(await super()._run_request(request, **kwargs))
+        return _graceful(await super()._run_request(request, **kwargs), self._in_flight)
 
 
 class DataParallelEngineServer(EngineServer, DPServer):

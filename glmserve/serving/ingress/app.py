@@ -14,8 +14,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, NotFoundError
+from glmserve.router.client import RouterClient
 from glmserve.serving.ingress.discovery import http_sd
-from glmserve.serving.ingress.engine_call import EngineCall, EngineReply
+from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.gate import ENGINE_PRIORITY, Gate
 from glmserve.serving.ingress.metrics import IngressMetrics
@@ -47,8 +48,11 @@ class Ingress:
         self._models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
         self._gate = Gate(settings.limits, registry)
+        router = RouterClient(settings.router_address) if settings.router_address else None
         self._calls = {
-            name: EngineCall(pools["decode"], pools.get("prefill"), settings.retry_after_s)
+            name: EngineCall(
+                pools["decode"], pools.get("prefill"), settings.retry_after_s, router, self._metrics.router_fallback
+            )
             for name, pools in engines.items()
         }
 
@@ -154,6 +158,7 @@ class Ingress:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)
         body.priority = ENGINE_PRIORITY[tenant.priority]
+        caller = Caller(tenant.id, body.cache_salt, tenant.priority)
 
         def done(status: int, usage: Usage) -> None:
             self._gate.finished(served.name)
@@ -163,7 +168,7 @@ class Ingress:
             timer.finish(status, usage)
 
         try:
-            reply = await self._calls[served.name].run(endpoint, body, prompt, timer)
+            reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer)
         except BaseException as exc:
             done(exc.kind.http_status if isinstance(exc, GlmserveError) else 500, Usage())
             raise

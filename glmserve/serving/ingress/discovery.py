@@ -34,10 +34,15 @@ def http_sd(targets: Sequence[ScrapeTarget]) -> list[dict[str, Any]]:
     ]
 
 
-def local_targets(cfg: ServeConfig, ray_metrics_port: int | None) -> list[ScrapeTarget]:
-    """What `glmserve up` runs: its ingress and, when it started Ray itself, Ray's metrics export."""
+def local_targets(
+    cfg: ServeConfig, ray_metrics_port: int | None, router_metrics_port: int | None = None
+) -> list[ScrapeTarget]:
+    """What `glmserve up` runs: its ingress, Ray's metrics export when it started Ray itself, and
+    its own router when it started one."""
     ingress = urlsplit(cfg.base_url)
     targets = [ScrapeTarget("glmserve-ingress", ingress.netloc, ingress.scheme)]
     if ray_metrics_port is not None:
         targets.append(ScrapeTarget("glmserve-ray", f"127.0.0.1:{ray_metrics_port}"))
+    if router_metrics_port is not None:
+        targets.append(ScrapeTarget("glmserve-router", f"127.0.0.1:{router_metrics_port}"))
     return targets

@@ -3,17 +3,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from glmserve.common.errors import BackendError, GlmserveError, OverloadedError
+from glmserve.common.tenancy import PriorityClass
+from glmserve.router.client import RouterClient, RouterUnavailableError
+from glmserve.router.types import Decision, Stage
+from glmserve.router.types import Usage as RouterUsage
 from glmserve.serving.ingress.metrics import RequestTimer
 from glmserve.serving.ingress.pd import PrefillRejected, remote_prefill
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
@@ -45,34 +53,121 @@ class EngineReply:
     stream: Callable[[Done], AsyncIterator[bytes]] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends the request, as the router weighs it."""
+
+    tenant: str
+    cache_salt: str
+    priority: PriorityClass
+
+
 class EngineCall:
-    def __init__(self, decode: DeploymentHandle, prefill: DeploymentHandle | None, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        decode: DeploymentHandle,
+        prefill: DeploymentHandle | None,
+        retry_after_s: float,
+        router: RouterClient | None = None,
+        on_router_fallback: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self._decode = decode.options(stream=True)
         self._prefill = prefill.options(stream=True) if prefill is not None else None
         self._retry_after_s = retry_after_s
+        self._router = router
+        self._on_router_fallback = on_router_fallback
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def _route(
+        self, request_id: str, body: Any, prompt: list[int], caller: Caller, timer: RequestTimer
+    ) -> Decision | None:
+        """The router's choice of replicas, or None to let Serve balance (no router, or it is down)."""
+        if self._router is None:
+            return None
+        span = timer.begin("route")
+        try:
+            decision = await self._router.route(
+                request_id,
+                body.model,
+                prompt,
+                tenant=caller.tenant,
+                cache_salt=caller.cache_salt,
+                max_tokens=body.max_tokens or 0,
+                priority=caller.priority,
+                trace_context=trace.set_span_in_context(span),
+            )
+        except RouterUnavailableError as exc:
+            # Routing quality degrades, the request does not fail.
+            log.warning("router unavailable (%s); Serve balances this request", exc.message)
+            self._on_router_fallback("unavailable")
+            return None
+        prefill = decision.prefill.worker_id if decision.prefill else None
+        timer.routed(prefill, decision.decode.worker_id, decision.expected_cached_tokens, decision.policy)
+        return decision
+
+    def _report(self, request_id: str, usage: Usage | None, stage: Stage) -> None:
+        if self._router is None:
+            return
+        router = self._router
+
+        async def report() -> None:
+            with contextlib.suppress(GlmserveError):
+                await router.complete(request_id, RouterUsage(usage.prompt_tokens, usage.cached_tokens,
+                                      usage.completion_tokens, False) if usage else None, stage=stage)  # fmt: skip
+
+        task = asyncio.create_task(report())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def check_health(self) -> None:
         for pool in (self._decode, self._prefill):
             if pool is not None:
                 await pool.options(stream=False).check_health.remote()
 
-    async def run(self, endpoint: str, body: Any, prompt: list[int], timer: RequestTimer) -> EngineReply:
+    async def run(
+        self, endpoint: str, body: Any, prompt: list[int], caller: Caller, timer: RequestTimer
+    ) -> EngineReply:
+        request_id = uuid.uuid4().hex
+        decision = await self._route(request_id, body, prompt, caller, timer)
+        try:
+            return await self._run(
+                endpoint, body=body, prompt=prompt, timer=timer, request_id=request_id, decision=decision
+            )
+        except BaseException:
+            self._report(request_id, None, "finished")
+            raise
+
+    async def _run(
+        self,
+        endpoint: str,
+        *,
+        body: Any,
+        prompt: list[int],
+        timer: RequestTimer,
+        request_id: str,
+        decision: Decision | None,
+    ) -> EngineReply:
+        # Without a router decision Serve balances both legs; with one, the router also decides
+        # whether remote prefill is worth it (short uncached prompts prefill on decode).
+        remote_prefill_ok = decision is None or decision.prefill is not None
         wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:
             # The platform needs token counts for every request; the client sees usage only if it asked.
             body.stream_options = StreamOptions(include_usage=True)
         # The engine reuses the ingress's tokens instead of templating and tokenizing again.
         transfer: dict[str, Any] = {"prompt_token_ids": prompt}
-        if self._prefill is not None:
+        if self._prefill is not None and remote_prefill_ok:
+            target = decision.prefill.worker_id if decision and decision.prefill else None
             timer.begin("prefill")
             try:
-                prefilled = await remote_prefill(self._prefill, endpoint, body, prompt)
+                prefilled = await remote_prefill(self._prefill, endpoint, body, prompt, target)
             except PrefillRejected as rejected:
                 return EngineReply(error=EngineError.of(rejected.error, self._retry_after_s))
             timer.prefilled(prefilled.fallback, prefilled.worker)
             transfer |= prefilled.kv_transfer_params or {}
-        timer.begin("decode" if self._prefill is not None else "generate")
+        timer.begin("generate" if self._prefill is None else "decode")
         body.kv_transfer_params = transfer
+        body.glmserve_target = decision.decode.worker_id if decision else None
         stream: DeploymentResponseGenerator = getattr(self._decode, endpoint).remote(body)
         try:
             first = await stream.__anext__()
@@ -82,11 +177,15 @@ class EngineCall:
             raise self._engine_exception(exc, body.model or "") from exc
         item = first[0] if isinstance(first, list) else first
         if isinstance(item, ErrorResponse):
+            self._report(request_id, None, "finished")
             return EngineReply(error=EngineError.of(item.error, self._retry_after_s))
         if not body.stream:
             content = glm_message_fields(item.model_dump())
             timer.tokens_sent(1)
-            return EngineReply(body=content, usage=Usage.from_dict(content.get("usage")))
+            usage = Usage.from_dict(content.get("usage"))
+            self._report(request_id, usage, "finished")
+            return EngineReply(body=content, usage=usage)
+        self._report(request_id, None, "prefill_done")
 
         async def relay(done: Done) -> AsyncIterator[bytes]:
             async def batches() -> AsyncIterator[list[str]]:
@@ -106,6 +205,7 @@ class EngineCall:
                 status = 200
             finally:
                 stream.cancel()
+                self._report(request_id, usage, "finished")
                 done(status, usage)
 
         return EngineReply(stream=relay)

@@ -19,6 +19,7 @@ from glmserve.serving.ingress.responses import Usage
 # Each fallback reason's series exists from a model's first remote prefill on, so that a rate()
 # over it reads 0 rather than nothing.
 PREFILL_FALLBACK_REASONS: tuple[PrefillFallback, ...] = get_args(PrefillFallback)
+ROUTER_UNAVAILABLE = "unavailable"
 _OPERATIONS = {"chat": "chat", "completions": "text_completion"}  # OpenTelemetry GenAI names
 
 
@@ -43,6 +44,12 @@ class IngressMetrics:
         self.in_flight = m.gauge(m.INGRESS_IN_FLIGHT, self.registry)
         self.remote_prefill = m.histogram(m.INGRESS_REMOTE_PREFILL, self.registry)
         self.prefill_fallbacks = m.counter(m.INGRESS_PREFILL_FALLBACKS, self.registry)
+        self.router_fallbacks = m.counter(m.INGRESS_ROUTER_FALLBACKS, self.registry)
+        # Read as 0, not as nothing, until the router first fails.
+        self.router_fallbacks.labels(ROUTER_UNAVAILABLE)
+
+    def router_fallback(self, reason: str) -> None:
+        self.router_fallbacks.labels(reason).inc()
 
     def start(self, endpoint: str, model: str, *, plan: str, tenant: str) -> RequestTimer:
         self.in_flight.labels(model, plan).inc()
@@ -84,18 +91,27 @@ class RequestTimer:
         self.stage_started = time.perf_counter()
         return self.stage
 
-    def prefilled(self, fallback: PrefillFallback | None, worker: str | None) -> None:
-        """Remote prefill ended: its KV is on `worker`, or decode prefills locally for `fallback`."""
+    def routed(self, prefill_worker: str | None, decode_worker: str, expected_cached_tokens: int, policy: str) -> None:
+        """The router's decision: the request's chosen workers (prefill None: decode prefills)."""
+        self.span.set_attributes({t.DECODE_WORKER: decode_worker, t.EXPECTED_CACHED_TOKENS: expected_cached_tokens})
+        if prefill_worker is not None:
+            self.span.set_attribute(t.PREFILL_WORKER, prefill_worker)
+        if self.stage is not None:
+            self.stage.set_attribute(t.ROUTE_POLICY, policy)
+
+    def prefilled(self, fallback: PrefillFallback | None, kv_engine: str | None) -> None:
+        """Remote prefill ended: its KV is on NIXL engine `kv_engine`, or decode prefills locally
+        for `fallback`."""
         for reason in PREFILL_FALLBACK_REASONS:
             self.metrics.prefill_fallbacks.labels(self.model, reason)
         if fallback is not None:
             self.metrics.prefill_fallbacks.labels(self.model, fallback).inc()
         else:
             self.metrics.remote_prefill.labels(self.model).observe(time.perf_counter() - self.stage_started)
-        if fallback is not None and self.stage is not None:
-            self.stage.set_attribute(t.PREFILL_FALLBACK, fallback)
-        if worker is not None:
-            self.span.set_attribute(t.PREFILL_WORKER, worker)
+        if self.stage is not None:
+            self.stage.set_attributes(
+                {t.PREFILL_FALLBACK: fallback} if fallback else {t.KV_SOURCE_ENGINE: kv_engine} if kv_engine else {}
+            )
 
     def tokens_sent(self, events: int) -> None:
         """`events` streamed chunks left together; spread the gap since the last batch over them."""

@@ -45,9 +45,13 @@ class PrefillRejected(Exception):
         self.error = error
 
 
-async def remote_prefill(prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int]) -> Prefilled:
-    """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica."""
+async def remote_prefill(
+    prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int], target: str | None = None
+) -> Prefilled:
+    """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica.
+    `target`: the prefill replica the router chose (None: Serve balances)."""
     request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
+    request.glmserve_target = target  # type: ignore[union-attr]  # our ChatRequest/TextCompletionRequest
     request.kv_transfer_params = {**(request.kv_transfer_params or {}), "prompt_token_ids": prompt}
     try:
         stream = getattr(prefill, endpoint).remote(request)

@@ -22,6 +22,9 @@ class Thinking(BaseModel):
 class _Limits:
     """Checks OpenAI makes at its edge and vLLM leaves to the engine (which reports them late or as 500s)."""
 
+    # The engine replica the router chose for this call (see glmserve.serving.routing.pinned).
+    glmserve_target: str | None = None
+
     @field_validator("max_tokens", "max_completion_tokens", check_fields=False)
     @classmethod
     def _positive_tokens(cls, value: int | None) -> int | None:
@@ -29,12 +32,13 @@ class _Limits:
             raise ValueError(f"must be at least 1, got {value}")
         return value
 
-    @field_validator("kv_transfer_params", check_fields=False)
+    @field_validator("kv_transfer_params", "glmserve_target", check_fields=False)
     @classmethod
-    def _internal_only(cls, value: dict[str, Any] | None) -> None:
-        # It names remote KV blocks: a client setting it could read another request's cache.
+    def _internal_only(cls, value: object) -> None:
+        # kv_transfer_params names remote KV blocks: a client setting it could read another
+        # request's cache; glmserve_target would bypass routing and admission's load shedding.
         if value is not None:
-            raise ValueError("is set by the platform between prefill and decode, not by clients")
+            raise ValueError("is set by the platform, not by clients")
 
     @field_validator("n", check_fields=False)
     @classmethod

@@ -1,0 +1,70 @@
+"""`glmserve up`'s own router: a `glmserve router serve` child process on loopback.
+
+Engines hash their prompt blocks with PYTHONHASHSEED pinned to ROUTER_HASH_SEED (set before
+Ray starts, inherited by every engine process) so the router reproduces their block hashes.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from glmserve.common.errors import ConfigError
+
+ROUTER_HASH_SEED = "0"
+START_TIMEOUT_S = 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRouter:
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.port = _free_port()
+        self.metrics_port = _free_port()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        config = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "hashing": {"algo": "sha256_cbor", "seed": ROUTER_HASH_SEED},
+        }
+        path = self._workdir / "router.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = (self._workdir / "router.log").open("wb")
+        cmd = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(path)]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ConfigError(f"the router exited at start-up (code {self._proc.returncode}); see {log.name}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self.target
+            time.sleep(0.2)
+        raise ConfigError(f"the router did not listen on {self.target} within {START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

@@ -1,0 +1,41 @@
+"""A Ray Serve request router that sends each call to the engine replica the router chose.
+
+The ingress asks glmserve's router once per request and stamps the chosen replica on the body
+it sends (`glmserve_target`); this routes the handle call there. Without a target, or when the
+chosen replica is gone (Serve drops dead replicas from the candidates within milliseconds and
+their replacements get new ids), it falls back to power-of-two-choices rather than waiting.
+No FIFOMixin: with it, a replica chosen for one request would serve whichever request heads
+the queue.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ray.serve.request_router import (
+    LocalityMixin,
+    MultiplexMixin,
+    PendingRequest,
+    RequestRouter,
+    RunningReplica,
+)
+
+
+def pinned_target(pending: PendingRequest | None) -> str | None:
+    if pending is None or not pending.args:
+        return None
+    return getattr(pending.args[0], "glmserve_target", None)
+
+
+class PinnedRouter(LocalityMixin, MultiplexMixin, RequestRouter):
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        if target := pinned_target(pending_request):
+            for replica in candidate_replicas:
+                if replica.replica_id.unique_id == target:
+                    return [[replica]]
+        if not candidate_replicas:
+            return []
+        # Two random candidates; Serve takes the one with the shorter queue.
+        return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
