@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glmserve.common.catalogue import TINY_MODEL
+from glmserve.common.tenancy import Name
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 KvConnector = Literal["NixlConnector", "ExampleConnector"]
@@ -87,6 +88,11 @@ class ServeConfig(BaseModel):
     router_address: str | None = Field(None, min_length=1, description="use this router (host:port) instead")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting one")
+    metrics_tenants: tuple[Name, ...] = Field(
+        (),
+        max_length=100,
+        description="tenant ids the ingress's metrics name; the rest count as tenant 'other' (bounds the series)",
+    )
 
     @field_validator("tls_certfile", "tls_keyfile", "tenants_file")
     @classmethod

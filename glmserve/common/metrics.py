@@ -1,7 +1,8 @@
-"""Every metric glmserve exports, named once (Prometheus conventions: base units, `_total` counters).
+"""Every metric glmserve exports or reads, named once (Prometheus conventions: base units, `_total` counters).
 
 Components instantiate only the families they own, so a process never exports
-another component's metrics at zero.
+another component's metrics at zero. Dashboards (glmserve.dashboards), alerts
+(glmserve.operator.build.monitoring) and the live dashboard test take their names from here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Kind = Literal["counter", "gauge", "histogram"]
+Component = Literal["ingress", "router", "limits", "engine", "serve"]
 
 # `*_created` series double every counter's and histogram's exposition and no dashboard reads them.
 disable_created_metrics()
@@ -32,17 +34,22 @@ class MetricSpec:
     buckets: tuple[float, ...] = LATENCY_BUCKETS
 
 
+# Requests the ingress labels with a tenant id outside `metrics_tenants` (tenants are unbounded,
+# plans are few: plans label every series, tenant ids only those an operator chose).
+OTHER_TENANT = "other"
+
 INGRESS_REQUESTS = MetricSpec(
     "glmserve_ingress_requests_total",
     "counter",
-    "Requests answered by the OpenAI ingress, by endpoint, model and HTTP status.",
-    ("endpoint", "model", "status"),
+    "Requests answered by the OpenAI ingress, by endpoint, model, HTTP status, tenant plan and tenant "
+    '(tenant="other" unless listed in metrics_tenants).',
+    ("endpoint", "model", "status", "plan", "tenant"),
 )
 INGRESS_TTFT = MetricSpec(
     "glmserve_ingress_time_to_first_token_seconds",
     "histogram",
     "Time from request arrival at the ingress to its first generated token leaving it.",
-    ("model",),
+    ("model", "plan"),
 )
 INGRESS_ITL = MetricSpec(
     "glmserve_ingress_inter_token_latency_seconds",
@@ -54,14 +61,20 @@ INGRESS_ITL = MetricSpec(
 INGRESS_E2E = MetricSpec(
     "glmserve_ingress_request_duration_seconds",
     "histogram",
-    "Time from request arrival to the last byte of the response, by endpoint and model.",
-    ("endpoint", "model"),
+    "Time from request arrival to the last byte of the response, by endpoint, model and tenant plan.",
+    ("endpoint", "model", "plan"),
 )
 INGRESS_TOKENS = MetricSpec(
     "glmserve_ingress_tokens_total",
     "counter",
     "Prompt (direction=input) and generated (direction=output) tokens of completed requests.",
-    ("model", "direction"),
+    ("model", "direction", "plan", "tenant"),
+)
+INGRESS_CACHED_TOKENS = MetricSpec(
+    "glmserve_ingress_cached_prompt_tokens_total",
+    "counter",
+    "Prompt tokens of completed requests that an engine found in its prefix cache (part of direction=input).",
+    ("model", "plan"),
 )
 INGRESS_ROUTER_FALLBACKS = MetricSpec(
     "glmserve_ingress_router_fallbacks_total",
@@ -73,7 +86,21 @@ INGRESS_IN_FLIGHT = MetricSpec(
     "glmserve_ingress_requests_in_flight",
     "gauge",
     "Requests the ingress is currently serving.",
+    ("model", "plan"),
+)
+INGRESS_REMOTE_PREFILL = MetricSpec(
+    "glmserve_ingress_remote_prefill_duration_seconds",
+    "histogram",
+    "Disaggregated mode: time the prefill pool took to compute a prompt's KV cache, seen from the ingress.",
     ("model",),
+)
+INGRESS_PREFILL_FALLBACKS = MetricSpec(
+    "glmserve_ingress_prefill_fallbacks_total",
+    "counter",
+    "Disaggregated mode: requests decoded with local prefill because remote prefill failed, by reason "
+    "(error: the call failed; engine_error: the prefill engine answered an error; no_kv_params: it "
+    "returned no KV to transfer).",
+    ("model", "reason"),
 )
 
 ROUTER_ROUTES = MetricSpec(
@@ -186,17 +213,84 @@ ADMISSION_LEASES_LOST = MetricSpec(
 )
 
 
+# vLLM's engine metrics as Ray re-exports them: `vllm:x` becomes `ray_vllm_x`, labelled with the
+# Serve replica (ReplicaId), model_name and engine. vLLM names no pool: dashboards and alerts
+# join on Ray Serve's replica health, which names each replica's deployment (Prefill:, Decode:
+# or Engine: + model). Counters appear once they first move.
+VLLM_REQUESTS_RUNNING = MetricSpec("ray_vllm_num_requests_running", "gauge", "Requests in the engine's batch.")
+VLLM_REQUESTS_WAITING = MetricSpec("ray_vllm_num_requests_waiting", "gauge", "Requests queued in the engine.")
+VLLM_KV_CACHE_USAGE = MetricSpec("ray_vllm_kv_cache_usage_perc", "gauge", "KV cache in use, 0-1.")
+VLLM_PREFIX_CACHE_QUERIES = MetricSpec(
+    "ray_vllm_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache."
+)
+VLLM_PREFIX_CACHE_HITS = MetricSpec(
+    "ray_vllm_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache."
+)
+VLLM_PROMPT_TOKENS_BY_SOURCE = MetricSpec(
+    "ray_vllm_prompt_tokens_by_source_total",
+    "counter",
+    "Prompt tokens by where their KV came from (local_compute, local_cache_hit, external_kv_transfer).",
+    ("source",),
+)
+VLLM_GENERATION_TOKENS = MetricSpec("ray_vllm_generation_tokens_total", "counter", "Generated tokens.")
+VLLM_ITERATION_TOKENS = MetricSpec(
+    # vLLM's name: a histogram of tokens per engine step, despite `_total`.
+    "ray_vllm_iteration_tokens_total",
+    "histogram",
+    "Tokens (prompt and generated) processed per engine step.",
+)
+VLLM_QUEUE_TIME = MetricSpec("ray_vllm_request_queue_time_seconds", "histogram", "Time requests waited.")
+VLLM_PREFILL_TIME = MetricSpec("ray_vllm_request_prefill_time_seconds", "histogram", "Time in prefill.")
+VLLM_DECODE_TIME = MetricSpec("ray_vllm_request_decode_time_seconds", "histogram", "Time in decode.")
+VLLM_KV_TRANSFER_TIME = MetricSpec(
+    "ray_vllm_nixl_xfer_time_seconds", "histogram", "Decode engines: time of one NIXL KV transfer."
+)
+VLLM_KV_TRANSFER_BYTES = MetricSpec(
+    "ray_vllm_nixl_bytes_transferred", "histogram", "Decode engines: bytes of one NIXL KV transfer."
+)
+# Ray Serve's controller: one series per replica, naming its deployment (and so its pool).
+SERVE_REPLICA_HEALTHY = MetricSpec(
+    "ray_serve_deployment_replica_healthy",
+    "gauge",
+    "1 while a Serve replica passes its health check.",
+    ("application", "deployment", "replica"),
+)
+
+_COMPONENTS: dict[str, Component] = {
+    "glmserve_ingress_": "ingress",
+    "glmserve_router_": "router",
+    "glmserve_admission_": "limits",
+    "glmserve_auth_": "limits",
+    "ray_vllm_": "engine",
+    "ray_serve_": "serve",
+}
+
+
+def component(spec: MetricSpec) -> Component:
+    """Which part of the platform exports a metric: its name's prefix says."""
+    return next(c for prefix, c in _COMPONENTS.items() if spec.name.startswith(prefix))
+
+
+def all_specs() -> list[MetricSpec]:
+    return [value for value in globals().values() if isinstance(value, MetricSpec)]
+
+
+def _owned(spec: MetricSpec, kind: Kind) -> None:
+    assert spec.kind == kind, spec.name
+    assert spec.name.startswith("glmserve_"), f"{spec.name} is exported by {component(spec)}, not by glmserve"
+
+
 def counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
-    assert spec.kind == "counter", spec.name
+    _owned(spec, "counter")
     # prometheus_client appends `_total` itself.
     return Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=registry)
 
 
 def gauge(spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
-    assert spec.kind == "gauge", spec.name
+    _owned(spec, "gauge")
     return Gauge(spec.name, spec.help, spec.labels, registry=registry)
 
 
 def histogram(spec: MetricSpec, registry: CollectorRegistry) -> Histogram:
-    assert spec.kind == "histogram", spec.name
+    _owned(spec, "histogram")
     return Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets, registry=registry)

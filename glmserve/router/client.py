@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
+from opentelemetry.context import Context
 
+from glmserve.common import tracing
 from glmserve.common.errors import UNAVAILABLE, GlmserveError
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router import convert
@@ -65,7 +67,9 @@ class RouterClient:
         max_tokens: int = 0,
         priority: PriorityClass = "standard",
         allowed_worker_ids: Sequence[str] = (),
+        trace_context: Context | None = None,
     ) -> Decision:
+        """`trace_context`: the caller's trace, which the router's span joins."""
         request = convert.query_to_pb(
             request_id,
             model,
@@ -77,7 +81,9 @@ class RouterClient:
             allowed_worker_ids=allowed_worker_ids,
         )
         try:
-            reply = await self._stub.Route(request, timeout=self._route_timeout_s)
+            reply = await self._stub.Route(
+                request, timeout=self._route_timeout_s, metadata=tracing.grpc_metadata(trace_context)
+            )
         except grpc.RpcError as exc:
             raise self._error(exc, "Route") from None
         return convert.decision_from_pb(reply)

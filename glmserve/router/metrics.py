@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import CollectorRegistry, Histogram
 
 from glmserve.common import metrics as m
+
+GapOutcome = Literal["replayed", "lost", "engine_restart"]
 
 
 class RouterMetrics:
@@ -17,6 +21,9 @@ class RouterMetrics:
         self.completed_tokens = m.counter(m.ROUTER_COMPLETED_TOKENS, self.registry)
         self.kv_events = m.counter(m.ROUTER_KV_EVENTS, self.registry)
         self.kv_event_gaps = m.counter(m.ROUTER_KV_EVENT_GAPS, self.registry)
+        # Each outcome reads 0, not nothing, before its first gap: dashboards and alerts rate() them.
+        for outcome in get_args(GapOutcome):
+            self.kv_event_gaps.labels(outcome)
         self.index_blocks = m.gauge(m.ROUTER_INDEX_BLOCKS, self.registry)
         self.workers = m.gauge(m.ROUTER_WORKERS, self.registry)
         self.in_flight = m.gauge(m.ROUTER_IN_FLIGHT, self.registry)

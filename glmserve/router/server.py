@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from glmserve.common import tracing
 from glmserve.common.errors import ConfigError
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
@@ -56,7 +57,8 @@ class RouterServer:
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on port {self.config.metrics_port}: {exc}") from None
         self._subscriptions = Subscriptions(self.router, self.config.events.replay_timeout_s)
-        pb_grpc.add_RouterServicer_to_server(RouterService(self.router, self._subscriptions), server)
+        servicer = RouterService(self.router, self._subscriptions, tracing.tracer("glmserve-router"))
+        pb_grpc.add_RouterServicer_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

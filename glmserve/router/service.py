@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
+from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, InvalidRequestError
 from glmserve.router import convert
 from glmserve.router.proto import router_pb2 as pb
@@ -41,9 +43,10 @@ def _rpc(handler: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.aio.ServicerCo
 
 
 class RouterService(pb_grpc.RouterServicer):
-    def __init__(self, router: Router, subscriptions: Subscriptions) -> None:
+    def __init__(self, router: Router, subscriptions: Subscriptions, tracer: trace.Tracer | None = None) -> None:
         self._router = router
         self._subscriptions = subscriptions
+        self._tracer = tracer or trace.NoOpTracer()
 
     @_rpc
     def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
@@ -79,7 +82,20 @@ class RouterService(pb_grpc.RouterServicer):
         except GlmserveError:
             self._router.metrics.routes.labels("", "invalid").inc()
             raise
-        return convert.decision_to_pb(self._router.route(query))
+        parent = tracing.context_from_grpc(context.invocation_metadata())
+        with self._tracer.start_as_current_span("route", context=parent, kind=trace.SpanKind.SERVER) as span:
+            decision = self._router.route(query)
+            span.set_attributes(
+                {
+                    tracing.MODEL: query.model,
+                    tracing.DECODE_WORKER: decision.decode.worker_id,
+                    tracing.EXPECTED_CACHED_TOKENS: decision.expected_cached_tokens,
+                    tracing.ROUTE_POLICY: decision.policy,
+                }
+            )
+            if decision.prefill is not None:
+                span.set_attribute(tracing.PREFILL_WORKER, decision.prefill.worker_id)
+        return convert.decision_to_pb(decision)
 
     @_rpc
     def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:

@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from glmserve.router.events import EventBatch, MalformedBatch, decode_batch, decode_seq
+from glmserve.router.metrics import GapOutcome
 from glmserve.router.router import Router
 from glmserve.router.types import WorkerInfo
 
@@ -106,7 +107,7 @@ class EngineFeed:
         finally:
             sock.close(linger=0)
 
-    def _gap(self, outcome: str) -> None:
+    def _gap(self, outcome: GapOutcome) -> None:
         self._router.metrics.kv_event_gaps.labels(outcome).inc()
 
     def _malformed(self, why: str) -> None:

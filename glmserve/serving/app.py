@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ray.serve.deployment import Application
@@ -16,6 +17,7 @@ from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
+from glmserve.serving.ingress.discovery import ScrapeTarget
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
@@ -86,8 +88,15 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
     )  # fmt: skip
 
 
-def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device, router: str | None = None) -> Application:
-    """`router`: gRPC target of glmserve's router, if one runs."""
+def build_app(
+    model: ResolvedModel,
+    cfg: ServeConfig,
+    device: Device,
+    router: str | None = None,
+    scrape_targets: Sequence[ScrapeTarget] = (),
+) -> Application:
+    """`router`: gRPC target of glmserve's router, if one runs; `scrape_targets`: the stack's
+    metrics endpoints, which the ingress lists at /metrics/sd."""
     roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
     pools = {}
@@ -115,6 +124,13 @@ def build_app(model: ResolvedModel, cfg: ServeConfig, device: Device, router: st
         redis_url=cfg.redis_url,
         outage=cfg.limits_outage,
     )
-    settings = IngressSettings(models=(served,), retry_after_s=cfg.retry_after_s, limits=limits, router_address=router)
+    settings = IngressSettings(
+        models=(served,),
+        retry_after_s=cfg.retry_after_s,
+        limits=limits,
+        router_address=router,
+        scrape_targets=tuple(scrape_targets),
+        metrics_tenants=cfg.metrics_tenants,
+    )
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]

@@ -101,6 +101,7 @@ class Stack:
         from ray.serve.config import HTTPOptions
 
         from glmserve.serving.app import APP_NAME, build_app, check_placement
+        from glmserve.serving.ingress.discovery import local_targets
         from glmserve.serving.models import resolve_model
 
         ensure_port_free(self.cfg.host, self.cfg.port)
@@ -140,7 +141,8 @@ class Stack:
         )
         check_placement(self.cfg, device)  # type: ignore[arg-type]
         serve.start(http_options=http)
-        app = build_app(model, self.cfg, device, router_target)  # type: ignore[arg-type]
+        targets = local_targets(self.cfg, self.metrics_port, self.router.metrics_port if self.router else None)
+        app = build_app(model, self.cfg, device, router_target, targets)  # type: ignore[arg-type]
         serve.run_many(
             [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,

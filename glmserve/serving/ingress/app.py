@@ -12,14 +12,17 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, NotFoundError
 from glmserve.router.client import RouterClient
+from glmserve.serving.ingress.discovery import http_sd
 from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
 from glmserve.serving.ingress.errors import error_response, install_handlers
 from glmserve.serving.ingress.gate import ENGINE_PRIORITY, Gate
 from glmserve.serving.ingress.metrics import IngressMetrics
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, check_context, parse_body
 from glmserve.serving.ingress.render import PromptRenderer
+from glmserve.serving.ingress.responses import Usage
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel
 
 log = logging.getLogger("glmserve.ingress")
@@ -37,7 +40,9 @@ class Ingress:
         """`engines[model]` holds a "decode" pool (colocated engines in colocated mode) and, when
         disaggregated, a "prefill" pool."""
         registry = CollectorRegistry()
-        self._metrics = IngressMetrics(registry)
+        self._metrics = IngressMetrics(
+            registry, tracer=tracing.tracer("glmserve-ingress"), tenants=settings.metrics_tenants
+        )
         self._registry = registry
         self._settings = settings
         self._models = {m.name: m for m in settings.models}
@@ -90,6 +95,11 @@ class Ingress:
     async def metrics(self) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/metrics/sd")
+    async def metrics_sd(self) -> JSONResponse:
+        """Prometheus HTTP service discovery: every metrics endpoint of the running stack."""
+        return JSONResponse(http_sd(self._settings.scrape_targets))
+
     # -- internals ------------------------------------------------------------------------
 
     def _served(self, name: str | None) -> ServedModel:
@@ -126,7 +136,7 @@ class Ingress:
         tenant = self._gate.authenticate(request.headers.get("authorization"))
         served = self._served(body.model)
         body.model = served.name
-        timer = self._metrics.start(endpoint, served.name)
+        timer = self._metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id)
         self._gate.started(served.name)
         try:
             prompt = await self._tokens(endpoint, body, served)
@@ -150,22 +160,24 @@ class Ingress:
         body.priority = ENGINE_PRIORITY[tenant.priority]
         caller = Caller(tenant.id, body.cache_salt, tenant.priority)
 
-        def done(status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        def done(status: int, usage: Usage) -> None:
             self._gate.finished(served.name)
-            self._gate.limiter.settle(admission, output_tokens=completion_tokens, input_tokens=prompt_tokens or None)
-            timer.finish(status, prompt_tokens, completion_tokens)
+            self._gate.limiter.settle(
+                admission, output_tokens=usage.completion_tokens, input_tokens=usage.prompt_tokens or None
+            )
+            timer.finish(status, usage)
 
         try:
-            reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer.tokens_sent)
+            reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer)
         except BaseException as exc:
-            done(exc.kind.http_status if isinstance(exc, GlmserveError) else 500, 0, 0)
+            done(exc.kind.http_status if isinstance(exc, GlmserveError) else 500, Usage())
             raise
         return self._respond(reply, headers, done)
 
     @staticmethod
     def _respond(reply: EngineReply, headers: dict[str, str], done: Any) -> Response:
         if reply.error is not None:
-            done(reply.error.status, 0, 0)
+            done(reply.error.status, Usage())
             return error_response(
                 reply.error.status,
                 reply.error.message,
@@ -174,8 +186,7 @@ class Ingress:
                 headers=headers,
             )
         if reply.body is not None:
-            usage = reply.usage
-            done(200, usage.prompt_tokens, usage.completion_tokens)
+            done(200, reply.usage)
             return JSONResponse(reply.body, headers=headers)
         assert reply.stream is not None
         return StreamingResponse(

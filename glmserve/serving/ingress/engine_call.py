@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from vllm.entrypoints.generate.base.protocol import StreamOptions
@@ -21,13 +22,14 @@ from glmserve.common.tenancy import PriorityClass
 from glmserve.router.client import RouterClient, RouterUnavailableError
 from glmserve.router.types import Decision, Stage
 from glmserve.router.types import Usage as RouterUsage
+from glmserve.serving.ingress.metrics import RequestTimer
 from glmserve.serving.ingress.pd import PrefillRejected, remote_prefill
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
 
 log = logging.getLogger("glmserve.ingress")
 
-# Called once when a request ends: (HTTP status, prompt tokens, completion tokens).
-Done = Callable[[int, int, int], None]
+# Called once when a request ends, with its HTTP status and token counts.
+Done = Callable[[int, Usage], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +78,15 @@ class EngineCall:
         self._on_router_fallback = on_router_fallback
         self._background: set[asyncio.Task[Any]] = set()
 
-    async def _route(self, request_id: str, body: Any, prompt: list[int], caller: Caller) -> Decision | None:
+    async def _route(
+        self, request_id: str, body: Any, prompt: list[int], caller: Caller, timer: RequestTimer
+    ) -> Decision | None:
         """The router's choice of replicas, or None to let Serve balance (no router, or it is down)."""
         if self._router is None:
             return None
+        span = timer.begin("route")
         try:
-            return await self._router.route(
+            decision = await self._router.route(
                 request_id,
                 body.model,
                 prompt,
@@ -89,12 +94,16 @@ class EngineCall:
                 cache_salt=caller.cache_salt,
                 max_tokens=body.max_tokens or 0,
                 priority=caller.priority,
+                trace_context=trace.set_span_in_context(span),
             )
         except RouterUnavailableError as exc:
             # Routing quality degrades, the request does not fail.
             log.warning("router unavailable (%s); Serve balances this request", exc.message)
             self._on_router_fallback("unavailable")
             return None
+        prefill = decision.prefill.worker_id if decision.prefill else None
+        timer.routed(prefill, decision.decode.worker_id, decision.expected_cached_tokens, decision.policy)
+        return decision
 
     def _report(self, request_id: str, usage: Usage | None, stage: Stage) -> None:
         if self._router is None:
@@ -116,13 +125,13 @@ class EngineCall:
                 await pool.options(stream=False).check_health.remote()
 
     async def run(
-        self, endpoint: str, body: Any, prompt: list[int], caller: Caller, on_tokens: Callable[[int], None]
+        self, endpoint: str, body: Any, prompt: list[int], caller: Caller, timer: RequestTimer
     ) -> EngineReply:
         request_id = uuid.uuid4().hex
-        decision = await self._route(request_id, body, prompt, caller)
+        decision = await self._route(request_id, body, prompt, caller, timer)
         try:
             return await self._run(
-                endpoint, body=body, prompt=prompt, on_tokens=on_tokens, request_id=request_id, decision=decision
+                endpoint, body=body, prompt=prompt, timer=timer, request_id=request_id, decision=decision
             )
         except BaseException:
             self._report(request_id, None, "finished")
@@ -134,7 +143,7 @@ class EngineCall:
         *,
         body: Any,
         prompt: list[int],
-        on_tokens: Callable[[int], None],
+        timer: RequestTimer,
         request_id: str,
         decision: Decision | None,
     ) -> EngineReply:
@@ -149,11 +158,14 @@ class EngineCall:
         transfer: dict[str, Any] = {"prompt_token_ids": prompt}
         if self._prefill is not None and remote_prefill_ok:
             target = decision.prefill.worker_id if decision and decision.prefill else None
+            timer.begin("prefill")
             try:
-                params = await remote_prefill(self._prefill, endpoint, body, prompt, target)
+                prefilled = await remote_prefill(self._prefill, endpoint, body, prompt, target)
             except PrefillRejected as rejected:
                 return EngineReply(error=EngineError.of(rejected.error, self._retry_after_s))
-            transfer |= params or {}
+            timer.prefilled(prefilled.fallback, prefilled.worker)
+            transfer |= prefilled.kv_transfer_params or {}
+        timer.begin("generate" if self._prefill is None else "decode")
         body.kv_transfer_params = transfer
         body.glmserve_target = decision.decode.worker_id if decision else None
         stream: DeploymentResponseGenerator = getattr(self._decode, endpoint).remote(body)
@@ -169,7 +181,7 @@ class EngineCall:
             return EngineReply(error=EngineError.of(item.error, self._retry_after_s))
         if not body.stream:
             content = glm_message_fields(item.model_dump())
-            on_tokens(1)
+            timer.tokens_sent(1)
             usage = Usage.from_dict(content.get("usage"))
             self._report(request_id, usage, "finished")
             return EngineReply(body=content, usage=usage)
@@ -185,7 +197,7 @@ class EngineCall:
             status = 499  # nginx's "client closed request", if the client goes away first
             try:
                 async for chunk in sse_stream(
-                    batches(), client_wants_usage=wants_usage, usage=usage, on_events=on_tokens
+                    batches(), client_wants_usage=wants_usage, usage=usage, on_events=timer.tokens_sent
                 ):
                     if chunk.endswith(b"data: [DONE]\n\n"):
                         status = 200  # all was sent; a client closing now has not cut the answer short
@@ -194,7 +206,7 @@ class EngineCall:
             finally:
                 stream.cancel()
                 self._report(request_id, usage, "finished")
-                done(status, usage.prompt_tokens, usage.completion_tokens)
+                done(status, usage)
 
         return EngineReply(stream=relay)
 

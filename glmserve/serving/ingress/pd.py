@@ -9,7 +9,8 @@ connectors use). When remote prefill fails, decode prefills locally: slower, nev
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ray.llm._internal.serve.engines.vllm.kv_transfer.base import DefaultPDProtocolMixin
 from ray.serve.handle import DeploymentHandle
@@ -18,6 +19,22 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 log = logging.getLogger("glmserve.ingress.pd")
 
 _PROTOCOL = DefaultPDProtocolMixin()
+
+
+PrefillFallback = Literal["error", "engine_error", "no_kv_params"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prefilled:
+    """Remote prefill's outcome: the KV for decode to pull, or why decode prefills locally."""
+
+    kv_transfer_params: dict[str, Any] | None
+    fallback: PrefillFallback | None = None
+
+    @property
+    def worker(self) -> str | None:
+        """NIXL's id of the prefill engine holding the KV."""
+        return (self.kv_transfer_params or {}).get("remote_engine_id")
 
 
 class PrefillRejected(Exception):
@@ -30,8 +47,8 @@ class PrefillRejected(Exception):
 
 async def remote_prefill(
     prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int], target: str | None = None
-) -> dict[str, Any] | None:
-    """KV transfer parameters for the decode request, or None to prefill on the decode replica.
+) -> Prefilled:
+    """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica.
     `target`: the prefill replica the router chose (None: Serve balances)."""
     request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
     request.glmserve_target = target  # type: ignore[union-attr]  # our ChatRequest/TextCompletionRequest
@@ -42,15 +59,15 @@ async def remote_prefill(
         stream.cancel()
     except Exception as exc:  # a dead or unreachable prefill replica must not fail the request
         log.warning("remote prefill failed (%s: %s); decoding with local prefill", type(exc).__name__, exc)
-        return None
+        return Prefilled(None, "error")
     item = first[0] if isinstance(first, list) else first
     if isinstance(item, ErrorResponse):
         if 400 <= int(item.error.code) < 500 and int(item.error.code) != 429:
             raise PrefillRejected(item.error)
         log.warning("prefill engine answered %s (%s); decoding with local prefill", item.error.code, item.error.message)
-        return None
+        return Prefilled(None, "engine_error")
     params = getattr(item, "kv_transfer_params", None)
     if not params:
         log.warning("prefill response carried no kv_transfer_params; decoding with local prefill")
-        return None
-    return dict(params)
+        return Prefilled(None, "no_kv_params")
+    return Prefilled(dict(params))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from glmserve.serving.ingress.discovery import ScrapeTarget
+
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
@@ -32,3 +34,5 @@ class IngressSettings:
     retry_after_s: float = 1.0
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     router_address: str | None = None  # glmserve's router (gRPC target); None: Serve balances alone
+    scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
+    metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
