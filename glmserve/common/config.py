@@ -13,6 +13,10 @@ from glmserve.common.tenancy import Name
 Port = Annotated[int, Field(ge=1, le=65535)]
 KvConnector = Literal["NixlConnector", "ExampleConnector"]
 # vLLM's VLLM_CPU_OMP_THREADS_BIND syntax: cores for each tensor-parallel rank, "|"-separated.
+# Every engine runs with PYTHONHASHSEED=ENGINE_HASH_SEED and sha256_cbor prefix-cache hashes, so a
+# router configured with ROUTER_HASHING reproduces the engines' block hashes from token ids.
+ENGINE_HASH_SEED = "0"
+ROUTER_HASHING = {"algo": "sha256_cbor", "seed": ENGINE_HASH_SEED}
 _CPU_BIND = r"^(\d+(-\d+)?(,\d+(-\d+)?)*)(\|\d+(-\d+)?(,\d+(-\d+)?)*)*$"
 
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from glmserve.common.config import ServeConfig
+from glmserve.common.config import ENGINE_HASH_SEED, ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.serving import reaper
-from glmserve.serving.local_router import ROUTER_HASH_SEED, LocalRouter
+from glmserve.serving.local_router import LocalRouter
 
 log = logging.getLogger("glmserve.up")
 
@@ -116,8 +116,9 @@ class Stack:
             # Read by every Serve process, which inherit the environment of the node we start.
             os.environ.update(serve_environment(self.cfg.port, proxy_port))
         router_target = self.cfg.router_address
+        # Inherited by every engine process: any router (ours or --router-address) can hash like them.
+        os.environ["PYTHONHASHSEED"] = ENGINE_HASH_SEED
         if self.cfg.runs_local_router:
-            os.environ["PYTHONHASHSEED"] = ROUTER_HASH_SEED
             self.router = LocalRouter(Path(tempfile.mkdtemp(prefix="glmserve-router-")))
             router_target = self.router.start()
             self.progress(f"router: {router_target} (metrics http://127.0.0.1:{self.router.metrics_port}/metrics)")

@@ -1,6 +1,6 @@
 """`glmserve up`'s own router: a `glmserve router serve` child process on loopback.
 
-Engines hash their prompt blocks with PYTHONHASHSEED pinned to ROUTER_HASH_SEED (set before
+Engines hash their prompt blocks with PYTHONHASHSEED pinned to ENGINE_HASH_SEED (set before
 Ray starts, inherited by every engine process) so the router reproduces their block hashes.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.errors import ConfigError
 
-ROUTER_HASH_SEED = "0"
 START_TIMEOUT_S = 60
 
 
@@ -42,7 +42,7 @@ class LocalRouter:
             "host": "127.0.0.1",
             "port": self.port,
             "metrics_port": self.metrics_port,
-            "hashing": {"algo": "sha256_cbor", "seed": ROUTER_HASH_SEED},
+            "hashing": ROUTER_HASHING,
         }
         path = self._workdir / "router.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from glmserve.operator.build.children import build_children
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.rayservice import build_rayservice
-from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, build_router_configmap
+from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
+from glmserve.router.config import load_config
 from tests.operator.conftest import example_inputs, load_examples
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
@@ -61,7 +63,7 @@ def test_the_checks_can_fail(schemas: CustomResourceSchemas) -> None:
     pool = build_nodepool("h100", NodeGroupSpec.model_validate(obj["spec"]), Owner("NodeGroup", "h100", "uid-1"))
     pool["spec"]["template"]["metadata"]["labels"]["karpenter.sh/team"] = "x"
     assert any('label domain "karpenter.sh" is restricted' in p for p in manifest_problems(pool, schemas))
-    rayservice = build_rayservice(example_inputs())
+    rayservice = build_rayservice(example_inputs(), None)
     rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["replicas"] = 1
     assert any("'replicas' was unexpected" in p for p in manifest_problems(rayservice, schemas))
     service = next(c for c in _children(True) if c["kind"] == "Service")
@@ -92,7 +94,7 @@ def test_fixed_fleet_becomes_a_static_node_pool() -> None:
 
 
 def test_ray_pod_templates_validate_as_pod_templates() -> None:
-    cluster = build_rayservice(example_inputs())["spec"]["rayClusterConfig"]
+    cluster = build_rayservice(example_inputs(), None)["spec"]["rayClusterConfig"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for i, template in enumerate(templates):
         wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}"}, "template": template}
@@ -101,7 +103,7 @@ def test_ray_pod_templates_validate_as_pod_templates() -> None:
 
 def test_gpu_workers_are_pinned_to_their_node_groups() -> None:
     inputs = example_inputs()
-    groups = {g["groupName"]: g for g in build_rayservice(inputs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    groups = {g["groupName"]: g for g in build_rayservice(inputs, None)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert list(groups) == ["ingress", "prefill", "decode"]
     prefill, decode = groups["prefill"], groups["decode"]
     assert prefill["template"]["spec"]["nodeSelector"] == {
@@ -129,7 +131,7 @@ def test_serve_config_is_what_ray_serve_and_the_app_builder_accept() -> None:
     from ray.serve.schema import ServeDeploySchema
 
     inputs = example_inputs()
-    config = yaml.safe_load(build_rayservice(inputs)["spec"]["serveConfigV2"])
+    config = yaml.safe_load(build_rayservice(inputs, None)["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(config)
     assert config["http_options"]["ssl_certfile"] == "/etc/glmserve/tls/tls.crt"
     [app] = config["applications"]
@@ -143,7 +145,7 @@ def test_serve_config_is_what_ray_serve_and_the_app_builder_accept() -> None:
 
 def test_tls_secret_is_mounted_in_every_ray_pod_only_with_tls() -> None:
     for tls in (True, False):
-        cluster = build_rayservice(example_inputs(tls=tls))["spec"]["rayClusterConfig"]
+        cluster = build_rayservice(example_inputs(tls=tls), None)["spec"]["rayClusterConfig"]
         pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
         mounted = [any(v["name"] == "tls" for v in p["spec"].get("volumes", [])) for p in pods]
         assert mounted == [tls] * 4
@@ -153,7 +155,7 @@ def test_router_config_holds_hashes_only() -> None:
     children = _children(True)
     assert KEY not in json.dumps(children)
     configmap = next(c for c in children if c["kind"] == "ConfigMap")
-    config = TenantsFile.model_validate(yaml.safe_load(configmap["data"][CONFIG_FILE]))
+    config = TenantsFile.model_validate(yaml.safe_load(configmap["data"][TENANTS_FILE]))
     assert config.tenants[0].api_keys[0].sha256 == hash_api_key(KEY)
     deployment = next(c for c in children if c["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -167,15 +169,53 @@ def test_router_config_holds_hashes_only() -> None:
     assert container["ports"][0] == {"name": "grpc", "containerPort": 50051}
 
 
-def test_a_new_router_config_rolls_the_router() -> None:
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_the_router_and_the_engines_hash_blocks_alike(tmp_path: Path) -> None:
+    """The router's own config loads, names the ports it serves on and the engines' hash seed."""
+    children = _children(False)
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    (tmp_path / CONFIG_FILE).write_text(configmap["data"][CONFIG_FILE])
+    config = load_config(tmp_path / CONFIG_FILE)
+    router = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in router["ports"]} == {config.port, config.metrics_port}
+    cluster = next(c for c in children if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    seeds = {_env(g["template"]["spec"]["containers"][0])["PYTHONHASHSEED"] for g in groups}
+    assert seeds == {config.hashing.seed}
+
+
+def test_the_ingress_reads_the_tenants_and_shares_limits_in_redis() -> None:
+    children = _children(False)
+    cluster = next(c for c in children if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    ingress = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "ingress")["template"]["spec"]
+    env = _env(ingress["containers"][0])
+    assert env["GLMSERVE_REDIS_URL"] == "redis://glmserve-redis:6379/0"
+    mount = ingress["containers"][0]["volumeMounts"][0]
+    volume = next(v for v in ingress["volumes"] if v["name"] == mount["name"])
+    assert env["GLMSERVE_TENANTS_FILE"] == f"{mount['mountPath']}/{TENANTS_FILE}"
+    assert volume["configMap"]["name"] == next(c for c in children if c["kind"] == "ConfigMap")["metadata"]["name"]
+    assert volume["configMap"]["items"] == [{"key": TENANTS_FILE, "path": TENANTS_FILE}]
+
+
+def test_new_tenants_roll_neither_the_router_nor_the_ray_cluster() -> None:
+    """The ingress re-reads its mounted tenants file; restarting GPU pods for a new key would be absurd."""
     inputs = example_inputs()
     other = TenantsFile(plans=[Plan(name="pro", requestsPerMinute=1)])
     before = build_children(inputs, TENANCY, None)
     after = build_children(inputs, other, None)
+    assert before[0]["data"][TENANTS_FILE] != after[0]["data"][TENANTS_FILE]
 
-    def digest(children: list[dict[str, Any]]) -> str:
+    def rolled(children: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         deployment = next(c for c in children if c["kind"] == "Deployment")
-        return deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+        rayservice = next(c for c in children if c["kind"] == "RayService")
+        return deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH], rayservice["spec"]
 
-    assert digest(before) != digest(after)
-    assert build_router_configmap(inputs, TENANCY) == build_router_configmap(inputs, TENANCY)
+    assert rolled(before) == rolled(after)
+
+
+def test_without_a_plan_there_is_no_tenants_file() -> None:
+    configmap = build_children(example_inputs(), None, None)[0]
+    assert set(configmap["data"]) == {CONFIG_FILE}

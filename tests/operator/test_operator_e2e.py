@@ -218,7 +218,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
         assert status["plan"]["decode"]["gpusPerReplica"] == 8
         assert condition(status, "Provisioned")["reason"] == "WaitingForNodes"
 
-        config = api.get("v1", "ConfigMap", "glm-router", ns)["data"]["config.yaml"]
+        config = api.get("v1", "ConfigMap", "glm-router", ns)["data"]["tenants.yaml"]
         assert hash_api_key(key) in config
         assert key not in config
         assert [p["name"] for p in yaml.safe_load(config)["plans"]] == ["pro"]
@@ -258,7 +258,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
             tenant, {"spec": {"apiKeys": [{"secretRef": {"name": "acme-key"}}, {"secretRef": {"name": "acme-key-2"}}]}}
         )
         eventually(
-            lambda: hash_api_key(new_key) in api.get("v1", "ConfigMap", "glm-router", ns)["data"]["config.yaml"],
+            lambda: hash_api_key(new_key) in api.get("v1", "ConfigMap", "glm-router", ns)["data"]["tenants.yaml"],
             what="the rotated key's hash in the router config",
         )
 

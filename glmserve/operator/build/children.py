@@ -18,21 +18,16 @@ MONITORING_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
 def build_children(
     inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
 ) -> list[dict[str, Any]]:
-    """The router's ConfigMap comes first so its pods never start without it (None: no Plan yet)."""
-    children: list[dict[str, Any]] = []
-    digest = "none"
-    if tenancy is not None:
-        configmap = build_router_configmap(inputs, tenancy)
-        children.append(configmap)
-        digest = config_hash(configmap)
-    children += [
-        build_router_deployment(inputs, digest, redis_url),
+    """The router's ConfigMap comes first so no pod starts without it (`tenancy` None: no Plan yet)."""
+    configmap = build_router_configmap(inputs, tenancy)
+    return [
+        configmap,
+        build_router_deployment(inputs, config_hash(configmap)),
         build_router_service(inputs),
-        build_rayservice(inputs),
+        build_rayservice(inputs, redis_url),
         build_ingress_service(inputs),
         *build_pdbs(inputs),
         *build_service_monitors(inputs),
         build_pod_monitor(inputs),
         build_prometheus_rule(inputs),
     ]
-    return children

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from glmserve.common.config import ENGINE_HASH_SEED
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.gpus import get_gpu
 from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels
+from glmserve.operator.build.router import TENANTS_FILE
 
 # NCCL and vLLM's workers exchange tensors through /dev/shm; a container's default 64 MiB stalls them.
 SHM_SIZE = "32Gi"
@@ -16,16 +18,21 @@ HEAD_RESOURCES = {"cpu": "4", "memory": "16Gi"}
 INGRESS_RESOURCES = {"cpu": "4", "memory": "8Gi"}
 GPU_WORKER_FLOOR = {"cpu": "16", "memory": "128Gi"}
 HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+TENANTS_DIR = "/etc/glmserve/tenants"
 
 
 def _pod_template(
     inputs: DeploymentInputs,
     component: str,
     requests: dict[str, str],
+    *,
     gpus: dict[str, str] | None = None,
     pod: dict[str, Any] | None = None,
+    env: tuple[dict[str, Any], ...] = (),
+    volume: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One Ray container (`gpus`: its GPU limit, which also earns it a RAM-backed /dev/shm)."""
+    """One Ray container (`gpus`: its GPU limit, which also earns it a RAM-backed /dev/shm;
+    `volume`: one more (volume, mount))."""
     ports = HEAD_PORTS if component == "head" else {}
     container: dict[str, Any] = {
         "name": "ray-head" if component == "head" else "ray-worker",
@@ -33,6 +40,9 @@ def _pod_template(
         "env": [
             {"name": "GLMSERVE_MODEL_DEPLOYMENT", "value": inputs.name},
             {"name": "GLMSERVE_ROUTER_ADDRESS", "value": inputs.router_address},
+            # Engines hash prompt blocks with this seed; the router's config names the same one.
+            {"name": "PYTHONHASHSEED", "value": ENGINE_HASH_SEED},
+            *env,
         ],
         "ports": [
             {"name": name, "containerPort": port}
@@ -45,6 +55,9 @@ def _pod_template(
     if inputs.tls:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": inputs.spec.ingress.tls_secret_name}})
+    if volume:
+        volumes.append(volume[0])
+        mounts.append(volume[1])
     if gpus:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
@@ -60,8 +73,16 @@ def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
     return _pod_template(inputs, "head", HEAD_RESOURCES)
 
 
-def ingress_template(inputs: DeploymentInputs) -> dict[str, Any]:
-    return _pod_template(inputs, "ingress", INGRESS_RESOURCES)
+def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
+    """The ingress replicas read the tenants from the router's ConfigMap (optional: absent until a
+    Plan applies, and then nobody is admitted) and share rate-limit state through `redis_url`."""
+    env: tuple[dict[str, Any], ...] = ({"name": "GLMSERVE_TENANTS_FILE", "value": f"{TENANTS_DIR}/{TENANTS_FILE}"},)
+    if redis_url:
+        env += ({"name": "GLMSERVE_REDIS_URL", "value": redis_url},)
+    items = [{"key": TENANTS_FILE, "path": TENANTS_FILE}]
+    volume = {"name": "tenants", "configMap": {"name": inputs.router_service, "items": items, "optional": True}}
+    mount = {"name": "tenants", "mountPath": TENANTS_DIR, "readOnly": True}
+    return _pod_template(inputs, "ingress", INGRESS_RESOURCES, env=env, volume=(volume, mount))
 
 
 def gpu_worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
@@ -75,4 +96,4 @@ def gpu_worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutS
     if tolerations:
         pod["tolerations"] = tolerations
     gpus = {get_gpu(group.gpu).resource: str(layout.gpus_per_node)}
-    return _pod_template(inputs, role, GPU_WORKER_FLOOR, gpus, pod)
+    return _pod_template(inputs, role, GPU_WORKER_FLOOR, gpus=gpus, pod=pod)

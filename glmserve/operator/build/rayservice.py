@@ -30,7 +30,7 @@ def _gpu_group(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) ->
     }
 
 
-def _ingress_group(inputs: DeploymentInputs) -> dict[str, Any]:
+def _ingress_group(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
     replicas = inputs.spec.ingress.replicas
     return {
         "groupName": "ingress",
@@ -40,11 +40,12 @@ def _ingress_group(inputs: DeploymentInputs) -> dict[str, Any]:
         # No GPUs here: the ingress replicas, one per pod, are placed by this resource.
         "rayStartParams": {"num-gpus": "0"},
         "resources": {pool_resource("ingress"): "1"},
-        "template": ingress_template(inputs),
+        "template": ingress_template(inputs, redis_url),
     }
 
 
-def build_rayservice(inputs: DeploymentInputs) -> dict[str, Any]:
+def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
+    """`redis_url`: the rate limits' shared store (None: each ingress replica limits alone)."""
     pools = inputs.plan.pools()
     autoscaling = any(layout.min_replicas != layout.max_replicas for layout in pools.values())
     cluster: dict[str, Any] = {
@@ -56,7 +57,7 @@ def build_rayservice(inputs: DeploymentInputs) -> dict[str, Any]:
             "template": head_template(inputs),
         },
         "workerGroupSpecs": [
-            _ingress_group(inputs),
+            _ingress_group(inputs, redis_url),
             *(_gpu_group(inputs, role, layout) for role, layout in pools.items()),
         ],
     }

@@ -1,4 +1,8 @@
-"""The router: a Deployment + Service (gRPC) and the ConfigMap with its plans and tenants."""
+"""The router: a Deployment + Service (gRPC), and the ConfigMap with its config and the tenants.
+
+The ConfigMap also carries the plans and tenants (key hashes only) that the ingress replicas on the
+Ray cluster mount and re-read when they change.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,44 @@ from typing import Any
 
 import yaml
 
+from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.tenancy import TenantsFile
 from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, ROUTER_PORT, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels, metadata, selector
 
 CONFIG_DIR = "/etc/glmserve/router"
 CONFIG_FILE = "config.yaml"
+TENANTS_FILE = "tenants.yaml"
 CONFIG_HASH = "glmserve.io/config-hash"
 
 
-def build_router_configmap(inputs: DeploymentInputs, config: TenantsFile) -> dict[str, Any]:
-    text = yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+def router_config() -> dict[str, Any]:
+    """`glmserve router serve --config`'s settings: its ports and the engines' block hashing."""
+    return {"port": ROUTER_PORT, "metrics_port": ROUTER_METRICS_PORT, "hashing": ROUTER_HASHING}
+
+
+def build_router_configmap(inputs: DeploymentInputs, tenancy: TenantsFile | None) -> dict[str, Any]:
+    """`tenancy` None (no Plan applies yet): no tenants file, so the ingress admits nobody."""
+    data = {CONFIG_FILE: yaml.safe_dump(router_config(), sort_keys=False)}
+    if tenancy is not None:
+        dumped = tenancy.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data[TENANTS_FILE] = yaml.safe_dump(dumped, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(
             inputs.router_service, inputs.owner, deployment_labels(inputs.name, "router"), inputs.namespace
         ),
-        "data": {CONFIG_FILE: text},
+        "data": data,
     }
 
 
 def config_hash(configmap: dict[str, Any]) -> str:
-    """Stamped on the router's pod template, so a new config rolls the pods."""
+    """Stamped on the router's pod template, so a new config rolls the pods (new tenants do not)."""
     return hashlib.sha256(configmap["data"][CONFIG_FILE].encode()).hexdigest()[:16]
 
 
-def build_router_deployment(inputs: DeploymentInputs, config_digest: str, redis_url: str | None) -> dict[str, Any]:
+def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dict[str, Any]:
     labels = deployment_labels(inputs.name, "router")
     probe = {"grpc": {"port": ROUTER_PORT}, "periodSeconds": 10}
     container: dict[str, Any] = {
@@ -55,8 +70,6 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str, redis_
         },
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
-    if redis_url:
-        container["env"] = [{"name": "GLMSERVE_REDIS_URL", "value": redis_url}]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -69,7 +82,15 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str, redis_
                 "spec": {
                     "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": inputs.router_service}}],
+                    "volumes": [
+                        {
+                            "name": "config",
+                            "configMap": {
+                                "name": inputs.router_service,
+                                "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
+                            },
+                        }
+                    ],
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,

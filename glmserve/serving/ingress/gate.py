@@ -17,8 +17,9 @@ from glmserve.router.limits.limiter import Limiter, LimiterConfig, OutagePolicy
 from glmserve.router.limits.memory import MemoryBackend
 from glmserve.router.limits.metrics import AdmissionMetrics
 from glmserve.router.limits.redis_backend import RedisBackend
-from glmserve.router.tenants import ResolvedTenant, TenantRegistry
+from glmserve.router.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
+from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 # vLLM's priority scheduling runs lower values first.
 ENGINE_PRIORITY = {"critical": 0, "premium": 1, "standard": 2, "batch": 3}
@@ -31,7 +32,7 @@ class Gate:
     def __init__(self, settings: LimitsSettings, registry: CollectorRegistry) -> None:
         metrics = AdmissionMetrics(registry)
         tenants = Path(settings.tenants_file) if settings.tenants_file else None
-        self.tenants = TenantRegistry.load(tenants, metrics=metrics)
+        self.tenants = WatchedTenants(tenants, metrics)
         store = RedisBackend.from_url(settings.redis_url) if settings.redis_url else MemoryBackend()
         config = LimiterConfig(outage=OutagePolicy(settings.outage), fail_open_share=settings.fail_open_share)
         self.limiter = Limiter(store, config, metrics=metrics)
