@@ -9,7 +9,7 @@ import redis
 from glmserve.router.limits.backend import LimitsBackend
 from glmserve.router.limits.memory import MemoryBackend
 from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.redis_server import RedisServer
+from tests.limits.redis_server import RedisServer, serve_redis
 
 T0_US = 1_700_000_000_000_000  # a realistic epoch in microseconds: large numbers stress the arithmetic
 
@@ -29,10 +29,7 @@ class ManualClock:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_redis(tmp_path_factory)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,13 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def serve_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The body of a fixture owning one redis-server for its scope."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -29,7 +29,7 @@ from glmserve.dashboards import DASHBOARDS
 from tests.helpers.grafana import SPECS, as_sent, metric_names
 from tests.helpers.otlp import ReceivedSpan, otlp_receiver
 from tests.helpers.prometheus import Prometheus, prometheus
-from tests.limits.redis_server import RedisServer
+from tests.limits.redis_server import RedisServer, serve_redis
 from tests.serving.conftest import Stack, run_stack
 
 pytestmark = pytest.mark.slow
@@ -142,12 +142,7 @@ def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_redis(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

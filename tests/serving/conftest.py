@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from openai import OpenAI
 
 from tests.conftest import VENV_BIN, free_port, leftover_shm, session_processes
-from tests.limits.redis_server import RedisServer
+from tests.limits.redis_server import RedisServer, serve_redis
 from tests.serving.tenants import KEYS, write_tenants
 
 START_TIMEOUT_S = 600
@@ -107,12 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, stack_redis: RedisServer) ->
 
 @pytest.fixture(scope="session")
 def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_redis(tmp_path_factory)
 
 
 def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
