@@ -16,7 +16,10 @@ from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownMo
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SOURCE = r"^(hf|s3|gs|pvc|https?|builtin)://.+$"
+# What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
+# downloads it) or a directory on a PersistentVolumeClaim (`pvc://CLAIM/DIR`, mounted read-only).
+SOURCE = r"^(hf|s3|gs)://.+$|^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+$"
+MODELS_DIR = "/mnt/models"
 # The name prefixes Service names (DNS-1035 labels of at most 63 characters, e.g. `<name>-ingress`).
 DEPLOYMENT_NAME = r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"
 MSG_DEPLOYMENT_NAME = "metadata.name must start with a letter and have at most 40 lowercase letters, digits or '-'"
@@ -38,7 +41,10 @@ class ModelRef(Spec):
         None, description="weight precision, fp8 or bf16; default: the catalogue entry's (picks its sibling entry)"
     )
     source: str | None = Field(
-        None, pattern=SOURCE, max_length=1024, description="weights location (hf://, s3://, gs://, pvc://, https://)"
+        None,
+        pattern=SOURCE,
+        max_length=1024,
+        description="weights: hf://REPO, s3://..., gs://... or pvc://CLAIM/DIR (a directory on a PVC of the namespace)",
     )
     max_context: int | None = Field(
         None, ge=256, description="longest sequence (prompt + output) in tokens; default: the model's maximum"
@@ -78,6 +84,13 @@ class ModelRef(Spec):
         entry = self.catalogue_entry()
         spec = replace(entry, source=self.source or entry.source)
         return spec.with_context(self.max_context) if self.max_context else spec
+
+
+def weights_claim(source: str | None) -> str | None:
+    """The PersistentVolumeClaim a `pvc://CLAIM/DIR` source names (mounted at MODELS_DIR/CLAIM)."""
+    if source is None or not source.startswith("pvc://"):
+        return None
+    return source.removeprefix("pvc://").split("/", 1)[0]
 
 
 class Parallelism(Spec):

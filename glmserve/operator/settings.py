@@ -18,7 +18,9 @@ class OperatorSettings(BaseModel):
 
     image: str = Field("ghcr.io/glmserve/glmserve:0.1.0", min_length=1, description="image of Ray and router pods")
     ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside `image`")
-    redis_url: str | None = Field(None, pattern=r"^rediss?://", description="shared rate-limit state of the ingress replicas")
+    redis_url: str | None = Field(
+        None, pattern=r"^rediss?://", description="shared rate-limit state of the ingress replicas"
+    )
     router_replicas: int = Field(2, ge=1, le=32, description="router pods of a deployment that sets none")
     ingress_replicas: int = Field(2, ge=1, le=64, description="ingress replicas of a deployment that sets none")
 

@@ -15,7 +15,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
-from glmserve.common.deployment import ModelDeploymentSpec, Pool
+from glmserve.common.deployment import MODELS_DIR, ModelDeploymentSpec, Pool
 from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
 from glmserve.common.errors import ConfigError
 from glmserve.common.placement import pool_placement
@@ -27,13 +27,16 @@ from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, S
 
 
 def model_source(source: str) -> str:
-    """What Ray Serve LLM loads: a Hugging Face repo id, or an s3:// / gs:// mirror."""
+    """What Ray Serve LLM loads: a Hugging Face repo id, an s3:// / gs:// mirror, or the directory
+    where the operator mounts a pvc:// source."""
     scheme, _, rest = source.partition("://")
     if scheme == "hf":
         return rest
     if scheme in ("s3", "gs"):
         return source
-    raise ConfigError(f"model source {source!r} is not supported by the serving image yet; use hf://, s3:// or gs://")
+    if scheme == "pvc":
+        return f"{MODELS_DIR}/{rest}"
+    raise ConfigError(f"model source {source!r} is not supported; use hf://, s3://, gs:// or pvc://")
 
 
 def _replicas(pool: Pool) -> dict[str, Any]:

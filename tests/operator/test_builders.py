@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
 from glmserve.router.config import load_config
+from glmserve.serving.entrypoint import model_source
 from tests.operator.conftest import example_inputs, load_examples
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
@@ -219,3 +221,22 @@ def test_new_tenants_roll_neither_the_router_nor_the_ray_cluster() -> None:
 def test_without_a_plan_there_is_no_tenants_file() -> None:
     configmap = build_children(example_inputs(), None, None)[0]
     assert set(configmap["data"]) == {CONFIG_FILE}
+
+
+def test_pvc_weights_are_mounted_where_the_engines_and_the_ingress_load_them(schemas: CustomResourceSchemas) -> None:
+    inputs = example_inputs()
+    model = inputs.spec.model.model_copy(update={"source": "pvc://glm-weights/glm-4.6-fp8"})
+    inputs = replace(inputs, spec=inputs.spec.model_copy(update={"model": model}))
+    rayservice = build_rayservice(inputs, None)
+    assert manifest_problems(rayservice, schemas) == []
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    args = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"][0]["args"]
+    source = model_source(ServeAppArgs.model_validate(args).deployment.model.resolve().source)
+    for group in cluster["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "weights"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "weights"]
+        assert volume["persistentVolumeClaim"] == {"claimName": "glm-weights", "readOnly": True}
+        assert source.startswith(mount["mountPath"] + "/") and mount["readOnly"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert all(v["name"] != "weights" for v in head.get("volumes", []))

@@ -3,7 +3,10 @@ from the planner's layout (no GPU or GPU build of vLLM exists in CI)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import ray
 
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus, ServeAppArgs, plan_for
@@ -79,6 +82,18 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
             assert "enable_expert_parallel" not in kw
 
 
+@pytest.fixture
+def own_ray() -> Iterator[None]:
+    """Ray Serve LLM's deployment options start Ray implicitly, which joins whatever cluster
+    /tmp/ray last recorded (a dead one hangs); start a private one instead."""
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.usefixtures("own_ray")
 def test_multi_node_replica_is_a_gang_of_data_parallel_ranks() -> None:
     spec, plan = _planned("H100", "bf16", 131072)
     layout = plan.decode
@@ -121,5 +136,6 @@ def test_serve_app_args_round_trip_and_unsupported_sources() -> None:
     wire = ServeAppArgs(deployment=spec, planner=plan).wire()
     assert ServeAppArgs.model_validate(wire).planner == plan
     assert model_source("s3://bucket/glm") == "s3://bucket/glm"
-    with pytest.raises(Exception, match="use hf://, s3:// or gs://"):
-        model_source("pvc://weights/glm-4.6")
+    assert model_source("pvc://weights/glm-4.6") == "/mnt/models/weights/glm-4.6"
+    with pytest.raises(Exception, match="use hf://, s3://, gs:// or pvc://"):
+        model_source("https://example.com/glm-4.6")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from glmserve.common.config import ENGINE_HASH_SEED
+from glmserve.common.deployment import MODELS_DIR, weights_claim
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.gpus import get_gpu
 from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
@@ -32,7 +33,8 @@ def _pod_template(
     volume: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One Ray container (`gpus`: its GPU limit, which also earns it a RAM-backed /dev/shm;
-    `volume`: one more (volume, mount))."""
+    `volume`: one more (volume, mount)). Pods that run Serve replicas mount a pvc:// model's claim:
+    engines load the weights, the ingress the tokenizer."""
     ports = HEAD_PORTS if component == "head" else {}
     container: dict[str, Any] = {
         "name": "ray-head" if component == "head" else "ray-worker",
@@ -58,6 +60,10 @@ def _pod_template(
     if volume:
         volumes.append(volume[0])
         mounts.append(volume[1])
+    claim = weights_claim(inputs.spec.model.source)
+    if claim and component != "head":
+        volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "weights", "mountPath": f"{MODELS_DIR}/{claim}", "readOnly": True})
     if gpus:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
