@@ -82,10 +82,11 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
             assert "enable_expert_parallel" not in kw
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def own_ray() -> Iterator[None]:
     """Ray Serve LLM's deployment options start Ray implicitly, which joins whatever cluster
-    /tmp/ray last recorded (a dead one hangs); start a private one instead."""
+    /tmp/ray last recorded (a dead one hangs, and ray.shutdown leaves it recorded); every test
+    here runs inside one private cluster instead."""
     ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
     try:
         yield
@@ -93,7 +94,6 @@ def own_ray() -> Iterator[None]:
         ray.shutdown()
 
 
-@pytest.mark.usefixtures("own_ray")
 def test_multi_node_replica_is_a_gang_of_data_parallel_ranks() -> None:
     spec, plan = _planned("H100", "bf16", 131072)
     layout = plan.decode
