@@ -65,16 +65,28 @@ def test_disaggregated_equals_colocated_and_offline(pd_stack: Stack, stack: Stac
     assert disaggregated == offline["greedy"]
 
 
-def _engine_counter(stack: Stack, name: str, **labels: str) -> float:
-    """Sum of one vLLM counter over the engine replicas, as Ray exports it."""
-    return _sum_samples(httpx.get(stack.metrics_url, timeout=10).text, f"ray_vllm_{name}", labels)
+def _engine_counters(stack: Stack, name: str, **labels: str) -> dict[str, float]:
+    """One vLLM counter per engine replica, as Ray exports it."""
+    text = httpx.get(stack.metrics_url, timeout=10).text
+    per_replica: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == f"ray_vllm_{name}" and all(s.labels.get(k) == v for k, v in labels.items()):
+                replica = s.labels.get("ReplicaId", "")
+                per_replica[replica] = per_replica.get(replica, 0.0) + s.value
+    return per_replica
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> float:
+    """How much the counters grew; a replica Serve replaced in between starts again from 0."""
+    return sum(value - before.get(replica, 0.0) for replica, value in after.items())
 
 
 def test_decode_consumed_transferred_kv(pd_stack: Stack) -> None:
     """The decode engine took the prompt's KV from the prefill engine over NIXL, not by recomputing it."""
     external = {"source": "external_kv_transfer"}
-    before = _engine_counter(pd_stack, "prompt_tokens_by_source_total", **external)
-    moved_before = _engine_counter(pd_stack, "nixl_bytes_transferred_sum")
+    before = _engine_counters(pd_stack, "prompt_tokens_by_source_total", **external)
+    moved_before = _engine_counters(pd_stack, "nixl_bytes_transferred_sum")
     # Long enough that the router prefers remote prefill (>= 512 uncached tokens).
     text = "A prompt the decode engine has never seen before, spanning several KV blocks. " * 60
     r = pd_stack.client().chat.completions.create(
@@ -83,12 +95,12 @@ def test_decode_consumed_transferred_kv(pd_stack: Stack) -> None:
     assert r.usage is not None
     deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
     while time.monotonic() < deadline:
-        transferred = _engine_counter(pd_stack, "prompt_tokens_by_source_total", **external) - before
+        transferred = _grown(before, _engine_counters(pd_stack, "prompt_tokens_by_source_total", **external))
         if transferred >= r.usage.prompt_tokens - 16:
             break
         time.sleep(2)
     assert transferred >= r.usage.prompt_tokens - 16, (transferred, r.usage.prompt_tokens)
-    assert _engine_counter(pd_stack, "nixl_bytes_transferred_sum") > moved_before
+    assert _grown(moved_before, _engine_counters(pd_stack, "nixl_bytes_transferred_sum")) > 0
 
 
 def test_streaming_through_prefill_and_decode(pd_stack: Stack) -> None:
