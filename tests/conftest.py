@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from glmserve.serving.reaper import orphaned_shm
@@ -25,6 +26,23 @@ def session_processes(sid: int) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.split(None, 1)[0] == str(sid)]
 
 
-def leftover_shm() -> list[str]:
-    """Engine shared memory nobody holds any more (live stacks' segments are not leftovers)."""
-    return [p.name for p in orphaned_shm()]
+def leftover_shm(since: float = 0.0, settle_s: float = 15.0) -> list[str]:
+    """Engine shared memory created after `since` that nobody holds any more.
+
+    Only segments created after `since` count: another stack still running owns older ones, which
+    its processes need not map (multiprocessing leaves a spawn handshake's semaphores to its
+    resource tracker until exit). Waits up to `settle_s` for exiting processes to release theirs.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        left = [p.name for p in orphaned_shm() if _mtime(p) >= since]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # unlinked while we looked
+        return float("-inf")

@@ -115,6 +115,7 @@ def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
     cert, key = self_signed(tmp)
     port = free_port()
     log = tmp / "glmserve-up.log"
+    started = time.time()
     cmd = [
         str(VENV_BIN / "glmserve"), "up", "--port", str(port), "--tls-certfile", str(cert), "--tls-keyfile", str(key),
         *flags,
@@ -140,4 +141,4 @@ def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
     time.sleep(1)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert session_processes(proc.pid) == []
-    assert leftover_shm() == []
+    assert leftover_shm(since=started) == []
