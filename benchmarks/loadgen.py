@@ -71,7 +71,8 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-async def _one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
+async def stream_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestResult:
+    """One streamed request (`body` with `stream: true`): time to first token, each inter-token gap."""
     start = time.perf_counter()
     first: float | None = None
     last = start
@@ -131,7 +132,7 @@ async def run_load(
                 "stream": True,
                 "stream_options": {"include_usage": True},  # exact token counts, whatever the chunking
             }
-            result.requests.append(await _one(client, url, body))
+            result.requests.append(await stream_request(client, url, body))
             if progress:
                 progress(len(result.requests), len(texts))
 

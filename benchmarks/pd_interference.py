@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.loadgen import RequestResult, percentile, prompts
+from benchmarks.loadgen import RequestResult, percentile, prompts, stream_request
 from benchmarks.results_io import markdown_table, write
 from benchmarks.serving_overhead import stop, wait_ready
 
@@ -46,26 +45,7 @@ async def _stream(client: httpx.AsyncClient, url: str, text: str, max_tokens: in
         "ignore_eos": True,
         "stream": True,
     }
-    start = time.perf_counter()
-    first, last, itls = None, start, []
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            return RequestResult(0.0, [], time.perf_counter() - start, 0, response.status_code)
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            choices = json.loads(line[6:]).get("choices") or []
-            if not choices or not (choices[0].get("delta") or {}).get("content"):
-                continue
-            now = time.perf_counter()
-            if first is None:
-                first = now
-            else:
-                itls.append(now - last)
-            last = now
-    end = time.perf_counter()
-    return RequestResult((first or end) - start, itls, end - start, max_tokens, 200)
+    return await stream_request(client, url, body)
 
 
 async def run_mix(base: str, args: argparse.Namespace) -> dict[str, list[RequestResult]]:

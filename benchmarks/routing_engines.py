@@ -88,7 +88,7 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
             start = time.perf_counter()
             reply = await client.post(f"{base}/completions", json=body)
             latency = time.perf_counter() - start
-            usage = reply.json().get("usage") or {} if reply.status_code == 200 else {}
+            usage = (reply.json().get("usage") or {}) if reply.status_code == 200 else {}
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
             results.append(
                 {

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from glmserve.cli import plan
 from glmserve.common.catalogue import CATALOGUE, TINY_MODEL
 from glmserve.common.config import ServeConfig
-from glmserve.common.errors import GlmserveError
+from glmserve.common.errors import GlmserveError, validation_problems
 from glmserve.router import cli as router_cli
 
 
@@ -109,11 +109,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     try:
         return ServeConfig.model_validate(settings)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise SystemExit(f"glmserve: invalid settings: {problems}") from None
+        raise SystemExit(f"glmserve: invalid settings: {validation_problems(exc)}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

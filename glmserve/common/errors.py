@@ -7,7 +7,10 @@ router, and requeue-or-not for the operator. Callers raise these; edges translat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from pydantic import ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +91,14 @@ class ConfigError(GlmserveError):
     """A configuration (CLI flags, config file, CRD spec) is wrong; fixing it is the only remedy."""
 
     kind = INVALID
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(map(str, loc))
+
+
+def validation_problems(
+    exc: ValidationError, root: str = "config", where: Callable[[tuple[int | str, ...]], str] = _dotted
+) -> str:
+    """A pydantic error as a human reads it: `field.path: what to fix; ...` (`root`: the whole object)."""
+    return "; ".join(f"{where(e['loc']) or root}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from glmserve.common.errors import validation_problems
 from glmserve.common.resource import Condition
 
 
@@ -52,6 +53,4 @@ def transitions(old: list[Condition], new: list[Condition]) -> list[Event]:
 
 def spec_problems(exc: ValidationError) -> str:
     """A pydantic error as a human reads it: `field.path: what to fix; ...`."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-    )
+    return validation_problems(exc, root="spec")

@@ -8,7 +8,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glmserve.common.deployment import IngressSpec, ModelDeploymentSpec, RouterSpec
-from glmserve.common.errors import ConfigError
+from glmserve.common.errors import ConfigError, validation_problems
 
 ENV_PREFIX = "GLMSERVE_OPERATOR_"
 
@@ -46,8 +46,5 @@ class OperatorSettings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
+            problems = validation_problems(exc, where=lambda loc: f"{ENV_PREFIX}{str(loc[0]).upper()}")
             raise ConfigError(f"invalid operator settings: {problems}") from None

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from glmserve.common.errors import ConfigError
+from glmserve.common.errors import ConfigError, validation_problems
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router.types import Role, WorkerInfo
 
@@ -164,8 +164,4 @@ def load_config(path: Path | None, **overrides: object) -> RouterConfig:
     try:
         return RouterConfig.model_validate(settings)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"invalid router config: {problems}") from None
+        raise ConfigError(f"invalid router config: {validation_problems(exc)}") from None

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from glmserve.common.errors import AuthenticationError
 from glmserve.common.tenancy import hash_api_key
 from glmserve.router.limits.metrics import AdmissionMetrics
+from glmserve.router.tenants import OPEN_TENANT_ID
 from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 
@@ -59,4 +60,5 @@ def test_nobody_is_admitted_until_the_file_appears(tmp_path: Path) -> None:
 
 
 def test_without_a_file_everyone_is_the_open_tenant() -> None:
-    assert _watch(None).authenticate(None).id == _watch(None).authenticate("Bearer x").id
+    tenants = _watch(None)
+    assert tenants.authenticate(None).id == tenants.authenticate("Bearer x").id == OPEN_TENANT_ID
