@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.loadgen import RequestResult, percentile, prompts, stream_request
 from benchmarks.results_io import markdown_table, write
-from benchmarks.serving_overhead import stop, wait_ready
+from benchmarks.servers import launch, stop, wait_ready
 
 MODEL = "glm-4.6-tiny"
 
@@ -97,7 +96,7 @@ def measure(mode: str, flags: list[str], port: int, args: argparse.Namespace) ->
     logfile = Path("/tmp") / f"bench-pd-{mode}.log"
     cmd = [str(Path(sys.executable).parent / "glmserve"), "up", "--port", str(port), *flags]
     with logfile.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = launch(cmd, out)
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc)
         base = f"http://127.0.0.1:{port}/v1"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import yaml
 from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
 from benchmarks.routing.router_process import free_port
-from benchmarks.serving_overhead import stop, wait_ready
+from benchmarks.servers import launch, stop, wait_ready
 from benchmarks.workload import Session, WorkloadConfig, generate
 from glmserve.common.config import ROUTER_HASHING
 
@@ -112,12 +111,11 @@ def run_policy(policy: str, sessions: list[Session], args: argparse.Namespace, w
                                       "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
     bin_dir = Path(sys.executable).parent
     logs = (workdir / f"router-{policy}.log").open("wb"), (workdir / f"up-{policy}.log").open("wb")
-    router = subprocess.Popen([str(bin_dir / "glmserve"), "router", "serve", "--config", str(config)],
-                              stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    up = subprocess.Popen(
+    router = launch([str(bin_dir / "glmserve"), "router", "serve", "--config", str(config)], logs[0])
+    up = launch(
         [str(bin_dir / "glmserve"), "up", "--port", str(port), "--replicas", str(args.replicas),
          "--kv-cache-gib", str(args.kv_cache_gib), "--router-address", f"127.0.0.1:{router_port}"],
-        stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True,
+        logs[1],
     )  # fmt: skip
     try:
         started = time.monotonic()

@@ -13,17 +13,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.loadgen import LoadResult, prompts, run_load
 from benchmarks.results_io import markdown_table, write
+from benchmarks.servers import launch, stop, wait_ready
 from glmserve.common.config import ServeConfig
 from glmserve.serving.engine.args import engine_kwargs
 from glmserve.serving.models import resolve_model
@@ -51,35 +48,12 @@ def vllm_cli_args(kwargs: dict[str, Any]) -> list[str]:
     return args
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def measure(
     name: str, cmd: list[str], *, health: str, base: str, texts: list[str], args: argparse.Namespace
 ) -> LoadResult:
     log(f"starting {name}")
     logfile = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = launch(cmd, logfile)
     try:
         t0 = time.monotonic()
         wait_ready(health, proc)

@@ -118,6 +118,7 @@ def build_app(
         checkpoint=str(model.path),
         engine_kwargs=engine_kwargs(model, cfg, device, decode),
         capacity=pool_of(cfg, decode).replicas * cfg.max_ongoing_requests,
+        max_waiting=pool_of(cfg, decode).replicas * cfg.max_queued_requests,
     )
     limits = LimitsSettings(
         tenants_file=str(cfg.tenants_file) if cfg.tenants_file else None,

@@ -47,7 +47,7 @@ class Ingress:
         self._settings = settings
         self._models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
-        self._gate = Gate(settings.limits, registry)
+        self._gate = Gate(settings.limits, registry, settings.retry_after_s)
         router = RouterClient(settings.router_address) if settings.router_address else None
         self._calls = {
             name: EngineCall(
@@ -137,23 +137,29 @@ class Ingress:
         served = self._served(body.model)
         body.model = served.name
         timer = self._metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id)
-        self._gate.started(served.name)
         try:
             prompt = await self._tokens(endpoint, body, served)
             max_tokens = body.max_completion_tokens if isinstance(body, ChatRequest) else None
             max_tokens = max_tokens or body.max_tokens
             check_context(served.max_context, len(prompt), max_tokens)
-            admission = await self._gate.admit(tenant, served.name, len(prompt), max_tokens, served.capacity)
+            admission = await self._gate.limiter.admit(
+                tenant, model=served.name, prompt_tokens=len(prompt), max_tokens=max_tokens
+            )
         except BaseException as exc:
-            self._gate.finished(served.name)
-            timer.finish(exc.kind.http_status if isinstance(exc, GlmserveError) else 500)
+            timer.finish(_status_of(exc))
             raise
         headers = admission.headers()
         if not admission.allowed:
-            self._gate.finished(served.name)
             timer.finish(429)
             error = admission.error()
             return error_response(429, error.message, code=error.code, param=error.param, headers=headers)
+        slots = self._gate.slots(served.name, served.capacity, served.max_waiting)
+        try:
+            await slots.acquire(tenant.priority)
+        except BaseException as exc:
+            self._gate.limiter.settle(admission, output_tokens=0)
+            timer.finish(_status_of(exc))
+            raise
         if body.max_tokens is None and admission.engine_max_tokens is not None:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)
@@ -161,7 +167,7 @@ class Ingress:
         caller = Caller(tenant.id, body.cache_salt, tenant.priority)
 
         def done(status: int, usage: Usage) -> None:
-            self._gate.finished(served.name)
+            slots.release()
             self._gate.limiter.settle(
                 admission, output_tokens=usage.completion_tokens, input_tokens=usage.prompt_tokens or None
             )
@@ -170,7 +176,7 @@ class Ingress:
         try:
             reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer)
         except BaseException as exc:
-            done(exc.kind.http_status if isinstance(exc, GlmserveError) else 500, Usage())
+            done(_status_of(exc), Usage())
             raise
         return self._respond(reply, headers, done)
 
@@ -194,3 +200,9 @@ class Ingress:
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers},
         )
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, GlmserveError):
+        return exc.kind.http_status
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500

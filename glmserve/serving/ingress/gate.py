@@ -1,4 +1,4 @@
-"""Who may send what: API keys to tenants, plan limits, prefix-cache salts, shedding by priority.
+"""Who may send what: API keys to tenants, plan limits, prefix-cache salts, engine slots by priority.
 
 The building blocks are the router package's (glmserve.router.tenants / limits / cache_salt);
 this wires them to one ingress replica's settings.
@@ -10,26 +10,22 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from glmserve.common.errors import OverloadedError
 from glmserve.router.cache_salt import CacheSalter
-from glmserve.router.limits.admission import Admission
 from glmserve.router.limits.limiter import Limiter, LimiterConfig, OutagePolicy
 from glmserve.router.limits.memory import MemoryBackend
 from glmserve.router.limits.metrics import AdmissionMetrics
 from glmserve.router.limits.redis_backend import RedisBackend
+from glmserve.router.limits.slots import PrioritySlots
 from glmserve.router.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
 from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 # vLLM's priority scheduling runs lower values first.
 ENGINE_PRIORITY = {"critical": 0, "premium": 1, "standard": 2, "batch": 3}
-# Under saturation a class is refused once the model's in-flight requests pass this share of its
-# capacity, so the lowest plans are shed first and the highest keep the last free slots.
-SHED_AT = {"batch": 0.6, "standard": 0.85, "premium": 1.0, "critical": float("inf")}
 
 
 class Gate:
-    def __init__(self, settings: LimitsSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: LimitsSettings, registry: CollectorRegistry, retry_after_s: float) -> None:
         metrics = AdmissionMetrics(registry)
         tenants = Path(settings.tenants_file) if settings.tenants_file else None
         self.tenants = WatchedTenants(tenants, metrics)
@@ -38,28 +34,14 @@ class Gate:
         self.limiter = Limiter(store, config, metrics=metrics)
         secret = settings.cache_salt_secret
         self.salter = CacheSalter(bytes.fromhex(secret)) if secret else CacheSalter.ephemeral()
-        self._in_flight: dict[str, int] = {}
+        self._slots: dict[str, PrioritySlots] = {}
+        self._retry_after_s = retry_after_s
 
     def authenticate(self, authorization: str | None) -> ResolvedTenant:
         return self.tenants.authenticate(authorization)
 
-    async def admit(
-        self, tenant: ResolvedTenant, model: str, prompt_tokens: int, max_tokens: int | None, capacity: int
-    ) -> Admission:
-        """Plan limits first (one store round trip), then load shedding by plan priority."""
-        self.shed(tenant, model, capacity)
-        return await self.limiter.admit(tenant, model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-
-    def shed(self, tenant: ResolvedTenant, model: str, capacity: int) -> None:
-        """Counts the requests running besides this one (which `started` already counted)."""
-        if capacity and self._in_flight.get(model, 0) - 1 >= SHED_AT[tenant.priority] * capacity:
-            raise OverloadedError(
-                f"{model} is saturated; requests of plan '{tenant.plan}' are shed first, retry shortly",
-                retry_after_s=1.0,
-            )
-
-    def started(self, model: str) -> None:
-        self._in_flight[model] = self._in_flight.get(model, 0) + 1
-
-    def finished(self, model: str) -> None:
-        self._in_flight[model] -= 1
+    def slots(self, model: str, capacity: int, max_waiting: int) -> PrioritySlots:
+        """The model's engine slots; admitted requests wait there in plan-priority order."""
+        if model not in self._slots:
+            self._slots[model] = PrioritySlots(capacity, max_waiting, self._retry_after_s)
+        return self._slots[model]

@@ -17,6 +17,7 @@ class ServedModel:
     checkpoint: str  # where the ingress loads the tokenizer and chat template from
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # the engines', so prompts render alike
     capacity: int = 0  # requests all its decode replicas run at once (0: unknown, no shedding)
+    max_waiting: int = 0  # admitted requests that may wait for one of those slots before the lowest are shed
 
 
 @dataclass(frozen=True, slots=True)

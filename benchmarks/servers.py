@@ -1,0 +1,46 @@
+"""Servers under test: started, awaited and stopped the same way by every benchmark.
+
+A server runs in the benchmark's own session (its own process group, for a clean kill). A
+session of its own would put it in its own Linux scheduler autogroup, and then the kernel
+splits the cores between the load generator's group and the server's group instead of
+between threads: on this 2-core machine that starved the server's relays behind its own
+spinning engine threads. Measured with `python -m benchmarks.priority`: premium P90 TTFT went
+from 50 to 77 ms under overload with one group, from 54 to 1503 ms with separate groups.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import IO
+
+import httpx
+
+
+def launch(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
