@@ -88,6 +88,13 @@ INGRESS_IN_FLIGHT = MetricSpec(
     "Requests the ingress is currently serving.",
     ("model", "plan"),
 )
+INGRESS_WAITING = MetricSpec(
+    "glmserve_ingress_requests_waiting",
+    "gauge",
+    "Admitted requests waiting in the ingress for an engine slot, by model and plan priority class "
+    "(while a higher class is active, lower ones fill only their share of the slots).",
+    ("model", "priority"),
+)
 INGRESS_REMOTE_PREFILL = MetricSpec(
     "glmserve_ingress_remote_prefill_duration_seconds",
     "histogram",

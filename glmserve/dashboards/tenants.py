@@ -74,6 +74,12 @@ DASHBOARD = Dashboard(
             (Target(f"sum by (plan) ({Q.series(m.INGRESS_IN_FLIGHT)})", "{{plan}}"),),
         ),
         Panel(
+            "Requests waiting for an engine slot by priority",
+            "Admitted requests the ingress holds until an engine slot is free for their plan's class.",
+            "short",
+            (Target(f"sum by (priority) ({Q.series(m.INGRESS_WAITING)})", "{{priority}}"),),
+        ),
+        Panel(
             "Rate-limit decisions per second",
             "Admission decisions by plan and outcome (allowed, limited, unavailable).",
             "ops",

@@ -111,6 +111,12 @@ class ScoringConfig(_Strict):
 
 class EventsConfig(_Strict):
     replay_timeout_s: float = Field(default=2.0, gt=0, description="wait this long for an engine's replay to end")
+    expect_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="precise policy: a routed prompt's blocks count as cached on its worker for this long, "
+        "or until the engine's events report them; covers the prefill before the events (0: off)",
+    )
 
 
 class HashingConfig(_Strict):

@@ -1,7 +1,8 @@
 """Where the router believes each worker holds the prompt's prefix: the one thing that differs
 between the precise and the approximate policy (their scorers are the same).
 
-- EngineEvents (precise): the KV index, fed by every engine's own KV-cache events.
+- EngineEvents (precise): the KV index, fed by every engine's own KV-cache events, plus the
+  blocks of prompts just routed that the engines have not reported yet (index.py says why).
 - RoutingHistory (approximate, a baseline): no events, only the router's memory of where it sent
   each prompt, as llm-d's approximate prefix-cache scorer and Ray Serve's PrefixCacheAffinityRouter
   do. The prompt is cut into chunks of `chunk_tokens` (llm-d cuts characters; the ingress hands the
@@ -13,6 +14,7 @@ between the precise and the approximate policy (their scorers are the same).
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -27,10 +29,12 @@ if TYPE_CHECKING:
 
 
 class EngineEvents:
-    def __init__(self, index: KVIndex) -> None:
+    def __init__(self, index: KVIndex, expect_s: float) -> None:
         self._index = index
+        self._expect_s = expect_s
 
     def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
+        self._index.expire(ctx.now)
         by_block_size: dict[int, list[str]] = {}
         for w in workers:
             by_block_size.setdefault(w.info.block_size, []).append(w.worker_id)
@@ -41,7 +45,15 @@ class EngineEvents:
         return cached
 
     def routed(self, ctx: RouteContext, worker: Worker) -> None:
-        pass  # the engine's events will say what it cached
+        """Until the engine's events say what it cached, expect it to cache the prompt's blocks."""
+        if not self._expect_s:
+            return
+        block_size = worker.info.block_size
+        held = ctx.cached_tokens([worker])[0] // block_size  # already held or expected
+        blocks = ctx.prompt_blocks(worker)
+        if held < blocks:
+            hashes = list(itertools.islice(itertools.chain.from_iterable(ctx.block_hashes(block_size)), held, blocks))
+            self._index.expect(worker.worker_id, hashes, ctx.now + self._expect_s)
 
 
 _NOTHING: OrderedDict[bytes, None] = OrderedDict()

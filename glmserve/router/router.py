@@ -50,7 +50,9 @@ class Router:
         self.index = KVIndex()
         self.hasher = BlockHasher(config.hashing.seed or DEFAULT_SEED)
         self.estimate: PrefixEstimate = (
-            RoutingHistory(config.approximate) if config.policy == "approximate" else EngineEvents(self.index)
+            RoutingHistory(config.approximate)
+            if config.policy == "approximate"
+            else EngineEvents(self.index, config.events.expect_s)
         )
         self._clock = clock
         self._decode = Profile("decode", config.profile("decode"), config, self.metrics)

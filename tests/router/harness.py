@@ -30,7 +30,8 @@ def config(**overrides: Any) -> RouterConfig:
         "port": 0,
         "metrics_port": None,
         "workers": {"heartbeat_interval_s": 1, "lease_s": 30, "forget_after_s": 60},
-        "events": {"replay_timeout_s": 1.0},
+        # Probes would leave expectations behind; tests that need them turn them on.
+        "events": {"replay_timeout_s": 1.0, "expect_s": 0},
     }
     return RouterConfig.model_validate(base | overrides)
 

@@ -65,3 +65,29 @@ def test_prefix_match_reads_hashes_only_while_some_worker_holds_them() -> None:
 
     assert index.prefix_blocks(lazily(), ["a", "b"]) == {"a": 2, "b": 0}
     assert read == [[101], [102, 103]]  # block 103 is nowhere: no later run is hashed
+
+
+def test_expected_blocks_count_until_their_deadline_and_a_new_expectation_extends_it() -> None:
+    index = _index("a", "b")
+    index.store("a", CHAIN[:1])
+    index.expect("a", CHAIN[1:4], until=10.0)
+    index.expect("b", CHAIN[:2], until=10.0)
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 4, "b": 2}
+    index.expect("b", CHAIN[:1], until=20.0)
+    index.expire(10.0)
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 1, "b": 1}
+    index.expire(20.0)
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 1, "b": 0}
+    assert index.size() == 1  # expectations are not entries
+
+
+def test_clear_and_detach_drop_expectations() -> None:
+    index = _index("a", "b")
+    index.expect("a", CHAIN, until=10.0)
+    index.expect("b", CHAIN, until=10.0)
+    index.clear("a")
+    index.detach("b")
+    index.attach("c")  # takes b's slot
+    assert index.prefix_blocks([CHAIN], ["a", "c"]) == {"a": 0, "c": 0}
+    index.expire(11.0)  # deadlines of departed expectations are harmless
+    assert index.prefix_blocks([CHAIN], ["a", "c"]) == {"a": 0, "c": 0}

@@ -41,7 +41,7 @@ def setup(
         registry.register(info, spec.get("load", Load()))
         index.attach(info.worker_id)
     fields = {"request_id": "req-1", "tenant": "t", "model": "m", "tokens": PROMPT} | (query or {})
-    ctx = RouteContext(RouteQuery(**fields), clock.now, cfg, registry, BlockHasher(), EngineEvents(index))
+    ctx = RouteContext(RouteQuery(**fields), clock.now, cfg, registry, BlockHasher(), EngineEvents(index, expect_s=0))
     return ctx, list(registry.workers.values())
 
 

@@ -203,3 +203,15 @@ def test_events_for_another_model_do_not_route_it(start_router: Start, engines: 
     wait_for(lambda: probe(router.stub, QUESTION, "p", model="other-model").expected_cached_tokens == 160, what="b")
     reply = router.stub.Route(pb.RouteRequest(request_id="m", model=MODEL, prompt_token_ids=QUESTION), timeout=5)
     assert (reply.decode.worker_id, reply.expected_cached_tokens) == ("a", 0)
+
+
+def test_requests_sharing_a_prefix_follow_the_first_before_its_events(start_router: Start, engines: Engines) -> None:
+    """An agent's parallel sub-tasks arrive while the first is still prefilling their shared context:
+    they go where it went, not wherever load is lowest (which would prefill the context again)."""
+    router = start_router(events={"replay_timeout_s": 1.0, "expect_s": 30})
+    for name in ("x", "y", "z"):
+        register(router.stub, engines(name))
+    first = route(router.stub, QUESTION, "first")
+    others = [route(router.stub, PROMPT + tokens(20 + n, 30), f"sub{n}") for n in range(4)]
+    assert {r.decode.worker_id for r in others} == {first.decode.worker_id}
+    assert [r.expected_cached_tokens for r in others] == [160] * 4

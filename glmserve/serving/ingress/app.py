@@ -154,12 +154,16 @@ class Ingress:
             error = admission.error()
             return error_response(429, error.message, code=error.code, param=error.param, headers=headers)
         slots = self._gate.slots(served.name, served.capacity, served.max_waiting)
+        waiting = self._metrics.waiting.labels(served.name, tenant.priority)
+        waiting.inc()
         try:
             await slots.acquire(tenant.priority)
         except BaseException as exc:
             self._gate.limiter.settle(admission, output_tokens=0)
             timer.finish(_status_of(exc))
             raise
+        finally:
+            waiting.dec()
         if body.max_tokens is None and admission.engine_max_tokens is not None:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)

@@ -42,6 +42,7 @@ class IngressMetrics:
         self.tokens = m.counter(m.INGRESS_TOKENS, self.registry)
         self.cached_tokens = m.counter(m.INGRESS_CACHED_TOKENS, self.registry)
         self.in_flight = m.gauge(m.INGRESS_IN_FLIGHT, self.registry)
+        self.waiting = m.gauge(m.INGRESS_WAITING, self.registry)
         self.remote_prefill = m.histogram(m.INGRESS_REMOTE_PREFILL, self.registry)
         self.prefill_fallbacks = m.counter(m.INGRESS_PREFILL_FALLBACKS, self.registry)
         self.router_fallbacks = m.counter(m.INGRESS_ROUTER_FALLBACKS, self.registry)
