@@ -159,3 +159,7 @@ class PromptHashes:
             if run is None:
                 return
             known.append(run)
+
+    def computed(self) -> list[int]:
+        """The hashes some reader has asked for so far, without computing more."""
+        return [h for run in self._known for h in run]

@@ -133,7 +133,9 @@ class KVIndex:
         matched = 0
         for run in runs if active else ():
             for h in run:
-                held = (holders.get(h, 0) | expected.get(h, 0)) & active
+                held = holders.get(h, 0) & active
+                if held != active:
+                    held |= expected.get(h, 0) & active  # only where reports fall short: half the lookups
                 if held != active:
                     self._settle(active & ~held, matched, owner, result)
                     active = held
