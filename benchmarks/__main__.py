@@ -3,7 +3,7 @@
 import pkgutil
 from pathlib import Path
 
-HELPERS = {"loadgen", "results_io", "sim", "workload"}
+HELPERS = {"loadgen", "results_io", "servers", "sim", "workload"}
 
 if __name__ == "__main__":
     names = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in HELPERS]
