@@ -2,7 +2,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
+from glmserve.serving.ingress.responses import ClosingStreamingResponse, Usage, glm_message_fields, sse_stream
 
 
 def _event(obj: dict) -> str:
@@ -60,3 +60,43 @@ def test_usage_is_read_and_hidden_unless_asked() -> None:
     assert sum(seen) == 3  # role chunk + 2 token chunks
     shown, _, _ = _run(STREAM, wants_usage=True)
     assert '"usage"' in shown
+
+
+def _asgi_call(response: ClosingStreamingResponse, *, disconnect_at_once: bool) -> list[dict]:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if not disconnect_at_once:
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.0"}, "method": "GET", "path": "/", "headers": []}
+    asyncio.run(response(scope, receive, send))
+    return sent
+
+
+def test_closing_response_runs_its_cleanup_when_the_body_never_starts() -> None:
+    closed = []
+
+    async def body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.5)  # the client is gone before the first chunk exists
+        yield b"data: x\n\n"
+
+    _asgi_call(ClosingStreamingResponse(body(), on_close=lambda: closed.append(True)), disconnect_at_once=True)
+    assert closed == [True]
+
+
+def test_closing_response_runs_its_cleanup_after_a_complete_body() -> None:
+    closed = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: x\n\n"
+
+    sent = _asgi_call(
+        ClosingStreamingResponse(body(), on_close=lambda: closed.append(len(closed))), disconnect_at_once=False
+    )
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
+    assert closed == [0]

@@ -10,19 +10,19 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from glmserve.common import tracing
-from glmserve.common.errors import GlmserveError, NotFoundError
+from glmserve.common.errors import NotFoundError
 from glmserve.router.client import RouterClient
 from glmserve.serving.ingress.discovery import http_sd
 from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
-from glmserve.serving.ingress.errors import error_response, install_handlers
+from glmserve.serving.ingress.errors import error_response, install_handlers, status_of
 from glmserve.serving.ingress.gate import ENGINE_PRIORITY, Gate
 from glmserve.serving.ingress.metrics import IngressMetrics
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, check_context, parse_body
 from glmserve.serving.ingress.render import PromptRenderer
-from glmserve.serving.ingress.responses import Usage
+from glmserve.serving.ingress.responses import ClosingStreamingResponse, Usage
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel
 
 log = logging.getLogger("glmserve.ingress")
@@ -146,7 +146,7 @@ class Ingress:
                 tenant, model=served.name, prompt_tokens=len(prompt), max_tokens=max_tokens
             )
         except BaseException as exc:
-            timer.finish(_status_of(exc))
+            timer.finish(status_of(exc))
             raise
         headers = admission.headers()
         if not admission.allowed:
@@ -160,7 +160,7 @@ class Ingress:
             await slots.acquire(tenant.priority)
         except BaseException as exc:
             self._gate.limiter.settle(admission, output_tokens=0)
-            timer.finish(_status_of(exc))
+            timer.finish(status_of(exc))
             raise
         finally:
             waiting.dec()
@@ -180,7 +180,7 @@ class Ingress:
         try:
             reply = await self._calls[served.name].run(endpoint, body, prompt, caller, timer)
         except BaseException as exc:
-            done(_status_of(exc), Usage())
+            done(status_of(exc), Usage())
             raise
         return self._respond(reply, headers, done)
 
@@ -199,14 +199,9 @@ class Ingress:
             done(200, reply.usage)
             return JSONResponse(reply.body, headers=headers)
         assert reply.stream is not None
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             reply.stream(done),
+            on_close=lambda: reply.abandon(done),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **headers},
         )
-
-
-def _status_of(exc: BaseException) -> int:
-    if isinstance(exc, GlmserveError):
-        return exc.kind.http_status
-    return 499 if isinstance(exc, asyncio.CancelledError) else 500

@@ -51,6 +51,8 @@ class EngineReply:
     body: dict[str, Any] | None = None
     usage: Usage = field(default_factory=Usage)
     stream: Callable[[Done], AsyncIterator[bytes]] | None = None
+    # Ends a stream whose body never ran (its client left first); does nothing once it ran.
+    abandon: Callable[[Done], None] = lambda _: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,27 @@ class EngineCall:
             self._report(request_id, usage, "finished")
             return EngineReply(body=content, usage=usage)
         self._report(request_id, None, "prefill_done")
+        return self._streamed(request_id, stream, first, wants_usage, timer)
+
+    def _streamed(
+        self,
+        request_id: str,
+        stream: DeploymentResponseGenerator,
+        first: Any,
+        wants_usage: bool,
+        timer: RequestTimer,
+    ) -> EngineReply:
+        """The engine's SSE events relayed to the client; ended once, by the relay or by `abandon`."""
+        usage = Usage()
+        ended = False
+
+        def end(done: Done, status: int) -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                stream.cancel()
+                self._report(request_id, usage, "finished")
+                done(status, usage)
 
         async def relay(done: Done) -> AsyncIterator[bytes]:
             async def batches() -> AsyncIterator[list[str]]:
@@ -193,7 +216,6 @@ class EngineCall:
                 async for batch in stream:
                     yield batch
 
-            usage = Usage()
             status = 499  # nginx's "client closed request", if the client goes away first
             try:
                 async for chunk in sse_stream(
@@ -204,11 +226,9 @@ class EngineCall:
                     yield chunk
                 status = 200
             finally:
-                stream.cancel()
-                self._report(request_id, usage, "finished")
-                done(status, usage)
+                end(done, status)
 
-        return EngineReply(stream=relay)
+        return EngineReply(stream=relay, abandon=lambda done: end(done, 499))
 
     def _engine_exception(self, exc: Exception, model: str) -> GlmserveError:
         """Failures of the call itself; errors the engine reports arrive as ErrorResponse instead."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 
@@ -77,3 +78,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error serving %s %s", request.method, request.url.path)
         return error_response(500, f"internal error ({type(exc).__name__}); the request was not completed")
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status a request that ended in `exc` is counted with (499: the client went away)."""
+    if isinstance(exc, GlmserveError):
+        return exc.kind.http_status
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500

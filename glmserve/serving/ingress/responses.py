@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 # vLLM names the reasoning field `reasoning`; Z.ai's GLM API (and DeepSeek's, which clients
 # copy) call it `reasoning_content`. In vLLM's compact JSON the key can only appear as a key:
@@ -75,3 +78,19 @@ async def sse_stream(
             on_events(tokens)
         if out:
             yield "".join(out).encode()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Calls `on_close` however the response ends, even when its body never started: a client
+    gone before the first byte leaves the body's generator unstarted, so its own cleanup (the
+    engine slot, the plan lease, the engine stream) would never run."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
