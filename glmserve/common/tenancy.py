@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 PRIORITY_CLASSES = ("batch", "standard", "premium", "critical")
 PriorityClass = Literal["batch", "standard", "premium", "critical"]
+# Lower runs first: the order engine slots are granted in, and vLLM's priority scheduling value.
+PRIORITY_RANK: dict[PriorityClass, int] = {"critical": 0, "premium": 1, "standard": 2, "batch": 3}
 
 _NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=_NAME, description="a DNS-1123 label: lowercase letters, digits and '-'")]

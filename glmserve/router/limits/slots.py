@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from glmserve.common.errors import OverloadedError
-from glmserve.common.tenancy import PriorityClass
+from glmserve.common.tenancy import PRIORITY_RANK, PriorityClass
 
-RANK: dict[PriorityClass, int] = {"critical": 0, "premium": 1, "standard": 2, "batch": 3}
 # The share of a model's slots each class may fill while a class above it is active: batch at most
 # 40%, so 60% stays free for the classes above it even while batch traffic is unbounded.
 SHARE: dict[PriorityClass, float] = {"batch": 0.4, "standard": 0.75, "premium": 1.0, "critical": 1.0}
@@ -66,7 +65,7 @@ class PrioritySlots:
     def can_start(self, priority: PriorityClass) -> bool:
         if not self.capacity:
             return True
-        if not self._higher_active(RANK[priority]):
+        if not self._higher_active(PRIORITY_RANK[priority]):
             return self.running < self.capacity
         return self.running < max(1, int(SHARE[priority] * self.capacity))
 
@@ -76,7 +75,7 @@ class PrioritySlots:
 
     async def acquire(self, priority: PriorityClass) -> None:
         """Returns once a slot is held (pair with `release`); raises OverloadedError when shed."""
-        rank = RANK[priority]
+        rank = PRIORITY_RANK[priority]
         self._last_asked[rank] = self._clock()
         if self.can_start(priority) and not any(w.rank <= rank for w in self._waiting):
             self.running += 1

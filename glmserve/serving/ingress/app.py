@@ -14,11 +14,12 @@ from starlette.responses import JSONResponse, Response
 
 from glmserve.common import tracing
 from glmserve.common.errors import NotFoundError
+from glmserve.common.tenancy import PRIORITY_RANK
 from glmserve.router.client import RouterClient
 from glmserve.serving.ingress.discovery import http_sd
 from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
 from glmserve.serving.ingress.errors import error_response, install_handlers, status_of
-from glmserve.serving.ingress.gate import ENGINE_PRIORITY, Gate
+from glmserve.serving.ingress.gate import Gate
 from glmserve.serving.ingress.metrics import IngressMetrics
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, check_context, parse_body
 from glmserve.serving.ingress.render import PromptRenderer
@@ -167,7 +168,7 @@ class Ingress:
         if body.max_tokens is None and admission.engine_max_tokens is not None:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)
-        body.priority = ENGINE_PRIORITY[tenant.priority]
+        body.priority = PRIORITY_RANK[tenant.priority]
         caller = Caller(tenant.id, body.cache_salt, tenant.priority)
 
         def done(status: int, usage: Usage) -> None:

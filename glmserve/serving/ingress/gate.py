@@ -20,9 +20,6 @@ from glmserve.router.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
 from glmserve.serving.ingress.tenant_source import WatchedTenants
 
-# vLLM's priority scheduling runs lower values first.
-ENGINE_PRIORITY = {"critical": 0, "premium": 1, "standard": 2, "batch": 3}
-
 
 class Gate:
     def __init__(self, settings: LimitsSettings, registry: CollectorRegistry, retry_after_s: float) -> None:
