@@ -57,6 +57,18 @@ async def test_concurrent_admissions_share_round_trips(redis_url: str) -> None:
     await limiter.aclose()
 
 
+async def test_an_operation_queued_as_the_last_flusher_ends_is_sent(redis_url: str) -> None:
+    """The caller of one operation resumes before its flusher has finished; its next operation must
+    start a flusher of its own instead of waiting for someone else's (it used to wait for the
+    lease renewer: 670 ms with one flusher)."""
+    limiter = Limiter(RedisBackend.from_url(redis_url, max_in_flight=1))
+    acme = tenant(rpm=1000)
+    for _ in range(5):
+        async with asyncio.timeout(0.5):  # not wait_for: its extra task would hide the race
+            assert (await limiter.admit(acme, model="m", prompt_tokens=1)).allowed
+    await limiter.aclose()
+
+
 async def test_server_clock_and_key_expiry(redis_url: str) -> None:
     """Without a test clock the script uses Redis TIME; idle tenants' keys vanish once full again."""
     store = RedisBackend.from_url(redis_url)
