@@ -43,7 +43,7 @@ TENANTS = [
 ]
 GOAL_PER_S, GOAL_P99_MS = 20_000, 2.0
 SHIPPED = "redis: batched (shipped)"
-LEVELS = (1, 16, 32, 128)  # admissions in flight in the process
+LEVELS = (1, 16, 24, 32, 128)  # admissions in flight in the process
 
 
 @dataclass(frozen=True, slots=True)
