@@ -29,8 +29,9 @@ def register() -> None:
     import vllm
 
     check_version(vllm.__version__)
-    from glmserve.serving.vllm_plugin import cpu_expert_parallel, cpu_nixl, tool_grammar
+    from glmserve.serving.vllm_plugin import cpu_expert_parallel, cpu_nixl, cpu_polite_readers, tool_grammar
 
     tool_grammar.apply()
     cpu_expert_parallel.apply()
     cpu_nixl.apply()
+    cpu_polite_readers.apply()
