@@ -95,6 +95,13 @@ INGRESS_WAITING = MetricSpec(
     "(while a higher class is active, lower ones fill only their share of the slots).",
     ("model", "priority"),
 )
+INGRESS_SHARE_SCALE = MetricSpec(
+    "glmserve_ingress_lower_priority_share_scale",
+    "gauge",
+    "The factor on the slot share of lower priority classes while a higher one is active: 1 while the "
+    "engines keep their uncontended pace, less while lower classes slow them (AIMD on inter-token latency).",
+    ("model",),
+)
 INGRESS_REMOTE_PREFILL = MetricSpec(
     "glmserve_ingress_remote_prefill_duration_seconds",
     "histogram",

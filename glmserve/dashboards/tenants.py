@@ -80,6 +80,14 @@ DASHBOARD = Dashboard(
             (Target(f"sum by (priority) ({Q.series(m.INGRESS_WAITING)})", "{{priority}}"),),
         ),
         Panel(
+            "Slot share factor for lower priorities",
+            "While a higher class is active, lower classes fill at most this factor times their share of the "
+            "engine slots: it shrinks when they slow the engines' inter-token pace, and grows back slowly.",
+            "percentunit",
+            (Target(f"min by (model) ({Q.series(m.INGRESS_SHARE_SCALE)})", "{{model}}"),),
+            (("red", None), ("orange", 0.3), ("green", 0.7)),
+        ),
+        Panel(
             "Rate-limit decisions per second",
             "Admission decisions by plan and outcome (allowed, limited, unavailable).",
             "ops",

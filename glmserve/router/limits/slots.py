@@ -2,7 +2,8 @@
 
 Every request holds one of a model's `capacity` engine slots while it runs. While a higher class
 is active (it asked for a slot within the last `reserve_s`), a class may fill only its `SHARE` of
-the slots, so the lowest plans leave headroom the higher plans use the moment they arrive: their
+the slots, times the engines' pace factor (`congestion.py`: less than 1 while the lower classes
+slow the engines down), so the lowest plans leave headroom the higher plans use the moment they arrive: their
 requests never queue behind a flood. With no higher class active, any class may fill every slot
 (the engines never idle for a reservation nobody uses). Requests that cannot start wait in
 priority order (then arrival), and when the waiting line is full the lowest-priority, newest
@@ -23,9 +24,11 @@ from dataclasses import dataclass, field
 
 from glmserve.common.errors import OverloadedError
 from glmserve.common.tenancy import PRIORITY_RANK, PriorityClass
+from glmserve.router.limits.congestion import EnginePace
 
-# The share of a model's slots each class may fill while a class above it is active: batch at most
-# 40%, so 60% stays free for the classes above it even while batch traffic is unbounded.
+# The most of a model's slots each class may fill while a class above it is active: batch at most
+# 40%, so 60% stays free for the classes above it even while batch traffic is unbounded. The
+# engines' pace scales these down further when lower classes slow the engines (congestion.py).
 SHARE: dict[PriorityClass, float] = {"batch": 0.4, "standard": 0.75, "premium": 1.0, "critical": 1.0}
 
 
@@ -46,7 +49,9 @@ class PrioritySlots:
         max_waiting: int,
         retry_after_s: float = 1.0,
         reserve_s: float = 30.0,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        pace: EnginePace | None = None,
     ) -> None:
         self.capacity = capacity
         self.max_waiting = max_waiting
@@ -57,6 +62,7 @@ class PrioritySlots:
         self._seq = itertools.count()
         self._clock = clock
         self._last_asked: dict[int, float] = {}  # rank -> when that class last asked for a slot
+        self.pace = pace or EnginePace(start=clock())
 
     @property
     def waiting(self) -> int:
@@ -67,7 +73,19 @@ class PrioritySlots:
             return True
         if not self._higher_active(PRIORITY_RANK[priority]):
             return self.running < self.capacity
-        return self.running < max(1, int(SHARE[priority] * self.capacity))
+        return self.running < max(1, int(SHARE[priority] * self.capacity * self.pace.scale))
+
+    def observe_gap(self, gap_s: float, tokens: int = 1) -> None:
+        """`tokens` streamed tokens arrived `gap_s` apart: the engines' pace."""
+        self.pace.observe(gap_s, tokens)
+        self._update_pace()
+
+    def _update_pace(self) -> None:
+        now = self._clock()
+        since = now - self.reserve_s
+        active = sum(1 for t in self._last_asked.values() if t > since)
+        if self.pace.update(now, limited=active > 1, demand=bool(self._waiting)):
+            self._grant()
 
     def _higher_active(self, rank: int) -> bool:
         since = self._clock() - self.reserve_s
@@ -77,6 +95,7 @@ class PrioritySlots:
         """Returns once a slot is held (pair with `release`); raises OverloadedError when shed."""
         rank = PRIORITY_RANK[priority]
         self._last_asked[rank] = self._clock()
+        self._update_pace()
         if self.can_start(priority) and not any(w.rank <= rank for w in self._waiting):
             self.running += 1
             return

@@ -165,6 +165,8 @@ class Ingress:
             raise
         finally:
             waiting.dec()
+        timer.on_gap = slots.observe_gap
+        self._metrics.share_scale.labels(served.name).set(slots.pace.scale)
         if body.max_tokens is None and admission.engine_max_tokens is not None:
             body.max_tokens = admission.engine_max_tokens
         body.cache_salt = self._gate.salter.salt(tenant)

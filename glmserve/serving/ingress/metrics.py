@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -43,6 +43,7 @@ class IngressMetrics:
         self.cached_tokens = m.counter(m.INGRESS_CACHED_TOKENS, self.registry)
         self.in_flight = m.gauge(m.INGRESS_IN_FLIGHT, self.registry)
         self.waiting = m.gauge(m.INGRESS_WAITING, self.registry)
+        self.share_scale = m.gauge(m.INGRESS_SHARE_SCALE, self.registry)
         self.remote_prefill = m.histogram(m.INGRESS_REMOTE_PREFILL, self.registry)
         self.prefill_fallbacks = m.counter(m.INGRESS_PREFILL_FALLBACKS, self.registry)
         self.router_fallbacks = m.counter(m.INGRESS_ROUTER_FALLBACKS, self.registry)
@@ -79,6 +80,7 @@ class RequestTimer:
     done: bool = False
     stage: trace.Span | None = None
     stage_started: float = 0.0
+    on_gap: Callable[[float, int], None] | None = None  # (gap, tokens): the engines' pace, for slots
 
     @property
     def context(self) -> Context:
@@ -125,6 +127,8 @@ class RequestTimer:
             itl = self.metrics.itl.labels(self.model)
             for _ in range(events):
                 itl.observe(gap)
+            if self.on_gap is not None:
+                self.on_gap(gap, events)
         self.last_token = now
 
     def finish(self, status: int, usage: Usage | None = None) -> None:
