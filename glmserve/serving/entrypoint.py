@@ -20,7 +20,7 @@ from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
 from glmserve.common.errors import ConfigError
 from glmserve.common.placement import pool_placement
 from glmserve.serving.app import DEPLOYMENT_PREFIX, NIXL_PORT_BASE
-from glmserve.serving.engine.gpu_args import gpu_engine_kwargs
+from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwargs
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
@@ -94,13 +94,24 @@ def app_builder(args: dict[str, Any]) -> Application:
         int(time.time()),
         checkpoint=model_source(model.source),
         engine_kwargs=gpu_engine_kwargs(spec, "decode", decode),
-        capacity=decode.max_replicas * spec.decode.max_concurrency,
+        capacity=ingress_share(decode.max_replicas * spec.decode.max_concurrency, spec.ingress.replicas),
+        max_waiting=ingress_share(
+            decode.max_replicas * QUEUE_PER_SEQUENCE * spec.decode.max_concurrency, spec.ingress.replicas
+        ),
     )
     settings = IngressSettings(models=(served,), limits=limits_from_environment())
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.options(num_replicas=spec.ingress.replicas).bind(  # type: ignore[attr-defined]
         engines={name: pools}, settings=settings
     )
+
+
+def ingress_share(total: int, ingress_replicas: int) -> int:
+    """What one ingress replica counts of the engines' `total` slots (or waiting places): Serve's
+    proxies spread requests evenly over the replicas, and each replica holds its own line, so each
+    counts its share (rounded up: none may have no slot). Counting all of them in every replica
+    would let N replicas together fill N times the headroom kept for higher plans."""
+    return -(-total // ingress_replicas)
 
 
 def limits_from_environment() -> LimitsSettings:

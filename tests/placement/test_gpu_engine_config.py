@@ -13,7 +13,7 @@ from glmserve.common.deployment_plan import PlanStatus, ServeAppArgs, plan_for
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.placement import node_group_resource, pool_resource
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
-from glmserve.serving.entrypoint import engine_class, model_source, pool_llm_config
+from glmserve.serving.entrypoint import app_builder, engine_class, model_source, pool_llm_config
 
 
 def _groups(gpu: str, max_nodes: int = 16) -> dict[str, NodeGroupSpec]:
@@ -139,3 +139,12 @@ def test_serve_app_args_round_trip_and_unsupported_sources() -> None:
     assert model_source("pvc://weights/glm-4.6") == "/mnt/models/weights/glm-4.6"
     with pytest.raises(Exception, match="use hf://, s3://, gs:// or pvc://"):
         model_source("https://example.com/glm-4.6")
+
+
+def test_each_ingress_replica_counts_its_share_of_the_engine_slots() -> None:
+    spec, plan = _planned("H200", "fp8", 32768)  # decode autoscales to 2 replicas of 8 sequences
+    spec = spec.model_copy(update={"ingress": spec.ingress.model_copy(update={"replicas": 3})})
+    app = app_builder(ServeAppArgs(deployment=spec, planner=plan).wire())
+    served = app._bound_deployment.init_kwargs["settings"].models[0]
+    # 16 slots over 3 ingress replicas: 6 each (rounded up), not 16 each; the engines queue 2 per slot
+    assert (served.capacity, served.max_waiting) == (6, 11)
