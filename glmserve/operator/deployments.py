@@ -7,6 +7,7 @@ a condition and no child is created. API failures surface as `error` for kopf to
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from glmserve.common.tenancy import PlanSpec, TenantSpec
 from glmserve.operator.build.children import MONITORING_KINDS, build_children
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import DEPLOYMENT_LABEL, Owner
+from glmserve.operator.build.salt import build_cache_salt_secret
 from glmserve.operator.cluster import Cluster
 from glmserve.operator.conditions import set_condition, spec_problems
 from glmserve.operator.errors import API_ERRORS, as_kopf_error
@@ -111,6 +113,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     )
     skipped: list[str] = []
     try:
+        ensure_cache_salt(cluster, inputs)
         for child in build_children(inputs, tenancy.config, settings.redis_url):
             if child["kind"] in MONITORING_KINDS and not cluster.serves(child["apiVersion"], child["kind"]):
                 skipped.append(child["kind"])
@@ -135,6 +138,13 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
         )
         return Outcome(partial, as_kopf_error(exc, f"reconciling {namespace}/{obj.name}"))
     return Outcome(status)
+
+
+def ensure_cache_salt(cluster: Cluster, inputs: DeploymentInputs) -> None:
+    """Created once and never re-rendered: a new secret would change every tenant's salt, and so
+    orphan every cached prefix."""
+    if cluster.get("v1", "Secret", inputs.cache_salt_secret, inputs.namespace) is None:
+        cluster.create(build_cache_salt_secret(inputs, secrets.token_hex(32)))
 
 
 def _observe(

@@ -36,6 +36,7 @@ OWNED = [
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("v1", "Secret"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
+from glmserve.operator.build.salt import SALT_KEY, build_cache_salt_secret
 from glmserve.router.config import load_config
 from glmserve.serving.entrypoint import model_source
 from tests.operator.conftest import example_inputs, load_examples
@@ -49,6 +51,16 @@ def test_every_child_validates_strictly(schemas: CustomResourceSchemas, tls: boo
         "ServiceMonitor",
     ]
     assert [p for child in children for p in manifest_problems(child, schemas)] == []
+
+
+def test_the_cache_salt_secret_validates_strictly_and_carries_the_given_secret(schemas: CustomResourceSchemas) -> None:
+    inputs = example_inputs()
+    secret = build_cache_salt_secret(inputs, "ab" * 32)
+    assert manifest_problems(secret, schemas) == []
+    assert base64.b64decode(secret["data"][SALT_KEY]).decode() == "ab" * 32
+    assert secret["metadata"]["ownerReferences"][0]["name"] == inputs.name
+    env = _env(_ingress_pod(build_children(inputs, TENANCY, None))["containers"][0])
+    assert env["GLMSERVE_CACHE_SALT_SECRET"] == {"secretKeyRef": {"name": secret["metadata"]["name"], "key": SALT_KEY}}
 
 
 def test_node_pools_validate_strictly(schemas: CustomResourceSchemas) -> None:
@@ -171,8 +183,14 @@ def test_router_config_holds_hashes_only() -> None:
     assert container["ports"][0] == {"name": "grpc", "containerPort": 50051}
 
 
-def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's value, or its `valueFrom` reference."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _ingress_pod(children: list[dict[str, Any]]) -> dict[str, Any]:
+    cluster = next(c for c in children if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    return next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "ingress")["template"]["spec"]
 
 
 def test_the_router_and_the_engines_hash_blocks_alike(tmp_path: Path) -> None:
@@ -191,8 +209,7 @@ def test_the_router_and_the_engines_hash_blocks_alike(tmp_path: Path) -> None:
 
 def test_the_ingress_reads_the_tenants_and_shares_limits_in_redis() -> None:
     children = _children(False)
-    cluster = next(c for c in children if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
-    ingress = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "ingress")["template"]["spec"]
+    ingress = _ingress_pod(children)
     env = _env(ingress["containers"][0])
     assert env["GLMSERVE_REDIS_URL"] == "redis://glmserve-redis:6379/0"
     mount = ingress["containers"][0]["volumeMounts"][0]

@@ -115,7 +115,7 @@ EXPECTED_RBAC = {
     ("glmserve.io", "tenants/status"): {"patch"},
     ("", "nodes"): {"list", "watch"},
     ("", "pods"): {"list"},
-    ("", "secrets"): {"get"},
+    ("", "secrets"): {"get", "create"},
     ("", "events"): {"create"},
     ("", "services"): {"get", "create", "patch"},
     ("", "configmaps"): {"get", "create", "patch"},

@@ -132,6 +132,7 @@ OWNED_CHILDREN = [
     ("monitoring.coreos.com/v1", "ServiceMonitor", "-router"),
     ("monitoring.coreos.com/v1", "PodMonitor", "-ray"),
     ("monitoring.coreos.com/v1", "PrometheusRule", ""),
+    ("v1", "Secret", "-cache-salt"),
 ]
 
 
@@ -236,6 +237,16 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
             assert status["readyReplicas"] == {"prefill": 1, "decode": 1, "router": 2}
             assert condition(status, "Ready")["message"] == f"serving at https://glm-ingress.{ns}.svc:8000/v1"
 
+        # One cache-salt secret for all ingress replicas, read from the Secret, made once.
+        salt = api.get("v1", "Secret", "glm-cache-salt", ns)["data"]["secret"]
+        assert len(base64.b64decode(salt)) == 64  # 32 random bytes, hex
+        rayservice = api.get("ray.io/v1", "RayService", "glm", ns)["spec"]["rayClusterConfig"]
+        ingress = next(g for g in rayservice["workerGroupSpecs"] if g["groupName"] == "ingress")
+        env = {e["name"]: e for e in ingress["template"]["spec"]["containers"][0]["env"]}
+        assert env["GLMSERVE_CACHE_SALT_SECRET"]["valueFrom"] == {
+            "secretKeyRef": {"name": "glm-cache-salt", "key": "secret"}
+        }
+
         # A spec change patches the children.
         api.patch(deployment, {"spec": {"decode": {"autoscaling": {"maxReplicas": 3}}, "ingress": {"replicas": 3}}})
 
@@ -251,6 +262,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
             )
 
         eventually(rayservice_follows, what="the RayService to follow the spec")
+        assert api.get("v1", "Secret", "glm-cache-salt", ns)["data"]["secret"] == salt  # not re-made
 
         # Key rotation: a second key joins; the router's config holds both hashes, no key.
         api.create(_secret("acme-key-2", ns, new_key))

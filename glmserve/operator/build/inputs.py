@@ -44,6 +44,10 @@ class DeploymentInputs:
         return f"{self.router_service}.{self.namespace}.svc:{ROUTER_PORT}"
 
     @property
+    def cache_salt_secret(self) -> str:
+        return f"{self.name}-cache-salt"
+
+    @property
     def ingress_service(self) -> str:
         return f"{self.name}-ingress"
 
