@@ -58,11 +58,15 @@ class EnginePace:
         self._gaps += gap_s * tokens
         self._tokens += tokens
 
+    def due(self, now: float) -> bool:
+        """Whether the current interval is over (`update` would close it)."""
+        return now - self._interval_start >= self.config.interval_s
+
     def update(self, now: float, *, limited: bool, demand: bool) -> bool:
         """Close the interval if it is over. `limited`: a higher class is active, so the factor
         applies; `demand`: lower classes are waiting for a slot. True if the factor grew."""
         cfg = self.config
-        if now - self._interval_start < cfg.interval_s:
+        if not self.due(now):
             return False
         tokens, gaps = self._tokens, self._gaps
         self._interval_start, self._gaps, self._tokens = now, 0.0, 0

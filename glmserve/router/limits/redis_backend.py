@@ -61,8 +61,7 @@ class RedisBackend:
     ) -> None:
         """`clock` (microseconds) replaces the server's clock: tests only, since replicas' clocks differ.
         `max_in_flight` batches may be on the wire at once (each on its own connection): while Redis
-        runs one, this process encodes the next and decodes the last (`python -m benchmarks.limits`
-        at 32 in flight: about 21k decisions/s with 2, 28k with 4, no gain beyond)."""
+        runs one, this process encodes the next and decodes the last."""
         self._client = client
         self._script = client.register_script(BATCH)
         self._prefix = prefix

@@ -3,8 +3,8 @@
 Every request holds one of a model's `capacity` engine slots while it runs. While a higher class
 is active (it asked for a slot within the last `reserve_s`), a class may fill only its `SHARE` of
 the slots, times the engines' pace factor (`congestion.py`: less than 1 while the lower classes
-slow the engines down), so the lowest plans leave headroom the higher plans use the moment they arrive: their
-requests never queue behind a flood. With no higher class active, any class may fill every slot
+slow the engines down), so the lowest plans leave headroom the higher plans use the moment they
+arrive: their requests never queue behind a flood. With no higher class active, any class may fill every slot
 (the engines never idle for a reservation nobody uses). Requests that cannot start wait in
 priority order (then arrival), and when the waiting line is full the lowest-priority, newest
 waiter is shed, so what is refused is always the cheapest work.
@@ -82,14 +82,18 @@ class PrioritySlots:
 
     def _update_pace(self) -> None:
         now = self._clock()
-        since = now - self.reserve_s
-        active = sum(1 for t in self._last_asked.values() if t > since)
-        if self.pace.update(now, limited=active > 1, demand=bool(self._waiting)):
+        if not self.pace.due(now):  # every streamed chunk lands here: stay cheap until an interval ends
+            return
+        # the factor applies while some class has a higher one active, i.e. two or more are active
+        if self.pace.update(now, limited=len(self._active_ranks(now)) > 1, demand=bool(self._waiting)):
             self._grant()
 
+    def _active_ranks(self, now: float) -> list[int]:
+        since = now - self.reserve_s
+        return [r for r, t in self._last_asked.items() if t > since]
+
     def _higher_active(self, rank: int) -> bool:
-        since = self._clock() - self.reserve_s
-        return any(r < rank and t > since for r, t in self._last_asked.items())
+        return any(r < rank for r in self._active_ranks(self._clock()))
 
     async def acquire(self, priority: PriorityClass) -> None:
         """Returns once a slot is held (pair with `release`); raises OverloadedError when shed."""

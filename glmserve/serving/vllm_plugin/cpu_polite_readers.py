@@ -3,8 +3,10 @@
 vLLM's shared-memory message queue lets a reader spin for a second after its last message
 (`sched_yield` in a loop) before it parks on the writer's ZMQ notification. On a GPU host that
 saves microseconds per step on cores nobody else needs. On CPU engines, the model, the ingress
-and the proxy run on those cores. Parking at once is no fix: notifications get lost (vLLM
-re-checks a parked reader only every 5 s, and requests stalled for seconds when we tried).
+and the proxy run on those cores (`top` during `python -m benchmarks.priority` showed the engine
+core at 63% of a core, nearly all of it waiting; 17% with this fix). Parking at once is no fix:
+notifications get lost (vLLM re-checks a parked reader only every 5 s, and requests stalled for
+seconds when we tried).
 So a CPU reader keeps polling the shared flag, but sleeps 100 us between polls instead of
 yielding: a message waits at most about 0.2 ms longer against a step of ~10 ms.
 GPU engines keep vLLM's default.
