@@ -42,6 +42,11 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")
     up.add_argument("--max-queued-requests", type=int, help="requests waiting per replica before 503 (default 64)")
     up.add_argument(
+        "--stream-interval-ms",
+        type=int,
+        help="after a stream's first token, send batched tokens at most this often (default 50; 0: each at once)",
+    )
+    up.add_argument(
         "--disaggregated",
         action="store_true",
         default=None,
@@ -59,7 +64,10 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "on", "off"],
         help="run the KV-aware router locally (auto, the default: when there are several engines)",
     )
-    up.add_argument("--router-address", help="use a running router (host:port) instead of a local one")
+    up.add_argument(
+        "--router-address",
+        help="use a running router (host:port; several replicas: ipv4:host:port,host:port) instead of a local one",
+    )
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 

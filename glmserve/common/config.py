@@ -17,6 +17,10 @@ KvConnector = Literal["NixlConnector", "ExampleConnector"]
 # router configured with ROUTER_HASHING reproduces the engines' block hashes from token ids.
 ENGINE_HASH_SEED = "0"
 ROUTER_HASHING = {"algo": "sha256_cbor", "seed": ENGINE_HASH_SEED}
+# Ray Serve LLM's default batching interval. Every batch is a message to the ingress and a write
+# to the client whatever its size, so batching cuts the relays' CPU (`benchmarks.cpu_by_process`
+# against `glmserve up --stream-interval-ms 0` and 50). A first token is never held back.
+STREAM_INTERVAL_MS = 50
 _CPU_BIND = r"^(\d+(-\d+)?(,\d+(-\d+)?)*)(\|\d+(-\d+)?(,\d+(-\d+)?)*)*$"
 
 
@@ -76,6 +80,12 @@ class ServeConfig(BaseModel):
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     max_ongoing_requests: int = Field(64, ge=1, description="requests one engine replica runs at once")
     max_queued_requests: int = Field(64, ge=0, description="requests waiting for an engine before 503")
+    stream_interval_ms: int = Field(
+        STREAM_INTERVAL_MS,
+        ge=0,
+        le=1000,
+        description="after a stream's first chunk, at most one batch of chunks per interval (0: each chunk at once)",
+    )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded")
     tenants_file: Path | None = Field(None, description="plans and tenants (YAML); default: one open tenant, no keys")
     redis_url: str | None = Field(

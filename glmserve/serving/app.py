@@ -31,6 +31,11 @@ DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "D
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
 
 
+def experimental_configs(role: Role, stream_interval_ms: int) -> dict[str, Any]:
+    """Ray Serve LLM's knobs: the pool's NIXL ports, and the interval EngineServer batches tokens on."""
+    return {"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role], "stream_batching_interval_ms": stream_interval_ms}
+
+
 def llm_config(
     model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role = "colocated", *, routed: bool = False
 ) -> LLMConfig:
@@ -58,7 +63,7 @@ def llm_config(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
         deployment_config=deployment,
         engine_kwargs=engine_kwargs(model, cfg, device, role),
-        experimental_configs={"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role]},
+        experimental_configs=experimental_configs(role, cfg.stream_interval_ms),
         log_engine_metrics=True,
         **extra,
     )

@@ -43,6 +43,10 @@ def serve_environment(port: int, proxy_port: int) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
         # Local mode has no load balancer to deregister from: stop without the 30 s drain.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        # Ray starts workers at nice 15, so that on a shared cluster node its daemons stay
+        # responsive. Here the workers are the server (ingress, engines): at nice 15 any other
+        # process on the laptop, a benchmark's own client included, preempts the engine.
+        "RAY_worker_niceness": "0",
     }
 
 

@@ -35,6 +35,7 @@ class Stack:
     base_url: str
     cert: Path
     log: Path
+    sid: int  # the session of `glmserve up` and every process it started
     api_key: str = "unused"  # stacks without a tenants file accept any key
 
     @property
@@ -129,7 +130,7 @@ def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
             proc.kill()
             pytest.fail(f"glmserve up did not become ready; log:\n{log.read_text()[-5000:]}")
     try:
-        yield Stack(url[0], cert, log)
+        yield Stack(url[0], cert, log, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

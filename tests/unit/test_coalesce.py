@@ -1,4 +1,5 @@
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,3 +80,35 @@ def test_closing_the_consumer_cancels_the_source() -> None:
         await asyncio.wait_for(cancelled.wait(), 1)
 
     asyncio.run(run())
+
+
+async def _timed(gen: AsyncIterator[list[int]]) -> list[tuple[float, list[int]]]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    return [(loop.time() - start, batch) async for batch in gen]
+
+
+def test_a_fast_stream_is_sent_at_most_once_per_interval_but_its_first_item_at_once() -> None:
+    timed = asyncio.run(_timed(coalesce(_source(list(range(30)), delay=0.005), min_interval_s=0.05)))
+    times = [t for t, _ in timed]
+    assert timed[0][1] == [0] and times[0] < 0.03  # the first token is never held back
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(times))
+    assert [x for _, batch in timed for x in batch] == list(range(30))
+    assert len(timed) < 10  # 30 items over ~0.15 s: batched, not one message each
+
+
+def test_a_stream_slower_than_the_interval_is_not_delayed() -> None:
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        produced: list[float] = []
+
+        async def slow() -> AsyncIterator[int]:
+            for i in range(4):
+                await asyncio.sleep(0.08)
+                produced.append(loop.time())
+                yield i
+
+        received = [loop.time() async for _ in coalesce(slow(), min_interval_s=0.05)]
+        return [r - p for r, p in zip(received, produced, strict=True)]
+
+    assert max(asyncio.run(run())) < 0.03

@@ -22,6 +22,7 @@ def test_flags_override_config_file(tmp_path: Path) -> None:
     [
         (["--port", "70000"], "port"),
         (["--replicas", "0"], "replicas"),
+        (["--stream-interval-ms", "-1"], "stream_interval_ms"),
         (["--tls-certfile", "/nonexistent.pem"], "not a readable file"),
     ],
 )

@@ -16,8 +16,7 @@ from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
 
-from glmserve.router.agent import WorkerAgent
-from glmserve.router.client import RouterClient
+from glmserve.router.agent import WorkerAgent, router_replicas
 from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
 from glmserve.serving.engine.registration import RouterLink
@@ -75,7 +74,7 @@ class EngineServer(LLMServer):
             in_flight = self._in_flight[0]
             return Load(running=min(in_flight, max_running), waiting=max(0, in_flight - max_running))
 
-        await WorkerAgent([RouterClient(target) for target in router.routers], worker, load).run()
+        await WorkerAgent(lambda: router_replicas(router.routers), worker, load).run()
 
     async def __del__(self) -> None:
         # Deregister first, so the router stops sending work to a replica that is going away.
@@ -87,7 +86,8 @@ class EngineServer(LLMServer):
         await super().__del__()
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
-        return coalesce(generator)
+        # Ray Serve LLM's stream_batching_interval_ms, as the minimum gap between batches.
+        return coalesce(generator, self._get_batch_interval_ms() / 1000)
 
     async def _run_request(self, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         return _graceful(await super()._run_request(request, **kwargs), self._in_flight)
