@@ -1,14 +1,21 @@
 """Routing quality on real vLLM-CPU engines: precise vs approximate vs round-robin vs an oracle.
 
-    python -m benchmarks.routing_engines [--replicas 4] [--sessions 32] [--kv-cache-gib 0.04]
+    python -m benchmarks.routing_engines [--replicas 4] [--routers 2] [--tenants 32] [--sessions 64]
+                                         [--kv-cache-gib 0.03]
 
-For each policy, one `glmserve up --replicas N` whose ingress asks a `glmserve router serve`
-running that policy, then the same seeded multi-tenant agentic workload (benchmarks/workload.py:
-tenants with long shared contexts, multi-turn sessions, token-id prompts on /v1/completions,
-1 output token, so latency is TTFT). Each engine's KV cache is kept small (`--kv-cache-gib`) so
-that not every tenant's context fits on every replica: where a request lands decides whether its
-prefix is cached. The oracle's hit rate is the bound no router can beat: each prompt's longest
-prefix shared with any earlier prompt (whole blocks), as if one infinite cache served all.
+For each policy, one `glmserve up --replicas N` whose ingress asks `--routers` replicas of
+`glmserve router serve` running that policy (the operator's default is 2 router pods; the
+ingress sends successive requests to each in turn, and the engines register with each), then
+the same seeded multi-tenant agentic workload (benchmarks/workload.py: tenants with long shared
+contexts, multi-turn sessions, token-id prompts on /v1/completions, 1 output token, so latency
+is TTFT). Each engine's KV cache is kept small (`--kv-cache-gib`): by
+default 0.03 GiB, about 15.7K tokens of glm-4.6-tiny, so one engine holds the contexts of about 5
+of the 32 tenants (~72K tokens of contexts in all, before histories), as each of llm-d's pods held
+a fraction of its benchmark's tenants. Where a request lands decides whether its prefix is cached,
+and caches evict all the time. (With 8 tenants and 0.04 GiB every context fits everywhere, nothing
+is evicted, and approximate routing finds exactly what precise routing finds.) The oracle's hit
+rate is the bound no router can beat: each prompt's longest prefix shared with any earlier prompt
+(whole blocks), as if one infinite cache served all.
 Writes benchmarks/results/routing_engines.{json,md,png}.
 """
 
@@ -105,17 +112,23 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
 
 
 def run_policy(policy: str, sessions: list[Session], args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    router_port, port = free_port(), free_port()
-    config = workdir / f"router-{policy}.yaml"
-    config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": router_port, "metrics_port": None,
-                                      "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
+    """`args.routers` router processes, as the operator runs router pods: every engine registers with
+    each, and the ingress sends successive requests to each in turn."""
+    router_ports, port = [free_port() for _ in range(args.routers)], free_port()
     bin_dir = Path(sys.executable).parent
-    logs = (workdir / f"router-{policy}.log").open("wb"), (workdir / f"up-{policy}.log").open("wb")
-    router = launch([str(bin_dir / "glmserve"), "router", "serve", "--config", str(config)], logs[0])
+    logs, routers = [], []
+    for n, router_port in enumerate(router_ports):
+        config = workdir / f"router-{policy}-{n}.yaml"
+        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": router_port, "metrics_port": None,
+                                          "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
+        logs.append((workdir / f"router-{policy}-{n}.log").open("wb"))
+        routers.append(launch([str(bin_dir / "glmserve"), "router", "serve", "--config", str(config)], logs[-1]))
+    address = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in router_ports)
+    logs.append((workdir / f"up-{policy}.log").open("wb"))
     up = launch(
         [str(bin_dir / "glmserve"), "up", "--port", str(port), "--replicas", str(args.replicas),
-         "--kv-cache-gib", str(args.kv_cache_gib), "--router-address", f"127.0.0.1:{router_port}"],
-        logs[1],
+         "--kv-cache-gib", str(args.kv_cache_gib), "--router-address", address],
+        logs[-1],
     )  # fmt: skip
     try:
         started = time.monotonic()
@@ -124,7 +137,8 @@ def run_policy(policy: str, sessions: list[Session], args: argparse.Namespace, w
         results = asyncio.run(drive(f"http://127.0.0.1:{port}/v1", sessions))
     finally:
         stop(up)
-        stop(router)
+        for router in routers:
+            stop(router)
         for f in logs:
             f.close()
     return results
@@ -163,11 +177,12 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=4)
-    parser.add_argument("--tenants", type=int, default=8)
-    parser.add_argument("--sessions", type=int, default=32)
+    parser.add_argument("--routers", type=int, default=2, help="router replicas (the operator's default: 2)")
+    parser.add_argument("--tenants", type=int, default=32)
+    parser.add_argument("--sessions", type=int, default=64)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--session-rate", type=float, default=1.0, help="sessions started per second")
-    parser.add_argument("--kv-cache-gib", type=float, default=0.04, help="per engine: small, so caches compete")
+    parser.add_argument("--kv-cache-gib", type=float, default=0.03, help="per engine: small, so caches compete")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     args = parser.parse_args()
@@ -189,7 +204,8 @@ def main() -> None:
         }
         ratios["precise hit rate / oracle"] = table["precise"]["hit_rate"] / oracle
     md = (
-        f"# Routing on real engines ({args.replicas} x {MODEL}, vLLM-CPU, {args.kv_cache_gib} GiB KV cache each)\n\n"
+        f"# Routing on real engines ({args.replicas} x {MODEL}, vLLM-CPU, {args.kv_cache_gib} GiB KV cache each, "
+        f"{args.routers} router replicas)\n\n"
         f"`python -m benchmarks.routing_engines`: {args.tenants} tenants, "
         f"{args.sessions} sessions x {args.turns} turns, contexts 1500-3000 tokens, token-id prompts, "
         "1 output token.\n\n"

@@ -49,11 +49,14 @@ class RouterClient:
         route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        """`target`: a gRPC target such as "router:50051" or "dns:///router-headless:50051"."""
+        """`target`: a gRPC target such as "router:50051", "dns:///router-headless:50051" or
+        "ipv4:10.0.0.1:50051,10.0.0.2:50051". Where it names several router replicas, successive
+        calls go to each in turn; they all hold the same index (every engine registers with each)."""
         self.target = target
         self._route_timeout_s = route_timeout_s
         self._timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 2**20)])
+        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.lb_policy_name", "round_robin")]
+        self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.RouterStub(self._channel)
 
     async def route(

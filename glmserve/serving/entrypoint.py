@@ -15,12 +15,14 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
+from glmserve.common.config import STREAM_INTERVAL_MS
 from glmserve.common.deployment import MODELS_DIR, ModelDeploymentSpec, Pool
 from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
 from glmserve.common.errors import ConfigError
 from glmserve.common.placement import pool_placement
-from glmserve.serving.app import DEPLOYMENT_PREFIX, NIXL_PORT_BASE
+from glmserve.serving.app import DEPLOYMENT_PREFIX, PINNED_ROUTER, experimental_configs
 from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwargs
+from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
@@ -51,9 +53,14 @@ def _replicas(pool: Pool) -> dict[str, Any]:
     }
 
 
-def pool_llm_config(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStatus) -> LLMConfig:
+def pool_llm_config(
+    spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStatus, *, routed: bool = False
+) -> LLMConfig:
     placement = pool_placement(role, layout.node_group, layout.parallelism.layout())  # type: ignore[arg-type]
     model = spec.model.resolve()
+    deployment: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}, **_replicas(spec.pools()[role])}
+    if routed:  # calls go to the replica glmserve's router chose for them
+        deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
     return LLMConfig(
         model_loading_config={
             "model_id": spec.model.served_name or spec.model.name,
@@ -61,9 +68,9 @@ def pool_llm_config(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStat
         },
         accelerator_type=layout.gpu,
         placement_group_config={"bundles": list(placement.group.bundles), "strategy": placement.group.strategy},
-        deployment_config={"ray_actor_options": {"num_cpus": 0}, **_replicas(spec.pools()[role])},
+        deployment_config=deployment,
         engine_kwargs=gpu_engine_kwargs(spec, role, layout),
-        experimental_configs={"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role]},
+        experimental_configs=experimental_configs(role, STREAM_INTERVAL_MS),  # type: ignore[arg-type]
         log_engine_metrics=True,
     )
 
@@ -76,16 +83,20 @@ def engine_class(layout: PoolLayoutStatus) -> type[LLMServer]:
 def app_builder(args: dict[str, Any]) -> Application:
     app_args = ServeAppArgs.model_validate(args)
     spec, plan = app_args.deployment, app_args.planner
+    name = spec.model.served_name or spec.model.name
+    # The operator's router (a headless Service): engines register with each of its pods and
+    # publish their KV events; the ingress asks it where each request goes.
+    router = os.environ.get("GLMSERVE_ROUTER_ADDRESS") or None
     pools = {
         role: build_llm_deployment(
-            pool_llm_config(spec, role, layout),
+            pool_llm_config(spec, role, layout, routed=router is not None),
             deployment_cls=engine_class(layout),
             name_prefix=DEPLOYMENT_PREFIX[role],
+            bind_kwargs={"router": RouterLink((router,), role, name) if router else None},  # type: ignore[arg-type]
         )
         for role, layout in plan.pools().items()
     }
     model = spec.model.resolve()
-    name = spec.model.served_name or spec.model.name
     decode = plan.decode
     served = ServedModel(
         name,
@@ -99,7 +110,7 @@ def app_builder(args: dict[str, Any]) -> Application:
             decode.max_replicas * QUEUE_PER_SEQUENCE * spec.decode.max_concurrency, spec.ingress.replicas
         ),
     )
-    settings = IngressSettings(models=(served,), limits=limits_from_environment())
+    settings = IngressSettings(models=(served,), limits=limits_from_environment(), router_address=router)
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
     return Ingress.options(num_replicas=spec.ingress.replicas).bind(  # type: ignore[attr-defined]
         engines={name: pools}, settings=settings

@@ -165,6 +165,19 @@ def test_tls_secret_is_mounted_in_every_ray_pod_only_with_tls() -> None:
         assert mounted == [tls] * 4
 
 
+def test_every_ray_pod_finds_every_router_pod() -> None:
+    """The router's Service is headless, so its name resolves to each router pod: every engine
+    registers with all of them (router_replicas), not with the one a virtual IP would pick."""
+    inputs = example_inputs()
+    service = next(c for c in _children(True) if c["kind"] == "Service" and c["metadata"]["name"].endswith("-router"))
+    assert service["spec"]["clusterIP"] == "None"
+    cluster = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        assert env["GLMSERVE_ROUTER_ADDRESS"] == f"{service['metadata']['name']}.{inputs.namespace}.svc:50051"
+
+
 def test_router_config_holds_hashes_only() -> None:
     children = _children(True)
     assert KEY not in json.dumps(children)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 
+from glmserve.common.config import STREAM_INTERVAL_MS
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus, ServeAppArgs, plan_for
 from glmserve.common.nodegroup import NodeGroupSpec
@@ -56,6 +57,7 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
     for role in ("prefill", "decode"):
         layout = plan.pools()[role]
         config = pool_llm_config(spec, role, layout)
+        assert config.experimental_configs["stream_batching_interval_ms"] == STREAM_INTERVAL_MS
         kw = config.engine_kwargs
         par = layout.parallelism
         assert layout.gpus_per_replica == gpus
@@ -148,3 +150,21 @@ def test_each_ingress_replica_counts_its_share_of_the_engine_slots() -> None:
     served = app._bound_deployment.init_kwargs["settings"].models[0]
     # 16 slots over 3 ingress replicas: 6 each (rounded up), not 16 each; the engines queue 2 per slot
     assert (served.capacity, served.max_waiting) == (6, 11)
+
+
+def test_with_the_operators_router_engines_register_and_the_ingress_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, plan = _planned("H200", "fp8", 32768)
+    wire = ServeAppArgs(deployment=spec, planner=plan).wire()
+    routed = "glm-router.ns.svc:50051"
+    monkeypatch.setenv("GLMSERVE_ROUTER_ADDRESS", routed)
+    app = app_builder(wire)
+    assert app._bound_deployment.init_kwargs["settings"].router_address == routed
+    for role, pool in app._bound_deployment.init_kwargs["engines"]["glm-4.6"].items():
+        link = pool._bound_deployment.init_kwargs["router"]
+        assert (link.routers, link.role, link.model) == ((routed,), role, "glm-4.6")
+        router_class = pool._bound_deployment._deployment_config.request_router_config.request_router_class
+        assert router_class.endswith("PinnedRouter")
+    monkeypatch.delenv("GLMSERVE_ROUTER_ADDRESS")
+    unrouted = app_builder(wire)._bound_deployment.init_kwargs
+    assert unrouted["settings"].router_address is None
+    assert all(p._bound_deployment.init_kwargs["router"] is None for p in unrouted["engines"]["glm-4.6"].values())

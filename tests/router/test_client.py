@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from glmserve.common.errors import InvalidRequestError, NotFoundError, OverloadedError
-from glmserve.router.agent import WorkerAgent
+from glmserve.router.agent import WorkerAgent, router_replicas
 from glmserve.router.client import RouterClient, RouterUnavailableError
 from glmserve.router.types import Load, Usage, WorkerInfo
 from tests.conftest import free_port
@@ -94,25 +94,80 @@ def test_agent_registers_again_after_a_router_restart(start_router: Start) -> No
     first = start_router(port=port)
 
     async def main() -> None:
-        async with RouterClient(f"127.0.0.1:{port}") as client:
-            agent = WorkerAgent([client], worker("w1"), lambda: Load(running=1))
+        agent = WorkerAgent(lambda: router_replicas([f"127.0.0.1:{port}"]), worker("w1"), lambda: Load(running=1))
+        await agent.beat()
+        assert first.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
+        first.stop()
+        await agent.beat()  # unreachable: logged, retried on the next beat
+        second = start_router(port=port)
+        wait_for(lambda: second.port == port)
+        for _ in range(50):
             await agent.beat()
-            assert first.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
-            first.stop()
-            await agent.beat()  # unreachable: logged, retried on the next beat
-            second = start_router(port=port)
-            wait_for(lambda: second.port == port)
-            for _ in range(50):
-                await agent.beat()
-                if second.inspect(lambda s: "w1" in s.router.registry.workers):
-                    break
-                await asyncio.sleep(0.05)
-            assert second.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
-            task = asyncio.create_task(agent.run())
+            if second.inspect(lambda s: "w1" in s.router.registry.workers):
+                break
             await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert second.inspect(lambda s: "w1" not in s.router.registry.workers)  # deregistered
+        assert second.inspect(lambda s: s.router.registry.workers["w1"].load) == Load(running=1)
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert second.inspect(lambda s: "w1" not in s.router.registry.workers)  # deregistered
+
+    asyncio.run(main())
+
+
+def test_agent_follows_the_router_replicas_the_address_resolves_to(start_router: Start) -> None:
+    a, b = start_router(), start_router()
+    replicas = [a.target]
+
+    async def resolve() -> list[str]:
+        return list(replicas)
+
+    def knows(router: ServerThread) -> bool:
+        return router.inspect(lambda s: "w1" in s.router.registry.workers)
+
+    async def main() -> None:
+        agent = WorkerAgent(resolve, worker("w1"), lambda: Load(running=1))
+        await agent.beat()
+        assert knows(a) and not knows(b)
+        replicas.append(b.target)  # a router pod started
+        await agent.beat()
+        assert knows(b)
+        replicas.remove(a.target)  # a router pod went away: not contacted any more
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert knows(a) and not knows(b)  # only the replica still resolved was told the worker left
+
+    asyncio.run(main())
+
+
+def test_router_addresses_resolve_to_one_target_per_replica() -> None:
+    async def main() -> None:
+        assert await router_replicas(["127.0.0.1:50051"]) == ["127.0.0.1:50051"]
+        assert await router_replicas(["ipv4:127.0.0.1:1,127.0.0.1:2"]) == ["127.0.0.1:1", "127.0.0.1:2"]
+        assert "127.0.0.1:7" in await router_replicas(["dns:///localhost:7"])
+        assert await router_replicas(["no-such-host.invalid:50051"]) == ["no-such-host.invalid:50051"]
+
+    asyncio.run(main())
+
+
+def test_a_target_naming_several_routers_sends_successive_routes_to_each(start_router: Start) -> None:
+    a, b = start_router(), start_router()
+
+    def in_flight(router: ServerThread) -> int:
+        return router.inspect(lambda s: s.router.registry.workers["w1"].in_flight)
+
+    async def main() -> None:
+        for router in (a, b):
+            async with RouterClient(router.target) as client:
+                await client.register(worker("w1"))
+        async with RouterClient(f"ipv4:{a.target},{b.target}", route_timeout_s=2) as both:
+            for n in range(4):
+                await both.route(f"r{n}", MODEL, tokens(n, 64))
+        assert (in_flight(a), in_flight(b)) == (2, 2)
 
     asyncio.run(main())

@@ -8,12 +8,17 @@ from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, ROUTER_PORT, SER
 from glmserve.operator.build.meta import deployment_labels, metadata, selector
 
 
-def _service(inputs: DeploymentInputs, name: str, component: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+def _service(
+    inputs: DeploymentInputs, name: str, component: str, ports: list[dict[str, Any]], *, headless: bool = False
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "ClusterIP", "selector": selector(inputs.name, component), "ports": ports}
+    if headless:
+        spec["clusterIP"] = "None"
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(name, inputs.owner, deployment_labels(inputs.name, component), inputs.namespace),
-        "spec": {"type": "ClusterIP", "selector": selector(inputs.name, component), "ports": ports},
+        "spec": spec,
     }
 
 
@@ -32,4 +37,7 @@ def build_router_service(inputs: DeploymentInputs) -> dict[str, Any]:
         {"name": "grpc", "port": ROUTER_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
         {"name": "metrics", "port": ROUTER_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
     ]
-    return _service(inputs, inputs.router_service, "router", ports)
+    # Headless: its name resolves to every router pod, and each engine registers with each of
+    # them (a virtual IP would hand each engine's one connection to one pod; the others would
+    # never learn of it).
+    return _service(inputs, inputs.router_service, "router", ports, headless=True)
