@@ -35,10 +35,10 @@ import yaml
 
 from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
-from benchmarks.routing.router_process import free_port
 from benchmarks.servers import launch, stop, wait_ready
 from benchmarks.workload import Session, WorkloadConfig, generate
 from glmserve.common.config import ROUTER_HASHING
+from glmserve.common.ports import free_port
 
 MODEL = "glm-4.6-tiny"
 POLICIES = ("precise", "approximate", "round-robin")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from glmserve.common import ports
 from glmserve.common.config import ENGINE_HASH_SEED, ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.serving import reaper
@@ -50,18 +50,12 @@ def serve_environment(port: int, proxy_port: int) -> dict[str, str]:
     }
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def ensure_port_free(host: str, port: int) -> None:
     """Ray Serve's proxy binds with SO_REUSEPORT: a second stack on a busy port would silently
     share it with the first and split its traffic, so refuse up front."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    with ports.probe(host) as sock:
         try:
-            probe.bind((host, port))
+            sock.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running?") from None
 
@@ -114,9 +108,9 @@ class Stack:
         device = _device()
         self.progress(f"starting Ray ({'local' if self._own_cluster else self.cfg.ray_address}), device: {device}")
         num_cpus = self.cfg.num_cpus or max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)
-        proxy_port = _free_port(self.cfg.host)
+        proxy_port = ports.free_port(self.cfg.host)
         if self._own_cluster:
-            self.metrics_port = _free_port("127.0.0.1")
+            self.metrics_port = ports.free_port("127.0.0.1")
             # Read by every Serve process, which inherit the environment of the node we start.
             os.environ.update(serve_environment(self.cfg.port, proxy_port))
         router_target = self.cfg.router_address

@@ -16,22 +16,17 @@ import yaml
 
 from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.errors import ConfigError
+from glmserve.common.ports import free_port
 
 START_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalRouter:
     def __init__(self, workdir: Path) -> None:
         self._workdir = workdir
         self._proc: subprocess.Popen[bytes] | None = None
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
 
     @property
     def target(self) -> str:
