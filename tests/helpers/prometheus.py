@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from glmserve.common.ports import free_port
 
 
 @dataclass(frozen=True)

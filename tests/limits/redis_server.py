@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port
+from glmserve.common.ports import free_port
 
 
 class RedisServer:

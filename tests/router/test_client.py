@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 
 from glmserve.common.errors import InvalidRequestError, NotFoundError, OverloadedError
+from glmserve.common.ports import free_port
 from glmserve.router.agent import WorkerAgent, router_replicas
 from glmserve.router.client import RouterClient, RouterUnavailableError
 from glmserve.router.types import Load, Usage, WorkerInfo
-from tests.conftest import free_port
 from tests.router.harness import MODEL, ServerThread, SimEngine, tokens, wait_for
 
 Start = Callable[..., ServerThread]

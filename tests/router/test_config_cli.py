@@ -14,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmserve.common.errors import ConfigError
+from glmserve.common.ports import free_port
 from glmserve.router.config import PRESETS, RouterConfig, load_config
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

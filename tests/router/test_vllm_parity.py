@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import zmq
 
+from glmserve.common.ports import free_port
 from glmserve.router.events import BlockStored, decode_batch, decode_seq
 from glmserve.router.hashing import BlockHasher
 from glmserve.router.proto import router_pb2 as pb
-from tests.conftest import free_port
 from tests.router.harness import MODEL, ServerThread, probe, wait_for
 
 pytestmark = pytest.mark.slow

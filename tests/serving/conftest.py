@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from openai import OpenAI
 
-from tests.conftest import VENV_BIN, free_port, leftover_shm, session_processes
+from glmserve.common.ports import free_port
+from tests.conftest import VENV_BIN, leftover_shm, session_processes
 from tests.limits.redis_server import RedisServer, serve_redis
 from tests.serving.tenants import KEYS, write_tenants
 
