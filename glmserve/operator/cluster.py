@@ -6,6 +6,7 @@ Built on the `kubernetes` client's DynamicClient, whose discovery also tells whi
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -13,6 +14,15 @@ from kubernetes.dynamic import DynamicClient, Resource
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 MERGE_PATCH = "application/merge-patch+json"
+# Fields the API server refuses to change in place (422 "field is immutable"): a manifest that
+# changes one replaces the object. The router Service became headless; operators before that
+# gave it a virtual IP, and their deployments would otherwise fail to reconcile for good.
+IMMUTABLE: dict[tuple[str, str], tuple[tuple[str, ...], ...]] = {
+    ("v1", "Service"): (("spec", "clusterIP"),),
+    ("apps/v1", "Deployment"): (("spec", "selector"),),
+}
+
+log = logging.getLogger(__name__)
 
 
 def _raw(_client: DynamicClient, data: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +37,22 @@ def contains(live: Any, desired: Any) -> bool:
     if isinstance(desired, list):
         return isinstance(live, list) and len(live) == len(desired) and all(map(contains, live, desired))
     return bool(live == desired)
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def immutable_changes(live: dict[str, Any], desired: dict[str, Any]) -> list[str]:
+    """The fields `desired` sets that `live` holds otherwise and cannot change in place."""
+    paths = IMMUTABLE.get((desired["apiVersion"], desired["kind"]), ())
+    return [
+        ".".join(path)
+        for path in paths
+        if _at(desired, path) is not None and not contains(_at(live, path), _at(desired, path))
+    ]
 
 
 class Cluster:
@@ -61,7 +87,8 @@ class Cluster:
         resource.create(body=manifest, namespace=manifest["metadata"].get("namespace"))
 
     def apply(self, manifest: dict[str, Any]) -> bool:
-        """Create `manifest`, or merge-patch it onto the live object if that differs. True if written."""
+        """Create `manifest`, or merge-patch it onto the live object if that differs (replace it if
+        what differs cannot change in place). True if written."""
         resource = self._resource(manifest["apiVersion"], manifest["kind"])
         meta = manifest["metadata"]
         namespace = meta.get("namespace")
@@ -72,6 +99,14 @@ class Cluster:
             return True
         if contains(live, manifest):
             return False
+        if changed := immutable_changes(live, manifest):
+            # Deleted and created again at once: a deletion still pending makes the create fail
+            # with 409, which the caller retries, and the next apply creates it.
+            log.info("replacing %s %s/%s: %s cannot change in place", manifest["kind"], namespace, meta["name"],
+                     ", ".join(changed))  # fmt: skip
+            resource.delete(name=meta["name"], namespace=namespace)
+            resource.create(body=manifest, namespace=namespace)
+            return True
         resource.patch(body=manifest, name=meta["name"], namespace=namespace, content_type=MERGE_PATCH)
         return True
 

@@ -17,7 +17,8 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.resource import Condition
 from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, hash_api_key
 from glmserve.operator.build.events import build_event
-from glmserve.operator.cluster import Cluster, contains
+from glmserve.operator.build.services import build_ingress_service, build_router_service
+from glmserve.operator.cluster import Cluster, contains, immutable_changes
 from glmserve.operator.conditions import set_condition, transitions
 from glmserve.operator.crds import RESOURCES, build_crd
 from glmserve.operator.observe import group_nodes, node_summary, rayservice_ready, ready_replicas
@@ -94,6 +95,44 @@ def test_live_objects_with_server_defaults_still_match() -> None:
     assert contains(live, desired)
     assert not contains(live, {"spec": {"ports": [{"name": "grpc", "port": 50052}]}})
     assert not contains(live, {"spec": {"ports": []}})
+
+
+def test_only_changes_to_immutable_fields_call_for_a_replacement() -> None:
+    headless = build_router_service(example_inputs())
+    with_vip = {**headless, "spec": {**headless["spec"], "clusterIP": "10.96.0.7"}}
+    assert immutable_changes(with_vip, headless) == ["spec.clusterIP"]
+    assert immutable_changes(headless, headless) == []
+    ingress = build_ingress_service(example_inputs())  # sets no clusterIP: the server's stays
+    assert immutable_changes({**ingress, "spec": {**ingress["spec"], "clusterIP": "10.96.0.8"}}, ingress) == []
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"selector": {"matchLabels": {"a": "1"}}}}
+    moved = {**deployment, "spec": {"selector": {"matchLabels": {"a": "2"}}}}
+    assert immutable_changes(deployment, moved) == ["spec.selector"]
+
+
+def test_a_router_service_with_a_virtual_ip_is_replaced_by_a_headless_one(tmp_path: Path) -> None:
+    """An operator before the headless router Service gave it a virtual IP, which the API server
+    never lets change: apply replaces the Service instead of failing to reconcile for good."""
+    headless = build_router_service(example_inputs())
+    meta = headless["metadata"]
+    old = {**headless, "spec": {**headless["spec"], "clusterIP": "10.96.0.7"}}
+    old["metadata"] = {**meta, "annotations": {"written-by": "the old operator"}}
+    with KmockCluster([], tmp_path) as kmock_cluster:
+        api = kmock_cluster.api
+        api.create(old)
+        client = kubernetes.config.new_client_from_config(config_file=str(kmock_cluster.kubeconfig))
+        cluster = Cluster(client, str(tmp_path / "discovery.json"))
+        assert cluster.apply(headless)
+        live = api.get("v1", "Service", meta["name"], meta["namespace"])
+        assert live["spec"]["clusterIP"] == "None"
+        assert "written-by" not in (live["metadata"].get("annotations") or {})  # replaced, not patched
+        assert not cluster.apply(headless)
+        # Anything else still changes in place.
+        api.patch(live, {"metadata": {"annotations": {"written-by": "someone"}}})
+        ported = {**headless, "spec": {**headless["spec"], "ports": headless["spec"]["ports"][:1]}}
+        assert cluster.apply(ported)
+        live = api.get("v1", "Service", meta["name"], meta["namespace"])
+        assert live["metadata"]["annotations"] == {"written-by": "someone"}
+        assert [p["name"] for p in live["spec"]["ports"]] == ["grpc"]
 
 
 def test_conditions_move_their_transition_time_only_on_change() -> None:
