@@ -166,8 +166,16 @@ def test_a_target_naming_several_routers_sends_successive_routes_to_each(start_r
             async with RouterClient(router.target) as client:
                 await client.register(worker("w1"))
         async with RouterClient(f"ipv4:{a.target},{b.target}", route_timeout_s=2) as both:
+            # round_robin picks among the routers it has connected to; the second may connect
+            # a few calls after the first.
+            for n in range(50):
+                if in_flight(a) and in_flight(b):
+                    break
+                await both.route(f"warm{n}", MODEL, tokens(n, 64))
+            before = in_flight(a), in_flight(b)
+            assert all(before), f"routes reached only one router: {before}"
             for n in range(4):
                 await both.route(f"r{n}", MODEL, tokens(n, 64))
-        assert (in_flight(a), in_flight(b)) == (2, 2)
+        assert (in_flight(a) - before[0], in_flight(b) - before[1]) == (2, 2)
 
     asyncio.run(main())
