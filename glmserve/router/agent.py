@@ -5,7 +5,7 @@ router that restarted answers NOT_FOUND and gets a fresh registration; an unreac
 retried on the next beat. Registering the same spec again is harmless (the router keeps the
 worker's index), so the agent never needs to know which case it is in.
 
-Which replicas there are is looked up again on every beat (`router_replicas`): in a cluster the
+Which replicas there are is looked up again on every beat (`replicas.router_replicas`): in a cluster the
 router's address is a headless Service, whose name resolves to one address per router pod, and
 a pod that restarts comes back at a new address, with an empty index.
 """
@@ -15,37 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable
 
 from glmserve.common.errors import GlmserveError, NotFoundError
 from glmserve.router.client import RouterClient
+from glmserve.router.replicas import Resolve
 from glmserve.router.types import Load, WorkerInfo
 
 log = logging.getLogger("glmserve.router.agent")
-
-Resolve = Callable[[], Awaitable[Collection[str]]]
-
-
-async def router_replicas(addresses: Sequence[str]) -> list[str]:
-    """One gRPC target per address each of `addresses` ("host:port", "dns:///host:port" or a list
-    "ipv4:host:port,host:port") resolves to; an address that does not resolve stays as it is (its
-    client then reports it unreachable)."""
-    loop = asyncio.get_running_loop()
-    targets: set[str] = set()
-    for address in addresses:
-        if address.startswith(("ipv4:", "ipv6:")):
-            targets.update(address.split(":", 1)[1].split(","))
-            continue
-        host, _, port = address.removeprefix("dns:///").rpartition(":")
-        try:
-            infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-        except (OSError, ValueError):
-            targets.add(address)
-            continue
-        targets.update(f"[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"{info[4][0]}:{port}"
-                       for info in infos)  # fmt: skip
-    return sorted(targets)
 
 
 class WorkerAgent:

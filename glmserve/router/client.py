@@ -1,4 +1,5 @@
-"""The async client the ingress (Route/Complete) and the engines (Register/Heartbeat) use.
+"""The async client of one router replica: the engines (Register/Heartbeat) and, through
+replicas.RouterReplicas, the ingress (Route/Complete) use it.
 
 Every call has a deadline. A call that fails because the router is unreachable, too slow or broken
 raises RouterUnavailableError: the caller routes locally instead. An answer the router gives on
@@ -49,13 +50,13 @@ class RouterClient:
         route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        """`target`: a gRPC target such as "router:50051", "dns:///router-headless:50051" or
-        "ipv4:10.0.0.1:50051,10.0.0.2:50051". Where it names several router replicas, successive
-        calls go to each in turn; they all hold the same index (every engine registers with each)."""
+        """`target`: one router replica ("router-0:50051", "10.0.0.1:50051"). For an address that
+        stands for several replicas, the ingress uses replicas.RouterReplicas, which keeps each
+        request's calls on the replica that routed it."""
         self.target = target
         self._route_timeout_s = route_timeout_s
         self._timeout_s = timeout_s
-        options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.lb_policy_name", "round_robin")]
+        options = [("grpc.max_send_message_length", 64 * 2**20)]
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.RouterStub(self._channel)
 
@@ -125,6 +126,10 @@ class RouterClient:
             await self._stub.Deregister(pb.DeregisterRequest(worker_id=worker_id), timeout=self._timeout_s)
         except grpc.RpcError as exc:
             raise self._error(exc, "Deregister") from None
+
+    def state(self, *, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The channel's connectivity (TRANSIENT_FAILURE: gRPC found the router down)."""
+        return self._channel.get_state(try_to_connect)
 
     def _error(self, exc: grpc.RpcError, method: str) -> GlmserveError:
         answered = from_rpc_error(exc)

@@ -10,8 +10,9 @@ import pytest
 
 from glmserve.common.errors import InvalidRequestError, NotFoundError, OverloadedError
 from glmserve.common.ports import free_port
-from glmserve.router.agent import WorkerAgent, router_replicas
+from glmserve.router.agent import WorkerAgent
 from glmserve.router.client import RouterClient, RouterUnavailableError
+from glmserve.router.replicas import RouterReplicas, router_replicas
 from glmserve.router.types import Load, Usage, WorkerInfo
 from tests.router.harness import MODEL, ServerThread, SimEngine, tokens, wait_for
 
@@ -155,27 +156,85 @@ def test_router_addresses_resolve_to_one_target_per_replica() -> None:
     asyncio.run(main())
 
 
-def test_a_target_naming_several_routers_sends_successive_routes_to_each(start_router: Start) -> None:
-    a, b = start_router(), start_router()
+def in_flight(router: ServerThread, worker_id: str = "w1") -> int:
+    return int(router.inspect(lambda s: s.router.registry.workers[worker_id].in_flight))
 
-    def in_flight(router: ServerThread) -> int:
-        return router.inspect(lambda s: s.router.registry.workers["w1"].in_flight)
 
+def routes(router: ServerThread) -> float:
+    labels = {"model": MODEL, "outcome": "local_prefill"}
+    return float(router.inspect(lambda s: s.metrics.registry.get_sample_value("glmserve_router_routes_total", labels)))
+
+
+def register_everywhere(*routers: ServerThread) -> None:
     async def main() -> None:
-        for router in (a, b):
+        for router in routers:
             async with RouterClient(router.target) as client:
                 await client.register(worker("w1"))
-        async with RouterClient(f"ipv4:{a.target},{b.target}", route_timeout_s=2) as both:
-            # round_robin picks among the routers it has connected to; the second may connect
-            # a few calls after the first.
-            for n in range(50):
-                if in_flight(a) and in_flight(b):
-                    break
-                await both.route(f"warm{n}", MODEL, tokens(n, 64))
-            before = in_flight(a), in_flight(b)
-            assert all(before), f"routes reached only one router: {before}"
+
+    asyncio.run(main())
+
+
+def test_replicas_take_routes_in_turn_and_each_completes_where_it_was_routed(start_router: Start) -> None:
+    """With one round_robin channel for both, Route and Complete alternated: every Route reached
+    one router and every Complete the other, so no booking was ever released."""
+    a, b = start_router(), start_router()
+    register_everywhere(a, b)
+
+    async def main() -> None:
+        async with RouterReplicas(f"ipv4:{a.target},{b.target}", route_timeout_s=2) as both:
             for n in range(4):
                 await both.route(f"r{n}", MODEL, tokens(n, 64))
-        assert (in_flight(a) - before[0], in_flight(b) - before[1]) == (2, 2)
+            assert (in_flight(a), in_flight(b)) == (2, 2)
+            for n in range(4):
+                assert await both.complete(f"r{n}", stage="prefill_done")
+                assert await both.complete(f"r{n}", Usage(prompt_tokens=64))
+                assert not await both.complete(f"r{n}")  # finished: forgotten, no call
+            assert (in_flight(a), in_flight(b)) == (0, 0)
+            for n in range(6):  # Route then Complete, as the ingress does
+                await both.route(f"s{n}", MODEL, tokens(n, 64))
+                assert await both.complete(f"s{n}")
+            assert (in_flight(a), in_flight(b)) == (0, 0)
+            assert [
+                r.inspect(lambda s: s.metrics.routes.labels(MODEL, "local_prefill")._value.get()) for r in (a, b)
+            ] == [5, 5]
+
+    asyncio.run(main())
+
+
+def test_replicas_route_around_a_router_that_is_down(start_router: Start) -> None:
+    a = start_router()
+    register_everywhere(a)
+
+    async def main() -> None:
+        async with RouterReplicas(f"ipv4:127.0.0.1:{free_port()},{a.target}", route_timeout_s=2) as both:
+            for n in range(4):
+                await both.route(f"r{n}", MODEL, tokens(n, 64))
+                assert await both.complete(f"r{n}")
+            assert in_flight(a) == 0
+        async with RouterReplicas(f"127.0.0.1:{free_port()}", route_timeout_s=0.2) as none:
+            with pytest.raises(RouterUnavailableError):
+                await none.route("r", MODEL, [1, 2, 3])
+            assert not await none.complete("r")
+
+    asyncio.run(main())
+
+
+def test_replicas_follow_the_address_and_complete_on_a_replica_no_longer_resolved(start_router: Start) -> None:
+    a, b = start_router(), start_router()
+    register_everywhere(a, b)
+    resolved = [a.target]
+
+    async def resolve() -> list[str]:
+        return list(resolved)
+
+    async def main() -> None:
+        async with RouterReplicas("router:50051", resolve=resolve, refresh_s=0, route_timeout_s=2) as replicas:
+            await replicas.route("r1", MODEL, tokens(1, 64))
+            resolved[:] = [b.target]  # the router pod was replaced
+            await replicas.route("r2", MODEL, tokens(2, 64))
+            assert (in_flight(a), in_flight(b)) == (1, 1)
+            assert await replicas.complete("r1")
+            assert await replicas.complete("r2")
+            assert (in_flight(a), in_flight(b)) == (0, 0)
 
     asyncio.run(main())

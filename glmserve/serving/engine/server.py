@@ -16,7 +16,8 @@ from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
 
-from glmserve.router.agent import WorkerAgent, router_replicas
+from glmserve.router.agent import WorkerAgent
+from glmserve.router.replicas import router_replicas
 from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
 from glmserve.serving.engine.registration import RouterLink

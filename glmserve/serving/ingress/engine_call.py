@@ -19,7 +19,8 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from glmserve.common.errors import BackendError, GlmserveError, OverloadedError
 from glmserve.common.tenancy import PriorityClass
-from glmserve.router.client import RouterClient, RouterUnavailableError
+from glmserve.router.client import RouterUnavailableError
+from glmserve.router.replicas import RouterReplicas
 from glmserve.router.types import Decision, Stage
 from glmserve.router.types import Usage as RouterUsage
 from glmserve.serving.ingress.metrics import RequestTimer
@@ -70,7 +71,7 @@ class EngineCall:
         decode: DeploymentHandle,
         prefill: DeploymentHandle | None,
         retry_after_s: float,
-        router: RouterClient | None = None,
+        router: RouterReplicas | None = None,
         on_router_fallback: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._decode = decode.options(stream=True)

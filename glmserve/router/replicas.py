@@ -1,0 +1,155 @@
+"""The router replicas an address stands for, and the ingress's client over all of them.
+
+Every router replica holds the same KV index (each engine registers with each), but only the
+replica that routed a request booked it: its load on the chosen workers, the prefill work they
+owe. So a request's Complete calls must reach that replica. One gRPC channel balancing calls over
+all replicas (round_robin) cannot promise that: with Route and Complete alternating, every Route
+went to one replica and every Complete to the other, which never heard of the request, while the
+routing replica kept the request on its workers until `request_ttl_s` (an hour) ran out and, as
+bookings piled up, found every worker overloaded and answered 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry.context import Context
+
+from glmserve.common.tenancy import PriorityClass
+from glmserve.router.client import DEFAULT_ROUTE_TIMEOUT_S, DEFAULT_TIMEOUT_S, RouterClient, RouterUnavailableError
+from glmserve.router.types import Decision, Stage, Usage
+
+Resolve = Callable[[], Awaitable[Collection[str]]]
+REFRESH_S = 5.0  # how often the ingress looks the replicas up again (router pods come and go)
+MAX_OWNED = 1 << 16  # requests routed and not finished that the client remembers the replica of
+
+
+async def router_replicas(addresses: Sequence[str]) -> list[str]:
+    """One gRPC target per address each of `addresses` ("host:port", "dns:///host:port" or a list
+    "ipv4:host:port,host:port") resolves to; an address that does not resolve stays as it is (its
+    client then reports it unreachable)."""
+    loop = asyncio.get_running_loop()
+    targets: set[str] = set()
+    for address in addresses:
+        if address.startswith(("ipv4:", "ipv6:")):
+            targets.update(address.split(":", 1)[1].split(","))
+            continue
+        host, _, port = address.removeprefix("dns:///").rpartition(":")
+        try:
+            infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            targets.add(address)
+            continue
+        targets.update(f"[{info[4][0]}]:{port}" if info[0] == socket.AF_INET6 else f"{info[4][0]}:{port}"
+                       for info in infos)  # fmt: skip
+    return sorted(targets)
+
+
+class RouterReplicas:
+    """Route goes to each replica in turn, skipping ones gRPC knows to be down (and trying the
+    next when one fails); every Complete of a request goes to the replica that routed it."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        resolve: Resolve | None = None,
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        self.target = address
+        self._resolve = resolve or (lambda: router_replicas([address]))
+        self._client_args: dict[str, Any] = {"route_timeout_s": route_timeout_s, "timeout_s": timeout_s}
+        self._refresh_s = refresh_s
+        self._clients: dict[str, RouterClient] = {}
+        self._retired: list[RouterClient] = []  # replicas no longer resolved, kept for their Completes
+        self._resolved_at = -float("inf")
+        self._turn = 0
+        self._owners: dict[str, RouterClient] = {}
+
+    async def _replicas(self) -> list[RouterClient]:
+        if time.monotonic() - self._resolved_at >= self._refresh_s:
+            self._resolved_at = time.monotonic()
+            targets = set(await self._resolve())
+            for gone in self._clients.keys() - targets:
+                self._retired.append(self._clients.pop(gone))
+            owning = {id(c) for c in self._owners.values()}
+            for client in [c for c in self._retired if id(c) not in owning]:
+                self._retired.remove(client)
+                await client.close()
+            for target in sorted(targets - self._clients.keys()):
+                self._clients[target] = RouterClient(target, **self._client_args)
+        return list(self._clients.values())
+
+    def _order(self, clients: list[RouterClient]) -> list[RouterClient]:
+        """Round-robin order from this call's turn, replicas in TRANSIENT_FAILURE last."""
+        self._turn += 1
+        start = self._turn % len(clients)
+        rotated = clients[start:] + clients[:start]
+        down = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return sorted(rotated, key=lambda c: c.state(try_to_connect=True) == down)
+
+    async def route(
+        self,
+        request_id: str,
+        model: str,
+        prompt_token_ids: Sequence[int],
+        *,
+        tenant: str = "",
+        cache_salt: str = "",
+        max_tokens: int = 0,
+        priority: PriorityClass = "standard",
+        trace_context: Context | None = None,
+    ) -> Decision:
+        """RouterClient.route on one replica; RouterUnavailableError only when none answers."""
+        clients = await self._replicas()
+        if not clients:
+            raise RouterUnavailableError(f"router address {self.target} resolves to no replica")
+        failure: RouterUnavailableError | None = None
+        for client in self._order(clients):
+            try:
+                decision = await client.route(
+                    request_id,
+                    model,
+                    prompt_token_ids,
+                    tenant=tenant,
+                    cache_salt=cache_salt,
+                    max_tokens=max_tokens,
+                    priority=priority,
+                    trace_context=trace_context,
+                )
+            except RouterUnavailableError as exc:
+                failure = exc
+                continue
+            if len(self._owners) >= MAX_OWNED:  # a caller that never finishes its requests
+                del self._owners[next(iter(self._owners))]
+            self._owners[request_id] = client
+            return decision
+        assert failure is not None
+        raise failure
+
+    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
+        """RouterClient.complete on the replica that routed the request; False, without a call, for
+        a request no replica routed through this client."""
+        client = self._owners.pop(request_id, None) if stage == "finished" else self._owners.get(request_id)
+        if client is None:
+            return False
+        return await client.complete(request_id, usage, stage=stage)
+
+    async def close(self) -> None:
+        clients = {id(c): c for c in [*self._clients.values(), *self._retired]}
+        self._clients, self._retired, self._owners = {}, [], {}
+        for client in clients.values():
+            await client.close()
+
+    async def __aenter__(self) -> RouterReplicas:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
