@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 import grpc
 from opentelemetry.context import Context
@@ -28,6 +29,17 @@ from glmserve.router.types import Decision, Load, Stage, Usage, WorkerInfo
 # Routing sits on every request's critical path: past this, routing locally is the better deal.
 DEFAULT_ROUTE_TIMEOUT_S = 0.05
 DEFAULT_TIMEOUT_S = 2.0
+
+
+class RouteOptions(TypedDict, total=False):
+    """Who asks, and how: every key may be left out."""
+
+    tenant: str
+    cache_salt: str  # the cache_salt the engine gets
+    max_tokens: int
+    priority: PriorityClass  # default standard
+    allowed_worker_ids: Sequence[str]  # empty: any worker
+    trace_context: Context | None  # the caller's trace, which the router's span joins
 
 
 class RouterUnavailableError(GlmserveError):
@@ -61,32 +73,21 @@ class RouterClient:
         self._stub = pb_grpc.RouterStub(self._channel)
 
     async def route(
-        self,
-        request_id: str,
-        model: str,
-        prompt_token_ids: Sequence[int],
-        *,
-        tenant: str = "",
-        cache_salt: str = "",
-        max_tokens: int = 0,
-        priority: PriorityClass = "standard",
-        allowed_worker_ids: Sequence[str] = (),
-        trace_context: Context | None = None,
+        self, request_id: str, model: str, prompt_token_ids: Sequence[int], **options: Unpack[RouteOptions]
     ) -> Decision:
-        """`trace_context`: the caller's trace, which the router's span joins."""
         request = convert.query_to_pb(
             request_id,
             model,
             prompt_token_ids,
-            tenant=tenant,
-            cache_salt=cache_salt,
-            max_tokens=max_tokens,
-            priority=priority,
-            allowed_worker_ids=allowed_worker_ids,
+            tenant=options.get("tenant", ""),
+            cache_salt=options.get("cache_salt", ""),
+            max_tokens=options.get("max_tokens", 0),
+            priority=options.get("priority", "standard"),
+            allowed_worker_ids=options.get("allowed_worker_ids", ()),
         )
         try:
             reply = await self._stub.Route(
-                request, timeout=self._route_timeout_s, metadata=tracing.grpc_metadata(trace_context)
+                request, timeout=self._route_timeout_s, metadata=tracing.grpc_metadata(options.get("trace_context"))
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "Route") from None

@@ -15,13 +15,17 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
-from opentelemetry.context import Context
 
-from glmserve.common.tenancy import PriorityClass
-from glmserve.router.client import DEFAULT_ROUTE_TIMEOUT_S, DEFAULT_TIMEOUT_S, RouterClient, RouterUnavailableError
+from glmserve.router.client import (
+    DEFAULT_ROUTE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    RouteOptions,
+    RouterClient,
+    RouterUnavailableError,
+)
 from glmserve.router.types import Decision, Stage, Usage
 
 Resolve = Callable[[], Awaitable[Collection[str]]]
@@ -96,16 +100,7 @@ class RouterReplicas:
         return sorted(rotated, key=lambda c: c.state(try_to_connect=True) == down)
 
     async def route(
-        self,
-        request_id: str,
-        model: str,
-        prompt_token_ids: Sequence[int],
-        *,
-        tenant: str = "",
-        cache_salt: str = "",
-        max_tokens: int = 0,
-        priority: PriorityClass = "standard",
-        trace_context: Context | None = None,
+        self, request_id: str, model: str, prompt_token_ids: Sequence[int], **options: Unpack[RouteOptions]
     ) -> Decision:
         """RouterClient.route on one replica; RouterUnavailableError only when none answers."""
         clients = await self._replicas()
@@ -114,16 +109,7 @@ class RouterReplicas:
         failure: RouterUnavailableError | None = None
         for client in self._order(clients):
             try:
-                decision = await client.route(
-                    request_id,
-                    model,
-                    prompt_token_ids,
-                    tenant=tenant,
-                    cache_salt=cache_salt,
-                    max_tokens=max_tokens,
-                    priority=priority,
-                    trace_context=trace_context,
-                )
+                decision = await client.route(request_id, model, prompt_token_ids, **options)
             except RouterUnavailableError as exc:
                 failure = exc
                 continue
