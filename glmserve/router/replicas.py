@@ -74,22 +74,32 @@ class RouterReplicas:
         self._clients: dict[str, RouterClient] = {}
         self._retired: list[RouterClient] = []  # replicas no longer resolved, kept for their Completes
         self._resolved_at = -float("inf")
+        self._resolving: asyncio.Task[None] | None = None
         self._turn = 0
         self._owners: dict[str, RouterClient] = {}
 
     async def _replicas(self) -> list[RouterClient]:
-        if time.monotonic() - self._resolved_at >= self._refresh_s:
+        """The replicas' clients. Only a call that knows no replica yet waits for the address to
+        resolve; later look-ups run beside the requests, so a slow DNS answer holds none up."""
+        if time.monotonic() - self._resolved_at >= self._refresh_s and (
+            self._resolving is None or self._resolving.done()
+        ):
             self._resolved_at = time.monotonic()
-            targets = set(await self._resolve())
-            for gone in self._clients.keys() - targets:
-                self._retired.append(self._clients.pop(gone))
-            owning = {id(c) for c in self._owners.values()}
-            for client in [c for c in self._retired if id(c) not in owning]:
-                self._retired.remove(client)
-                await client.close()
-            for target in sorted(targets - self._clients.keys()):
-                self._clients[target] = RouterClient(target, **self._client_args)
+            self._resolving = asyncio.create_task(self._refresh())
+        if not self._clients and self._resolving is not None:
+            await asyncio.shield(self._resolving)
         return list(self._clients.values())
+
+    async def _refresh(self) -> None:
+        targets = set(await self._resolve())
+        for gone in self._clients.keys() - targets:
+            self._retired.append(self._clients.pop(gone))
+        owning = {id(c) for c in self._owners.values()}
+        for client in [c for c in self._retired if id(c) not in owning]:
+            self._retired.remove(client)
+            await client.close()
+        for target in sorted(targets - self._clients.keys()):
+            self._clients[target] = RouterClient(target, **self._client_args)
 
     def _order(self, clients: list[RouterClient]) -> list[RouterClient]:
         """Round-robin order from this call's turn, replicas in TRANSIENT_FAILURE last."""
@@ -129,6 +139,8 @@ class RouterReplicas:
         return await client.complete(request_id, usage, stage=stage)
 
     async def close(self) -> None:
+        if self._resolving is not None:
+            self._resolving.cancel()
         clients = {id(c): c for c in [*self._clients.values(), *self._retired]}
         self._clients, self._retired, self._owners = {}, [], {}
         for client in clients.values():
