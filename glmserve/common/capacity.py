@@ -1,6 +1,6 @@
 """Memory arithmetic of one model replica per GPU: weights + KV cache + activations + runtime.
 
-The figures reproduce Zhipu's GPU table for GLM-4.5/4.6 (`shared/reference/glm-4.6.md`: batch <= 8,
+The figures reproduce Zhipu's GPU table for GLM-4.5/4.6 (`docs/reference/glm-4.6.md`: batch <= 8,
 MTP on; BF16 16xH100 / 8xH200, FP8 8xH100 / 4xH200, twice that at full 128K context) with vLLM's
 memory model: a replica may use `GPU_MEMORY_UTILIZATION` of each GPU's HBM, and must fit its weight
 shard, the KV cache of every sequence it holds at full context, the activation peak of one

@@ -1,7 +1,7 @@
 """GLM-4.6 family as data: architectures, precisions and serving defaults.
 
 Numbers come from the model card and `config.json` of zai-org/GLM-4.6 (see
-`shared/reference/glm-4.6.md`). `glm-4.6-tiny` keeps every architectural feature
+`docs/reference/glm-4.6.md`). `glm-4.6-tiny` keeps every architectural feature
 (GQA, partial RoPE, QK-norm, attention bias, dense-then-MoE layers, sigmoid router
 with a correction bias, shared expert, an MTP layer) at toy size, so the code paths
 that serve the real model are the ones exercised on a laptop.

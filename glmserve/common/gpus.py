@@ -1,4 +1,4 @@
-"""The GPUs glmserve plans for, as data (datasheet figures, see `shared/reference/glm-4.6.md`)."""
+"""The GPUs glmserve plans for, as data (datasheet figures, see `docs/reference/glm-4.6.md`)."""
 
 from __future__ import annotations
 

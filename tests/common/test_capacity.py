@@ -1,4 +1,4 @@
-"""The capacity planner against Zhipu's GPU table (shared/reference/glm-4.6.md) and its own rules."""
+"""The capacity planner against Zhipu's GPU table (docs/reference/glm-4.6.md) and its own rules."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from glmserve.operator.crds import RESOURCES, build_crd
 from tests.operator.k8s_checks import CustomResourceSchemas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENDORED_CRDS = REPO_ROOT.parent / "shared" / "crds"
+VENDORED_CRDS = REPO_ROOT / "vendor" / "crds"
 EXAMPLES = REPO_ROOT / "examples"
 TOOLS = REPO_ROOT / ".tools" / "bin"
 
@@ -37,8 +37,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def schemas() -> CustomResourceSchemas:
     """Our CRDs (generated) and the vendored upstream ones (RayService, NodePool, monitors)."""
-    if not VENDORED_CRDS.is_dir():
-        pytest.fail(f"vendored CRDs not found at {VENDORED_CRDS} (the shared/ directory beside the repository)")
     return CustomResourceSchemas([build_crd(r) for r in RESOURCES]).merged(CustomResourceSchemas.load(VENDORED_CRDS))
 
 

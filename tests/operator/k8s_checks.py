@@ -1,7 +1,7 @@
 """Validation the API server would do, without one: strict built-in schemas, CRD schemas and CEL.
 
 Built-in kinds go through `kubernetes-validate --strict` (Kubernetes 1.34). Custom resources are
-checked against their CRD's openAPIV3Schema made strict as /work/shared/crds/README.md says
+checked against their CRD's openAPIV3Schema made strict as vendor/crds/README.md says
 (unknown fields rejected, `nullable`, int-or-string), after the API server's defaulting, and their
 `x-kubernetes-validations` are evaluated with celpy (transition rules need an old object and are
 skipped, as on create).

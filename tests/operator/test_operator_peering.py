@@ -15,7 +15,7 @@ import yaml
 from kopf.testing import KopfRunner
 
 from glmserve.operator.crds import RESOURCES, build_crd
-from tests.operator.conftest import REPO_ROOT
+from tests.operator.conftest import REPO_ROOT, VENDORED_CRDS
 from tests.operator.kube import KmockCluster, eventually, unique
 from tests.operator.resources import node_group
 
@@ -30,9 +30,7 @@ def kmock_only(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kmock
         pytest.skip("peering is tested against kmock, where the test can play the other replica")
     crds = [build_crd(r) for r in RESOURCES]
     crds.append(yaml.safe_load((REPO_ROOT / "charts/glmserve/crds/clusterkopfpeerings.kopf.dev.yaml").read_text()))
-    crds.append(
-        yaml.load((REPO_ROOT.parent / "shared/crds/karpenter.sh_nodepools.yaml").read_text(), Loader=yaml.CSafeLoader)
-    )
+    crds.append(yaml.load((VENDORED_CRDS / "karpenter.sh_nodepools.yaml").read_text(), Loader=yaml.CSafeLoader))
     with KmockCluster(crds, tmp_path) as cluster:
         yield cluster
 

@@ -40,7 +40,7 @@ def _planned(gpu: str, precision: str, context: int) -> tuple[ModelDeploymentSpe
     return spec, PlanStatus.of(plan)
 
 
-# (GPU, precision, context) -> GPUs per replica, as in Zhipu's table (shared/reference/glm-4.6.md).
+# (GPU, precision, context) -> GPUs per replica, as in Zhipu's table (docs/reference/glm-4.6.md).
 TABLE = [
     ("H100", "fp8", 32768, 8),
     ("H200", "fp8", 32768, 4),
