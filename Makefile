@@ -1,5 +1,5 @@
 # The two commands of README.md. Both install what they need first (idempotent).
-.PHONY: up test lint bench
+.PHONY: up test lint bench lock
 
 up:
 	scripts/install.sh
@@ -10,11 +10,16 @@ test:
 	.venv/bin/python -m pytest
 
 lint:
-	.venv/bin/ruff check glmserve tests benchmarks
-	.venv/bin/ruff format --check glmserve tests benchmarks
+	.venv/bin/ruff check glmserve tests benchmarks scripts
+	.venv/bin/ruff format --check glmserve tests benchmarks scripts
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 
 bench:
 	scripts/install.sh
 	.venv/bin/python -m benchmarks
+
+# Exact versions per target (locks/*.txt) from pyproject.toml; UPGRADE=1 takes the newest releases it allows.
+lock:
+	scripts/install.sh
+	.venv/bin/python scripts/locks.py compile $(if $(filter 1,$(UPGRADE)),--upgrade)

