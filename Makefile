@@ -1,5 +1,5 @@
 # The two commands of README.md. Both install what they need first (idempotent).
-.PHONY: up test lint bench lock
+.PHONY: up test lint bench lock images
 
 up:
 	scripts/install.sh
@@ -23,3 +23,7 @@ bench:
 lock:
 	scripts/install.sh
 	.venv/bin/python scripts/locks.py compile $(if $(filter 1,$(UPGRADE)),--upgrade)
+
+# images/operator and images/serving with Docker, podman or buildah (see scripts/build-images.sh).
+images:
+	scripts/build-images.sh

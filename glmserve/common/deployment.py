@@ -197,6 +197,25 @@ class IngressSpec(Spec):
     )
 
 
+# An image reference: [registry[:port]/]path[:tag][@digest].
+IMAGE = r"^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+Image = Annotated[str, Field(pattern=IMAGE, max_length=512)]
+SecretName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+
+
+class Images(Spec):
+    """Where the deployment's pods pull from; each unset image is the operator's default."""
+
+    serving: Image | None = Field(None, description="image of the Ray pods (vLLM engines, Ray Serve LLM, NIXL)")
+    router: Image | None = Field(None, description="image of the router pods (the slim operator/router image)")
+    pull_secrets: list[SecretName] = Field(
+        default_factory=list,
+        max_length=16,
+        description="imagePullSecrets of every pod, added to the operator's",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
 PlanName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
 
 
@@ -216,9 +235,7 @@ class ModelDeploymentSpec(Spec):
         description="names of the Plans whose tenants may use this deployment; empty: every Plan in the namespace",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    image: str | None = Field(
-        None, min_length=1, max_length=512, description="glmserve container image; default: the operator's"
-    )
+    images: Images = Field(default_factory=Images, description="container images and their pull secrets")
 
     @field_validator("plans")
     @classmethod

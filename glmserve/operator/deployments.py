@@ -91,7 +91,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
         spec=spec,
         groups={name: groups[name] for name in used},
         plan=layout,
-        image=settings.image,
+        images=settings.images(spec.images),
         ray_version=settings.ray_version,
     )
     tenancy = router_tenancy(

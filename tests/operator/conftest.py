@@ -15,6 +15,7 @@ from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.crds import RESOURCES, build_crd
+from glmserve.operator.settings import OperatorSettings
 from tests.operator.k8s_checks import CustomResourceSchemas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "test cluster: the in-process operator watches all namespaces). They install missing CRDs, and create "
         "and delete their own NodeGroups and namespaces; Karpenter groups name a node class that does not "
         "exist, so no node is ever launched",
+    )
+    parser.addoption(
+        "--operator-image",
+        default=None,
+        help="run the operator of the end-to-end tests from this image (images/operator, `make images`) "
+        "with podman or buildah instead of in-process",
     )
 
 
@@ -75,6 +82,6 @@ def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0
         spec=spec,
         groups=groups,
         plan=PlanStatus.of(plan_for(spec, groups)),
-        image="ghcr.io/glmserve/glmserve:0.1.0",
+        images=OperatorSettings().images(spec.images),
         ray_version="2.60.0",
     )

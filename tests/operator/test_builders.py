@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from glmserve import __version__
+from glmserve.common.deployment import Images
 from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
@@ -20,6 +22,7 @@ from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
 from glmserve.operator.build.salt import SALT_KEY, build_cache_salt_secret
+from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
 from glmserve.serving.entrypoint import model_source
 from tests.operator.conftest import example_inputs, load_examples
@@ -270,3 +273,23 @@ def test_pvc_weights_are_mounted_where_the_engines_and_the_ingress_load_them(sch
         assert source.startswith(mount["mountPath"] + "/") and mount["readOnly"]
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert all(v["name"] != "weights" for v in head.get("volumes", []))
+
+
+def test_ray_pods_and_router_pods_pull_their_own_images_with_the_pull_secrets(schemas: CustomResourceSchemas) -> None:
+    settings = OperatorSettings(registry="mirror.example/ai", image_pull_secrets=("mirror",))
+    inputs = example_inputs()
+    spec = inputs.spec.model_copy(update={"images": Images(router="custom/router:1", pull_secrets=["team"])})
+    inputs = replace(inputs, spec=spec, images=settings.images(spec.images))
+    children = build_children(inputs, TENANCY, None)
+    for child in children:
+        assert not manifest_problems(child, schemas), child["kind"]
+    cluster = next(c for c in children if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    ray_pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    router = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]
+    for pod, image in [
+        *((p, f"mirror.example/ai/serving:{__version__}") for p in ray_pods),
+        (router, "custom/router:1"),
+    ]:
+        assert {c["image"] for c in pod["spec"]["containers"]} == {image}
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "mirror"}, {"name": "team"}]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True

@@ -4,11 +4,14 @@ RBAC, a values schema that rejects bad values, and ships the dashboards (tests/d
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from typing import Any
 
 import pytest
 import yaml
 
+from glmserve import __version__
+from glmserve.common.deployment import Images
 from glmserve.common.tenancy import Plan, TenantsFile
 from glmserve.dashboards import DASHBOARDS
 from glmserve.dashboards import render as render_dashboard
@@ -88,7 +91,34 @@ def test_operator_runs_with_leader_election_and_valid_settings() -> None:
     settings = OperatorSettings.from_env(env)  # the names and values the operator accepts
     assert settings.router_replicas == 3
     assert settings.redis_url == f"redis://{RELEASE}-redis.{NAMESPACE}.svc:6379/0"
-    assert settings.image == "ghcr.io/glmserve/glmserve:0.1.0"
+    images = settings.images(Images())
+    assert (images.serving, images.router) == (f"ghcr.io/glmserve/serving:{__version__}", container["image"])
+
+
+def test_a_registry_override_and_pull_secrets_reach_the_operator_and_its_pods() -> None:
+    docs = render("--set", "images.registry=mirror.example:5000/ai", "--set", "images.pullSecrets={mirror,backup}")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "mirror"}, {"name": "backup"}]
+    assert pod["containers"][0]["image"] == f"mirror.example:5000/ai/operator:{__version__}"
+    settings = OperatorSettings.from_env({e["name"]: e["value"] for e in pod["containers"][0]["env"]})
+    images = settings.images(Images(pull_secrets=["team"]))
+    assert images.serving == f"mirror.example:5000/ai/serving:{__version__}"
+    assert images.pull_secrets == ("mirror", "backup", "team")
+    # A whole reference wins over the registry.
+    docs = render("--set", "images.serving=cuda.example/serving:nightly", "--set", "images.tag=0.2.0")
+    env = {e["name"]: e["value"] for e in _operator(docs)["env"]}
+    assert env["GLMSERVE_OPERATOR_SERVING_IMAGE"] == "cuda.example/serving:nightly"
+    assert env["GLMSERVE_OPERATOR_ROUTER_IMAGE"] == "ghcr.io/glmserve/operator:0.2.0"
+
+
+def test_the_default_tags_are_the_package_version() -> None:
+    """pyproject.toml, glmserve.__version__ and the chart's appVersion (the images' default tag) agree."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert project["version"] == __version__ == chart["appVersion"] == chart["version"]
+    assert _operator(render())["image"] == f"ghcr.io/glmserve/operator:{__version__}"
+    assert OperatorSettings().images(Images()).router == f"ghcr.io/glmserve/operator:{__version__}"
 
 
 def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -153,8 +183,10 @@ def test_rbac_is_exactly_what_the_operator_uses() -> None:
         ),
         (["--set", "externalRedisUrl=http://redis:6379"], "at '/externalRedisUrl': 'http://redis:6379' does not match"),
         (["--set", "operator.replica=2"], "at '/operator': additional properties 'replica' not allowed"),
+        (["--set", "images.pullSecrets={Bad_Name}"], "at '/images/pullSecrets/0': 'Bad_Name' does not match pattern"),
+        (["--set", "images.registry=GHCR.io"], "at '/images/registry': 'GHCR.io' does not match"),
     ],
-    ids=["zero-replicas", "log-level", "ray-version", "two-redises", "redis-scheme", "typo"],
+    ids=["zero-replicas", "log-level", "ray-version", "two-redises", "redis-scheme", "typo", "pull-secret", "registry"],
 )
 def test_values_schema_rejects_bad_values(values: list[str], message: str) -> None:
     result = helm("template", RELEASE, str(CHART), *values)

@@ -1,4 +1,5 @@
-"""The operator as a real kopf process against kmock (default) or a real cluster (`--kubeconfig`).
+"""The operator as a real kopf process against kmock (default) or a real cluster (`--kubeconfig`);
+in-process, or started from its image with `--operator-image` (podman or buildah).
 
 On kmock the tests also play the controllers that a real cluster runs (the kubelet's nodes and
 pods, KubeRay's RayService status, garbage collection); on a real cluster those parts are skipped
@@ -22,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from glmserve.common.tenancy import hash_api_key
 from glmserve.operator.crds import RESOURCES, build_crd
 from tests.operator.conftest import VENDORED_CRDS
+from tests.operator.image import ImageOperator
 from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
 from tests.operator.resources import G, fake_node, model_deployment, node_group
 
@@ -34,6 +36,7 @@ UPSTREAM_CRDS = [
     "monitoring.coreos.com_podmonitors.yaml",
     "monitoring.coreos.com_prometheusrules.yaml",
 ]
+OPERATOR_ARGS = ["run", "--quiet", "--all-namespaces", "--standalone", "-m", "glmserve.operator.main"]
 WATCHED = {"nodegroups", "modeldeployments", "plans", "tenants", "nodes", "rayservices", "deployments"}
 
 
@@ -50,16 +53,26 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster) -> Iterator[KopfRunner]:
+def operator(
+    request: pytest.FixtureRequest, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KopfRunner | ImageOperator]:
+    image = request.config.getoption("--operator-image")
+    if image:
+        log = tmp_path_factory.mktemp("operator") / "kopf.log"
+        with ImageOperator(image, cluster.kubeconfig, OPERATOR_ARGS, log) as running:
+            if isinstance(cluster, KmockCluster):
+                eventually(lambda: cluster.watching(WATCHED), what="kopf in the image to watch our resources")
+            yield running
+        print(running.output[-20000:])
+        assert running.exit_code == 0
+        return
     env = {"KUBECONFIG": str(cluster.kubeconfig)}
     saved = {k: os.environ.get(k) for k in env}
     saved_location = kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     os.environ.update(env)
     # kopf logs in with the kubernetes client, which read KUBECONFIG when it was imported.
     kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = env["KUBECONFIG"]
-    runner = KopfRunner(
-        ["run", "--quiet", "--all-namespaces", "--standalone", "-m", "glmserve.operator.main"], timeout=120
-    )
+    runner = KopfRunner(OPERATOR_ARGS, timeout=120)
     try:
         with runner:
             if isinstance(cluster, KmockCluster):
@@ -85,7 +98,9 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
-def test_node_group_renders_its_node_pool_and_reports_its_nodes(cluster: Cluster, operator: KopfRunner) -> None:
+def test_node_group_renders_its_node_pool_and_reports_its_nodes(
+    cluster: Cluster, operator: KopfRunner | ImageOperator
+) -> None:
     api = cluster.api
     name = unique("h100")
     group = node_group(name, "H100", 4)
@@ -167,7 +182,7 @@ def _play_kuberay_and_kubelets(api: Api, name: str, ns: str, groups: list[str]) 
     api.patch(router, {"status": {"readyReplicas": 2, "replicas": 2}}, status=True)
 
 
-def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> None:
+def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner | ImageOperator) -> None:
     api = cluster.api
     h100, h200 = unique("h100"), unique("h200")
     api.create(node_group(h100, "H100", 2, "static"))
@@ -285,7 +300,9 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
     api.delete(G, "NodeGroup", h200)
 
 
-def test_infeasible_deployment_is_refused_until_capacity_allows(cluster: Cluster, operator: KopfRunner) -> None:
+def test_infeasible_deployment_is_refused_until_capacity_allows(
+    cluster: Cluster, operator: KopfRunner | ImageOperator
+) -> None:
     api = cluster.api
     h100 = unique("h100")
     group = node_group(h100, "H100", 1, "static")
@@ -331,7 +348,7 @@ def test_infeasible_deployment_is_refused_until_capacity_allows(cluster: Cluster
     api.delete(G, "NodeGroup", h100)
 
 
-def test_spec_errors_become_conditions_without_children(cluster: Cluster, operator: KopfRunner) -> None:
+def test_spec_errors_become_conditions_without_children(cluster: Cluster, operator: KopfRunner | ImageOperator) -> None:
     api = cluster.api
     with cluster.namespace("bad") as ns:
         missing = model_deployment(

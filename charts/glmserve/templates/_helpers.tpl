@@ -14,8 +14,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
-{{- define "glmserve.image" -}}
-{{ .Values.operator.image.repository }}:{{ .Values.operator.image.tag | default .Chart.AppVersion }}
+{{- define "glmserve.operatorImage" -}}
+{{ .Values.images.operator | default (printf "%s/operator:%s" .Values.images.registry (.Values.images.tag | default .Chart.AppVersion)) }}
+{{- end -}}
+
+{{- define "glmserve.servingImage" -}}
+{{ .Values.images.serving | default (printf "%s/serving:%s" .Values.images.registry (.Values.images.tag | default .Chart.AppVersion)) }}
 {{- end -}}
 
 {{- define "glmserve.redisUrl" -}}

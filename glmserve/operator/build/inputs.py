@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus
@@ -17,6 +18,23 @@ TLS_DIR = "/etc/glmserve/tls"
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentImages:
+    """The images of a deployment's pods, resolved against the operator's defaults."""
+
+    serving: str  # the Ray pods
+    router: str  # the router pods
+    pull_secrets: tuple[str, ...] = ()
+
+    def pod_spec(self) -> dict[str, Any]:
+        """What every pod spec carries: its pull secrets, and a refusal to run as root (both images
+        set a numeric non-root USER)."""
+        spec: dict[str, Any] = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}}
+        if self.pull_secrets:
+            spec["imagePullSecrets"] = [{"name": name} for name in self.pull_secrets]
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentInputs:
     name: str
     namespace: str
@@ -24,12 +42,8 @@ class DeploymentInputs:
     spec: ModelDeploymentSpec
     groups: dict[str, NodeGroupSpec]  # the NodeGroups its pools use, by name
     plan: PlanStatus
-    image: str  # the operator's default; spec.image wins
+    images: DeploymentImages
     ray_version: str
-
-    @property
-    def container_image(self) -> str:
-        return self.spec.image or self.image
 
     @property
     def tls(self) -> bool:

@@ -39,7 +39,7 @@ def _pod_template(
     ports = HEAD_PORTS if component == "head" else {}
     container: dict[str, Any] = {
         "name": "ray-head" if component == "head" else "ray-worker",
-        "image": inputs.container_image,
+        "image": inputs.images.serving,
         "env": [
             {"name": "GLMSERVE_MODEL_DEPLOYMENT", "value": inputs.name},
             {"name": "GLMSERVE_ROUTER_ADDRESS", "value": inputs.router_address},
@@ -70,7 +70,7 @@ def _pod_template(
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
     if mounts:
         container["volumeMounts"] = mounts
-    spec: dict[str, Any] = {"containers": [container], **(pod or {})}
+    spec: dict[str, Any] = {**inputs.images.pod_spec(), "containers": [container], **(pod or {})}
     if volumes:
         spec["volumes"] = volumes
     return {"metadata": {"labels": deployment_labels(inputs.name, component)}, "spec": spec}

@@ -53,7 +53,7 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
     probe = {"grpc": {"port": ROUTER_PORT}, "periodSeconds": 10}
     container: dict[str, Any] = {
         "name": "router",
-        "image": inputs.container_image,
+        "image": inputs.images.router,
         "command": ["glmserve"],
         "args": ["router", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "ports": [
@@ -80,7 +80,7 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
             "template": {
                 "metadata": {"labels": labels, "annotations": {CONFIG_HASH: config_digest}},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    **inputs.images.pod_spec(),
                     "containers": [container],
                     "volumes": [
                         {
