@@ -6,7 +6,8 @@
 # Environment: BUILDER (docker, podman or buildah; default: the first that works), REGISTRY (default
 # ghcr.io/glmserve), TAG (default: the package version), VARIANT (cuda or cpu, default cuda), BASE (a
 # Debian bookworm image; default debian:bookworm-slim; images/debian-base.sh makes one from Debian's
-# packages where no registry is reachable), PIP_CERT (a CA bundle for pip, mounted into the build).
+# packages where no registry is reachable), PIP_CERT (a CA bundle for pip, mounted into the build),
+# TORCH_CPU_LINKS (VARIANT=cpu: where torch's CPU build is; a local directory is mounted into the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,11 @@ args=()
 [[ -n ${BASE:-} ]] && args+=(--build-arg "BASE=$BASE")
 if [[ -n ${PIP_CERT:-} && -f $PIP_CERT && $BUILDER != docker ]]; then
   args+=(--volume "$(realpath "$PIP_CERT"):/run/pip-cert.pem:ro" --build-arg PIP_CERT=/run/pip-cert.pem)
+fi
+
+if [[ -n ${TORCH_CPU_LINKS:-} ]]; then
+  args+=(--build-arg "TORCH_CPU_LINKS=$TORCH_CPU_LINKS")
+  [[ -d $TORCH_CPU_LINKS && $BUILDER != docker ]] && args+=(--volume "$(realpath "$TORCH_CPU_LINKS"):$TORCH_CPU_LINKS:ro")
 fi
 
 for name in "${names[@]}"; do

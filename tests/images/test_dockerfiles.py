@@ -56,3 +56,9 @@ def test_runs_as_a_numeric_user_that_is_not_root(dockerfile: Path) -> None:
     assert users, f"{dockerfile} runs as root"
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) > 0, f"{dockerfile}: USER {users[-1]} must be a numeric non-root uid"
+
+
+def test_the_serving_image_can_run_kuberays_probes() -> None:
+    """KubeRay injects a RayService worker's readiness probe as `bash -c "wget ... /-/healthz"`."""
+    runtime = (IMAGES / "serving" / "Dockerfile").read_text().rpartition("\nFROM ")[2]
+    assert re.search(r"apt-get install [^#]*\bwget\b", runtime)
