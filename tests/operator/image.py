@@ -46,6 +46,22 @@ class ImageOperator:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
+    def _stop(self) -> None:
+        """SIGTERM to kopf, as the kubelet stops a container. podman forwards it; buildah would kill
+        kopf outright, so kopf (a process of this session: chroot isolation shares the PID
+        namespace) gets it directly."""
+        assert self._process is not None
+        if self._container is None:
+            self._process.terminate()
+            return
+        listed = subprocess.run(
+            ["ps", "-o", "pid=,args=", "-s", str(self._process.pid)], capture_output=True, text=True, check=False
+        )
+        for line in listed.stdout.splitlines():
+            pid, args = line.split(None, 1)
+            if "/bin/kopf run" in args and not args.startswith("buildah"):  # not its chroot wrapper
+                os.kill(int(pid), signal.SIGTERM)
+
     @property
     def output(self) -> str:
         return self._log.read_text(errors="replace")
@@ -53,7 +69,7 @@ class ImageOperator:
     def __exit__(self, *exc: object) -> None:
         assert self._process is not None
         if self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
+            self._stop()
         try:
             self.exit_code = self._process.wait(60)
         except subprocess.TimeoutExpired:
