@@ -137,6 +137,18 @@ SCHEMA_ONLY = [
     ),
     ("Plan/free", _set("spec.priority", "gold"), "'gold' is not one of", "Input should be 'batch'"),
     ("Tenant/acme", _set("spec.apiKeys", []), "should be non-empty", "at least 1 item"),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.images", {"serving": "Registry.example/Serving:1"}),
+        "'Registry.example/Serving:1' does not match",
+        "images.serving\n  String should match pattern",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.images", {"pullSecrets": ["Team_Secret"]}),
+        "'Team_Secret' does not match",
+        "images.pullSecrets.0\n  String should match pattern",
+    ),
     ("Tenant/acme", _set("spec.apiKeys", [{"sha256": "sha256:" + "0" * 64}]), "'sha256' was unexpected", "secretRef"),
 ]
 
