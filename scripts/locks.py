@@ -3,6 +3,7 @@
     python scripts/locks.py compile [--upgrade]   regenerate locks/*.txt (`make lock`)
     python scripts/locks.py check LOCK            exit 1 when this interpreter's packages differ from LOCK
     python scripts/locks.py stale LOCK            print the installed packages that LOCK does not list
+    python scripts/locks.py wheels TARGET...      check on PyPI that every pin of a target has a wheel for it
 
 `check` and `stale` use the standard library only: the installer runs them while it builds the venv.
 Upgrading is `compile` after a change to pyproject.toml (or `--upgrade` for the newest releases it
@@ -17,13 +18,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = REPO / "locks"
-PLATFORM = "x86_64-manylinux_2_28"
+# Debian bookworm, of the development machines and the images, has glibc 2.36.
+PLATFORM = "x86_64-manylinux_2_36"
 # The development target is the interpreter that scripts/install.sh finds here (redis' async-timeout
 # is only for Python < 3.11.3); the images run Debian bookworm's python3.
 DEV_PYTHON = "3.11.7"
@@ -119,11 +122,34 @@ def compile_lock(target: Target, upgrade: bool) -> None:
     target.path.write_text("# Generated from pyproject.toml by `make lock` (scripts/locks.py); do not edit.\n" + body)
 
 
+def wheels_command(target: Target, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """pip's dry run of installing `target`'s lock on its platform: binary wheels only (an image
+    build has no compilers for an sdist), metadata only (PyPI serves it apart from the wheels)."""
+    arch, _, libc = PLATFORM.partition("-")
+    newest = int(libc.rpartition("_")[2])
+    platforms = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)]
+    platforms += [f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+    abi = "cp" + "".join(target.python.split(".")[:2])
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--no-deps"]
+    command += ["--only-binary=:all:", "--python-version", target.python, "--implementation", "cp"]
+    command += [arg for tag in platforms for arg in ("--platform", tag)]
+    command += [arg for name in (abi, "abi3", "none") for arg in ("--abi", name)]
+    command += ["--target", str(scratch), "--requirement", str(target.path)]
+    if target.cpu_torch:
+        command += ["--find-links", torch_cpu_links()]
+    # Only this target's sources: a machine's find-links could offer torch's CPU build to the CUDA lock.
+    env = {key: value for key, value in os.environ.items() if key != "PIP_FIND_LINKS"}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return command, env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     compile_parser = commands.add_parser("compile", help="regenerate locks/*.txt")
     compile_parser.add_argument("--upgrade", action="store_true", help="take the newest releases pyproject allows")
+    wheels_parser = commands.add_parser("wheels", help="check that every pin of TARGET has a wheel for it")
+    wheels_parser.add_argument("targets", nargs="+", choices=[target.name for target in TARGETS], metavar="TARGET")
     for name, help_text in (("check", "compare this interpreter's packages with LOCK"), ("stale", "list unlocked")):
         commands.add_parser(name, help=help_text).add_argument("lock", type=Path)
     args = parser.parse_args(argv)
@@ -133,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             compile_lock(target, args.upgrade)
         print("locks.py: wrote " + " ".join(str(target.path.relative_to(REPO)) for target in TARGETS))
         return 0
+    if args.command == "wheels":
+        failed = 0
+        for target in (target for target in TARGETS if target.name in args.targets):
+            with tempfile.TemporaryDirectory() as scratch:
+                command, env = wheels_command(target, Path(scratch))
+                failed |= subprocess.run(command, env=env, check=False).returncode
+        return 1 if failed else 0
     if not args.lock.is_file():
         parser.error(f"LOCK: {args.lock} is not a file (the locks are in {LOCKS})")
     lock, present = read_lock(args.lock), installed()
