@@ -43,10 +43,9 @@ def test_installs_its_lock_without_resolving(dockerfile: Path) -> None:
     locked = {str(target.path.relative_to(locks.REPO)) for target in locks.TARGETS}
     for variant in VARIANTS[dockerfile.parent.name]:
         assert copied[1].replace("${VARIANT}", variant) in locked, f"{dockerfile}, VARIANT={variant}"
-    # The lock is complete: resolving again could only stray from it.
-    assert re.search(r"pip install [^#]*?--no-deps [^#]*?-r \"?/src/locks/", text), (
-        f"{dockerfile}: install it --no-deps"
-    )
+    # images/venv.sh installs it with --no-deps: the lock is complete, resolving again could only stray from it.
+    assert re.search(r"^RUN [^#]*?/src/images/venv\.sh lock \"?/src/locks/", text, flags=re.MULTILINE)
+    assert '--no-deps "$@" -r "$lock"' in (IMAGES / "venv.sh").read_text()
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.parent.name)
