@@ -16,6 +16,10 @@ TAG=${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml
 VARIANT=${VARIANT:-cuda}
 names=("$@")
 ((${#names[@]})) || names=(operator serving)
+for name in "${names[@]}"; do
+  [[ $name == operator || $name == serving ]] || { echo "build-images.sh: unknown image '$name' (operator or serving)" >&2; exit 2; }
+done
+case $VARIANT in cuda|cpu) ;; *) echo "build-images.sh: VARIANT must be cuda or cpu, not '$VARIANT'" >&2; exit 2 ;; esac
 
 if [[ -z ${BUILDER:-} ]]; then
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then BUILDER=docker
@@ -32,24 +36,25 @@ case $BUILDER in
   *) echo "build-images.sh: BUILDER must be docker, podman or buildah, not '$BUILDER'" >&2; exit 2 ;;
 esac
 args=()
-[[ -n ${BASE:-} ]] && args+=(--build-arg "BASE=$BASE")
+if [[ -n ${BASE:-} ]]; then args+=(--build-arg "BASE=$BASE"); fi
 if [[ -n ${PIP_CERT:-} && -f $PIP_CERT && $BUILDER != docker ]]; then
   args+=(--volume "$(realpath "$PIP_CERT"):/run/pip-cert.pem:ro" --build-arg PIP_CERT=/run/pip-cert.pem)
 fi
 
 if [[ -n ${TORCH_CPU_LINKS:-} ]]; then
   args+=(--build-arg "TORCH_CPU_LINKS=$TORCH_CPU_LINKS")
-  [[ -d $TORCH_CPU_LINKS && $BUILDER != docker ]] && args+=(--volume "$(realpath "$TORCH_CPU_LINKS"):$TORCH_CPU_LINKS:ro")
+  if [[ -d $TORCH_CPU_LINKS && $BUILDER != docker ]]; then
+    args+=(--volume "$(realpath "$TORCH_CPU_LINKS"):$TORCH_CPU_LINKS:ro")
+  fi
 fi
 
 for name in "${names[@]}"; do
-  case $name in
-    operator) extra=() ;;
-    serving) extra=(--build-arg "VARIANT=$VARIANT") ;;
-    *) echo "build-images.sh: unknown image '$name' (operator or serving)" >&2; exit 2 ;;
-  esac
+  extra=()
   suffix=""
-  [[ $name == serving && $VARIANT != cuda ]] && suffix="-$VARIANT"
+  if [[ $name == serving ]]; then
+    extra=(--build-arg "VARIANT=$VARIANT")
+    [[ $VARIANT == cuda ]] || suffix="-$VARIANT"
+  fi
   image="$REGISTRY/$name:$TAG$suffix"
   printf '\n==> %s: %s\n' "$BUILDER" "$image"
   "${build[@]}" "${args[@]}" "${extra[@]}" -f "images/$name/Dockerfile" -t "$image" .
