@@ -13,9 +13,9 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
+from glmserve.common.observability import DNS_SUBDOMAIN, ObservabilitySpec
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
 # downloads it) or a directory on a PersistentVolumeClaim (`pvc://CLAIM/DIR`, mounted read-only).
 SOURCE = r"^(hf|s3|gs)://.+$|^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+$"
@@ -218,6 +218,9 @@ class ModelDeploymentSpec(Spec):
     )
     image: str | None = Field(
         None, min_length=1, max_length=512, description="glmserve container image; default: the operator's"
+    )
+    observability: ObservabilitySpec = Field(
+        default_factory=ObservabilitySpec, description="traces of every pod (metrics need no settings)"
     )
 
     @field_validator("plans")

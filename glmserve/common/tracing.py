@@ -25,9 +25,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link
 
 from glmserve.common.errors import ConfigError
+from glmserve.common.observability import TRUST_CLIENT
 
 INSTRUMENTATION = "glmserve"
-TRUST_CLIENT = "GLMSERVE_TRACE_TRUST_CLIENT"
 
 # Span attributes: OpenTelemetry's GenAI conventions where they have a name, glmserve.* otherwise.
 OPERATION = "gen_ai.operation.name"

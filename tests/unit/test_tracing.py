@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from glmserve.common import tracing
 from glmserve.common.errors import ConfigError
+from glmserve.common.observability import TRUST_CLIENT
 from tests.helpers.otlp import otlp_receiver
 
 
@@ -116,6 +117,6 @@ def test_the_engines_endpoint_is_the_sdks(env: dict[str, str], endpoint: str | N
 
 def test_trusting_clients_is_validated() -> None:
     assert not tracing.trusts_client({})
-    assert tracing.trusts_client({tracing.TRUST_CLIENT: "True"})
+    assert tracing.trusts_client({TRUST_CLIENT: "True"})
     with pytest.raises(ConfigError, match="GLMSERVE_TRACE_TRUST_CLIENT must be true or false"):
-        tracing.trusts_client({tracing.TRUST_CLIENT: "yes"})
+        tracing.trusts_client({TRUST_CLIENT: "yes"})
