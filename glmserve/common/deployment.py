@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
-from glmserve.common.observability import DNS_SUBDOMAIN, ObservabilitySpec
+from glmserve.common.observability import ObservabilitySpec, SecretName
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
 # What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
@@ -189,11 +189,8 @@ class IngressSpec(Spec):
     """The OpenAI-compatible HTTP ingress (a Ray Serve deployment)."""
 
     replicas: int = Field(2, ge=1, le=64, description="ingress replicas in the Serve application")
-    tls_secret_name: str | None = Field(
-        None,
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
-        description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP",
+    tls_secret_name: SecretName | None = Field(
+        None, description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP"
     )
 
 

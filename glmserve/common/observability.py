@@ -6,7 +6,7 @@ ingress, engines, router); `glmserve.common.tracing` and vLLM read them there.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -14,6 +14,7 @@ from glmserve.common.resource import Spec, cel, validations
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+SecretName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
 # The ingress's switch for trusting a client's traceparent (not an OpenTelemetry variable).
 TRUST_CLIENT = "GLMSERVE_TRACE_TRUST_CLIENT"
 MSG_TLS_HTTPS = "tracing.tls needs an https:// endpoint"
@@ -26,7 +27,7 @@ MSG_GRPC_PLAINTEXT = (
 class SecretKeySelector(Spec):
     """A key of a Secret in the ModelDeployment's namespace."""
 
-    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="the Secret's name")
+    name: SecretName = Field(description="the Secret's name")
     key: str = Field(pattern=SECRET_KEY, max_length=253, description="the Secret's data key")
 
 
@@ -36,11 +37,8 @@ class TracingTls(Spec):
     ca_secret_ref: SecretKeySelector | None = Field(
         None, description="a Secret key holding the PEM CA bundle that signed the collector's certificate"
     )
-    client_secret_name: str | None = Field(
-        None,
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
-        description="a kubernetes.io/tls Secret (tls.crt, tls.key) the pods present to the collector (mutual TLS)",
+    client_secret_name: SecretName | None = Field(
+        None, description="a kubernetes.io/tls Secret (tls.crt, tls.key) the pods present to the collector (mutual TLS)"
     )
 
 
