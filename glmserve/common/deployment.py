@@ -13,9 +13,9 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
+from glmserve.common.observability import ObservabilitySpec, SecretName
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
 # downloads it) or a directory on a PersistentVolumeClaim (`pvc://CLAIM/DIR`, mounted read-only).
 SOURCE = r"^(hf|s3|gs)://.+$|^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+$"
@@ -189,18 +189,14 @@ class IngressSpec(Spec):
     """The OpenAI-compatible HTTP ingress (a Ray Serve deployment)."""
 
     replicas: int = Field(2, ge=1, le=64, description="ingress replicas in the Serve application")
-    tls_secret_name: str | None = Field(
-        None,
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
-        description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP",
+    tls_secret_name: SecretName | None = Field(
+        None, description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP"
     )
 
 
 # An image reference: [registry[:port]/]path[:tag][@digest].
 IMAGE = r"^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 Image = Annotated[str, Field(pattern=IMAGE, max_length=512)]
-SecretName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
 
 
 class Images(Spec):
@@ -236,6 +232,9 @@ class ModelDeploymentSpec(Spec):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     images: Images = Field(default_factory=Images, description="container images and their pull secrets")
+    observability: ObservabilitySpec = Field(
+        default_factory=ObservabilitySpec, description="traces of every pod (metrics need no settings)"
+    )
 
     @field_validator("plans")
     @classmethod

@@ -7,8 +7,10 @@ Built on the `kubernetes` client's DynamicClient, whose discovery also tells whi
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.dynamic import DynamicClient, Resource
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
@@ -23,6 +25,15 @@ IMMUTABLE: dict[tuple[str, str], tuple[tuple[str, ...], ...]] = {
 }
 
 log = logging.getLogger(__name__)
+
+
+def load_config() -> None:
+    """The pod's service account in a cluster, else the kubeconfig named by KUBECONFIG (read now,
+    not when the kubernetes package was imported)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 def _raw(_client: DynamicClient, data: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ given one with --priority).
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import kubernetes
 from glmserve.common.errors import ConfigError
 from glmserve.common.resource import GROUP
 from glmserve.operator import handlers  # noqa: F401  (registers the handlers)
-from glmserve.operator.cluster import Cluster
+from glmserve.operator.cluster import Cluster, load_config
 from glmserve.operator.reconciler import Reconciler
 from glmserve.operator.settings import OperatorSettings
 
@@ -39,11 +38,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     # Events only for what users act on (our condition transitions); routine logs stay in the log.
     settings.posting.level = logging.WARNING
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        # KUBECONFIG is read now, not when the kubernetes package was imported.
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    load_config()
     memo.discovery_dir = tempfile.mkdtemp(prefix="glmserve-operator-")
     cluster = Cluster(kubernetes.client.ApiClient(), str(Path(memo.discovery_dir) / "discovery.json"))
     try:

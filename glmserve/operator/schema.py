@@ -7,6 +7,7 @@ simply left out), `exclusiveMinimum` as a boolean beside `minimum`, no `addition
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel
@@ -46,5 +47,6 @@ def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
         elif key == "const":
             out["enum"] = [value]
         else:
-            out[key] = value
+            # A model used twice ($defs) must not share lists, which YAML would write as anchors.
+            out[key] = copy.deepcopy(value)
     return out

@@ -122,10 +122,12 @@ def _acme_roots(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
 
 
 def _all_acme_spans(spans: list[ReceivedSpan], requests: int) -> bool:
-    """Each of acme's requests has its request span and the router's span (they end first and last)."""
+    """Each of acme's requests has its request span, the router's span and the decode engine's
+    (the first ends last; the others come from other processes)."""
     traces = {s.trace_id for s in _acme_roots(spans)}
     routed = {s.trace_id for s in spans if s.service == "glmserve-router"}
-    return len(traces) == requests and traces <= routed
+    decoded = {s.trace_id for s in spans if s.service == "glmserve-decode"}
+    return len(traces) == requests and traces <= routed and traces <= decoded
 
 
 def _expositions(stack: Stack, sd: list[dict[str, object]]) -> dict[str, str]:
@@ -217,7 +219,8 @@ def test_panel_query_returns_data(live: Live, expr: str) -> None:
 
 def test_one_trace_per_request_through_the_router_and_the_engines(live: Live) -> None:
     """ingress request -> route (ingress) -> route (router), and -> prefill (when the router chose
-    remote prefill) -> decode; the router's choice is on the request span."""
+    remote prefill) -> the prefill engine's vLLM span, -> decode -> the decode engine's vLLM span;
+    the router's choice is on the request span."""
     roots = _acme_roots(live.spans)
     assert len(roots) == live.requests and len({r.trace_id for r in roots}) == len(roots)
     by_parent: dict[str, list[ReceivedSpan]] = {}
@@ -238,6 +241,16 @@ def test_one_trace_per_request_through_the_router_and_the_engines(live: Live) ->
         assert router.trace_id == root.trace_id
         assert router.attributes[t.DECODE_WORKER] == root.attributes[t.DECODE_WORKER]
         assert router.attributes.get(t.PREFILL_WORKER) == root.attributes.get(t.PREFILL_WORKER)
+        # vLLM's own request span, in the engine the ingress called, under that call's span.
+        for stage in children.keys() - {"route"}:
+            [engine] = by_parent[children[stage].span_id]
+            assert (engine.service, engine.name, engine.kind) == (
+                f"glmserve-{stage}",
+                "llm_request",
+                "SPAN_KIND_SERVER",
+            )
+            assert engine.trace_id == root.trace_id
+            assert engine.attributes["gen_ai.usage.prompt_tokens"] == root.attributes[t.INPUT_TOKENS]
     assert any(t.PREFILL_WORKER in r.attributes for r in roots), "the router never chose remote prefill"
     # A request its plan refused is traced too, without engine spans.
     refused = [s for s in live.spans if s.attributes.get(t.HTTP_STATUS) == 429]

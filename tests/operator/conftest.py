@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDORED_CRDS = REPO_ROOT / "vendor" / "crds"
 EXAMPLES = REPO_ROOT / "examples"
 TOOLS = REPO_ROOT / ".tools" / "bin"
+CHART = REPO_ROOT / "charts" / "glmserve"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def schemas() -> CustomResourceSchemas:
     """Our CRDs (generated) and the vendored upstream ones (RayService, NodePool, monitors)."""
     return CustomResourceSchemas([build_crd(r) for r in RESOURCES]).merged(CustomResourceSchemas.load(VENDORED_CRDS))
+
+
+@pytest.fixture(scope="module")
+def chart_schemas(schemas: CustomResourceSchemas) -> CustomResourceSchemas:
+    """Everything `schemas` knows plus the chart's own CRDs (kopf's peering)."""
+    return schemas.merged(CustomResourceSchemas.load(CHART / "crds"))
 
 
 def tool(name: str) -> Path:

@@ -122,6 +122,16 @@ INVALID = [
         _set("spec.prefill.parallelism", {"tensor": 8, "data": 2, "expert": 8}),
         "expert must be 1 (experts tensor-sharded) or tensor x data",
     ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.observability", {"tracing": {"endpoint": "http://c:4318/v1/traces", "tls": {}}}),
+        "tracing.tls needs an https:// endpoint",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.observability", {"tracing": {"endpoint": "https://c:4317", "protocol": "grpc"}}),
+        "protocol grpc needs an http:// endpoint",
+    ),
 ]
 # Rejected by the OpenAPI schema at admission (type, enum, pattern, bounds) and by pydantic.
 SCHEMA_ONLY = [
@@ -134,6 +144,18 @@ SCHEMA_ONLY = [
         _set("spec.prefill.extra", 1),
         "'extra' was unexpected",
         "Extra inputs are not permitted",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.observability", {"tracing": {"endpoint": "http://c:4318", "samplingRatio": 2}}),
+        "2 is greater than the maximum of 1",
+        "less than or equal to 1",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.observability", {"tracing": {"endpoint": "collector:4318"}}),
+        "'collector:4318' does not match",
+        "String should match pattern",
     ),
     ("Plan/free", _set("spec.priority", "gold"), "'gold' is not one of", "Input should be 'batch'"),
     ("Tenant/acme", _set("spec.apiKeys", []), "should be non-empty", "at least 1 item"),

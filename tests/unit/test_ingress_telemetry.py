@@ -143,3 +143,33 @@ def test_exposition_passes_promtool(metrics: IngressMetrics) -> None:
         [promtool, "check", "metrics"], input=generate_latest(metrics.registry), capture_output=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_PARENT = {"traceparent": f"00-{CLIENT_TRACE}-b7ad6b7169203331-01"}
+
+
+def test_a_clients_traceparent_is_linked_not_continued(spans: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    metrics = IngressMetrics(tracer=provider.get_tracer("test"))
+    metrics.start("chat", MODEL, plan="pro", tenant="acme", headers=CLIENT_PARENT).finish(200, Usage())
+    [root] = spans.get_finished_spans()
+    assert root.parent is None and root.context is not None
+    assert format(root.context.trace_id, "032x") != CLIENT_TRACE
+    [link] = root.links
+    assert (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) == (
+        CLIENT_TRACE,
+        "b7ad6b7169203331",
+    )
+
+
+def test_a_trusted_clients_traceparent_is_continued(spans: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    metrics = IngressMetrics(tracer=provider.get_tracer("test"), trust_client_trace=True)
+    metrics.start("chat", MODEL, plan="pro", tenant="acme", headers=CLIENT_PARENT).finish(200, Usage())
+    [root] = spans.get_finished_spans()
+    assert root.parent is not None and format(root.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert root.context is not None and format(root.context.trace_id, "032x") == CLIENT_TRACE
+    assert not root.links

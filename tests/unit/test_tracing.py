@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from glmserve.common import tracing
+from glmserve.common.errors import ConfigError
+from glmserve.common.observability import TRUST_CLIENT
 from tests.helpers.otlp import otlp_receiver
 
 
@@ -97,3 +99,24 @@ def test_trace_context_crosses_a_grpc_call() -> None:
     assert traced.parent is not None and traced.parent.span_id == request.context.span_id
     assert traced.parent.is_remote
     assert untraced.parent is None and untraced.context.trace_id != request.context.trace_id
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c:4318/v1/traces"}, "https://c:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318/"}, "https://c:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "http://c:4317"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, None),
+    ],
+)
+def test_the_engines_endpoint_is_the_sdks(env: dict[str, str], endpoint: str | None) -> None:
+    """vLLM takes one URL and appends nothing: it gets the traces endpoint the SDK would use."""
+    assert tracing.traces_endpoint(env) == endpoint
+
+
+def test_trusting_clients_is_validated() -> None:
+    assert not tracing.trusts_client({})
+    assert tracing.trusts_client({TRUST_CLIENT: "True"})
+    with pytest.raises(ConfigError, match="GLMSERVE_TRACE_TRUST_CLIENT must be true or false"):
+        tracing.trusts_client({TRUST_CLIENT: "yes"})

@@ -12,6 +12,7 @@ from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR
 from glmserve.operator.build.meta import deployment_labels
 from glmserve.operator.build.router import TENANTS_FILE
 from glmserve.operator.build.salt import SALT_KEY
+from glmserve.operator.build.tracing import tracing_env, tracing_volumes
 
 # NCCL and vLLM's workers exchange tensors through /dev/shm; a container's default 64 MiB stalls them.
 SHM_SIZE = "32Gi"
@@ -46,6 +47,7 @@ def _pod_template(
             # Engines hash prompt blocks with this seed; the router's config names the same one.
             {"name": "PYTHONHASHSEED", "value": ENGINE_HASH_SEED},
             *env,
+            *tracing_env(inputs.spec.observability.tracing),
         ],
         "ports": [
             {"name": name, "containerPort": port}
@@ -58,9 +60,9 @@ def _pod_template(
     if inputs.tls:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": inputs.spec.ingress.tls_secret_name}})
-    if volume:
-        volumes.append(volume[0])
-        mounts.append(volume[1])
+    for extra_volume, mount in [*([volume] if volume else []), *tracing_volumes(inputs.spec.observability.tracing)]:
+        volumes.append(extra_volume)
+        mounts.append(mount)
     claim = weights_claim(inputs.spec.model.source)
     if claim and component != "head":
         volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})

@@ -15,6 +15,7 @@ from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.tenancy import TenantsFile
 from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, ROUTER_PORT, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels, metadata, selector
+from glmserve.operator.build.tracing import tracing_env, tracing_volumes
 
 CONFIG_DIR = "/etc/glmserve/router"
 CONFIG_FILE = "config.yaml"
@@ -70,6 +71,11 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
         },
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
+    tracing = inputs.spec.observability.tracing
+    if env := tracing_env(tracing):
+        container["env"] = env
+    extra = tracing_volumes(tracing)
+    container["volumeMounts"] += [mount for _, mount in extra]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -89,7 +95,8 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
                                 "name": inputs.router_service,
                                 "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
                             },
-                        }
+                        },
+                        *(volume for volume, _ in extra),
                     ],
                     "topologySpreadConstraints": [
                         {

@@ -16,6 +16,7 @@ from ray.serve.llm.deployment import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
 
+from glmserve.common import tracing
 from glmserve.router.agent import WorkerAgent
 from glmserve.router.replicas import router_replicas
 from glmserve.router.types import Load
@@ -58,6 +59,13 @@ class EngineServer(LLMServer):
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binds[rank % len(cpu_binds)]
         if router is not None:
             llm_config.update_engine_kwargs(kv_events_config=router.kv_events_config(rank))
+        if endpoint := tracing.traces_endpoint():
+            # vLLM exports its request spans itself, under the ingress's traceparent. It reads only
+            # the traces protocol variable (defaulting to grpc, where the SDK defaults to http/protobuf)
+            # and names no service.
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = tracing.traces_protocol()
+            os.environ.setdefault("OTEL_SERVICE_NAME", f"glmserve-{context.deployment.partition(':')[0].lower()}")
+            llm_config.update_engine_kwargs(otlp_traces_endpoint=endpoint)
         self._in_flight = [0]
         await super().__init__(llm_config, **kwargs)
         self._agent: asyncio.Task[None] | None = None

@@ -42,7 +42,10 @@ class Ingress:
         disaggregated, a "prefill" pool."""
         registry = CollectorRegistry()
         self._metrics = IngressMetrics(
-            registry, tracer=tracing.tracer("glmserve-ingress"), tenants=settings.metrics_tenants
+            registry,
+            tracer=tracing.tracer("glmserve-ingress"),
+            tenants=settings.metrics_tenants,
+            trust_client_trace=tracing.trusts_client(),
         )
         self._registry = registry
         self._settings = settings
@@ -137,7 +140,7 @@ class Ingress:
         tenant = self._gate.authenticate(request.headers.get("authorization"))
         served = self._served(body.model)
         body.model = served.name
-        timer = self._metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id)
+        timer = self._metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id, headers=request.headers)
         try:
             prompt = await self._tokens(endpoint, body, served)
             max_tokens = body.max_completion_tokens if isinstance(body, ChatRequest) else None

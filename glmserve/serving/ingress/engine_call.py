@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
+from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+from glmserve.common import tracing
 from glmserve.common.errors import BackendError, GlmserveError, OverloadedError
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router.client import RouterUnavailableError
@@ -63,6 +65,12 @@ class Caller:
     tenant: str
     cache_salt: str
     priority: PriorityClass
+
+
+def _traced(span: trace.Span) -> RawRequestInfo | None:
+    """The engine call's request headers: vLLM parents its request span on their `traceparent`."""
+    headers = tracing.headers(trace.set_span_in_context(span))
+    return RawRequestInfo(headers=headers) if headers else None
 
 
 class EngineCall:
@@ -161,17 +169,19 @@ class EngineCall:
         transfer: dict[str, Any] = {"prompt_token_ids": prompt}
         if self._prefill is not None and remote_prefill_ok:
             target = decision.prefill.worker_id if decision and decision.prefill else None
-            timer.begin("prefill")
+            prefill_span = timer.begin("prefill")
             try:
-                prefilled = await remote_prefill(self._prefill, endpoint, body, prompt, target)
+                prefilled = await remote_prefill(
+                    self._prefill, endpoint, body, prompt, target=target, raw_request=_traced(prefill_span)
+                )
             except PrefillRejected as rejected:
                 return EngineReply(error=EngineError.of(rejected.error, self._retry_after_s))
             timer.prefilled(prefilled.fallback, prefilled.worker)
             transfer |= prefilled.kv_transfer_params or {}
-        timer.begin("generate" if self._prefill is None else "decode")
+        engine_span = timer.begin("generate" if self._prefill is None else "decode")
         body.kv_transfer_params = transfer
         body.glmserve_target = decision.decode.worker_id if decision else None
-        stream: DeploymentResponseGenerator = getattr(self._decode, endpoint).remote(body)
+        stream: DeploymentResponseGenerator = getattr(self._decode, endpoint).remote(body, _traced(engine_span))
         try:
             first = await stream.__anext__()
         except StopAsyncIteration:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -30,10 +30,13 @@ class IngressMetrics:
         *,
         tracer: trace.Tracer | None = None,
         tenants: Collection[str] = (),
+        trust_client_trace: bool = False,
     ) -> None:
-        """`tenants`: the tenant ids metrics name; every other tenant counts as "other"."""
+        """`tenants`: the tenant ids metrics name; every other tenant counts as "other".
+        `trust_client_trace`: continue a client's `traceparent` (else a new trace links to it)."""
         self.registry = registry or CollectorRegistry()
         self.tracer = tracer or trace.NoOpTracer()
+        self._trust_client_trace = trust_client_trace
         self._tenants = frozenset(tenants)
         self.requests = m.counter(m.INGRESS_REQUESTS, self.registry)
         self.ttft = m.histogram(m.INGRESS_TTFT, self.registry)
@@ -53,11 +56,17 @@ class IngressMetrics:
     def router_fallback(self, reason: str) -> None:
         self.router_fallbacks.labels(reason).inc()
 
-    def start(self, endpoint: str, model: str, *, plan: str, tenant: str) -> RequestTimer:
+    def start(
+        self, endpoint: str, model: str, *, plan: str, tenant: str, headers: Mapping[str, str] | None = None
+    ) -> RequestTimer:
+        """`headers`: the HTTP request's, which may carry the client's trace context."""
         self.in_flight.labels(model, plan).inc()
         operation = _OPERATIONS.get(endpoint, endpoint)
+        parent, links = t.server_parent(headers or {}, self._trust_client_trace)
         span = self.tracer.start_span(
             f"{operation} {model}",
+            context=parent,
+            links=links,
             kind=trace.SpanKind.SERVER,
             attributes={t.OPERATION: operation, t.MODEL: model, t.PLAN: plan, t.TENANT: tenant},
         )

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.llm._internal.serve.engines.vllm.kv_transfer.base import DefaultPDProtocolMixin
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -46,15 +47,22 @@ class PrefillRejected(Exception):
 
 
 async def remote_prefill(
-    prefill: DeploymentHandle, endpoint: str, body: Any, prompt: list[int], target: str | None = None
+    prefill: DeploymentHandle,
+    endpoint: str,
+    body: Any,
+    prompt: list[int],
+    *,
+    target: str | None = None,
+    raw_request: RawRequestInfo | None = None,
 ) -> Prefilled:
     """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica.
-    `target`: the prefill replica the router chose (None: Serve balances)."""
+    `target`: the prefill replica the router chose (None: Serve balances); `raw_request`: headers
+    for the engine (the trace context)."""
     request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
     request.glmserve_target = target  # type: ignore[union-attr]  # our ChatRequest/TextCompletionRequest
     request.kv_transfer_params = {**(request.kv_transfer_params or {}), "prompt_token_ids": prompt}
     try:
-        stream = getattr(prefill, endpoint).remote(request)
+        stream = getattr(prefill, endpoint).remote(request, raw_request)
         first = await stream.__anext__()
         stream.cancel()
     except Exception as exc:  # a dead or unreachable prefill replica must not fail the request
