@@ -119,6 +119,18 @@ class EventsConfig(_Strict):
     )
 
 
+class CandidatesConfig(_Strict):
+    """Which workers of a large pool a decision scores: the ones holding the longest cached prefixes
+    of the prompt and the least loaded, so its cost does not grow with the pool. Where every one of
+    them is filtered out (all overloaded, say), the whole pool is filtered and scored."""
+
+    exhaustive_up_to: int = Field(default=64, ge=1, description="pools of at most this many workers are scored whole")
+    prefix_holders: int = Field(
+        default=16, ge=1, description="score the workers holding the longest cached prefixes, at least this many"
+    )
+    least_loaded: int = Field(default=16, ge=1, description="and this many of the least loaded healthy workers")
+
+
 class HashingConfig(_Strict):
     algo: Literal["sha256_cbor"] = Field(default="sha256_cbor", description="the engines' prefix_caching_hash_algo")
     seed: str | None = Field(default=None, description="the engines' PYTHONHASHSEED; unset: vLLM's default seed")
@@ -143,6 +155,7 @@ class RouterConfig(_Strict):
     hashing: HashingConfig = HashingConfig()
     overload: OverloadConfig = OverloadConfig()
     scoring: ScoringConfig = ScoringConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
     disaggregation: DisaggregationConfig = DisaggregationConfig()
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()

@@ -60,6 +60,7 @@ class Router:
         self._disaggregation = Disaggregation(prefill, config.disaggregation.min_remote_prefill_tokens)
         self._bookings: dict[str, Booking] = {}
         self._ordered: list[Worker] | None = None
+        self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
@@ -72,7 +73,7 @@ class Router:
         if changed:
             self.index.detach(info.worker_id)
             self.index.attach(info.worker_id)
-            self.registry.workers[info.worker_id].index_ready = not info.kv_events_endpoint
+            self.set_index_ready(info.worker_id, not info.kv_events_endpoint)
             self._ordered = None
         return changed
 
@@ -81,6 +82,7 @@ class Router:
 
     def deregister(self, worker_id: str) -> bool:
         self.index.detach(worker_id)
+        self._unready.discard(worker_id)
         self._ordered = None
         return self.registry.deregister(worker_id)
 
@@ -100,6 +102,10 @@ class Router:
         worker = self.registry.workers.get(worker_id)
         if worker is not None:
             worker.index_ready = ready
+            if ready:
+                self._unready.discard(worker_id)
+            else:
+                self._unready.add(worker_id)
 
     def sweep(self) -> list[str]:
         """Forgets silent workers and never-completed requests; refreshes gauges. Returns the ids of
@@ -107,6 +113,7 @@ class Router:
         gone = self.registry.forget_silent()
         for worker_id in gone:
             self.index.detach(worker_id)
+            self._unready.discard(worker_id)
             self._ordered = None
         now = self._clock()
         for request_id in [r for r, b in self._bookings.items() if b.expires_at < now]:
@@ -159,7 +166,7 @@ class Router:
             prompt_tokens=len(query.tokens),
             policy="custom" if self.config.profiles else self.config.policy,
             reasons=(f"decode {decode.explain()}", why),
-            degraded=any(not w.index_ready for w in ctx.registry.workers.values() if w.info.model == query.model),
+            degraded=any(w.info.model == query.model for w in map(self.registry.workers.get, self._unready) if w),
         )
 
     def _unavailable(self, query: RouteQuery, rejected: Rejected) -> OverloadedError:
