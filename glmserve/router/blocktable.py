@@ -1,7 +1,7 @@
 """A uint64 -> int32 hash table in two numpy arrays, for the KV index's tens of millions of block
 hashes: 12 bytes a slot at 47-70% load, ~21 bytes per key, where a dict of Python ints costs ~100.
-Open addressing over buckets of 8 slots, probed a whole bucket at a time: a key is nearly always in
-its home bucket, so a batch of keys is looked up in one or two vectorised steps (slot-by-slot
+Open addressing over buckets of 16 slots, probed a whole bucket at a time: a key is nearly always
+in its home bucket, so a batch of keys is looked up in one or two vectorised steps (slot-by-slot
 linear probing took ~30 steps for the longest chain of a 256-key batch at this load).
 
 Block hashes are the low 64 bits of sha256, already uniform: a key's home slot is its top 32 bits
@@ -11,6 +11,8 @@ as 2 or 3 (a 2^-63 chance of merging two blocks, far below the hash's own collis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 EMPTY = np.uint64(0)
@@ -19,13 +21,14 @@ MISSING = -1  # the value of a key the table does not hold; also what `insert` g
 _MAX_LOAD = 0.7  # of live plus deleted slots: linear probing slows sharply past this
 _GROWTH = 1.5
 _MIN_CAPACITY = 1024
-_WAYS = 8  # slots per bucket: one 64-byte cache line of keys
+_WAYS = 16  # slots per bucket: 8 overflowed often enough at this load to double the probe steps
 
 
-def as_keys(hashes: object) -> np.ndarray:
-    """Block hashes (an iterable of ints below 2^64, or an array) as the table's uint64 keys."""
-    keys = np.array(hashes, dtype=np.uint64).reshape(-1)
-    return np.where(keys > DELETED, keys, keys + np.uint64(2))
+def as_keys(hashes: Sequence[int]) -> np.ndarray:
+    """Block hashes (ints below 2^64) as the table's uint64 keys."""
+    keys = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    keys[keys <= DELETED] += np.uint64(2)
+    return keys
 
 
 class BlockTable:
@@ -83,6 +86,7 @@ class BlockTable:
             fresh, where = np.unique(keys[new], return_inverse=True)
             if (self.live + self._deleted + len(fresh)) > _MAX_LOAD * len(self.keys):
                 self._rehash(self.live + len(fresh))
+                slots[~new] = self.find(keys[~new])  # the rehash moved them
             slots[new] = self._place(fresh)[where]
         return slots
 
@@ -121,8 +125,17 @@ class BlockTable:
         self._deleted += len(slots)
 
     def _rehash(self, live: int) -> None:
+        """Into a new table sized for `live` keys: sorted, the keys come in home bucket order (the
+        home is monotonic in the key), so each one's rank among its bucket's keys is its way; the
+        few past a bucket's ways are placed as usual."""
         held = self.keys > DELETED
-        keys, values = self.keys[held], self.values[held]
+        order = np.argsort(self.keys[held])
+        keys, values = self.keys[held][order], self.values[held][order]
         self._allocate(max(_MIN_CAPACITY, int(live * _GROWTH / _MAX_LOAD)))
-        self.live, self._deleted = 0, 0
-        self.values[self._place(keys)] = values
+        home = self._home(keys)
+        way = np.arange(len(keys)) - np.searchsorted(home, home)
+        fits = way < _WAYS
+        slots = home[fits] * _WAYS + way[fits]
+        self.keys[slots], self.values[slots] = keys[fits], values[fits]
+        self.live, self._deleted = int(np.count_nonzero(fits)), 0
+        self.values[self._place(keys[~fits])] = values[~fits]

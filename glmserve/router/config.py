@@ -131,6 +131,20 @@ class CandidatesConfig(_Strict):
     least_loaded: int = Field(default=16, ge=1, description="and this many of the least loaded healthy workers")
 
 
+class ShardConfig(_Strict):
+    """This replica's shard of the engines (shards.py): it indexes and routes to the engines whose
+    id the shard owns, and ignores the others' registrations and heartbeats."""
+
+    count: int = Field(default=1, ge=1, description="shards the engines are split into (1: no sharding)")
+    index: int = Field(default=0, ge=0, description="this replica's shard, 0..count-1")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Self:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
+
+
 class HashingConfig(_Strict):
     algo: Literal["sha256_cbor"] = Field(default="sha256_cbor", description="the engines' prefix_caching_hash_algo")
     seed: str | None = Field(default=None, description="the engines' PYTHONHASHSEED; unset: vLLM's default seed")
@@ -156,6 +170,7 @@ class RouterConfig(_Strict):
     overload: OverloadConfig = OverloadConfig()
     scoring: ScoringConfig = ScoringConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    shard: ShardConfig = ShardConfig()
     disaggregation: DisaggregationConfig = DisaggregationConfig()
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()

@@ -29,7 +29,7 @@ from glmserve.router.blocktable import MISSING, BlockTable, as_keys
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored, Event
 
 _SHARED = -2  # holder codes at or below this: _shared[_SHARED - code]
-_MAX_CHUNK_RUNS = 8
+_MAX_CHUNK_RUNS = 16
 
 
 class KVIndex:
@@ -263,9 +263,9 @@ class KVIndex:
 
 
 def _chunks(runs: Iterable[Sequence[int]]) -> Iterator[list[int]]:
-    """The runs' hashes in growing chunks (1, 2, 4, then 8 runs), each looked up in one call: one
-    lookup per run cost more than the rest of a decision, while reading runs ahead hashes at most
-    8 runs past the first block no worker holds (a prompt's hashes are computed as they are read)."""
+    """The runs' hashes in growing chunks (1, 2, 4, 8, then 16 runs), each looked up in one call: a
+    lookup per run cost more than the rest of a decision, while reading ahead hashes no more runs
+    past the first block no worker holds than before it (a prompt is hashed as it is read)."""
     it = iter(runs)
     size = 1
     while True:

@@ -18,6 +18,7 @@ from glmserve.router.index import KVIndex
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.pipeline import Pick, Profile, Rejected
 from glmserve.router.plugins.base import PrefixEstimate, RouteContext
+from glmserve.router.shards import shard_of
 from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
 from glmserve.router.workers import Registry, Worker
 
@@ -66,9 +67,16 @@ class Router:
 
     # -- workers --------------------------------------------------------------------------
 
+    def owns(self, worker_id: str) -> bool:
+        """Whether the worker is in this replica's shard (always, unsharded)."""
+        shard = self.config.shard
+        return shard.count == 1 or shard_of(worker_id, shard.count) == shard.index
+
     def register(self, info: WorkerInfo, load: Load, *, static: bool = False) -> bool:
         """True when the worker is new or changed: its index starts empty and its events must be
-        (re)subscribed."""
+        (re)subscribed. Another shard's worker is not registered (nor its events followed)."""
+        if not self.owns(info.worker_id):
+            return False
         changed = self.registry.register(info, load, static=static)
         if changed:
             self.index.detach(info.worker_id)
@@ -78,7 +86,8 @@ class Router:
         return changed
 
     def heartbeat(self, worker_id: str, load: Load) -> None:
-        self.registry.heartbeat(worker_id, load)
+        if self.owns(worker_id):
+            self.registry.heartbeat(worker_id, load)
 
     def deregister(self, worker_id: str) -> bool:
         self.index.detach(worker_id)
