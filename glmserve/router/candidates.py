@@ -11,7 +11,7 @@ import numpy as np
 from glmserve.router.plugins.base import PluginArgs, RouteContext
 from glmserve.router.workers import Group, Worker
 
-_BACKLOG_TIE = 1e-9  # among equally busy workers, the one owing fewer prefill tokens first
+_TIE = 1e-9  # weight of the other figure, to break ties
 
 
 class Candidates:
@@ -34,16 +34,33 @@ class Candidates:
         return [group.workers[i] for i in sorted(chosen)]  # in id order: replicas break ties alike
 
     def _least_loaded(self, ctx: RouteContext, group: Group) -> np.ndarray:
+        """Half of the sample by requests on the worker (the load scorer), half by the prompt
+        tokens it owes (the prefill-work scorer): a worker busy decoding may still prefill first."""
         board, slots = ctx.registry.board, group.slots
         capacity = board.max_running[slots]
         capacity = np.where(capacity > 0, capacity, self._default_capacity)
-        key = board.busy(slots) / capacity + _BACKLOG_TIE * board.backlog[slots]
+        busy = board.busy(slots) / capacity
+        backlog = board.backlog[slots].astype(np.float64)
         down = ~board.static[slots] & (ctx.now - board.last_seen[slots] > ctx.registry.lease_s)
-        key[down | (board.kv_usage[slots] >= self._max_kv)] = np.inf
+        out = down | (board.kv_usage[slots] >= self._max_kv)
         allowed = ctx.query.allowed_worker_ids
         if allowed:
-            out = np.ones(len(slots), dtype=bool)
-            out[[group.position[w] for w in allowed if w in group.position]] = False
-            key[out] = np.inf
-        k = min(self._cfg.least_loaded, len(slots))
-        return np.argpartition(key, k - 1)[:k]
+            listed = np.zeros(len(slots), dtype=bool)
+            listed[[group.position[w] for w in allowed if w in group.position]] = True
+            out |= ~listed
+        k = self._cfg.least_loaded
+        return np.concatenate(
+            [
+                _smallest(busy + _TIE * backlog, out, k - k // 2),
+                _smallest(backlog + _TIE * busy, out, k // 2),
+            ]
+        )
+
+
+def _smallest(key: np.ndarray, out: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest keys, workers marked `out` last."""
+    k = min(k, len(key))
+    if not k:
+        return np.zeros(0, dtype=np.intp)
+    key = np.where(out, np.inf, key)
+    return np.argpartition(key, k - 1)[:k]
