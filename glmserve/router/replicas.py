@@ -61,11 +61,11 @@ class Owners(Generic[T]):
 
 async def router_replicas(addresses: Sequence[str]) -> list[str]:
     """One gRPC target per address each of `addresses` ("host:port", "dns:///host:port" or a list
-    "ipv4:host:port,host:port") resolves to; an address that does not resolve stays as it is (its
-    client then reports it unreachable)."""
+    "ipv4:host:port,host:port"; shards' addresses separated by ";") resolves to; an address that
+    does not resolve stays as it is (its client then reports it unreachable)."""
     loop = asyncio.get_running_loop()
     targets: set[str] = set()
-    for address in addresses:
+    for address in (a.strip() for shards in addresses for a in shards.split(";")):  # engines: every shard
         if address.startswith(("ipv4:", "ipv6:")):
             targets.update(address.split(":", 1)[1].split(","))
             continue
@@ -218,3 +218,12 @@ class RouterShards:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def connect(address: str, **replica_args: Any) -> RouterReplicas | RouterShards:
+    """The ingress's client for `address`: one router's replicas, or several shards' addresses
+    separated by ";" in shard order (shard i's replicas run with `shard: {count: n, index: i}`)."""
+    shards = [a.strip() for a in address.split(";")]
+    if len(shards) == 1:
+        return RouterReplicas(address, **replica_args)
+    return RouterShards(shards, **replica_args)

@@ -12,7 +12,7 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
 from glmserve.router.client import RouterClient
 from glmserve.router.config import RouterConfig, load_config
-from glmserve.router.replicas import RouterShards
+from glmserve.router.replicas import RouterReplicas, RouterShards, connect, router_replicas
 from glmserve.router.router import Router
 from glmserve.router.shards import shard_of, shard_order
 from glmserve.router.types import Load, RouteQuery, WorkerInfo
@@ -83,5 +83,21 @@ def test_tenants_go_to_their_shard_and_over_to_the_next_while_it_is_down(start_r
             decision = await client.route("r", MODEL, tokens(0, 64), tenant=tenants[0])
             assert decision.decode.worker_id == engines[1]  # served, by shard 1's engine (cold cache)
             assert await client.complete("r")
+
+    asyncio.run(main())
+
+
+def test_the_ingress_address_names_one_router_or_its_shards() -> None:
+    async def main() -> None:
+        async with connect("router:50051") as one, connect("router-0:50051; router-1:50051") as two:
+            assert isinstance(one, RouterReplicas) and one.target == "router:50051"
+            assert isinstance(two, RouterShards)
+            assert [s.target for s in two.shards] == ["router-0:50051", "router-1:50051"]
+        # an engine registers with every replica of every shard
+        assert await router_replicas(["ipv4:127.0.0.1:1,127.0.0.1:2;127.0.0.1:3"]) == [
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "127.0.0.1:3",
+        ]
 
     asyncio.run(main())
