@@ -47,7 +47,8 @@ def markdown(results: dict[str, Any]) -> str:
         "`Router`, events through `decode_batch` and `apply_events`, then "
         f"{results['decisions']} Route + Complete of 8192-token prompts one at a time. `today` is the `main` "
         "branch's router run from a copy of its tree; `new` is this tree's. Memory is the process's resident "
-        "growth over the ingest (peak: during it, with the hash table's growth).",
+        "growth over the ingest (peak: during it, with the hash table's growth); the longest batch is the "
+        "longest single `apply_events` while ingesting (new code: a growth of the hash table).",
         "",
     ]
     headers = [
@@ -58,6 +59,7 @@ def markdown(results: dict[str, Any]) -> str:
         "memory GiB (peak)",
         "bytes/entry",
         "ingest entries/s",
+        "longest batch ms",
         "decision p50 / p99 ms",
         "decisions/s",
         "longest prefix chosen",
@@ -71,6 +73,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{p['memory_bytes'] / GIB:.2f} ({p['peak_memory_bytes'] / GIB:.2f})",
             f"{p['bytes_per_entry']:.0f}",
             f"{p['ingest_entries_per_s'] / 1e6:.2f}M",
+            f"{p['longest_batch_ms']:.0f}",
             f"{p['decision_p50_ms']:.2f} / {p['decision_p99_ms']:.2f}",
             f"{p['decisions_per_s']:.0f}",
             f"{100 * p['longest_prefix_share']:.1f}%",
