@@ -79,15 +79,16 @@ class BlockTable:
         return found
 
     def insert(self, keys: np.ndarray) -> np.ndarray:
-        """The slot of each key, adding (with value MISSING) those the table lacks."""
+        """The slot of each of these distinct keys, adding (with value MISSING) those the table
+        lacks."""
         slots = self.find(keys)
         new = slots == MISSING
         if new.any():
-            fresh, where = np.unique(keys[new], return_inverse=True)
+            fresh = keys[new]
             if (self.live + self._deleted + len(fresh)) > _MAX_LOAD * len(self.keys):
                 self._rehash(self.live + len(fresh))
                 slots[~new] = self.find(keys[~new])  # the rehash moved them
-            slots[new] = self._place(fresh)[where]
+            slots[new] = self._place(fresh)
         return slots
 
     def _place(self, keys: np.ndarray) -> np.ndarray:

@@ -81,7 +81,7 @@ class KVIndex:
             return
         slot = self._slots[worker_id]
         table = self._table
-        where = np.unique(table.insert(as_keys(hashes)))
+        where = table.insert(np.unique(as_keys(hashes)))
         codes = table.values[where]
         first = codes == MISSING
         table.values[where[first]] = slot
@@ -117,8 +117,8 @@ class KVIndex:
         if not len(hashes):
             return
         table = self._table
-        where = table.find(as_keys(hashes))
-        where = np.unique(where[where != MISSING])
+        where = table.find(np.unique(as_keys(hashes)))
+        where = where[where != MISSING]
         codes = table.values[where]
         mine = codes == slot
         table.delete(where[mine])

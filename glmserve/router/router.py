@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from prometheus_client import Counter
+
 from glmserve.common.errors import OverloadedError
 from glmserve.router.config import RouterConfig
 from glmserve.router.disaggregation import Disaggregation
@@ -62,6 +64,7 @@ class Router:
         self._bookings: dict[str, Booking] = {}
         self._ordered: list[Worker] | None = None
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
+        self._event_counters: dict[type, Counter] = {}
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
@@ -98,9 +101,13 @@ class Router:
     def apply_events(self, worker_id: str, events: Iterable[Event]) -> None:
         if worker_id not in self.registry.workers:
             return
+        counted = self._event_counters
         for event in events:
             self.index.apply(worker_id, event)
-            self.metrics.kv_events.labels(type(event).__name__).inc()
+            kind = type(event)
+            if kind not in counted:  # labels() per event cost as much as indexing a small one
+                counted[kind] = self.metrics.kv_events.labels(kind.__name__)
+            counted[kind].inc()
 
     def reset_index(self, worker_id: str) -> None:
         """The engine restarted (its event sequence started over): what it held is gone."""
