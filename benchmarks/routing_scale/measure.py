@@ -75,7 +75,9 @@ class Fleet:
             )
         )
         for e in range(engines):
-            info = WorkerInfo(self.worker(e), "decode", MODEL, block_size=BLOCK, max_running_requests=1_000_000)
+            info = WorkerInfo(
+                self.worker(e), "decode", MODEL, block_size=BLOCK, max_running_requests=1 << 20, kv_cache_blocks=blocks
+            )
             self.router.register(info, Load())
 
     @staticmethod

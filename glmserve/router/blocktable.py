@@ -4,9 +4,10 @@ Open addressing over buckets of 16 slots, probed a whole bucket at a time: a key
 in its home bucket, so a batch of keys is looked up in one or two vectorised steps (slot-by-slot
 linear probing took ~30 steps for the longest chain of a 256-key batch at this load).
 
-Block hashes are the low 64 bits of sha256, already uniform: a key's home slot is its top 32 bits
-scaled to the capacity. Keys 0 and 1 mark empty and deleted slots, so a hash of 0 or 1 is stored
-as 2 or 3 (a 2^-63 chance of merging two blocks, far below the hash's own collision rate).
+A key's home bucket is the top 32 bits of the key times an odd constant (block hashes are uniform
+already; tests' and other hash algorithms' keys need not be), scaled to the bucket count. Keys 0
+and 1 mark empty and deleted slots, so a hash of 0 or 1 is stored as 2 or 3 (a 2^-63 chance of
+merging two blocks, far below the hash's own collision rate).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ DELETED = np.uint64(1)
 MISSING = -1  # the value of a key the table does not hold; also what `insert` gives new keys
 _MAX_LOAD = 0.7  # of live plus deleted slots: linear probing slows sharply past this
 _GROWTH = 1.5
+_RESERVED_LOAD = 0.65  # a reserved table's load once every engine's cache is full
 _MIN_CAPACITY = 1024
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
 _WAYS = 16  # slots per bucket: 8 overflowed often enough at this load to double the probe steps
 
 
@@ -52,7 +55,8 @@ class BlockTable:
         return int(self.keys.nbytes + self.values.nbytes)
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys >> np.uint64(32)) * self._buckets >> np.uint64(32)).astype(np.intp)
+        mixed = keys * _MIX  # wraps: Fibonacci hashing, so small or patterned keys spread too
+        return ((mixed >> np.uint64(32)) * self._buckets >> np.uint64(32)).astype(np.intp)
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """The slot of each key (uint64, from `as_keys`), MISSING where the table lacks it."""
@@ -125,15 +129,21 @@ class BlockTable:
         self.live -= len(slots)
         self._deleted += len(slots)
 
-    def _rehash(self, live: int) -> None:
-        """Into a new table sized for `live` keys: sorted, the keys come in home bucket order (the
-        home is monotonic in the key), so each one's rank among its bucket's keys is its way; the
-        few past a bucket's ways are placed as usual."""
+    def reserve(self, keys: int) -> None:
+        """Room for `keys` keys without growing: a growth rehashes every key at once (seconds at
+        tens of millions), so the index sizes the table from the engines' cache sizes up front."""
+        if keys > _MAX_LOAD * len(self.keys):
+            self._rehash(self.live, capacity=max(int(keys / _RESERVED_LOAD), int(len(self.keys) * _GROWTH)))
+
+    def _rehash(self, live: int, capacity: int = 0) -> None:
+        """Into a new table sized for `live` keys: sorted by home bucket, each key's rank among its
+        bucket's keys is its way; the few past a bucket's ways are placed as usual."""
         held = self.keys > DELETED
-        order = np.argsort(self.keys[held])
-        keys, values = self.keys[held][order], self.values[held][order]
-        self._allocate(max(_MIN_CAPACITY, int(live * _GROWTH / _MAX_LOAD)))
+        keys, values = self.keys[held], self.values[held]
+        self._allocate(max(_MIN_CAPACITY, capacity or int(live * _GROWTH / _MAX_LOAD)))
         home = self._home(keys)
+        order = np.argsort(home)
+        keys, values, home = keys[order], values[order], home[order]
         way = np.arange(len(keys)) - np.searchsorted(home, home)
         fits = way < _WAYS
         slots = home[fits] * _WAYS + way[fits]

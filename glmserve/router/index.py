@@ -38,6 +38,7 @@ class KVIndex:
         self._shared: list[int] = []  # bitmasks of slots, for blocks several workers hold
         self._free_shared: list[int] = []
         self._held: list[int] = []  # slot -> blocks it holds
+        self._cache_blocks: list[int] = []  # slot -> blocks its engine can cache (0: unknown)
         self._slots: dict[str, int] = {}
         self._ids: list[str | None] = []  # slot -> worker id
         self._free: list[int] = []
@@ -45,14 +46,19 @@ class KVIndex:
         self._expected_until: dict[int, dict[int, float]] = {}  # slot -> hash -> deadline
         self._deadlines: deque[tuple[float, int, Sequence[int]]] = deque()  # in deadline order
 
-    def attach(self, worker_id: str) -> None:
+    def attach(self, worker_id: str, cache_blocks: int = 0) -> None:
+        """A worker whose engine caches up to `cache_blocks` blocks (0: unknown): the table makes
+        room for them now, not in a growth while events stream in."""
         if worker_id not in self._slots:
             slot = self._free.pop() if self._free else len(self._ids)
             if slot == len(self._ids):
                 self._ids.append(None)
                 self._held.append(0)
+                self._cache_blocks.append(0)
             self._slots[worker_id] = slot
             self._ids[slot] = worker_id
+            self._cache_blocks[slot] = cache_blocks
+            self._table.reserve(sum(self._cache_blocks))
             self._expected_until[slot] = {}
 
     def detach(self, worker_id: str) -> None:
@@ -60,6 +66,7 @@ class KVIndex:
             self.clear(worker_id)
             slot = self._slots.pop(worker_id)
             self._ids[slot] = None
+            self._cache_blocks[slot] = 0
             del self._expected_until[slot]
             self._free.append(slot)
 

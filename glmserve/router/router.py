@@ -83,7 +83,7 @@ class Router:
         changed = self.registry.register(info, load, static=static)
         if changed:
             self.index.detach(info.worker_id)
-            self.index.attach(info.worker_id)
+            self.index.attach(info.worker_id, info.kv_cache_blocks)
             self.set_index_ready(info.worker_id, not info.kv_events_endpoint)
             self._ordered = None
         return changed

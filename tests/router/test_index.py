@@ -130,3 +130,15 @@ def test_index_matches_a_set_per_worker_through_sharing_eviction_and_restarts() 
         assert all(expected[w] == n for w, n in top.items())
     assert {w: index.blocks(w) for w in workers} == {w: len(b) for w, b in held.items()}
     assert index.size() == sum(len(b) for b in held.values())
+
+
+def test_attaching_reserves_room_for_the_engines_caches() -> None:
+    index = KVIndex()
+    for w in range(10):
+        index.attach(f"w{w}", cache_blocks=10_000)
+    before = index.nbytes()
+    for w in range(10):
+        index.store(f"w{w}", list(range(w * 10_000 + 2, (w + 1) * 10_000 + 2)))
+    assert index.nbytes() == before  # no growth while their caches fill
+    assert index.size() == 100_000
+    assert before / index.size() < 20
