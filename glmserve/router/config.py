@@ -119,6 +119,32 @@ class EventsConfig(_Strict):
     )
 
 
+class CandidatesConfig(_Strict):
+    """Which workers of a large pool a decision scores: the ones holding the longest cached prefixes
+    of the prompt and the least loaded, so its cost does not grow with the pool. Where every one of
+    them is filtered out (all overloaded, say), the whole pool is filtered and scored."""
+
+    exhaustive_up_to: int = Field(default=64, ge=1, description="pools of at most this many workers are scored whole")
+    prefix_holders: int = Field(
+        default=16, ge=1, description="score the workers holding the longest cached prefixes, at least this many"
+    )
+    least_loaded: int = Field(default=16, ge=1, description="and this many of the least loaded healthy workers")
+
+
+class ShardConfig(_Strict):
+    """This replica's shard of the engines (shards.py): it indexes and routes to the engines whose
+    id the shard owns, and ignores the others' registrations and heartbeats."""
+
+    count: int = Field(default=1, ge=1, description="shards the engines are split into (1: no sharding)")
+    index: int = Field(default=0, ge=0, description="this replica's shard, 0..count-1")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Self:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
+
+
 class HashingConfig(_Strict):
     algo: Literal["sha256_cbor"] = Field(default="sha256_cbor", description="the engines' prefix_caching_hash_algo")
     seed: str | None = Field(default=None, description="the engines' PYTHONHASHSEED; unset: vLLM's default seed")
@@ -143,6 +169,8 @@ class RouterConfig(_Strict):
     hashing: HashingConfig = HashingConfig()
     overload: OverloadConfig = OverloadConfig()
     scoring: ScoringConfig = ScoringConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    shard: ShardConfig = ShardConfig()
     disaggregation: DisaggregationConfig = DisaggregationConfig()
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()

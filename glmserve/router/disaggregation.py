@@ -17,7 +17,7 @@ class Disaggregation:
     def prefill_for(self, ctx: RouteContext, decode: Pick, workers: list[Worker]) -> tuple[Pick | None, str]:
         """The prefill worker (None: prefill locally on the decode worker) and why."""
         uncached = len(ctx.query.tokens) - ctx.cached_tokens([decode.worker])[0]
-        if not any(w.info.role == "prefill" for w in workers):
+        if not ctx.registry.group(ctx.query.model, "prefill").workers:
             return None, "local prefill: no prefill pool"
         if uncached < self._threshold:
             return None, f"local prefill: {uncached} uncached tokens < {self._threshold}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from glmserve.router.config import ApproximateConfig
 from glmserve.router.index import KVIndex
-from glmserve.router.workers import Worker
+from glmserve.router.workers import Group, Worker
 
 if TYPE_CHECKING:
     from glmserve.router.plugins.base import RouteContext
@@ -31,6 +31,7 @@ class EngineEvents:
     def __init__(self, index: KVIndex, expect_s: float) -> None:
         self._index = index
         self._expect_s = expect_s
+        self._masks: dict[tuple[int, str, str], list[tuple[int, int]]] = {}  # group key -> (block size, mask)
 
     def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
         self._index.expire(ctx.now)
@@ -40,6 +41,23 @@ class EngineEvents:
         cached: dict[str, int] = {}
         for block_size, ids in by_block_size.items():
             blocks = self._index.prefix_blocks(ctx.block_hashes(block_size), ids)
+            cached.update((w, n * block_size) for w, n in blocks.items())
+        return cached
+
+    def holders(self, ctx: RouteContext, group: Group, limit: int) -> dict[str, int]:
+        self._index.expire(ctx.now)
+        masks = self._masks.get(group.key)
+        if masks is None:
+            if any(key[0] != group.key[0] for key in self._masks):  # workers changed: slots may have
+                self._masks.clear()
+            by_block_size: dict[int, list[str]] = {}
+            for w in group.workers:
+                by_block_size.setdefault(w.info.block_size, []).append(w.worker_id)
+            masks = [(size, self._index.mask(ids)) for size, ids in by_block_size.items()]
+            self._masks[group.key] = masks
+        cached: dict[str, int] = {}
+        for block_size, mask in masks:
+            blocks = self._index.longest(ctx.block_hashes(block_size), mask, limit)
             cached.update((w, n * block_size) for w, n in blocks.items())
         return cached
 
@@ -91,6 +109,12 @@ class RoutingHistory:
                 matched += 1
             cached[w.worker_id] = matched * self._chunk_tokens
         return cached
+
+    def holders(self, ctx: RouteContext, group: Group, limit: int) -> dict[str, int]:
+        """A pass over the whole pool: this policy is a baseline, not sized for fleets."""
+        cached = sorted(self.cached_tokens(ctx, group.workers).items(), key=lambda item: -item[1])
+        cut = cached[min(limit, len(cached)) - 1][1] if cached else 0
+        return {w: tokens for w, tokens in cached if tokens and tokens >= cut}
 
     def routed(self, ctx: RouteContext, worker: Worker) -> None:
         seen = self._seen.setdefault(worker.worker_id, OrderedDict())

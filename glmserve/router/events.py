@@ -73,7 +73,7 @@ def _event(raw: dict[str, Any]) -> Event | None:
         return AllBlocksCleared()
     if raw.get("medium") not in _INDEXED_MEDIA or raw.get("group_idx") not in _INDEXED_GROUPS:
         return None
-    hashes = tuple(to_index_hash(h) for h in raw["block_hashes"])
+    hashes = tuple(map(to_index_hash, raw["block_hashes"]))
     if kind == "BlockStored":
         return BlockStored(hashes, int(raw["block_size"]))
     if kind == "BlockRemoved":

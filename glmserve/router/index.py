@@ -1,47 +1,79 @@
 """The precise KV index: block hash -> the workers whose engines hold that block.
 
-Holders are a bitmask of worker slots, so matching a prompt against every candidate at once is
-one dict lookup and one AND per block (an 8K-token prompt is 512 blocks at block size 16).
+Sized for a fleet: ~1,250 engines x ~33,000 blocks is ~41M (worker, block) entries. A block's
+holders are one int32 in a numpy hash table (blocktable.py): the worker's slot when one worker
+holds it (nearly every block: prefix-aware routing keeps a prefix on few engines), else the index
+of a bitmask of slots in `_shared`. So an entry costs ~21 bytes whatever the number of workers (a
+bitmask per block as wide as the worker count cost 156 bytes at 64 workers and 292 at 2,048), and
+an event's blocks are stored or removed in a few vectorised steps. Matching a prompt walks its
+blocks in runs of 16 looked up at once, ANDing holder masks, so it costs per prompt block, not per
+worker.
 
 Besides the blocks engines reported, the index holds blocks it *expects*: those of a prompt just
 sent to a worker, until that worker's events report them or a deadline passes. An engine
 publishes a block only once its prefill is done, seconds later under load; without expectations,
 requests sharing a prefix that arrive meanwhile (an agent's parallel sub-tasks, a tenant's users
-sharing a system prompt) would see it cached nowhere and scatter, each prefilling it again.
+sharing a system prompt) would see it cached nowhere and scatter, each prefilling it again. They
+live in dicts: they are as many as the blocks routed in the last `expect_s`, not the fleet's cache.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 
+import numpy as np
+
+from glmserve.router.blocktable import MISSING, BlockTable, as_keys
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored, Event
+
+_SHARED = -2  # holder codes at or below this: _shared[_SHARED - code]
+_MAX_CHUNK_RUNS = 16
 
 
 class KVIndex:
     def __init__(self) -> None:
-        self._holders: dict[int, int] = {}
-        self._blocks: dict[int, set[int]] = {}  # slot -> hashes it holds
+        self._table = BlockTable()
+        self._shared: list[int] = []  # bitmasks of slots, for blocks several workers hold
+        self._free_shared: list[int] = []
+        self._held: list[int] = []  # slot -> blocks it holds
+        self._cache_blocks: list[int] = []  # slot -> blocks its engine can cache (0: unknown)
         self._slots: dict[str, int] = {}
+        self._ids: list[str | None] = []  # slot -> worker id
         self._free: list[int] = []
         self._expected: dict[int, int] = {}  # block hash -> slots expecting it
         self._expected_until: dict[int, dict[int, float]] = {}  # slot -> hash -> deadline
         self._deadlines: deque[tuple[float, int, Sequence[int]]] = deque()  # in deadline order
 
-    def attach(self, worker_id: str) -> None:
+    def attach(self, worker_id: str, cache_blocks: int = 0) -> None:
+        """A worker whose engine caches up to `cache_blocks` blocks (0: unknown): the table makes
+        room for them now, not in a growth while events stream in."""
         if worker_id not in self._slots:
-            slot = self._free.pop() if self._free else len(self._slots)
+            slot = self._free.pop() if self._free else len(self._ids)
+            if slot == len(self._ids):
+                self._ids.append(None)
+                self._held.append(0)
+                self._cache_blocks.append(0)
             self._slots[worker_id] = slot
-            self._blocks[slot] = set()
+            self._ids[slot] = worker_id
+            self._cache_blocks[slot] = cache_blocks
+            self._table.reserve(sum(self._cache_blocks))
             self._expected_until[slot] = {}
 
     def detach(self, worker_id: str) -> None:
         if worker_id in self._slots:
             self.clear(worker_id)
             slot = self._slots.pop(worker_id)
-            del self._blocks[slot]
+            self._ids[slot] = None
+            self._cache_blocks[slot] = 0
             del self._expected_until[slot]
             self._free.append(slot)
+
+    def mask(self, worker_ids: Iterable[str]) -> int:
+        """The slots of these workers (the known ones) as a bitmask, for `longest`."""
+        slots = self._slots
+        return sum(1 << slots[w] for w in worker_ids if w in slots)
 
     def apply(self, worker_id: str, event: Event) -> None:
         if isinstance(event, BlockStored):
@@ -51,34 +83,86 @@ class KVIndex:
         elif isinstance(event, AllBlocksCleared):
             self.clear(worker_id)
 
-    def store(self, worker_id: str, hashes: Iterable[int]) -> None:
+    def store(self, worker_id: str, hashes: Sequence[int]) -> None:
+        if not len(hashes):
+            return
         slot = self._slots[worker_id]
+        table = self._table
+        where = table.insert(np.unique(as_keys(hashes)))
+        codes = table.values[where]
+        first = codes == MISSING
+        table.values[where[first]] = slot
+        added = int(np.count_nonzero(first))
         bit = 1 << slot
-        held = self._blocks[slot]
-        holders = self._holders
-        for h in hashes:
-            holders[h] = holders.get(h, 0) | bit
-            held.add(h)
+        for at, code in zip(
+            where[~first & (codes != slot)].tolist(), codes[~first & (codes != slot)].tolist(), strict=True
+        ):
+            if code >= 0:  # a second holder: the block becomes shared
+                table.values[at] = self._share((1 << code) | bit)
+                added += 1
+            elif not self._shared[_SHARED - code] & bit:
+                self._shared[_SHARED - code] |= bit
+                added += 1
+        self._held[slot] += added
 
-    def remove(self, worker_id: str, hashes: Iterable[int]) -> None:
+    def _share(self, mask: int) -> int:
+        if self._free_shared:
+            i = self._free_shared.pop()
+            self._shared[i] = mask
+        else:
+            i = len(self._shared)
+            self._shared.append(mask)
+        return _SHARED - i
+
+    def remove(self, worker_id: str, hashes: Sequence[int]) -> None:
         slot = self._slots[worker_id]
-        held = self._blocks[slot]
         expected = self._expected_until[slot]
-        for h in hashes:
-            if h in held:
-                held.discard(h)
-                self._unhold(self._holders, h, ~(1 << slot))
-            if expected.pop(h, None) is not None:  # evicted before (or right after) it was reported
-                self._unhold(self._expected, h, ~(1 << slot))
+        if expected:
+            for h in hashes:
+                if expected.pop(h, None) is not None:  # evicted before (or right after) it was reported
+                    self._unexpect(h, ~(1 << slot))
+        if not len(hashes):
+            return
+        table = self._table
+        where = table.find(np.unique(as_keys(hashes)))
+        where = where[where != MISSING]
+        codes = table.values[where]
+        mine = codes == slot
+        table.delete(where[mine])
+        removed = int(np.count_nonzero(mine))
+        shared = codes <= _SHARED
+        removed += self._unshare(where[shared].tolist(), codes[shared].tolist(), slot)
+        self._held[slot] -= removed
+
+    def _unshare(self, where: list[int], codes: list[int], slot: int) -> int:
+        """Takes `slot` out of these shared blocks' masks; a block left with one holder goes back to
+        a plain slot. Returns how many of them held it."""
+        bit, removed = 1 << slot, 0
+        for at, code in zip(where, codes, strict=True):
+            mask = self._shared[_SHARED - code]
+            if mask & bit:
+                removed += 1
+                mask ^= bit
+                if mask & (mask - 1):
+                    self._shared[_SHARED - code] = mask
+                else:
+                    self._table.values[at] = mask.bit_length() - 1
+                    self._free_shared.append(_SHARED - code)
+        return removed
 
     def clear(self, worker_id: str) -> None:
+        """Drops everything the worker holds: a scan of the whole table, for an engine's restart or
+        departure (rare), instead of a per-worker list of its blocks (as big as the index)."""
         slot = self._slots[worker_id]
+        table = self._table
+        if self._held[slot]:
+            table.delete(np.flatnonzero(table.values == slot))
+            shared = np.flatnonzero(table.values <= _SHARED)
+            self._unshare(shared.tolist(), table.values[shared].tolist(), slot)
+            self._held[slot] = 0
         keep = ~(1 << slot)
-        for h in self._blocks[slot]:
-            self._unhold(self._holders, h, keep)
-        self._blocks[slot] = set()
         for h in self._expected_until[slot]:
-            self._unhold(self._expected, h, keep)
+            self._unexpect(h, keep)
         self._expected_until[slot] = {}
 
     def expect(self, worker_id: str, hashes: Sequence[int], until: float) -> None:
@@ -104,22 +188,25 @@ class KVIndex:
                 until = deadlines.get(h)
                 if until is not None and until <= now:
                     del deadlines[h]
-                    self._unhold(self._expected, h, ~(1 << slot))
+                    self._unexpect(h, ~(1 << slot))
 
-    @staticmethod
-    def _unhold(holders: dict[int, int], block_hash: int, keep: int) -> None:
-        rest = holders.get(block_hash, 0) & keep
+    def _unexpect(self, block_hash: int, keep: int) -> None:
+        rest = self._expected.get(block_hash, 0) & keep
         if rest:
-            holders[block_hash] = rest
+            self._expected[block_hash] = rest
         else:
-            holders.pop(block_hash, None)
+            self._expected.pop(block_hash, None)
 
     def blocks(self, worker_id: str) -> int:
-        return len(self._blocks[self._slots[worker_id]])
+        return self._held[self._slots[worker_id]]
 
     def size(self) -> int:
         """(worker, block) entries over all workers."""
-        return sum(len(b) for b in self._blocks.values())
+        return sum(self._held)
+
+    def nbytes(self) -> int:
+        """Memory of the reported blocks' table (the bulk of the index)."""
+        return self._table.nbytes()
 
     def prefix_blocks(self, runs: Iterable[Sequence[int]], worker_ids: Iterable[str]) -> dict[str, int]:
         """For each worker, how many leading blocks of the prompt it holds or is expected to; the
@@ -127,29 +214,70 @@ class KVIndex:
         missing block, so later blocks a worker happens to hold do not count, and no run is read
         past the first block that no worker holds."""
         result = dict.fromkeys(worker_ids, 0)
-        owner = {self._slots[w]: w for w in result if w in self._slots}
-        active = sum(1 << slot for slot in owner)
-        holders, expected = self._holders, self._expected
+        for mask, blocks in self._walk(runs, self.mask(result)):
+            result.update(dict.fromkeys(self._owners(mask), blocks))
+        return result
+
+    def longest(self, runs: Iterable[Sequence[int]], among: int, limit: int) -> dict[str, int]:
+        """The workers of the bitmask `among` that hold (or are expected to) the longest prefixes of
+        the prompt, with their prefix in blocks: at least `limit` of them if as many hold any of it
+        (all tied with the last one taken). Workers holding none of it are left out, so this costs
+        per prompt block and per worker returned, not per worker of `among`."""
+        result: dict[str, int] = {}
+        for mask, blocks in reversed(self._walk(runs, among)):
+            if len(result) >= limit or not blocks:
+                break
+            result.update(dict.fromkeys(self._owners(mask), blocks))
+        return result
+
+    def _walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
+        """(slots, prefix blocks) in increasing prefix length: the workers of `active` whose match
+        ends at each length, the last entry those that hold the whole prompt."""
+        ends: list[tuple[int, int]] = []
+        values, shared, expected = self._table.values, self._shared, self._expected
         matched = 0
-        for run in runs if active else ():
-            for h in run:
-                held = holders.get(h, 0) & active
+        for hashes in _chunks(runs) if active else ():
+            codes = values[self._table.find(as_keys(hashes))].tolist()
+            for h, code in zip(hashes, codes, strict=True):
+                if code >= 0:
+                    held = (1 << code) & active
+                elif code == MISSING:
+                    held = 0
+                else:
+                    held = shared[_SHARED - code] & active
                 if held != active:
                     held |= expected.get(h, 0) & active  # only where reports fall short: half the lookups
                 if held != active:
-                    self._settle(active & ~held, matched, owner, result)
+                    ends.append((active & ~held, matched))
                     active = held
                     if not active:
                         break
                 matched += 1
             if not active:
                 break
-        self._settle(active, matched, owner, result)
-        return result
+        ends.append((active, matched))
+        return ends
 
-    @staticmethod
-    def _settle(slots: int, blocks: int, owner: dict[int, str], result: dict[str, int]) -> None:
+    def _owners(self, slots: int) -> list[str]:
+        ids, owners = self._ids, []
         while slots:
             low = slots & -slots
-            result[owner[low.bit_length() - 1]] = blocks
+            worker = ids[low.bit_length() - 1]
+            if worker is not None:
+                owners.append(worker)
             slots ^= low
+        return owners
+
+
+def _chunks(runs: Iterable[Sequence[int]]) -> Iterator[list[int]]:
+    """The runs' hashes in growing chunks (1, 2, 4, 8, then 16 runs), each looked up in one call: a
+    lookup per run cost more than the rest of a decision, while reading ahead hashes no more runs
+    past the first block no worker holds than before it (a prompt is hashed as it is read)."""
+    it = iter(runs)
+    size = 1
+    while True:
+        chunk = [h for run in islice(it, size) for h in run]
+        if not chunk:
+            return
+        yield chunk
+        size = min(2 * size, _MAX_CHUNK_RUNS)

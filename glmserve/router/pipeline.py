@@ -1,10 +1,15 @@
-"""One pool's routing profile: filters -> weighted scorers -> picker, each plugin timed."""
+"""One pool's routing profile: candidates -> filters -> weighted scorers -> picker, each plugin
+timed. A large pool is pruned to its candidates first (candidates.py); filters and scorers then
+see a bounded list, and scorers return arrays summed with their weights in numpy."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from glmserve.router.candidates import Candidates
 from glmserve.router.config import ProfileConfig, RouterConfig
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.plugins.base import Filter, Picker, PluginArgs, RouteContext, Scorer
@@ -34,6 +39,7 @@ class Profile:
     def __init__(self, role: Role, cfg: ProfileConfig, config: RouterConfig, metrics: RouterMetrics) -> None:
         args = PluginArgs(config, role)
         self.role = role
+        self._candidates = Candidates(args)
         self._filters: list[tuple[str, Filter]] = [(n, FILTERS[n](args)) for n in cfg.filters]
         self._scorers: list[tuple[str, float, Scorer]] = [(n, w, SCORERS[n](args)) for n, w in cfg.scorers.items()]
         self._picker: Picker = PICKERS[cfg.picker](args)
@@ -43,6 +49,14 @@ class Profile:
         self._picker_timer = timer(role, "picker", cfg.picker)
 
     def run(self, ctx: RouteContext, workers: list[Worker]) -> Pick | Rejected:
+        """Chooses among `workers` (every registered worker, in id order)."""
+        candidates = self._candidates(ctx, workers)
+        pick = self._choose(ctx, candidates)
+        if isinstance(pick, Rejected) and candidates is not workers:  # e.g. every candidate overloaded
+            pick = self._choose(ctx, workers)
+        return pick
+
+    def _choose(self, ctx: RouteContext, workers: list[Worker]) -> Pick | Rejected:
         clock = time.perf_counter
         for (name, keep), timer in zip(self._filters, self._filter_timers, strict=True):
             started = clock()
@@ -51,16 +65,17 @@ class Profile:
             if not kept:
                 return Rejected(name, len(workers))
             workers = kept
-        totals = [0.0] * len(workers)
-        parts: list[tuple[str, list[float]]] = []
+        totals = np.zeros(len(workers))
+        parts: list[tuple[str, np.ndarray]] = []
         for (name, weight, score), timer in zip(self._scorers, self._scorer_timers, strict=True):
             started = clock()
             scores = score(ctx, workers)
             timer.observe(clock() - started)
             parts.append((name, scores))
-            for i, s in enumerate(scores):
-                totals[i] += weight * s
+            totals += weight * scores
         started = clock()
         chosen = self._picker(ctx, workers, totals)
         self._picker_timer.observe(clock() - started)
-        return Pick(workers[chosen], totals[chosen], tuple((name, scores[chosen]) for name, scores in parts))
+        return Pick(
+            workers[chosen], float(totals[chosen]), tuple((name, float(scores[chosen])) for name, scores in parts)
+        )

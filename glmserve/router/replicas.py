@@ -15,7 +15,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Unpack
+from typing import Any, Generic, TypeVar, Unpack
 
 import grpc
 
@@ -26,20 +26,46 @@ from glmserve.router.client import (
     RouterClient,
     RouterUnavailableError,
 )
+from glmserve.router.shards import shard_order
 from glmserve.router.types import Decision, Stage, Usage
 
 Resolve = Callable[[], Awaitable[Collection[str]]]
 REFRESH_S = 5.0  # how often the ingress looks the replicas up again (router pods come and go)
 MAX_OWNED = 1 << 16  # requests routed and not finished that the client remembers the replica of
 
+T = TypeVar("T")
+
+
+class Owners(Generic[T]):
+    """Which replica (or shard) routed each request not finished yet, so its Completes go there."""
+
+    def __init__(self) -> None:
+        self._by_request: dict[str, T] = {}
+
+    def remember(self, request_id: str, owner: T) -> None:
+        if len(self._by_request) >= MAX_OWNED:  # a caller that never finishes its requests
+            del self._by_request[next(iter(self._by_request))]
+        self._by_request[request_id] = owner
+
+    def owner(self, request_id: str, stage: Stage) -> T | None:
+        """The request's owner; forgotten once the request is finished."""
+        by_request = self._by_request
+        return by_request.pop(request_id, None) if stage == "finished" else by_request.get(request_id)
+
+    def values(self) -> list[T]:
+        return list(self._by_request.values())
+
+    def clear(self) -> None:
+        self._by_request.clear()
+
 
 async def router_replicas(addresses: Sequence[str]) -> list[str]:
     """One gRPC target per address each of `addresses` ("host:port", "dns:///host:port" or a list
-    "ipv4:host:port,host:port") resolves to; an address that does not resolve stays as it is (its
-    client then reports it unreachable)."""
+    "ipv4:host:port,host:port"; shards' addresses separated by ";") resolves to; an address that
+    does not resolve stays as it is (its client then reports it unreachable)."""
     loop = asyncio.get_running_loop()
     targets: set[str] = set()
-    for address in addresses:
+    for address in (a.strip() for shards in addresses for a in shards.split(";")):  # engines: every shard
         if address.startswith(("ipv4:", "ipv6:")):
             targets.update(address.split(":", 1)[1].split(","))
             continue
@@ -76,7 +102,7 @@ class RouterReplicas:
         self._resolved_at = -float("inf")
         self._resolving: asyncio.Task[None] | None = None
         self._turn = 0
-        self._owners: dict[str, RouterClient] = {}
+        self._owners: Owners[RouterClient] = Owners()
 
     async def _replicas(self) -> list[RouterClient]:
         """The replicas' clients. Only a call that knows no replica yet waits for the address to
@@ -123,9 +149,7 @@ class RouterReplicas:
             except RouterUnavailableError as exc:
                 failure = exc
                 continue
-            if len(self._owners) >= MAX_OWNED:  # a caller that never finishes its requests
-                del self._owners[next(iter(self._owners))]
-            self._owners[request_id] = client
+            self._owners.remember(request_id, client)
             return decision
         assert failure is not None
         raise failure
@@ -133,7 +157,7 @@ class RouterReplicas:
     async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
         """RouterClient.complete on the replica that routed the request; False, without a call, for
         a request no replica routed through this client."""
-        client = self._owners.pop(request_id, None) if stage == "finished" else self._owners.get(request_id)
+        client = self._owners.owner(request_id, stage)
         if client is None:
             return False
         return await client.complete(request_id, usage, stage=stage)
@@ -142,7 +166,8 @@ class RouterReplicas:
         if self._resolving is not None:
             self._resolving.cancel()
         clients = {id(c): c for c in [*self._clients.values(), *self._retired]}
-        self._clients, self._retired, self._owners = {}, [], {}
+        self._clients, self._retired = {}, []
+        self._owners.clear()
         for client in clients.values():
             await client.close()
 
@@ -151,3 +176,54 @@ class RouterReplicas:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class RouterShards:
+    """Several router shards (shards.py), each an address of its replicas: a tenant's requests go to
+    the shard that owns it, or, while every replica of that shard is down, to the tenant's next
+    shard (whose engines have not cached its prefixes: slower, not failed). Every Complete goes to
+    the shard that routed the request."""
+
+    def __init__(self, addresses: Sequence[str], **replica_args: Any) -> None:
+        self.shards = [RouterReplicas(address, **replica_args) for address in addresses]
+        self._owners: Owners[RouterReplicas] = Owners()
+
+    async def route(
+        self, request_id: str, model: str, prompt_token_ids: Sequence[int], **options: Unpack[RouteOptions]
+    ) -> Decision:
+        failure: RouterUnavailableError | None = None
+        for shard in shard_order(options.get("tenant", ""), len(self.shards)):
+            try:
+                decision = await self.shards[shard].route(request_id, model, prompt_token_ids, **options)
+            except RouterUnavailableError as exc:
+                failure = exc
+                continue
+            self._owners.remember(request_id, self.shards[shard])
+            return decision
+        assert failure is not None
+        raise failure
+
+    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
+        shard = self._owners.owner(request_id, stage)
+        if shard is None:
+            return False
+        return await shard.complete(request_id, usage, stage=stage)
+
+    async def close(self) -> None:
+        for shard in self.shards:
+            await shard.close()
+
+    async def __aenter__(self) -> RouterShards:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def connect(address: str, **replica_args: Any) -> RouterReplicas | RouterShards:
+    """The ingress's client for `address`: one router's replicas, or several shards' addresses
+    separated by ";" in shard order (shard i's replicas run with `shard: {count: n, index: i}`)."""
+    shards = [a.strip() for a in address.split(";")]
+    if len(shards) == 1:
+        return RouterReplicas(address, **replica_args)
+    return RouterShards(shards, **replica_args)

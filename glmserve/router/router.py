@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from prometheus_client import Counter
+
 from glmserve.common.errors import OverloadedError
 from glmserve.router.config import RouterConfig
 from glmserve.router.disaggregation import Disaggregation
@@ -18,6 +20,7 @@ from glmserve.router.index import KVIndex
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.pipeline import Pick, Profile, Rejected
 from glmserve.router.plugins.base import PrefixEstimate, RouteContext
+from glmserve.router.shards import shard_of
 from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
 from glmserve.router.workers import Registry, Worker
 
@@ -60,36 +63,51 @@ class Router:
         self._disaggregation = Disaggregation(prefill, config.disaggregation.min_remote_prefill_tokens)
         self._bookings: dict[str, Booking] = {}
         self._ordered: list[Worker] | None = None
+        self._unready: set[str] = set()  # workers whose KV events are not replayed yet
+        self._event_counters: dict[type, Counter] = {}
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
     # -- workers --------------------------------------------------------------------------
 
+    def owns(self, worker_id: str) -> bool:
+        """Whether the worker is in this replica's shard (always, unsharded)."""
+        shard = self.config.shard
+        return shard.count == 1 or shard_of(worker_id, shard.count) == shard.index
+
     def register(self, info: WorkerInfo, load: Load, *, static: bool = False) -> bool:
         """True when the worker is new or changed: its index starts empty and its events must be
-        (re)subscribed."""
+        (re)subscribed. Another shard's worker is not registered (nor its events followed)."""
+        if not self.owns(info.worker_id):
+            return False
         changed = self.registry.register(info, load, static=static)
         if changed:
             self.index.detach(info.worker_id)
-            self.index.attach(info.worker_id)
-            self.registry.workers[info.worker_id].index_ready = not info.kv_events_endpoint
+            self.index.attach(info.worker_id, info.kv_cache_blocks)
+            self.set_index_ready(info.worker_id, not info.kv_events_endpoint)
             self._ordered = None
         return changed
 
     def heartbeat(self, worker_id: str, load: Load) -> None:
-        self.registry.heartbeat(worker_id, load)
+        if self.owns(worker_id):
+            self.registry.heartbeat(worker_id, load)
 
     def deregister(self, worker_id: str) -> bool:
         self.index.detach(worker_id)
+        self._unready.discard(worker_id)
         self._ordered = None
         return self.registry.deregister(worker_id)
 
     def apply_events(self, worker_id: str, events: Iterable[Event]) -> None:
         if worker_id not in self.registry.workers:
             return
+        counted = self._event_counters
         for event in events:
             self.index.apply(worker_id, event)
-            self.metrics.kv_events.labels(type(event).__name__).inc()
+            kind = type(event)
+            if kind not in counted:  # labels() per event cost as much as indexing a small one
+                counted[kind] = self.metrics.kv_events.labels(kind.__name__)
+            counted[kind].inc()
 
     def reset_index(self, worker_id: str) -> None:
         """The engine restarted (its event sequence started over): what it held is gone."""
@@ -100,6 +118,10 @@ class Router:
         worker = self.registry.workers.get(worker_id)
         if worker is not None:
             worker.index_ready = ready
+            if ready:
+                self._unready.discard(worker_id)
+            else:
+                self._unready.add(worker_id)
 
     def sweep(self) -> list[str]:
         """Forgets silent workers and never-completed requests; refreshes gauges. Returns the ids of
@@ -107,6 +129,7 @@ class Router:
         gone = self.registry.forget_silent()
         for worker_id in gone:
             self.index.detach(worker_id)
+            self._unready.discard(worker_id)
             self._ordered = None
         now = self._clock()
         for request_id in [r for r, b in self._bookings.items() if b.expires_at < now]:
@@ -159,7 +182,7 @@ class Router:
             prompt_tokens=len(query.tokens),
             policy="custom" if self.config.profiles else self.config.policy,
             reasons=(f"decode {decode.explain()}", why),
-            degraded=any(not w.index_ready for w in ctx.registry.workers.values() if w.info.model == query.model),
+            degraded=any(w.info.model == query.model for w in map(self.registry.workers.get, self._unready) if w),
         )
 
     def _unavailable(self, query: RouteQuery, rejected: Rejected) -> OverloadedError:

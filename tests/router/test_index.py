@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored
 from glmserve.router.index import KVIndex
 
@@ -64,7 +66,8 @@ def test_prefix_match_reads_hashes_only_while_some_worker_holds_them() -> None:
             yield run
 
     assert index.prefix_blocks(lazily(), ["a", "b"]) == {"a": 2, "b": 0}
-    assert read == [[101], [102, 103]]  # block 103 is nowhere: no later run is hashed
+    # runs are looked up in chunks of 1, 2, 4... runs: 103 is nowhere, so no chunk after its one is read
+    assert read == [[101], [102, 103], [104]]
 
 
 def test_expected_blocks_count_until_their_deadline_and_a_new_expectation_extends_it() -> None:
@@ -91,3 +94,51 @@ def test_clear_and_detach_drop_expectations() -> None:
     assert index.prefix_blocks([CHAIN], ["a", "c"]) == {"a": 0, "c": 0}
     index.expire(11.0)  # deadlines of departed expectations are harmless
     assert index.prefix_blocks([CHAIN], ["a", "c"]) == {"a": 0, "c": 0}
+
+
+def test_index_matches_a_set_per_worker_through_sharing_eviction_and_restarts() -> None:
+    """Blocks held by one worker and by several (the bitmask path), evicted, cleared, the worker
+    gone: prefix lengths, counts and the longest holders agree with plain sets."""
+    rng = np.random.default_rng(3)
+    workers = [f"w{i}" for i in range(40)]
+    index, held = _index(*workers), {w: set() for w in workers}
+    chains = [[int(h) for h in rng.integers(2, 1 << 64, 64, dtype=np.uint64)] for _ in range(6)]
+    for step in range(300):
+        w = workers[int(rng.integers(len(workers)))]
+        chain = chains[int(rng.integers(len(chains)))]
+        upto = int(rng.integers(1, len(chain)))
+        action = step % 7
+        if action < 4:
+            index.store(w, chain[:upto])
+            held[w].update(chain[:upto])
+        elif action < 6:
+            index.remove(w, chain[upto:])
+            held[w].difference_update(chain[upto:])
+        elif step % 21 == 6:
+            index.detach(w)
+            index.attach(w)
+            held[w] = set()
+        else:
+            index.clear(w)
+            held[w] = set()
+    for chain in chains:
+        expected = {w: next((i for i, h in enumerate(chain) if h not in held[w]), len(chain)) for w in workers}
+        assert index.prefix_blocks([chain[:10], chain[10:]], workers) == expected
+        top = index.longest([chain], index.mask(workers), limit=3)
+        ranked = sorted((n for n in expected.values() if n), reverse=True)
+        assert sorted(top.values(), reverse=True)[: len(ranked[:3])] == ranked[:3]
+        assert all(expected[w] == n for w, n in top.items())
+    assert {w: index.blocks(w) for w in workers} == {w: len(b) for w, b in held.items()}
+    assert index.size() == sum(len(b) for b in held.values())
+
+
+def test_attaching_reserves_room_for_the_engines_caches() -> None:
+    index = KVIndex()
+    for w in range(10):
+        index.attach(f"w{w}", cache_blocks=10_000)
+    before = index.nbytes()
+    for w in range(10):
+        index.store(f"w{w}", list(range(w * 10_000 + 2, (w + 1) * 10_000 + 2)))
+    assert index.nbytes() == before  # no growth while their caches fill
+    assert index.size() == 100_000
+    assert before / index.size() < 20

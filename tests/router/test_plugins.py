@@ -97,7 +97,7 @@ def test_prefix_cache_scorer_is_the_cached_share_of_full_blocks() -> None:
     hashes = [h for run in ctx.block_hashes(16) for h in run]
     index.store("a", hashes)
     index.store("b", hashes[:3])
-    assert plugin(SCORERS, "prefix-cache", ctx)(ctx, workers) == [1.0, 0.5, 0.0]
+    assert plugin(SCORERS, "prefix-cache", ctx)(ctx, workers).tolist() == [1.0, 0.5, 0.0]
 
 
 def test_prefill_work_scorer_weighs_uncached_tokens_against_backlog() -> None:
@@ -107,26 +107,26 @@ def test_prefill_work_scorer_weighs_uncached_tokens_against_backlog() -> None:
     workers[0].prefill_backlog = 92  # ...behind 92 queued: 96 in all
     workers[2].prefill_backlog = 100  # c: 200
     # b: 100 uncached, nothing queued. Score (best + floor) / (cost + floor), best = a's 96.
-    assert plugin(SCORERS, "prefill-work", ctx)(ctx, workers) == [1.0, 100 / 104, 100 / 204]
+    assert plugin(SCORERS, "prefill-work", ctx)(ctx, workers).tolist() == [1.0, 100 / 104, 100 / 204]
 
 
 def test_load_and_kv_scorers() -> None:
     specs = [{"id": "a", "load": Load(running=5, kv_cache_usage=0.25)}, {"id": "b", "load": Load(running=20)}]
     ctx, workers = setup(specs)
-    assert plugin(SCORERS, "load", ctx)(ctx, workers) == [0.5, 0.0]
-    assert plugin(SCORERS, "kv-cache-utilization", ctx)(ctx, workers) == [0.75, 1.0]
+    assert plugin(SCORERS, "load", ctx)(ctx, workers).tolist() == [0.5, 0.0]
+    assert plugin(SCORERS, "kv-cache-utilization", ctx)(ctx, workers).tolist() == [0.75, 1.0]
 
 
 def test_max_score_picker_breaks_ties_by_request_not_by_call() -> None:
     ctx, workers = setup([{"id": f"w{i}"} for i in range(8)])
     picker = plugin(PICKERS, "max-score", ctx)
-    assert picker(ctx, workers, [0.1] * 7 + [0.9]) == 7
+    assert picker(ctx, workers, np.array([0.1] * 7 + [0.9])) == 7
     picks = set()
     for n in range(40):
         ctx, _ = setup([{"id": f"w{i}"} for i in range(8)], {"request_id": f"r{n}"})
-        first = picker(ctx, workers, [1.0] * 8)
+        first = picker(ctx, workers, np.ones(8))
         ctx, _ = setup([{"id": f"w{i}"} for i in range(8)], {"request_id": f"r{n}"})
-        assert picker(ctx, workers, [1.0] * 8) == first  # same request, same seed: same pick
+        assert picker(ctx, workers, np.ones(8)) == first  # same request, same seed: same pick
         picks.add(first)
     assert len(picks) > 4  # ...but ties spread over the workers
 
@@ -134,4 +134,4 @@ def test_max_score_picker_breaks_ties_by_request_not_by_call() -> None:
 def test_round_robin_picker_cycles() -> None:
     ctx, workers = setup([{"id": "a"}, {"id": "b"}, {"id": "c"}])
     picker = plugin(PICKERS, "round-robin", ctx)
-    assert [picker(ctx, workers, [0.0, 9.0, 0.0]) for _ in range(4)] == [0, 1, 2, 0]
+    assert [picker(ctx, workers, np.array([0.0, 9.0, 0.0])) for _ in range(4)] == [0, 1, 2, 0]

@@ -8,15 +8,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from glmserve.router.config import RouterConfig
 from glmserve.router.hashing import BlockHasher, PromptHashes
 from glmserve.router.types import Role, RouteQuery
-from glmserve.router.workers import Registry, Worker
+from glmserve.router.workers import Group, Registry, Worker
 
 
 class PrefixEstimate(Protocol):
     def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
         """Prompt tokens each worker is believed to hold as a cached prefix."""
+        ...
+
+    def holders(self, ctx: RouteContext, group: Group, limit: int) -> dict[str, int]:
+        """The workers of `group` believed to hold the longest prefixes of the prompt (at least
+        `limit` of them where as many hold any), with their cached tokens."""
         ...
 
     def routed(self, ctx: RouteContext, worker: Worker) -> None:
@@ -62,19 +69,30 @@ class RouteContext:
             self._cached.update(self.estimate.cached_tokens(self, missing))
         return [self._cached[w.worker_id] for w in workers]
 
+    def prefix_holders(self, group: Group, limit: int) -> list[str]:
+        """The ids of the workers of `group` holding the longest prefixes of the prompt (see
+        PrefixEstimate.holders); what they hold is remembered for the scorers."""
+        holders = self.estimate.holders(self, group, limit)
+        self._cached.update(holders)
+        return list(holders)
+
+    def slots(self, workers: list[Worker]) -> np.ndarray:
+        """The workers' rows in the registry's board, to read their load figures as arrays."""
+        return np.fromiter((w.slot for w in workers), dtype=np.intp, count=len(workers))
+
 
 class Filter(Protocol):
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]: ...
 
 
 class Scorer(Protocol):
-    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
         """One score in [0, 1] per worker, higher is better."""
         ...
 
 
 class Picker(Protocol):
-    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: np.ndarray) -> int:
         """The index of the chosen worker; `workers` is never empty."""
         ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from glmserve.router.plugins.base import PluginArgs, RouteContext
 from glmserve.router.workers import Worker
 
@@ -14,10 +16,9 @@ class MaxScore:
     def __init__(self, args: PluginArgs) -> None:
         pass
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
-        best = max(scores)
-        ties = [i for i, s in enumerate(scores) if s >= best - _TIE]
-        return ties[0] if len(ties) == 1 else ctx.rng.choice(ties)
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: np.ndarray) -> int:
+        ties = np.flatnonzero(scores >= scores.max() - _TIE).tolist()
+        return int(ties[0]) if len(ties) == 1 else int(ctx.rng.choice(ties))
 
 
 class RoundRobin:
@@ -26,6 +27,6 @@ class RoundRobin:
     def __init__(self, args: PluginArgs) -> None:
         self._turn = 0
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: list[float]) -> int:
+    def __call__(self, ctx: RouteContext, workers: list[Worker], scores: np.ndarray) -> int:
         self._turn += 1
         return (self._turn - 1) % len(workers)

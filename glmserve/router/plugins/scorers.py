@@ -1,6 +1,9 @@
-"""Scorers: each rates every candidate in [0, 1], higher is better."""
+"""Scorers: each rates every candidate in [0, 1], higher is better, as one array over the
+candidates (their load figures are read from the registry's board by slot)."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from glmserve.router.plugins.base import PluginArgs, RouteContext
 from glmserve.router.workers import Worker
@@ -16,13 +19,11 @@ class PrefixCache(_Scorer):
     """The share of the prompt's full blocks cached as a prefix on the worker: keeps a prefix's
     traffic together, so its cache stays warm."""
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
-        cached = ctx.cached_tokens(workers)
-        scores = []
-        for w, tokens in zip(workers, cached, strict=True):
-            full = ctx.prompt_blocks(w) * w.info.block_size
-            scores.append(tokens / full if full else 0.0)
-        return scores
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
+        cached = np.array(ctx.cached_tokens(workers), dtype=np.float64)
+        block_size = ctx.registry.board.block_size[ctx.slots(workers)]
+        full = len(ctx.query.tokens) // block_size * block_size
+        return np.divide(cached, full, out=np.zeros_like(cached), where=full > 0)
 
 
 class PrefillWork(_Scorer):
@@ -31,22 +32,24 @@ class PrefillWork(_Scorer):
     to it that have not produced their first token yet. Score (best + floor) / (cost + floor): 1 for
     the cheapest, about 0.5 at twice its work; the floor keeps small differences small."""
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
-        prompt = len(ctx.query.tokens)
-        costs = [w.prefill_backlog + prompt - c for w, c in zip(workers, ctx.cached_tokens(workers), strict=True)]
-        best = min(costs)
-        return [(best + self._floor) / (cost + self._floor) for cost in costs]
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
+        cached = np.array(ctx.cached_tokens(workers), dtype=np.float64)
+        costs = ctx.registry.board.backlog[ctx.slots(workers)] + (len(ctx.query.tokens) - cached)
+        return (costs.min() + self._floor) / (costs + self._floor)
 
 
 class LoadScorer(_Scorer):
     """Free request slots: 1 when idle, 0 at max_running_requests (running + queued requests)."""
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
-        return [max(0.0, 1.0 - w.busy() / (w.info.max_running_requests or self._default_capacity)) for w in workers]
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
+        board, slots = ctx.registry.board, ctx.slots(workers)
+        capacity = board.max_running[slots]
+        capacity = np.where(capacity > 0, capacity, self._default_capacity)
+        return np.maximum(0.0, 1.0 - board.busy(slots) / capacity)
 
 
 class KVCacheUtilization(_Scorer):
     """Free KV cache: new blocks fit without evicting other tenants' prefixes."""
 
-    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[float]:
-        return [min(1.0, max(0.0, 1.0 - w.load.kv_cache_usage)) for w in workers]
+    def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
+        return np.clip(1.0 - ctx.registry.board.kv_usage[ctx.slots(workers)], 0.0, 1.0)

@@ -35,7 +35,9 @@ class RouterLink:
             "replay_endpoint": f"tcp://*:{replay}",
         }
 
-    def worker(self, worker_id: str, node_ip: str, rank: int, block_size: int, max_running: int) -> WorkerInfo:
+    def worker(
+        self, worker_id: str, node_ip: str, rank: int, block_size: int, max_running: int, *, cache_blocks: int = 0
+    ) -> WorkerInfo:
         events, replay = self.ports(rank)
         return WorkerInfo(
             worker_id=worker_id,
@@ -46,4 +48,5 @@ class RouterLink:
             kv_replay_endpoint=f"tcp://{node_ip}:{replay}",
             block_size=block_size,
             max_running_requests=max_running,
+            kv_cache_blocks=cache_blocks,
         )

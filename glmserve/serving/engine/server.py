@@ -75,8 +75,14 @@ class EngineServer(LLMServer):
     async def _announce(self, router: RouterLink, worker_id: str, rank: int) -> None:
         vllm_config = self.engine._engine_client.vllm_config  # type: ignore[union-attr]
         max_running = vllm_config.scheduler_config.max_num_seqs
+        cache = vllm_config.cache_config
         worker = router.worker(
-            worker_id, ray.util.get_node_ip_address(), rank, vllm_config.cache_config.block_size, max_running
+            worker_id,
+            ray.util.get_node_ip_address(),
+            rank,
+            cache.block_size,
+            max_running,
+            cache_blocks=cache.num_gpu_blocks or 0,
         )
 
         def load() -> Load:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from glmserve.common import tracing
 from glmserve.common.errors import NotFoundError
 from glmserve.common.tenancy import PRIORITY_RANK
-from glmserve.router.replicas import RouterReplicas
+from glmserve.router.replicas import connect
 from glmserve.serving.ingress.discovery import http_sd
 from glmserve.serving.ingress.engine_call import Caller, EngineCall, EngineReply
 from glmserve.serving.ingress.errors import error_response, install_handlers, status_of
@@ -52,7 +52,7 @@ class Ingress:
         self._models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
         self._gate = Gate(settings.limits, registry, settings.retry_after_s)
-        router = RouterReplicas(settings.router_address) if settings.router_address else None
+        router = connect(settings.router_address) if settings.router_address else None
         self._calls = {
             name: EngineCall(
                 pools["decode"], pools.get("prefill"), settings.retry_after_s, router, self._metrics.router_fallback

@@ -22,7 +22,7 @@ from glmserve.common import tracing
 from glmserve.common.errors import BackendError, GlmserveError, OverloadedError
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router.client import RouterUnavailableError
-from glmserve.router.replicas import RouterReplicas
+from glmserve.router.replicas import RouterReplicas, RouterShards
 from glmserve.router.types import Decision, Stage
 from glmserve.router.types import Usage as RouterUsage
 from glmserve.serving.ingress.metrics import RequestTimer
@@ -79,7 +79,7 @@ class EngineCall:
         decode: DeploymentHandle,
         prefill: DeploymentHandle | None,
         retry_after_s: float,
-        router: RouterReplicas | None = None,
+        router: RouterReplicas | RouterShards | None = None,
         on_router_fallback: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._decode = decode.options(stream=True)

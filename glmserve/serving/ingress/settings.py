@@ -34,6 +34,6 @@ class IngressSettings:
     models: tuple[ServedModel, ...]
     retry_after_s: float = 1.0
     limits: LimitsSettings = field(default_factory=LimitsSettings)
-    router_address: str | None = None  # glmserve's router (gRPC target); None: Serve balances alone
+    router_address: str | None = None  # glmserve's router (gRPC target; shards' separated by ';'); None: Serve alone
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"

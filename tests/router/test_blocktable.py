@@ -1,0 +1,41 @@
+"""The index's hash table against a dict, through growth, deletions and reuse of deleted slots."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glmserve.router.blocktable import MISSING, BlockTable, as_keys
+
+
+def test_table_matches_a_dict_through_growth_and_deletions() -> None:
+    rng = np.random.default_rng(7)
+    table, reference = BlockTable(), {}
+    for step in range(200):
+        keys = rng.integers(0, 1 << 64, int(rng.integers(1, 400)), dtype=np.uint64).tolist()
+        if reference and step % 3 == 0:  # some keys it holds already
+            held = list(reference)
+            keys += [held[i] for i in rng.integers(0, len(held), 40)]
+        batch = np.unique(as_keys(keys))
+        slots = table.insert(batch)  # before reading `values`: a growth replaces the array
+        table.values[slots] = (batch % 1000).astype(np.int32)
+        reference.update((k, k % 1000) for k in batch.tolist())
+        if step % 2:
+            held = np.array(list(reference), dtype=np.uint64)
+            gone = np.unique(held[rng.integers(0, len(held), 150)])
+            table.delete(table.find(gone))
+            for k in gone.tolist():
+                del reference[k]
+    held = np.array(list(reference), dtype=np.uint64)
+    slots = table.find(held)
+    assert table.live == len(reference) == len(set(slots.tolist()))
+    assert (table.values[slots] == held % 1000).all()
+    absent = as_keys(rng.integers(0, 1 << 64, 2000, dtype=np.uint64).tolist())
+    assert (table.find(absent) == MISSING).all()
+    assert table.nbytes() / table.live < 30  # 12 bytes a slot, at most ~70% full after a rehash
+
+
+def test_hashes_0_and_1_are_keys_too() -> None:
+    table = BlockTable()
+    slots = table.insert(as_keys([0, 1, 5]))
+    table.values[slots] = [10, 11, 15]
+    assert table.values[table.find(as_keys([0, 1, 5]))].tolist() == [10, 11, 15]
