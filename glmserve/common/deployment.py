@@ -212,6 +212,30 @@ class IngressSpec(Spec):
     )
 
 
+# What KubeRay passes to Ray as RAY_REDIS_ADDRESS: host:port, or rediss://host:port for TLS.
+REDIS_ADDRESS = r"^(rediss?://)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?:[0-9]{1,5}$"
+
+
+class SecretKey(Spec):
+    """One key of a Secret in the deployment's namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="the Secret's name")
+    key: str = Field("password", pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="its data key")
+
+
+class GcsFaultTolerance(Spec):
+    """Ray's cluster state (the GCS) kept in an external Redis (KubeRay's gcsFaultToleranceOptions):
+    a restarted head takes the running workers and Serve replicas back instead of a new cluster."""
+
+    redis_address: str = Field(
+        pattern=REDIS_ADDRESS,
+        max_length=512,
+        description="host:port of the Redis (rediss://host:port for TLS); deployments may share one: each keeps"
+        " its state under its RayCluster's UID",
+    )
+    password_secret: SecretKey | None = Field(None, description="the Secret key holding its password; none: no AUTH")
+
+
 PlanName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
 
 
@@ -233,6 +257,9 @@ class ModelDeploymentSpec(Spec):
     )
     image: str | None = Field(
         None, min_length=1, max_length=512, description="glmserve container image; default: the operator's"
+    )
+    gcs_fault_tolerance: GcsFaultTolerance | None = Field(
+        None, description="keep the Ray head's state in a Redis; default: a lost head takes its cluster with it"
     )
 
     @field_validator("plans")

@@ -17,9 +17,9 @@ from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
 from glmserve.operator.build.children import build_children
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import build_nodepool
+from glmserve.operator.build.random_secrets import SALT_KEY, build_cache_salt_secret
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
-from glmserve.operator.build.salt import SALT_KEY, build_cache_salt_secret
 from glmserve.router.config import load_config
 from glmserve.serving.entrypoint import model_source
 from tests.operator.conftest import example_inputs, load_examples

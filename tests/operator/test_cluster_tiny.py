@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from glmserve.common.deployment import GcsFaultTolerance
 from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, key_matches
 from glmserve.operator.build.children import build_children
+from glmserve.operator.build.random_secrets import build_ray_auth_secret, generated_secrets
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.tenancy import router_tenancy
 from glmserve.serving.entrypoint import model_source, pool_llm_config
@@ -104,3 +107,30 @@ def test_the_pools_run_vllms_cpu_backend_from_the_mounted_checkpoint() -> None:
     for group in _workers(inputs).values():
         mounts = {m["name"]: m["mountPath"] for m in group["template"]["spec"]["containers"][0]["volumeMounts"]}
         assert source.startswith(mounts["weights"] + "/")
+
+
+def test_the_ray_cluster_requires_the_operators_token(schemas: CustomResourceSchemas) -> None:
+    inputs = cluster_tiny_inputs()
+    cluster = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "tiny-ray-auth"}
+    secret = build_ray_auth_secret(inputs, "ab" * 32)
+    assert manifest_problems(secret, schemas) == []
+    assert secret["metadata"]["name"] == "tiny-ray-auth" and secret["metadata"]["namespace"] == "glmserve"
+    assert base64.b64decode(secret["data"]["auth_token"]).decode() == "ab" * 32
+    assert set(generated_secrets(inputs)) == {"tiny-cache-salt", "tiny-ray-auth"}
+
+
+def test_gcs_fault_tolerance_keeps_the_heads_state_in_the_given_redis(schemas: CustomResourceSchemas) -> None:
+    inputs = cluster_tiny_inputs()
+    service = build_rayservice(inputs, None)
+    assert manifest_problems(service, schemas) == []
+    assert service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"] == {
+        "redisAddress": "gcs-redis.glmserve.svc:6379",
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "gcs-redis", "key": "password"}}},
+    }
+    without_password = GcsFaultTolerance(redis_address="rediss://10.0.0.5:6380")
+    inputs = replace(inputs, spec=inputs.spec.model_copy(update={"gcs_fault_tolerance": without_password}))
+    options = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert options == {"redisAddress": "rediss://10.0.0.5:6380"}
+    inputs = replace(inputs, spec=inputs.spec.model_copy(update={"gcs_fault_tolerance": None}))
+    assert "gcsFaultToleranceOptions" not in build_rayservice(inputs, None)["spec"]["rayClusterConfig"]

@@ -156,6 +156,12 @@ SCHEMA_ONLY = [
         "'extra' was unexpected",
         "Extra inputs are not permitted",
     ),
+    (
+        "ModelDeployment/tiny",
+        _set("spec.gcsFaultTolerance", {"redisAddress": "redis-without-port"}),
+        "'redis-without-port' does not match",
+        "String should match pattern",
+    ),
     ("Plan/free", _set("spec.priority", "gold"), "'gold' is not one of", "Input should be 'batch'"),
     ("Tenant/acme", _set("spec.apiKeys", []), "should be non-empty", "at least 1 item"),
     ("Tenant/acme", _set("spec.apiKeys", [{"sha256": "sha256:" + "0" * 64}]), "'sha256' was unexpected", "secretRef"),

@@ -133,6 +133,7 @@ OWNED_CHILDREN = [
     ("monitoring.coreos.com/v1", "PodMonitor", "-ray"),
     ("monitoring.coreos.com/v1", "PrometheusRule", ""),
     ("v1", "Secret", "-cache-salt"),
+    ("v1", "Secret", "-ray-auth"),
 ]
 
 
@@ -246,6 +247,10 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
         assert env["GLMSERVE_CACHE_SALT_SECRET"]["valueFrom"] == {
             "secretKeyRef": {"name": "glm-cache-salt", "key": "secret"}
         }
+        # The Ray cluster's token, made once like the salt; KubeRay injects it from the named Secret.
+        token = api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"]
+        assert len(base64.b64decode(token)) == 64
+        assert rayservice["authOptions"] == {"mode": "token", "secretName": "glm-ray-auth"}
 
         # A spec change patches the children.
         api.patch(deployment, {"spec": {"decode": {"autoscaling": {"maxReplicas": 3}}, "ingress": {"replicas": 3}}})
@@ -263,6 +268,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner) -> N
 
         eventually(rayservice_follows, what="the RayService to follow the spec")
         assert api.get("v1", "Secret", "glm-cache-salt", ns)["data"]["secret"] == salt  # not re-made
+        assert api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"] == token
 
         # Key rotation: a second key joins; the router's config holds both hashes, no key.
         api.create(_secret("acme-key-2", ns, new_key))

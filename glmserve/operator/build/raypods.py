@@ -11,8 +11,8 @@ from glmserve.common.gpus import get_gpu
 from glmserve.common.nodegroup import CpuNodes
 from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels
+from glmserve.operator.build.random_secrets import SALT_KEY
 from glmserve.operator.build.router import TENANTS_FILE
-from glmserve.operator.build.salt import SALT_KEY
 
 # NCCL and vLLM's workers exchange tensors through /dev/shm; a container's default 64 MiB stalls them.
 SHM_SIZE = "32Gi"
@@ -96,7 +96,7 @@ def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
 def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
     """The ingress replicas read the tenants from the router's ConfigMap (optional: absent until a
     Plan applies, and then nobody is admitted), salt prefix caches with the deployment's one secret
-    (salt.py), and share rate-limit state through `redis_url`."""
+    (random_secrets.py), and share rate-limit state through `redis_url`."""
     salt = {"name": inputs.cache_salt_secret, "key": SALT_KEY}
     env: tuple[dict[str, Any], ...] = (
         {"name": "GLMSERVE_TENANTS_FILE", "value": f"{TENANTS_DIR}/{TENANTS_FILE}"},

@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from glmserve.common.deployment import GcsFaultTolerance
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import node_group_resource, pool_resource
 from glmserve.operator.build.inputs import DeploymentInputs
@@ -51,6 +52,13 @@ def _ingress_group(inputs: DeploymentInputs, redis_url: str | None) -> dict[str,
     }
 
 
+def _gcs_fault_tolerance(ft: GcsFaultTolerance) -> dict[str, Any]:
+    options: dict[str, Any] = {"redisAddress": ft.redis_address}
+    if ft.password_secret:
+        options["redisPassword"] = {"valueFrom": {"secretKeyRef": ft.password_secret.wire()}}
+    return options
+
+
 def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
     """`redis_url`: the rate limits' shared store (None: each ingress replica limits alone)."""
     pools = inputs.plan.pools()
@@ -58,6 +66,8 @@ def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[st
     cluster: dict[str, Any] = {
         "rayVersion": inputs.ray_version,
         "enableInTreeAutoscaling": autoscaling,
+        # KubeRay puts RAY_AUTH_MODE=token and the Secret's token into every Ray container.
+        "authOptions": {"mode": "token", "secretName": inputs.ray_auth_secret},
         # The head schedules nothing (num-cpus 0): a busy head slows the GCS every worker depends on.
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
@@ -68,6 +78,8 @@ def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[st
             *(_pool_group(inputs, role, layout) for role, layout in pools.items()),
         ],
     }
+    if ft := inputs.spec.gcs_fault_tolerance:
+        cluster["gcsFaultToleranceOptions"] = _gcs_fault_tolerance(ft)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
