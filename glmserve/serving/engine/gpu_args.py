@@ -40,8 +40,9 @@ def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutSt
         cpu_engine_kwargs(layout.cpu.kv_cache_gib) if layout.cpu else {"gpu_memory_utilization": GPU_MEMORY_UTILIZATION}
     )
     if par.expert > 1:
+        kwargs["enable_expert_parallel"] = True
+    if par.expert > 1 and not layout.cpu:  # vLLM's EPLB runs on CUDA, ROCm and XPU only
         kwargs |= {
-            "enable_expert_parallel": True,
             # EPLB re-places hot experts at run time into redundant slots (DeepSeek's algorithm).
             "enable_eplb": True,
             "eplb_config": {"num_redundant_experts": redundant_experts(model.arch.num_routed_experts, par.expert)},
