@@ -107,6 +107,20 @@ def test_fixed_fleet_becomes_a_static_node_pool() -> None:
     }
 
 
+def test_a_karpenter_cpu_group_is_limited_by_cores(schemas: CustomResourceSchemas) -> None:
+    spec = NodeGroupSpec.model_validate(
+        {
+            "cpu": {"cores": 8, "memoryGiB": 32, "enginesPerNode": 2},
+            "maxNodes": 3,
+            "nodeClassRef": {"name": "cpu"},
+            "instanceTypes": ["m7i.2xlarge"],
+        }
+    )
+    pool = build_nodepool("cpu", spec, Owner("NodeGroup", "cpu", "uid-1"))
+    assert manifest_problems(pool, schemas) == []
+    assert pool["spec"]["limits"] == {"cpu": "24"}
+
+
 def test_ray_pod_templates_validate_as_pod_templates() -> None:
     cluster = build_rayservice(example_inputs(), None)["spec"]["rayClusterConfig"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
