@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
-from glmserve.common.observability import ObservabilitySpec, SecretName
+from glmserve.common.observability import ObservabilitySpec, SecretKeySelector, SecretName
 from glmserve.common.resource import ResourceName, Spec, cel, validations
 
 # What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
@@ -28,10 +28,23 @@ MSG_EXPERT = "expert must be 1 (experts tensor-sharded) or tensor x data (expert
 MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
 MSG_AUTOSCALING = "minReplicas must not exceed maxReplicas"
 MSG_PLANS_UNIQUE = "plans must not repeat"
+# Catalogue entries without published weights (glm-4.6-tiny): the checkpoint is made with
+# `glmserve model create-tiny DIR`, so a deployment must say where it put it.
+LOCAL_ONLY = sorted(name for name, entry in CATALOGUE.items() if entry.source.startswith("builtin://"))
+MSG_LOCAL_SOURCE = (
+    f"{', '.join(LOCAL_ONLY)} has no published weights: set model.source to the directory where"
+    " `glmserve model create-tiny` wrote it, e.g. pvc://CLAIM/DIR"
+)
 
 
 class ModelRef(Spec):
     """Which weights to serve and at what context."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"has(self.source) || !({' || '.join(f'self.name == {n!r}' for n in LOCAL_ONLY)})", MSG_LOCAL_SOURCE)
+        )
+    )
 
     name: str = Field(
         description="catalogue name (`glmserve model list`)",
@@ -68,6 +81,8 @@ class ModelRef(Spec):
         limit = self.catalogue_entry().arch.max_position_embeddings
         if self.max_context is not None and self.max_context > limit:
             raise ValueError(f"maxContext {self.max_context} exceeds {self.name}'s {limit} tokens")
+        if self.source is None and self.name in LOCAL_ONLY:
+            raise ValueError(MSG_LOCAL_SOURCE)
         return self
 
     def catalogue_entry(self) -> ModelSpec:
@@ -212,6 +227,25 @@ class Images(Spec):
     )
 
 
+# What KubeRay passes to Ray as RAY_REDIS_ADDRESS: host:port, or rediss://host:port for TLS.
+REDIS_ADDRESS = r"^(rediss?://)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?:[0-9]{1,5}$"
+
+
+class GcsFaultTolerance(Spec):
+    """Ray's cluster state (the GCS) kept in an external Redis (KubeRay's gcsFaultToleranceOptions):
+    a restarted head takes the running workers and Serve replicas back instead of a new cluster."""
+
+    redis_address: str = Field(
+        pattern=REDIS_ADDRESS,
+        max_length=512,
+        description="host:port of the Redis (rediss://host:port for TLS); deployments may share one: each keeps"
+        " its state under its RayCluster's UID",
+    )
+    password_secret: SecretKeySelector | None = Field(
+        None, description="the Secret key holding its password; none: no AUTH"
+    )
+
+
 PlanName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
 
 
@@ -234,6 +268,9 @@ class ModelDeploymentSpec(Spec):
     images: Images = Field(default_factory=Images, description="container images and their pull secrets")
     observability: ObservabilitySpec = Field(
         default_factory=ObservabilitySpec, description="traces of every pod (metrics need no settings)"
+    )
+    gcs_fault_tolerance: GcsFaultTolerance | None = Field(
+        None, description="keep the Ray head's state in a Redis; default: a lost head takes its cluster with it"
     )
 
     @field_validator("plans")

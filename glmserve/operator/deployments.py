@@ -23,7 +23,7 @@ from glmserve.common.tenancy import PlanSpec, TenantSpec
 from glmserve.operator.build.children import MONITORING_KINDS, build_children
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import DEPLOYMENT_LABEL, Owner
-from glmserve.operator.build.salt import build_cache_salt_secret
+from glmserve.operator.build.random_secrets import generated_secrets
 from glmserve.operator.cluster import Cluster
 from glmserve.operator.conditions import set_condition, spec_problems
 from glmserve.operator.errors import API_ERRORS, as_kopf_error
@@ -82,7 +82,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     if not plan.feasible:
         return _stop(obj, "Infeasible", "Infeasible", "; ".join(plan.shortfalls))
 
-    layout = PlanStatus.of(plan)
+    layout = PlanStatus.of(plan, groups)
     used = {p.node_group for p in layout.pools().values()}
     inputs = DeploymentInputs(
         name=obj.name,
@@ -113,7 +113,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     )
     skipped: list[str] = []
     try:
-        ensure_cache_salt(cluster, inputs)
+        ensure_secrets(cluster, inputs)
         for child in build_children(inputs, tenancy.config, settings.redis_url):
             if child["kind"] in MONITORING_KINDS and not cluster.serves(child["apiVersion"], child["kind"]):
                 skipped.append(child["kind"])
@@ -140,11 +140,12 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     return Outcome(status)
 
 
-def ensure_cache_salt(cluster: Cluster, inputs: DeploymentInputs) -> None:
-    """Created once and never re-rendered: a new secret would change every tenant's salt, and so
-    orphan every cached prefix."""
-    if cluster.get("v1", "Secret", inputs.cache_salt_secret, inputs.namespace) is None:
-        cluster.create(build_cache_salt_secret(inputs, secrets.token_hex(32)))
+def ensure_secrets(cluster: Cluster, inputs: DeploymentInputs) -> None:
+    """Created once and never re-rendered: a new cache salt would change every tenant's salt, and so
+    orphan every cached prefix; a new Ray token would lock the running nodes out of their cluster."""
+    for name, build in generated_secrets(inputs).items():
+        if cluster.get("v1", "Secret", name, inputs.namespace) is None:
+            cluster.create(build(inputs, secrets.token_hex(32)))
 
 
 def _observe(

@@ -15,6 +15,8 @@ from glmserve.operator.build.inputs import DeploymentImages
 ENV_PREFIX = "GLMSERVE_OPERATOR_"
 # images/serving and images/operator are published as REGISTRY/serving and REGISTRY/operator.
 DEFAULT_REGISTRY = "ghcr.io/glmserve"
+# RayServices run with KubeRay's token authentication, which needs Ray 2.52.
+MIN_RAY_VERSION = (2, 52, 0)
 
 
 def default_image(registry: str, name: str) -> str:
@@ -33,7 +35,9 @@ class OperatorSettings(BaseModel):
     image_pull_secrets: tuple[SecretName, ...] = Field(
         (), max_length=16, description="comma-separated imagePullSecrets of every pod the operator renders"
     )
-    ray_version: str = Field("2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside the serving image")
+    ray_version: str = Field(
+        "2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside the serving image; at least 2.52.0"
+    )
     redis_url: str | None = Field(
         None, pattern=r"^rediss?://", description="shared rate-limit state of the ingress replicas"
     )
@@ -52,6 +56,13 @@ class OperatorSettings(BaseModel):
             router=spec.router or self.router_image or default_image(self.registry, "operator"),
             pull_secrets=tuple(dict.fromkeys((*self.image_pull_secrets, *spec.pull_secrets))),
         )
+
+    @field_validator("ray_version")
+    @classmethod
+    def _token_auth(cls, version: str) -> str:
+        if tuple(int(part) for part in version.split(".")) < MIN_RAY_VERSION:
+            raise ValueError(f"must be at least {'.'.join(map(str, MIN_RAY_VERSION))} (Ray token authentication)")
+        return version
 
     def complete(self, spec: ModelDeploymentSpec) -> ModelDeploymentSpec:
         """`spec` with the cluster's defaults where it leaves router or ingress replicas unset."""

@@ -19,9 +19,9 @@ from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
 from glmserve.operator.build.children import build_children
 from glmserve.operator.build.meta import Owner
 from glmserve.operator.build.nodepool import build_nodepool
+from glmserve.operator.build.random_secrets import SALT_KEY, build_cache_salt_secret
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
-from glmserve.operator.build.salt import SALT_KEY, build_cache_salt_secret
 from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
 from glmserve.serving.entrypoint import model_source
@@ -108,6 +108,20 @@ def test_fixed_fleet_becomes_a_static_node_pool() -> None:
         "glmserve.io/node-group": "h100",
         "example.com/team": "inference",
     }
+
+
+def test_a_karpenter_cpu_group_is_limited_by_cores(schemas: CustomResourceSchemas) -> None:
+    spec = NodeGroupSpec.model_validate(
+        {
+            "cpu": {"cores": 8, "memoryGiB": 32, "enginesPerNode": 2},
+            "maxNodes": 3,
+            "nodeClassRef": {"name": "cpu"},
+            "instanceTypes": ["m7i.2xlarge"],
+        }
+    )
+    pool = build_nodepool("cpu", spec, Owner("NodeGroup", "cpu", "uid-1"))
+    assert manifest_problems(pool, schemas) == []
+    assert pool["spec"]["limits"] == {"cpu": "24"}
 
 
 def test_ray_pod_templates_validate_as_pod_templates() -> None:

@@ -9,6 +9,7 @@ or left to the cluster.
 from __future__ import annotations
 
 import base64
+import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from glmserve.common.tenancy import hash_api_key
 from glmserve.operator.crds import RESOURCES, build_crd
-from tests.operator.conftest import VENDORED_CRDS
+from tests.operator.conftest import CLUSTER_TINY, VENDORED_CRDS, load_examples
 from tests.operator.image import ImageOperator
 from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
 from tests.operator.resources import G, fake_node, model_deployment, node_group
@@ -148,6 +149,7 @@ OWNED_CHILDREN = [
     ("monitoring.coreos.com/v1", "PodMonitor", "-ray"),
     ("monitoring.coreos.com/v1", "PrometheusRule", ""),
     ("v1", "Secret", "-cache-salt"),
+    ("v1", "Secret", "-ray-auth"),
 ]
 
 
@@ -261,6 +263,10 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner | Ima
         assert env["GLMSERVE_CACHE_SALT_SECRET"]["valueFrom"] == {
             "secretKeyRef": {"name": "glm-cache-salt", "key": "secret"}
         }
+        # The Ray cluster's token, made once like the salt; KubeRay injects it from the named Secret.
+        token = api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"]
+        assert len(base64.b64decode(token)) == 64
+        assert rayservice["authOptions"] == {"mode": "token", "secretName": "glm-ray-auth"}
 
         # A spec change patches the children.
         api.patch(deployment, {"spec": {"decode": {"autoscaling": {"maxReplicas": 3}}, "ingress": {"replicas": 3}}})
@@ -278,6 +284,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner | Ima
 
         eventually(rayservice_follows, what="the RayService to follow the spec")
         assert api.get("v1", "Secret", "glm-cache-salt", ns)["data"]["secret"] == salt  # not re-made
+        assert api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"] == token
 
         # Key rotation: a second key joins; the router's config holds both hashes, no key.
         api.create(_secret("acme-key-2", ns, new_key))
@@ -380,3 +387,55 @@ def test_spec_errors_become_conditions_without_children(cluster: Cluster, operat
         assert planned["reason"] == "InvalidSpec"
         assert planned["message"] == "decode: set replicas or autoscaling, not both"
         assert api.get("ray.io/v1", "RayService", "both", ns) is None
+
+
+def test_the_cpu_example_is_planned_and_rendered(cluster: Cluster, operator: KopfRunner) -> None:
+    """examples/cluster-tiny through the operator: its CPU NodeGroup, its deployment planned on it
+    and rendered with the Ray token Secret and GCS fault tolerance, its tenants' keys hashed."""
+    api = cluster.api
+    objs = load_examples(CLUSTER_TINY)
+    group_name = unique("cpu-tiny")  # NodeGroups are cluster-scoped
+    group = copy.deepcopy(objs["NodeGroup/cpu-tiny"])
+    group["metadata"]["name"] = group_name
+    api.create(group)
+    ready = eventually(
+        lambda: condition(status_of(api, group), "Ready").get("status") == "True" and status_of(api, group)
+    )
+    assert "gpuMemoryGB" not in ready and api.get("karpenter.sh/v1", "NodePool", group_name) is None  # static
+    with cluster.namespace("tiny") as ns:
+        deployment: dict[str, Any] = {}
+        # Keys and plans first, so the deployment's first render admits both tenants.
+        order = ["Secret", "Plan", "Tenant", "ModelDeployment"]
+        for example in sorted((o for o in objs.values() if o["kind"] in order), key=lambda o: order.index(o["kind"])):
+            obj = copy.deepcopy(example)
+            obj["metadata"]["namespace"] = ns
+            if obj["kind"] == "ModelDeployment":
+                obj["spec"]["prefill"]["nodeGroup"] = obj["spec"]["decode"]["nodeGroup"] = group_name
+                deployment = obj
+            api.create(obj)
+        status = eventually(lambda: status_of(api, deployment).get("plan") and status_of(api, deployment))
+        assert condition(status, "Planned")["message"] == (
+            f"prefill: 1 x CPU (1 node(s)) per replica on {group_name}; decode: 1 x CPU (1 node(s)) per replica"
+            f" on {group_name}"
+        )
+        assert status["plan"]["decode"]["cpu"] == {"cores": 1, "kvCacheGiB": 0.25}
+        cluster_config = api.get("ray.io/v1", "RayService", "tiny", ns)["spec"]["rayClusterConfig"]
+        assert cluster_config["authOptions"] == {"mode": "token", "secretName": "tiny-ray-auth"}
+        assert cluster_config["gcsFaultToleranceOptions"]["redisAddress"] == "gcs-redis.glmserve.svc:6379"
+        workers = {g["groupName"]: g for g in cluster_config["workerGroupSpecs"]}
+        assert workers["decode"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+            "cpu": "1",
+            "memory": "3Gi",
+        }
+        assert len(base64.b64decode(api.get("v1", "Secret", "tiny-ray-auth", ns)["data"]["auth_token"])) == 64
+
+        def tenants() -> dict[str, Any] | None:
+            data = api.get("v1", "ConfigMap", "tiny-router", ns)["data"]
+            config = yaml.safe_load(data.get("tenants.yaml", "tenants: []"))
+            return config if len(config["tenants"]) == 2 else None
+
+        config = eventually(tenants, what="both tenants in the router's config")
+        assert {t["id"]: t["plan"] for t in config["tenants"]} == {"alice": "free", "bob": "pro"}
+        assert config["tenants"][0]["apiKeys"] == [{"sha256": hash_api_key("sk-dev-alice-free")}]
+        api.delete(G, "ModelDeployment", "tiny", ns)
+    api.delete(G, "NodeGroup", group_name)

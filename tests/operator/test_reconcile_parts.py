@@ -87,6 +87,8 @@ def test_settings_come_from_the_environment_and_fill_defaults() -> None:
         OperatorSettings.from_env({"GLMSERVE_OPERATOR_IMAGES": "x"})
     with pytest.raises(ConfigError, match="GLMSERVE_OPERATOR_REDIS_URL: String should match pattern"):
         OperatorSettings.from_env({"GLMSERVE_OPERATOR_REDIS_URL": "http://redis"})
+    with pytest.raises(ConfigError, match=r"GLMSERVE_OPERATOR_RAY_VERSION: must be at least 2.52.0 \(Ray token"):
+        OperatorSettings.from_env({"GLMSERVE_OPERATOR_RAY_VERSION": "2.51.9"})
 
 
 def test_live_objects_with_server_defaults_still_match() -> None:

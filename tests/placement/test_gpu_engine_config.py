@@ -3,10 +3,7 @@ from the planner's layout (no GPU or GPU build of vLLM exists in CI)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import ray
 
 from glmserve.common.config import STREAM_INTERVAL_MS
 from glmserve.common.deployment import ModelDeploymentSpec
@@ -15,6 +12,9 @@ from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.placement import node_group_resource, pool_resource
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
 from glmserve.serving.entrypoint import app_builder, engine_class, model_source, pool_llm_config
+
+# Ray Serve LLM starts Ray implicitly: every test here runs inside one private cluster.
+pytestmark = pytest.mark.usefixtures("own_ray")
 
 
 def _groups(gpu: str, max_nodes: int = 16) -> dict[str, NodeGroupSpec]:
@@ -35,9 +35,10 @@ def _deployment(precision: str, context: int, *, mtp: bool = True) -> ModelDeplo
 
 def _planned(gpu: str, precision: str, context: int) -> tuple[ModelDeploymentSpec, PlanStatus]:
     spec = _deployment(precision, context)
-    plan = plan_for(spec, _groups(gpu))
+    groups = _groups(gpu)
+    plan = plan_for(spec, groups)
     assert plan.feasible, plan.shortfalls
-    return spec, PlanStatus.of(plan)
+    return spec, PlanStatus.of(plan, groups)
 
 
 # (GPU, precision, context) -> GPUs per replica, as in Zhipu's table (docs/reference/glm-4.6.md).
@@ -84,18 +85,6 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
             assert "enable_expert_parallel" not in kw
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_ray() -> Iterator[None]:
-    """Ray Serve LLM's deployment options start Ray implicitly, which joins whatever cluster
-    /tmp/ray last recorded (a dead one hangs, and ray.shutdown leaves it recorded); every test
-    here runs inside one private cluster instead."""
-    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def test_multi_node_replica_is_a_gang_of_data_parallel_ranks() -> None:
     spec, plan = _planned("H100", "bf16", 131072)
     layout = plan.decode
@@ -128,7 +117,8 @@ def test_kv_cache_precision_and_mtp_switches() -> None:
     spec = _deployment("fp8", 32768, mtp=False).model_copy(
         update={"model": _deployment("fp8", 32768).model.model_copy(update={"kv_cache_precision": "fp8"})}
     )
-    plan = PlanStatus.of(plan_for(spec, _groups("H200")))
+    groups = _groups("H200")
+    plan = PlanStatus.of(plan_for(spec, groups), groups)
     kw = pool_llm_config(spec, "decode", plan.decode).engine_kwargs
     assert kw["kv_cache_dtype"] == "fp8" and "speculative_config" not in kw
 

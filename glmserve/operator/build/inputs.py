@@ -62,6 +62,10 @@ class DeploymentInputs:
         return f"{self.name}-cache-salt"
 
     @property
+    def ray_auth_secret(self) -> str:
+        return f"{self.name}-ray-auth"
+
+    @property
     def ingress_service(self) -> str:
         return f"{self.name}-ingress"
 
