@@ -99,6 +99,9 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="as JSON")
     logs = csub.add_parser("logs", help="a host's log")
     logs.add_argument("host")
+    run = csub.add_parser("exec", help="run a command on a host with its pod's env, like kubectl exec")
+    run.add_argument("host")
+    run.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     csub.add_parser("down", help="stop the cluster; remove every host, veth, the bridge and their processes")
 
 
@@ -111,6 +114,9 @@ def _run_cluster(args: argparse.Namespace) -> None:
         up.status(args.json)
     elif args.cluster_command == "logs":
         up.logs(args.host)
+    elif args.cluster_command == "exec":
+        command = args.exec_command
+        up.exec_in(args.host, command[1:] if command[:1] == ["--"] else command)
     else:
         up.run_down(_progress)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shlex
 import signal
@@ -26,6 +27,7 @@ from glmserve.cluster.pods import Pod
 
 # What a container image provides and a pod does not set: the same interpreter and code as here.
 PASSED_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "HF_HOME", "VIRTUAL_ENV", "HOME")
+ENV_FILE = "env.json"
 RAY_HOME = Path.home() / ".ray"  # a token file here would turn token auth on for every host
 
 
@@ -83,10 +85,14 @@ def environment(host: Host) -> dict[str, str]:
 
 def start(host: Host) -> subprocess.Popen[bytes]:
     write_files(host)
+    env = environment(host)
+    # For `cluster exec`, which runs a command with the pod's env as `kubectl exec` would.
+    with os.fdopen(os.open(host.dir / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(env, f)
     with host.log.open("ab") as log:
         return subprocess.Popen(
             ["ip", "netns", "exec", host.netns, "bash", "-c", _mount_script(host)],
-            env=environment(host),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,11 +13,12 @@ from types import FrameType
 from typing import Any
 
 from glmserve.cluster import netns, runtime
+from glmserve.cluster.hosts import ENV_FILE
 from glmserve.cluster.pods import LIMITS_REDIS, Topology, topology
 from glmserve.cluster.render import load, render
 from glmserve.cluster.runtime import Cluster, Progress
 from glmserve.cluster.serve import Dashboard, progress_line
-from glmserve.cluster.state import STATE, State, lock_held, take_lock
+from glmserve.cluster.state import STATE, HostRecord, State, lock_held, take_lock
 from glmserve.common.errors import ConfigError
 from glmserve.operator.settings import OperatorSettings
 
@@ -169,11 +170,24 @@ def status(as_json: bool) -> None:
         print(f"{h['name']:<50} {h['role']:<7} {h['pool']:<16} {h['ip']:<15} node {node:<12} pids {len(h['pids'])}")
 
 
-def logs(name: str) -> None:
+def _host(name: str) -> HostRecord:
     state = State.read()
     records = {h.name: h for h in state.hosts} if state else {}
     if name not in records:
         raise ConfigError(f"no host {name}; hosts: {', '.join(sorted(records)) or 'none (no cluster is up)'}")
-    host_dir = Path(records[name].dir)
+    return records[name]
+
+
+def exec_in(name: str, command: list[str]) -> None:
+    """Like `kubectl exec`: the command runs in the host's network and mount namespaces, with the pod's env."""
+    host = _host(name)
+    if not command:
+        raise ConfigError("name a command to run: glmserve cluster exec HOST -- COMMAND ...")
+    env = json.loads((Path(host.dir) / ENV_FILE).read_text())
+    os.execvpe("nsenter", ["nsenter", "-t", str(host.pid), "-n", "-m", "--", *command], env)
+
+
+def logs(name: str) -> None:
+    host_dir = Path(_host(name).dir)
     sys.stdout.write((host_dir / "pod.log").read_text(errors="replace"))
     print(f"\n(Ray's logs of this host: {host_dir / 'ray' / 'session_latest' / 'logs'})")
