@@ -95,6 +95,14 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     csub = cluster.add_subparsers(dest="cluster_command", required=True)
     up = csub.add_parser("up", help="start the hosts, submit serveConfigV2, print the base URL, supervise (root)")
     up.add_argument("-f", dest="files", type=Path, action="append", required=True, help="YAML file or directory")
+    up.add_argument(
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        metavar="CLAIM=DIR",
+        help="this machine's directory behind a PersistentVolumeClaim the pods mount (read-only), like a hostPath PV",
+    )
     status = csub.add_parser("status", help="every host: name, namespace, IP, role, pool, Ray node id, pids")
     status.add_argument("--json", action="store_true", help="as JSON")
     logs = csub.add_parser("logs", help="a host's log")
@@ -109,7 +117,7 @@ def _run_cluster(args: argparse.Namespace) -> None:
     from glmserve.cluster import up
 
     if args.cluster_command == "up":
-        up.run_up(args.files, _progress)
+        up.run_up(args.files, up.parse_volumes(args.volumes), _progress)
     elif args.cluster_command == "status":
         up.status(args.json)
     elif args.cluster_command == "logs":

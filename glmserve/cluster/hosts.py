@@ -61,6 +61,9 @@ def _mount_script(host: Host) -> str:
     for i, path in enumerate(sorted(host.pod.files)):
         lines.append(f"mkdir -p {shlex.quote(path)}")
         lines.append(f"mount --bind {shlex.quote(str(host.dir / 'mounts' / str(i)))} {shlex.quote(path)}")
+    for path, directory in sorted(host.pod.claims.items()):
+        lines.append(f"mkdir -p {shlex.quote(path)}")
+        lines.append(f"mount --bind -o ro {shlex.quote(directory)} {shlex.quote(path)}")
     lines.append(f"exec bash -c {shlex.quote(host.pod.command)}")
     return "\n".join(lines)
 

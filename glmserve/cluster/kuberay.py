@@ -197,6 +197,17 @@ def volume_files(template: dict[str, Any], objects: Objects, where: str) -> dict
     return files
 
 
+def claim_mounts(template: dict[str, Any]) -> dict[str, str]:
+    """mountPath -> PersistentVolumeClaim name, for each claim the container mounts."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes") or []}
+    container = template["spec"]["containers"][0]
+    return {
+        m["mountPath"]: volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+        for m in container.get("volumeMounts") or []
+        if "persistentVolumeClaim" in volumes[m["name"]]
+    }
+
+
 def shm_bytes(template: dict[str, Any]) -> int:
     """/dev/shm's size: the template's Memory emptyDir there, else the memory limit, else the request
     (KubeRay's addEmptyDir), else 1 GiB."""

@@ -7,6 +7,7 @@ import base64
 import secrets
 import shlex
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,6 +31,7 @@ class Pod:
     command: str  # bash -c argument
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, dict[str, str]] = field(default_factory=dict)  # mountPath -> {file: content}
+    claims: dict[str, str] = field(default_factory=dict)  # mountPath -> directory (a claim's volume)
     shm_bytes: int = 64 << 20
     memory_bytes: int = 0  # the pod's memory request
     services: tuple[str, ...] = ()  # DNS names that resolve to this pod (Services selecting it)
@@ -100,9 +102,23 @@ def _gcs_redis(cluster: dict[str, Any], namespace: str, objects: kuberay.Objects
     return pod, env
 
 
+def _claims(template: dict[str, Any], volumes: dict[str, Path], where: str) -> dict[str, str]:
+    """A claim's volume is a directory of this machine (`--volume CLAIM=DIR`), as a hostPath PV would be."""
+    mounts = {}
+    for path, claim in kuberay.claim_mounts(template).items():
+        if claim not in volumes:
+            raise ConfigError(
+                f"{where} mounts PersistentVolumeClaim {claim}: give its directory with --volume {claim}=DIR"
+            )
+        if not volumes[claim].is_dir():
+            raise ConfigError(f"--volume {claim}={volumes[claim]}: no such directory")
+        mounts[path] = str(volumes[claim])
+    return mounts
+
+
 def _ray_pod(
     group: dict[str, Any], *, cluster_name: str, namespace: str, head_address: str, objects: kuberay.Objects,
-    extra_env: dict[str, str],
+    extra_env: dict[str, str], volumes: dict[str, Path],
 ) -> Pod:  # fmt: skip
     head = "groupName" not in group
     name = "headgroup" if head else group["groupName"]
@@ -123,6 +139,7 @@ def _ray_pod(
         command=kuberay.ray_start_command(params, head=head, redis_password=head and "REDIS_PASSWORD" in env),
         env=env,
         files=kuberay.volume_files(template, objects, where),
+        claims=_claims(template, volumes, where),
         shm_bytes=kuberay.shm_bytes(template),
         memory_bytes=kuberay.memory_request(template),
         services=(head_address,) if head else (),
@@ -130,7 +147,7 @@ def _ray_pod(
     )
 
 
-def topology(rendered: Rendered, limits_redis: bool) -> Topology:
+def topology(rendered: Rendered, limits_redis: bool, volumes: dict[str, Path] | None = None) -> Topology:
     ns = rendered.namespace
     objects = kuberay.Objects(rendered.data("Secret"), rendered.data("ConfigMap"))
     service = rendered.one("RayService")
@@ -148,7 +165,10 @@ def topology(rendered: Rendered, limits_redis: bool) -> Topology:
         pods.append((gcs[0], 1))
         head_env |= gcs[1]
         worker_env["RAY_gcs_rpc_server_reconnect_timeout_s"] = kuberay.WORKER_GCS_RECONNECT_S
-    common = {"cluster_name": cluster_name, "namespace": ns, "head_address": head_address, "objects": objects}
+    common = {
+        "cluster_name": cluster_name, "namespace": ns, "head_address": head_address, "objects": objects,
+        "volumes": volumes or {},
+    }  # fmt: skip
     pods.append((_ray_pod(cluster["headGroupSpec"], **common, extra_env=head_env), 1))  # type: ignore[arg-type]
     for group in cluster.get("workerGroupSpecs") or []:
         pods.append((_ray_pod(group, **common, extra_env=worker_env), int(group.get("replicas", 1))))  # type: ignore[arg-type]

@@ -45,13 +45,23 @@ def check_memory(topo: Topology, available: int) -> None:
         )
 
 
-def plan(files: list[Path]) -> Topology:
+def parse_volumes(specs: list[str]) -> dict[str, Path]:
+    volumes = {}
+    for spec in specs:
+        claim, sep, directory = spec.partition("=")
+        if not sep or not claim or not directory:
+            raise ConfigError(f"--volume {spec}: expected CLAIM=DIR")
+        volumes[claim] = Path(directory).expanduser().resolve()
+    return volumes
+
+
+def plan(files: list[Path], volumes: dict[str, Path]) -> Topology:
     """Everything `up` will start, validated before anything starts."""
     objects = load(files)
     namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] == "ModelDeployment"}
     namespace = next(iter(namespaces), None) or "default"
     settings = OperatorSettings(redis_url=f"redis://{LIMITS_REDIS}.{namespace}.svc:6379/0")
-    topo = topology(render(objects, settings), limits_redis=True)
+    topo = topology(render(objects, settings), limits_redis=True, volumes=volumes)
     check_memory(topo, machine_memory())
     return topo
 
@@ -76,11 +86,11 @@ def wait_running(cluster: Cluster, started: float) -> None:
     raise ConfigError(f"the Serve applications were not RUNNING within {START_TIMEOUT_S} s")
 
 
-def run_up(files: list[Path], progress: Progress) -> None:
+def run_up(files: list[Path], volumes: dict[str, Path], progress: Progress) -> None:
     if os.geteuid() != 0:
         print("glmserve: cluster up needs root (network namespaces, veths, a bridge, mounts)", file=sys.stderr)
         raise SystemExit(2)
-    topo = plan(files)
+    topo = plan(files, volumes)
     lock = take_lock()
     for what in runtime.sweep():
         progress(f"removed a previous run's {what}")

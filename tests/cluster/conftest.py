@@ -24,11 +24,13 @@ import pytest
 import yaml
 
 from glmserve.cluster import netns
+from glmserve.serving.tiny.create import create_tiny, default_cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cluster-tiny"
 GLMSERVE = [sys.executable, "-m", "glmserve.cli.main"]
-UP_TIMEOUT_S = 900
+MODELS_CLAIM = "glmserve-models"  # the example's model claim: the tiny checkpoint's parent directory here
+MODELS = default_cache_dir().parent
 
 
 def glmserve(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -89,12 +91,16 @@ def _shm() -> set[str]:
 def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
     if os.geteuid() != 0:
         pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
+    create_tiny(default_cache_dir())  # nothing to do when it is built already
     shm_before = _shm()
     log = tmp_path_factory.mktemp("cluster") / "up.log"
     started = time.monotonic()
     with log.open("w") as err:
         process = subprocess.Popen(
-            [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE)], stdout=subprocess.PIPE, stderr=err, text=True
+            [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE), "--volume", f"{MODELS_CLAIM}={MODELS}"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
         )
     try:
         assert process.stdout is not None

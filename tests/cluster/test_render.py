@@ -86,7 +86,7 @@ def test_memory_requests_beyond_the_machine_fail_before_starting(gpu_example: Pa
     with pytest.raises(ConfigError, match=r"the pods request .* GiB of memory .*decode 128\.0 GiB.* this machine has"):
         check_memory(topo, 64 << 30)
     with pytest.raises(ConfigError, match="GiB of memory"):
-        plan([gpu_example])  # 2 x 128 GiB GPU workers do not fit this machine either
+        plan([gpu_example], {})  # 2 x 128 GiB GPU workers do not fit this machine either
 
 
 def test_hosts_file_resolves_a_service_to_every_pod_it_selects(gpu_example: Path) -> None:

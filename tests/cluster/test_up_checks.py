@@ -13,7 +13,7 @@ from glmserve.common.errors import ConfigError
 def test_up_without_root_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(up.os, "geteuid", lambda: 1000)
     with pytest.raises(SystemExit) as exit_:
-        up.run_up([Path("examples")], print)
+        up.run_up([Path("examples")], {}, print)
     assert exit_.value.code == 2
     assert "needs root" in capsys.readouterr().err
 
