@@ -169,9 +169,19 @@ class Cluster:
             new = self._launch(old.pod)
             self.restarts.append((old.name, new.host.name, time.monotonic() - died))
             self.progress(f"host {new.host.name} ({old.pod.group}) started at {new.host.ip}")
+            if old.pod.role == "head":
+                self._resubmit(new)
             if self.base_url and old.ip in self.base_url:
                 self.base()
             self.write_state("running")
+
+    def _resubmit(self, head: Running) -> None:
+        """KubeRay submits serveConfigV2 again when the head's GET shows no application (a new head
+        without GCS fault tolerance has lost them)."""
+        self._wait_ready(head)
+        if not self.dashboard.applications():
+            self.progress("the new head has no Serve application: submitting serveConfigV2 again")
+            self.dashboard.submit(self.topology.serve_config)
 
     # --- teardown
 
