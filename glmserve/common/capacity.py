@@ -32,6 +32,9 @@ class Workload:
     kv_precision: Precision = "bf16"
     mtp: bool = True  # MTP speculative decoding loads the MTP layer and caches its KV too
     max_batched_tokens: int = DEFAULT_BATCHED_TOKENS
+    # A fixed KV cache per rank (vLLM's CPU backend allocates exactly this); None: `concurrency`
+    # sequences at full `context`, what vLLM fits into a GPU's HBM.
+    kv_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,13 @@ def kv_bytes_per_token(workload: Workload) -> float:
     return workload.model.kv_bytes_per_token(workload.kv_precision) * cached_layers / arch.num_layers
 
 
+def kv_tokens_held(workload: Workload) -> int:
+    """Tokens a fixed KV cache holds on one unsharded rank (a lower bound for tensor > 1)."""
+    if workload.kv_cache_bytes is None:
+        raise ValueError("the workload sizes its KV cache from its sequences")
+    return int(workload.kv_cache_bytes // kv_bytes_per_token(workload))
+
+
 def memory_per_gpu(workload: Workload, gpu: GpuSpec, layout: Layout) -> MemoryPerGpu:
     arch = workload.model.arch
     bytes_per_param = BYTES_PER_PARAM[workload.model.precision]
@@ -117,7 +127,9 @@ def memory_per_gpu(workload: Workload, gpu: GpuSpec, layout: Layout) -> MemoryPe
     return MemoryPerGpu(
         usable=gpu.memory_bytes * GPU_MEMORY_UTILIZATION,
         weights=(rest / layout.tensor + experts / layout.gpus) * bytes_per_param,
-        kv_cache=kv_tokens * kv_bytes_per_token(workload) * kv_replication(arch, layout) / layout.tensor,
+        kv_cache=kv_tokens * kv_bytes_per_token(workload) * kv_replication(arch, layout) / layout.tensor
+        if workload.kv_cache_bytes is None
+        else workload.kv_cache_bytes,
         activations=workload.max_batched_tokens * activation_values_per_token(arch) * ACTIVATION_BYTES,
         runtime=RUNTIME_RESERVE_BYTES,
     )

@@ -28,10 +28,23 @@ MSG_EXPERT = "expert must be 1 (experts tensor-sharded) or tensor x data (expert
 MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
 MSG_AUTOSCALING = "minReplicas must not exceed maxReplicas"
 MSG_PLANS_UNIQUE = "plans must not repeat"
+# Catalogue entries without published weights (glm-4.6-tiny): the checkpoint is made with
+# `glmserve model create-tiny DIR`, so a deployment must say where it put it.
+LOCAL_ONLY = sorted(name for name, entry in CATALOGUE.items() if entry.source.startswith("builtin://"))
+MSG_LOCAL_SOURCE = (
+    f"{', '.join(LOCAL_ONLY)} has no published weights: set model.source to the directory where"
+    " `glmserve model create-tiny` wrote it, e.g. pvc://CLAIM/DIR"
+)
 
 
 class ModelRef(Spec):
     """Which weights to serve and at what context."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"has(self.source) || !({' || '.join(f'self.name == {n!r}' for n in LOCAL_ONLY)})", MSG_LOCAL_SOURCE)
+        )
+    )
 
     name: str = Field(
         description="catalogue name (`glmserve model list`)",
@@ -68,6 +81,8 @@ class ModelRef(Spec):
         limit = self.catalogue_entry().arch.max_position_embeddings
         if self.max_context is not None and self.max_context > limit:
             raise ValueError(f"maxContext {self.max_context} exceeds {self.name}'s {limit} tokens")
+        if self.source is None and self.name in LOCAL_ONLY:
+            raise ValueError(MSG_LOCAL_SOURCE)
         return self
 
     def catalogue_entry(self) -> ModelSpec:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from glmserve.common.capacity import MemoryPerGpu, Workload, pool_nodes
+from glmserve.common.capacity import Layout, MemoryPerGpu, Workload, kv_tokens_held, pool_nodes
 from glmserve.common.deployment import ModelDeploymentSpec, Parallelism
 from glmserve.common.errors import ConfigError
-from glmserve.common.gpus import GB, GpuType, get_gpu
-from glmserve.common.nodegroup import NodeGroupSpec
+from glmserve.common.gpus import GB, DeviceType, GpuSpec, cpu_device, get_gpu
+from glmserve.common.nodegroup import GIB, NodeGroupSpec
 from glmserve.common.planner import DeploymentPlan, GroupCapacity, PoolPlan, PoolRequest, plan_deployment
 from glmserve.common.resource import Spec
 
@@ -37,24 +37,33 @@ class MemoryStatus(Spec):
         )
 
 
+class CpuRankStatus(Spec):
+    """What one engine rank of a pool on a CPU node group gets."""
+
+    cores: int = Field(ge=1, description="CPU cores of the rank (its placement bundle)")
+    kv_cache_gib: float = Field(alias="kvCacheGiB", ge=0.001, description="its KV cache in GiB")
+
+
 class PoolLayoutStatus(Spec):
-    """The layout the planner chose for one pool."""
+    """The layout the planner chose for one pool. On a CPU node group a "GPU" is one engine rank's
+    slot (cpu.cores / enginesPerNode cores), so the same slot arithmetic places both kinds."""
 
     node_group: str = Field(description="NodeGroup the pool runs on")
-    gpu: GpuType = Field(description="GPU type of that group")
-    gpus_per_node: int = Field(ge=1, description="GPUs per node of that group")
-    gpus_per_replica: int = Field(ge=1, description="GPUs one replica uses")
+    gpu: DeviceType = Field(description="GPU type of that group, or CPU")
+    gpus_per_node: int = Field(ge=1, description="GPUs per node of that group (CPU groups: enginesPerNode)")
+    gpus_per_replica: int = Field(ge=1, description="GPUs (CPU groups: engine ranks) one replica uses")
     nodes_per_replica: int = Field(ge=1, description="nodes one replica spans")
     parallelism: Parallelism = Field(description="tensor, data and expert sizes of one replica")
     min_replicas: int = Field(ge=1, description="replicas kept when idle")
     max_replicas: int = Field(ge=1, description="replicas the node group must be able to hold")
     memory_per_gpu_gb: MemoryStatus = Field(alias="memoryPerGpuGB", description="per-GPU memory of one replica")
+    cpu: CpuRankStatus | None = Field(None, description="CPU node groups: cores and KV cache of each engine rank")
 
     def nodes(self, replicas: int) -> int:
         return pool_nodes(replicas, self.gpus_per_replica, self.gpus_per_node)
 
     @classmethod
-    def of(cls, plan: PoolPlan) -> PoolLayoutStatus:
+    def of(cls, plan: PoolPlan, group: NodeGroupSpec) -> PoolLayoutStatus:
         replica = plan.replica
         if replica is None:
             raise ValueError(f"pool {plan.request.name} has no layout")
@@ -69,6 +78,9 @@ class PoolLayoutStatus(Spec):
             min_replicas=plan.request.min_replicas,
             max_replicas=plan.request.max_replicas,
             memory_per_gpu_gb=MemoryStatus.of(replica.memory),
+            cpu=CpuRankStatus(cores=group.cpu.cores_per_engine, kv_cache_gib=group.cpu.kv_cache_gib)
+            if group.cpu
+            else None,
         )
 
 
@@ -79,8 +91,8 @@ class PlanStatus(Spec):
     decode: PoolLayoutStatus = Field(description="the decode pool's layout")
 
     @classmethod
-    def of(cls, plan: DeploymentPlan) -> PlanStatus:
-        layouts = {pool.request.name: PoolLayoutStatus.of(pool) for pool in plan.pools}
+    def of(cls, plan: DeploymentPlan, groups: dict[str, NodeGroupSpec]) -> PlanStatus:
+        layouts = {pool.request.name: PoolLayoutStatus.of(pool, groups[pool.request.node_group]) for pool in plan.pools}
         return cls(prefill=layouts["prefill"], decode=layouts["decode"])
 
     def pools(self) -> dict[str, PoolLayoutStatus]:
@@ -109,18 +121,39 @@ def plan_for(spec: ModelDeploymentSpec, groups: dict[str, NodeGroupSpec]) -> Dep
             concurrency=pool.max_concurrency,
             kv_precision=spec.model.kv_cache_precision,
             mtp=spec.mtp.enabled,
+            kv_cache_bytes=int(group.cpu.kv_cache_gib * GIB) if group.cpu else None,
         )
+        layout = pool.parallelism.layout() if pool.parallelism else None
+        if group.cpu:
+            _check_cpu_kv_cache(workload, pool.node_group)
+            # One engine per replica unless set: tensor parallelism buys a CPU engine little.
+            layout = layout or Layout(1)
         requests.append(
             PoolRequest(
                 name=name,
                 node_group=pool.node_group,
-                gpu=get_gpu(group.gpu),
-                gpus_per_node=group.gpus_per_node,
+                gpu=_device(group),
+                gpus_per_node=group.slots_per_node,
                 min_replicas=pool.min_replicas,
                 max_replicas=pool.max_replicas,
                 workload=workload,
-                layout=pool.parallelism.layout() if pool.parallelism else None,
+                layout=layout,
             )
         )
-    capacity = {name: GroupCapacity(name, g.max_nodes, g.gpus_per_node, g.gpu) for name, g in groups.items()}
+    capacity = {name: GroupCapacity(name, g.max_nodes, g.slots_per_node, g.device) for name, g in groups.items()}
     return plan_deployment(requests, capacity)
+
+
+def _device(group: NodeGroupSpec) -> GpuSpec:
+    return cpu_device(group.cpu.memory_per_engine_bytes) if group.cpu else get_gpu(group.device)
+
+
+def _check_cpu_kv_cache(workload: Workload, node_group: str) -> None:
+    """vLLM refuses to start an engine whose KV cache cannot hold one sequence at full context."""
+    held = kv_tokens_held(workload)
+    if held < workload.context:
+        raise ConfigError(
+            f"NodeGroup {node_group}: cpu.kvCacheGiB holds {held} tokens of {workload.model.name}, fewer than"
+            f" model.maxContext {workload.context}: raise kvCacheGiB or lower maxContext",
+            code="InvalidLayout",
+        )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 GpuType = Literal["H100", "H200"]
+# What one engine rank of a pool runs on: a GPU, or a share of a CPU node (vLLM's CPU backend).
+DeviceType = Literal["H100", "H200", "CPU"]
 
 # Datasheets and Zhipu's table count memory in decimal gigabytes, and the planner plans with those
 # nominal figures (80 GB, 141 GB): the HBM a driver reports is somewhat larger, which is headroom.
@@ -15,7 +17,7 @@ TB = 10**12
 
 @dataclass(frozen=True, slots=True)
 class GpuSpec:
-    name: GpuType
+    name: DeviceType
     memory_bytes: int
     bandwidth_bytes_per_s: float
     resource: str = "nvidia.com/gpu"  # the device plugin's extended resource
@@ -36,6 +38,11 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("H200", 141 * GB, 4.8 * TB),
     )
 }
+
+
+def cpu_device(memory_bytes: float) -> GpuSpec:
+    """One engine rank's share of a CPU node's memory, planned like a GPU's HBM (no bandwidth figure)."""
+    return GpuSpec("CPU", int(memory_bytes), 0.0, resource="cpu")
 
 
 class UnknownGpuError(KeyError):

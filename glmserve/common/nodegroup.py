@@ -1,4 +1,4 @@
-"""The `NodeGroup` custom resource: a fleet of identical GPU nodes that pools are pinned to."""
+"""The `NodeGroup` custom resource: a fleet of identical GPU (or CPU-only) nodes that pools are pinned to."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from glmserve.common.gpus import GpuType
+from glmserve.common.gpus import DeviceType, GpuType
 from glmserve.common.resource import Condition, Spec, cel, validations
 
 NODE_GROUP_LABEL = "glmserve.io/node-group"
@@ -27,7 +27,10 @@ LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
 MSG_MIN_MAX = "minNodes must not exceed maxNodes"
 MSG_NODE_CLASS = "provisioner karpenter needs nodeClassRef (the Karpenter node class to launch nodes with)"
 MSG_NODE_CLASS_STATIC = "nodeClassRef applies to provisioner karpenter only"
-MSG_INSTANCE_TYPES = "provisioner karpenter needs instanceTypes (which instances carry this group's GPUs)"
+MSG_INSTANCE_TYPES = "provisioner karpenter needs instanceTypes (which instances to launch for this group)"
+MSG_DEVICE = "set exactly one of gpu (GPU nodes) and cpu (CPU-only nodes)"
+MSG_CPU_ENGINES = "cpu.cores must be a multiple of cpu.enginesPerNode (each engine gets the same whole cores)"
+GIB = 2**30
 MSG_KARPENTER_MIN = (
     "with provisioner karpenter, minNodes must be 0 (nodes follow pending pods) or equal maxNodes (a fixed fleet)"
 )
@@ -53,11 +56,46 @@ class NodeClassRef(Spec):
     name: str = Field(min_length=1, max_length=253, description="name of the node class object")
 
 
+class CpuNodes(Spec):
+    """CPU-only nodes: pools run vLLM's CPU backend, for development and smoke tests of a cluster
+    without GPUs. One Ray worker pod per node requests `cores` and `memoryGiB` (limits equal)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(cel("self.cores % self.enginesPerNode == 0", MSG_CPU_ENGINES))
+    )
+
+    cores: int = Field(ge=1, le=1024, description="CPU cores of one node that its Ray worker pod requests")
+    memory_gib: float = Field(
+        alias="memoryGiB", ge=0.25, le=16384, description="memory of one node's Ray worker pod in GiB (request = limit)"
+    )
+    engines_per_node: int = Field(
+        1, ge=1, le=64, description="engine ranks one node runs; each gets cores / enginesPerNode cores"
+    )
+    kv_cache_gib: float = Field(
+        0.5, alias="kvCacheGiB", ge=0.001, le=4096, description="KV cache of one engine rank in GiB (vLLM CPU backend)"
+    )
+
+    @model_validator(mode="after")
+    def _divides(self) -> Self:
+        if self.cores % self.engines_per_node:
+            raise ValueError(MSG_CPU_ENGINES)
+        return self
+
+    @property
+    def cores_per_engine(self) -> int:
+        return self.cores // self.engines_per_node
+
+    @property
+    def memory_per_engine_bytes(self) -> float:
+        return self.memory_gib * GIB / self.engines_per_node
+
+
 class NodeGroupSpec(Spec):
-    """GPU nodes of one type, provisioned by Karpenter or adopted as they are (`static`)."""
+    """Nodes of one type (GPU, or CPU-only), provisioned by Karpenter or adopted as they are (`static`)."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
+            cel("has(self.gpu) != has(self.cpu)", MSG_DEVICE),
             cel("self.minNodes <= self.maxNodes", MSG_MIN_MAX),
             cel("self.provisioner != 'karpenter' || has(self.nodeClassRef)", MSG_NODE_CLASS),
             cel("self.provisioner == 'karpenter' || !has(self.nodeClassRef)", MSG_NODE_CLASS_STATIC),
@@ -69,8 +107,13 @@ class NodeGroupSpec(Spec):
         )
     )
 
-    gpu: GpuType = Field(description="GPU model: H100 (80 GB HBM3, 3.35 TB/s) or H200 (141 GB HBM3e, 4.8 TB/s)")
-    gpus_per_node: Literal[1, 2, 4, 8] = Field(8, description="GPUs of one node, all requested by one Ray worker pod")
+    gpu: GpuType | None = Field(
+        None, description="GPU model: H100 (80 GB HBM3, 3.35 TB/s) or H200 (141 GB HBM3e, 4.8 TB/s); or set cpu"
+    )
+    gpus_per_node: Literal[1, 2, 4, 8] = Field(
+        8, description="GPUs of one node, all requested by one Ray worker pod (GPU groups)"
+    )
+    cpu: CpuNodes | None = Field(None, description="CPU-only nodes instead of gpu (development, smoke tests)")
     min_nodes: int = Field(0, ge=0, le=1000, description="nodes kept even when idle")
     max_nodes: int = Field(ge=1, le=1000, description="most nodes this group may have; the planner's capacity")
     provisioner: Literal["karpenter", "static"] = Field(
@@ -101,6 +144,8 @@ class NodeGroupSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems = []
+        if (self.gpu is None) == (self.cpu is None):
+            problems.append(MSG_DEVICE)
         if self.min_nodes > self.max_nodes:
             problems.append(MSG_MIN_MAX)
         karpenter = self.provisioner == "karpenter"
@@ -119,6 +164,16 @@ class NodeGroupSpec(Spec):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def device(self) -> DeviceType:
+        """What one engine rank of this group runs on."""
+        return self.gpu or "CPU"
+
+    @property
+    def slots_per_node(self) -> int:
+        """Engine ranks one node holds: its GPUs, or a CPU group's enginesPerNode."""
+        return self.cpu.engines_per_node if self.cpu else self.gpus_per_node
 
     def node_selector(self, name: str) -> dict[str, str]:
         """Labels that pin a pod to this group's nodes."""

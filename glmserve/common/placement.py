@@ -5,7 +5,8 @@ One replica is `data` data-parallel ranks of `tensor` GPUs each (the capacity pl
 onto a single node (STRICT_PACK: tensor parallelism needs NVLink); a replica wider than a node
 is `data` such groups, gang-scheduled, each filling its own node. Every bundle asks for the
 pool's node-group resource, which only that group's nodes advertise, so a pool can never land
-on the other group's nodes.
+on the other group's nodes. On a CPU node group a rank is one bundle of that group's cores per
+engine instead of a GPU (vLLM's CPU backend), placed by the same rules.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ class PoolPlacement:
         return self.data_parallel * self.group.gpus
 
 
-def pool_placement(role: Role, node_group: str, layout: Layout, cpus_per_gpu: float = 1.0) -> PoolPlacement:
-    """GPU pools of a cluster: every rank on a GPU of the pool's node group."""
-    bundle = {"GPU": 1.0, "CPU": cpus_per_gpu, node_group_resource(node_group): 1.0, pool_resource(role): 1.0}
+def pool_placement(role: Role, node_group: str, layout: Layout, cpu_cores: int | None = None) -> PoolPlacement:
+    """Pools of a cluster: every rank on a GPU of the pool's node group, or on `cpu_cores` cores of
+    one of its nodes when the group is CPU-only."""
+    device = {"CPU": float(cpu_cores)} if cpu_cores else {"GPU": 1.0, "CPU": 1.0}
+    bundle = {**device, node_group_resource(node_group): 1.0, pool_resource(role): 1.0}
     return PoolPlacement(role, node_group, layout.data, RankGroup(tuple(dict(bundle) for _ in range(layout.tensor))))
 
 

@@ -108,20 +108,27 @@ def plan_deployment(pools: list[PoolRequest], groups: dict[str, GroupCapacity]) 
         group = groups[group_name]
         nodes = sum(p.nodes(p.request.max_replicas) for p in group_plans)
         if nodes > group.max_nodes:
-            uses = " + ".join(_usage(p) for p in group_plans)
+            unit = _unit(group.gpu)
+            uses = " + ".join(_usage(p, unit) for p in group_plans)
             short = nodes - group.max_nodes
+            per_node = f"{group.gpus_per_node} {group.gpu}" + ("" if unit == "GPUs" else f" {unit}")
             shortfalls.append(
-                f"node group {group_name} allows at most {group.max_nodes} node(s) of {group.gpus_per_node}"
-                f" {group.gpu} but {uses} need {nodes} node(s): short by {short} node(s)"
-                f" ({short * group.gpus_per_node} {group.gpu} GPUs)"
+                f"node group {group_name} allows at most {group.max_nodes} node(s) of {per_node}"
+                f" but {uses} need {nodes} node(s): short by {short} node(s)"
+                f" ({short * group.gpus_per_node} {group.gpu} {unit})"
             )
     return DeploymentPlan(plans, tuple(shortfalls))
 
 
-def _usage(plan: PoolPlan) -> str:
+def _unit(device: str) -> str:
+    """What a slot of a node is: a GPU, or one engine's share of a CPU node."""
+    return "engine slots" if device == "CPU" else "GPUs"
+
+
+def _usage(plan: PoolPlan, unit: str) -> str:
     gpus = plan.replica.gpus if plan.replica else 0
     replicas = plan.request.max_replicas
-    return f"{plan.request.name} {replicas} x {gpus} GPUs ({plan.nodes(replicas)} node(s))"
+    return f"{plan.request.name} {replicas} x {gpus} {unit} ({plan.nodes(replicas)} node(s))"
 
 
 def _no_fit(plan: PoolPlan) -> str:

@@ -82,7 +82,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     if not plan.feasible:
         return _stop(obj, "Infeasible", "Infeasible", "; ".join(plan.shortfalls))
 
-    layout = PlanStatus.of(plan)
+    layout = PlanStatus.of(plan, groups)
     used = {p.node_group for p in layout.pools().values()}
     inputs = DeploymentInputs(
         name=obj.name,

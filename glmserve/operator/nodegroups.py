@@ -53,10 +53,10 @@ def reconcile_node_group(cluster: Cluster, group: Observed, nodes: list[dict[str
         message=message,
         generation=group.generation,
     )
-    gpu = get_gpu(spec.gpu)
+    gpu = get_gpu(spec.gpu) if spec.gpu else None
     return NodeGroupStatus(
-        gpu_memory_gb=gpu.memory_gb,
-        gpu_bandwidth_tb_per_s=gpu.bandwidth_tb_per_s,
+        gpu_memory_gb=gpu.memory_gb if gpu else None,
+        gpu_bandwidth_tb_per_s=gpu.bandwidth_tb_per_s if gpu else None,
         nodes=len(members),
         ready_nodes=len(ready),
         allocatable_gpus=sum(n["gpus"] for n in ready),

@@ -30,6 +30,8 @@ DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "D
 
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
 NODE_ID_LABEL = "ray.io/node-id"  # a label every Ray node carries
+# Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
+CPU_ACCELERATOR = {"kind": "cpu"}
 
 
 def experimental_configs(role: Role, stream_interval_ms: int) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def llm_config(
     if routed:
         # Calls go to the replica glmserve's router chose for them.
         deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
-    extra: dict[str, Any] = {"accelerator_config": {"kind": "cpu"}} if device == "cpu" else {}
+    extra: dict[str, Any] = {"accelerator_config": CPU_ACCELERATOR} if device == "cpu" else {}
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
         deployment_config=deployment,

@@ -2,7 +2,8 @@
 
 The operator renders `args` as `ServeAppArgs` (the ModelDeployment spec and the capacity plan
 it chose); this builds the prefill and decode pools on their node groups' GPUs behind the
-OpenAI ingress, with the engine arguments and placement the plan implies.
+OpenAI ingress, with the engine arguments and placement the plan implies (vLLM's CPU backend on
+CPU node groups).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from glmserve.common.deployment import MODELS_DIR, ModelDeploymentSpec, Pool
 from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
 from glmserve.common.errors import ConfigError
 from glmserve.common.placement import pool_placement
-from glmserve.serving.app import DEPLOYMENT_PREFIX, PINNED_ROUTER, experimental_configs
+from glmserve.serving.app import CPU_ACCELERATOR, DEPLOYMENT_PREFIX, PINNED_ROUTER, experimental_configs
 from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwargs
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
@@ -56,17 +57,20 @@ def _replicas(pool: Pool) -> dict[str, Any]:
 def pool_llm_config(
     spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStatus, *, routed: bool = False
 ) -> LLMConfig:
-    placement = pool_placement(role, layout.node_group, layout.parallelism.layout())  # type: ignore[arg-type]
+    cores = layout.cpu.cores if layout.cpu else None
+    placement = pool_placement(role, layout.node_group, layout.parallelism.layout(), cores)  # type: ignore[arg-type]
     model = spec.model.resolve()
     deployment: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}, **_replicas(spec.pools()[role])}
     if routed:  # calls go to the replica glmserve's router chose for them
         deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
+    # vLLM's CPU backend on CPU node groups; Ray Serve LLM rejects an accelerator_type with it.
+    device: dict[str, Any] = {"accelerator_config": CPU_ACCELERATOR} if layout.cpu else {"accelerator_type": layout.gpu}
     return LLMConfig(
         model_loading_config={
             "model_id": spec.model.served_name or spec.model.name,
             "model_source": model_source(model.source),
         },
-        accelerator_type=layout.gpu,
+        **device,
         placement_group_config={"bundles": list(placement.group.bundles), "strategy": placement.group.strategy},
         deployment_config=deployment,
         engine_kwargs=gpu_engine_kwargs(spec, role, layout),

@@ -20,6 +20,7 @@ from tests.operator.k8s_checks import CustomResourceSchemas
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENDORED_CRDS = REPO_ROOT / "vendor" / "crds"
 EXAMPLES = REPO_ROOT / "examples"
+CLUSTER_TINY = EXAMPLES / "cluster-tiny"  # the CPU development deployment `glmserve cluster up` runs
 TOOLS = REPO_ROOT / ".tools" / "bin"
 
 
@@ -47,10 +48,10 @@ def tool(name: str) -> Path:
     return path
 
 
-def load_examples() -> dict[str, dict[str, Any]]:
-    """Every object in examples/, by `Kind/name`."""
+def load_examples(directory: Path = EXAMPLES) -> dict[str, dict[str, Any]]:
+    """Every object in `directory` (examples/ itself, or one of its example deployments), by `Kind/name`."""
     objects = {}
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    for path in sorted(directory.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
     return objects
@@ -59,14 +60,24 @@ def load_examples() -> dict[str, dict[str, Any]]:
 def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11") -> DeploymentInputs:
     """The example ModelDeployment, planned on the example NodeGroups, as the handler would build it."""
     objs = load_examples()
+    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
+    if not tls:
+        del raw["spec"]["ingress"]["tlsSecretName"]
+    return planned_inputs(objs, raw, uid)
+
+
+def cluster_tiny_inputs(uid: str = "5c0f3e1a-2d4b-4c8e-9f10-6a7b8c9d0e12") -> DeploymentInputs:
+    """examples/cluster-tiny's ModelDeployment on its CPU NodeGroup."""
+    objs = load_examples(CLUSTER_TINY)
+    return planned_inputs(objs, objs["ModelDeployment/tiny"], uid)
+
+
+def planned_inputs(objs: dict[str, dict[str, Any]], raw: dict[str, Any], uid: str) -> DeploymentInputs:
     groups = {
         o["metadata"]["name"]: NodeGroupSpec.model_validate(o["spec"])
         for o in objs.values()
         if o["kind"] == "NodeGroup"
     }
-    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
-    if not tls:
-        del raw["spec"]["ingress"]["tlsSecretName"]
     spec = ModelDeploymentSpec.model_validate(raw["spec"])
     return DeploymentInputs(
         name=raw["metadata"]["name"],
@@ -74,7 +85,7 @@ def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0
         owner=Owner("ModelDeployment", raw["metadata"]["name"], uid),
         spec=spec,
         groups=groups,
-        plan=PlanStatus.of(plan_for(spec, groups)),
+        plan=PlanStatus.of(plan_for(spec, groups), groups),
         image="ghcr.io/glmserve/glmserve:0.1.0",
         ray_version="2.60.0",
     )

@@ -15,7 +15,7 @@ from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import PlanSpec, TenantSpec
 from glmserve.operator.crds import RESOURCES, CustomResource, build_crd, crd_yaml
-from tests.operator.conftest import REPO_ROOT, load_examples
+from tests.operator.conftest import CLUSTER_TINY, REPO_ROOT, load_examples
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 CHART_CRDS = REPO_ROOT / "charts" / "glmserve" / "crds"
@@ -82,11 +82,17 @@ def test_status_subresources() -> None:
     assert with_status == {"NodeGroup", "ModelDeployment", "Tenant"}
 
 
-@pytest.mark.parametrize("key", sorted(load_examples()))
+def _examples() -> dict[str, dict[str, Any]]:
+    """examples/ and the CPU development deployment's objects (its Secrets too), by `Kind/name`."""
+    return {**load_examples(), **load_examples(CLUSTER_TINY)}
+
+
+@pytest.mark.parametrize("key", sorted(_examples()))
 def test_examples_pass_admission_and_the_models(schemas: CustomResourceSchemas, key: str) -> None:
-    obj = load_examples()[key]
+    obj = _examples()[key]
     assert manifest_problems(obj, schemas) == []
-    SPEC_MODELS[obj["kind"]].model_validate(obj["spec"])
+    if obj["kind"] in SPEC_MODELS:
+        SPEC_MODELS[obj["kind"]].model_validate(obj["spec"])
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -122,12 +128,27 @@ INVALID = [
         _set("spec.prefill.parallelism", {"tensor": 8, "data": 2, "expert": 8}),
         "expert must be 1 (experts tensor-sharded) or tensor x data",
     ),
+    ("NodeGroup/cpu-tiny", _set("spec.gpu", "H100"), "set exactly one of gpu (GPU nodes) and cpu (CPU-only nodes)"),
+    ("NodeGroup/cpu-tiny", _set("spec.cpu", None), "set exactly one of gpu (GPU nodes) and cpu (CPU-only nodes)"),
+    ("NodeGroup/cpu-tiny", _set("spec.cpu.enginesPerNode", 2), "cpu.cores must be a multiple of cpu.enginesPerNode"),
+    (
+        "ModelDeployment/tiny",
+        _set("spec.model.source", None),
+        "glm-4.6-tiny has no published weights: set model.source to the directory",
+    ),
 ]
 # Rejected by the OpenAPI schema at admission (type, enum, pattern, bounds) and by pydantic.
 SCHEMA_ONLY = [
     ("NodeGroup/h100", _set("spec.gpu", "A100"), "'A100' is not one of ['H100', 'H200']", "Input should be 'H100'"),
     ("NodeGroup/h100", _set("spec.gpusPerNode", 3), "3 is not one of [1, 2, 4, 8]", "Input should be 1, 2, 4 or 8"),
     ("NodeGroup/h100", _set("spec.maxNodes", 0), "0 is less than the minimum of 1", "greater than or equal to 1"),
+    ("NodeGroup/cpu-tiny", _set("spec.cpu.cores", 0), "0 is less than the minimum of 1", "greater than or equal to 1"),
+    (
+        "NodeGroup/cpu-tiny",
+        _set("spec.cpu.memoryGiB", "3Gi"),
+        "'3Gi' is not of type 'number'",
+        "Input should be a valid number",
+    ),
     ("ModelDeployment/glm-46", _set("spec.model.name", "llama"), "'llama' is not one of", "unknown model 'llama'"),
     (
         "ModelDeployment/glm-46",
@@ -151,7 +172,7 @@ def _model_error(kind: str, spec: dict[str, Any]) -> str:
 def test_invalid_specs_fail_cel_and_the_model_alike(
     schemas: CustomResourceSchemas, key: str, mutate: Callable[[dict[str, Any]], None], message: str
 ) -> None:
-    obj = copy.deepcopy(load_examples()[key])
+    obj = copy.deepcopy(_examples()[key])
     mutate(obj)
     problems = manifest_problems(obj, schemas)
     assert any(message in p for p in problems), problems
@@ -162,7 +183,7 @@ def test_invalid_specs_fail_cel_and_the_model_alike(
 def test_invalid_specs_fail_the_schema_and_the_model(
     schemas: CustomResourceSchemas, key: str, mutate: Callable[[dict[str, Any]], None], admission: str, model: str
 ) -> None:
-    obj = copy.deepcopy(load_examples()[key])
+    obj = copy.deepcopy(_examples()[key])
     mutate(obj)
     problems = manifest_problems(obj, schemas)
     assert any(admission in p for p in problems), problems

@@ -35,9 +35,10 @@ def _deployment(precision: str, context: int, *, mtp: bool = True) -> ModelDeplo
 
 def _planned(gpu: str, precision: str, context: int) -> tuple[ModelDeploymentSpec, PlanStatus]:
     spec = _deployment(precision, context)
-    plan = plan_for(spec, _groups(gpu))
+    groups = _groups(gpu)
+    plan = plan_for(spec, groups)
     assert plan.feasible, plan.shortfalls
-    return spec, PlanStatus.of(plan)
+    return spec, PlanStatus.of(plan, groups)
 
 
 # (GPU, precision, context) -> GPUs per replica, as in Zhipu's table (docs/reference/glm-4.6.md).
@@ -128,7 +129,8 @@ def test_kv_cache_precision_and_mtp_switches() -> None:
     spec = _deployment("fp8", 32768, mtp=False).model_copy(
         update={"model": _deployment("fp8", 32768).model.model_copy(update={"kv_cache_precision": "fp8"})}
     )
-    plan = PlanStatus.of(plan_for(spec, _groups("H200")))
+    groups = _groups("H200")
+    plan = PlanStatus.of(plan_for(spec, groups), groups)
     kw = pool_llm_config(spec, "decode", plan.decode).engine_kwargs
     assert kw["kv_cache_dtype"] == "fp8" and "speculative_config" not in kw
 

@@ -17,7 +17,6 @@ API_VERSION = "karpenter.sh/v1"
 def build_nodepool(name: str, spec: NodeGroupSpec, owner: Owner) -> dict[str, Any]:
     if spec.node_class_ref is None:
         raise ValueError(f"node group {name} has no nodeClassRef; only karpenter groups get a NodePool")
-    gpu = get_gpu(spec.gpu)
     requirements: list[dict[str, Any]] = [
         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(spec.instance_types)},
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": [spec.capacity_type]},
@@ -41,7 +40,8 @@ def build_nodepool(name: str, spec: NodeGroupSpec, owner: Owner) -> dict[str, An
         pool["replicas"] = spec.min_nodes
         pool["limits"] = {"nodes": str(spec.max_nodes)}
     else:
-        pool["limits"] = {gpu.resource: str(spec.max_nodes * spec.gpus_per_node)}
+        per_node = (spec.cpu.cores, "cpu") if spec.cpu else (spec.gpus_per_node, get_gpu(spec.device).resource)
+        pool["limits"] = {per_node[1]: str(spec.max_nodes * per_node[0])}
     return {
         "apiVersion": API_VERSION,
         "kind": "NodePool",

@@ -1,4 +1,4 @@
-"""Pod templates of the Ray head, the CPU ingress group and the GPU worker groups."""
+"""Pod templates of the Ray head, the CPU ingress group and the pools' worker groups (GPU or CPU nodes)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from glmserve.common.config import ENGINE_HASH_SEED
 from glmserve.common.deployment import MODELS_DIR, weights_claim
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.gpus import get_gpu
+from glmserve.common.nodegroup import CpuNodes
 from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels
 from glmserve.operator.build.router import TENANTS_FILE
@@ -15,10 +16,16 @@ from glmserve.operator.build.salt import SALT_KEY
 
 # NCCL and vLLM's workers exchange tensors through /dev/shm; a container's default 64 MiB stalls them.
 SHM_SIZE = "32Gi"
+# A CPU engine's /dev/shm holds only vLLM's small inter-process queues (KV moves over NIXL).
+CPU_SHM_SIZE = "512Mi"
 # Floors that keep the pods out of the BestEffort class; GPU nodes have many times this.
 HEAD_RESOURCES = {"cpu": "4", "memory": "16Gi"}
 INGRESS_RESOURCES = {"cpu": "4", "memory": "8Gi"}
 GPU_WORKER_FLOOR = {"cpu": "16", "memory": "128Gi"}
+# A deployment with every pool on CPU node groups is a development one (the tiny model, a smoke
+# test): its head and ingress fit beside the engines on a laptop-sized machine.
+DEV_HEAD_RESOURCES = {"cpu": "1", "memory": "2Gi"}
+DEV_INGRESS_RESOURCES = {"cpu": "1", "memory": "2Gi"}
 HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 TENANTS_DIR = "/etc/glmserve/tenants"
 
@@ -28,14 +35,15 @@ def _pod_template(
     component: str,
     requests: dict[str, str],
     *,
-    gpus: dict[str, str] | None = None,
+    limits: dict[str, str] | None = None,
+    shm: str | None = None,
     pod: dict[str, Any] | None = None,
     env: tuple[dict[str, Any], ...] = (),
     volume: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One Ray container (`gpus`: its GPU limit, which also earns it a RAM-backed /dev/shm;
-    `volume`: one more (volume, mount)). Pods that run Serve replicas mount a pvc:// model's claim:
-    engines load the weights, the ingress the tokenizer."""
+    """One Ray container (`limits`: also requested; `shm`: the size of a RAM-backed /dev/shm for
+    engines; `volume`: one more (volume, mount)). Pods that run Serve replicas mount a pvc://
+    model's claim: engines load the weights, the ingress the tokenizer."""
     ports = HEAD_PORTS if component == "head" else {}
     container: dict[str, Any] = {
         "name": "ray-head" if component == "head" else "ray-worker",
@@ -51,7 +59,7 @@ def _pod_template(
             {"name": name, "containerPort": port}
             for name, port in {**ports, "serve": SERVE_PORT, "metrics": RAY_METRICS_PORT}.items()
         ],
-        "resources": {"requests": {**requests, **(gpus or {})}, **({"limits": gpus} if gpus else {})},
+        "resources": {"requests": {**requests, **(limits or {})}, **({"limits": limits} if limits else {})},
     }
     mounts: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
@@ -65,9 +73,9 @@ def _pod_template(
     if claim and component != "head":
         volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "weights", "mountPath": f"{MODELS_DIR}/{claim}", "readOnly": True})
-    if gpus:
+    if shm:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
     if mounts:
         container["volumeMounts"] = mounts
     spec: dict[str, Any] = {"containers": [container], **(pod or {})}
@@ -76,8 +84,13 @@ def _pod_template(
     return {"metadata": {"labels": deployment_labels(inputs.name, component)}, "spec": spec}
 
 
+def development(inputs: DeploymentInputs) -> bool:
+    """Every pool on CPU node groups."""
+    return all(inputs.groups[layout.node_group].cpu for layout in inputs.plan.pools().values())
+
+
 def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
-    return _pod_template(inputs, "head", HEAD_RESOURCES)
+    return _pod_template(inputs, "head", DEV_HEAD_RESOURCES if development(inputs) else HEAD_RESOURCES)
 
 
 def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
@@ -94,10 +107,17 @@ def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[st
     items = [{"key": TENANTS_FILE, "path": TENANTS_FILE}]
     volume = {"name": "tenants", "configMap": {"name": inputs.router_service, "items": items, "optional": True}}
     mount = {"name": "tenants", "mountPath": TENANTS_DIR, "readOnly": True}
-    return _pod_template(inputs, "ingress", INGRESS_RESOURCES, env=env, volume=(volume, mount))
+    requests = DEV_INGRESS_RESOURCES if development(inputs) else INGRESS_RESOURCES
+    return _pod_template(inputs, "ingress", requests, env=env, volume=(volume, mount))
 
 
-def gpu_worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+def cpu_pod_resources(cpu: CpuNodes) -> dict[str, str]:
+    """What a CPU node group's worker pod requests, and its limits: the node group's size."""
+    return {"cpu": str(cpu.cores), "memory": f"{cpu.memory_gib:g}Gi"}
+
+
+def worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+    """One pod per node of the pool's group: all its GPUs, or all of a CPU group's cores and memory."""
     group = inputs.groups[layout.node_group]
     tolerations = [
         {"key": t.key, "operator": "Equal" if t.value else "Exists", "effect": t.effect}
@@ -107,5 +127,8 @@ def gpu_worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutS
     pod: dict[str, Any] = {"nodeSelector": group.node_selector(layout.node_group)}
     if tolerations:
         pod["tolerations"] = tolerations
-    gpus = {get_gpu(group.gpu).resource: str(layout.gpus_per_node)}
-    return _pod_template(inputs, role, GPU_WORKER_FLOOR, gpus=gpus, pod=pod)
+    if group.cpu:
+        size = cpu_pod_resources(group.cpu)
+        return _pod_template(inputs, role, size, limits=size, shm=CPU_SHM_SIZE, pod=pod)
+    gpus = {get_gpu(group.device).resource: str(layout.gpus_per_node)}
+    return _pod_template(inputs, role, GPU_WORKER_FLOOR, limits=gpus, shm=SHM_SIZE, pod=pod)

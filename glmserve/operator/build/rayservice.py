@@ -1,4 +1,4 @@
-"""A ModelDeployment -> a KubeRay `RayService`: head, ingress group, prefill and decode GPU groups."""
+"""A ModelDeployment -> a KubeRay `RayService`: head, ingress group, prefill and decode worker groups."""
 
 from __future__ import annotations
 
@@ -10,23 +10,30 @@ from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import node_group_resource, pool_resource
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels, metadata
-from glmserve.operator.build.raypods import gpu_worker_template, head_template, ingress_template
+from glmserve.operator.build.raypods import head_template, ingress_template, worker_template
 from glmserve.operator.build.serveconfig import build_serve_config
 
+# A CPU engine's ranks talk over NIXL and Serve's RPCs, not Ray's object store: keep it small.
+CPU_OBJECT_STORE_BYTES = 256 * 2**20
 
-def _gpu_group(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+
+def _pool_group(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
     # One worker pod per node.
     low, high = layout.nodes(layout.min_replicas), layout.nodes(layout.max_replicas)
     per_node = str(layout.gpus_per_node)
+    cpu = inputs.groups[layout.node_group].cpu
+    start = (
+        {"num-cpus": str(cpu.cores), "num-gpus": "0", "object-store-memory": str(CPU_OBJECT_STORE_BYTES)} if cpu else {}
+    )
     return {
         "groupName": role,
         "replicas": low,
         "minReplicas": low,
         "maxReplicas": high,
-        "rayStartParams": {},
+        "rayStartParams": start,
         "resources": {node_group_resource(layout.node_group): per_node, pool_resource(role): per_node},
         "labels": {"glmserve.io/node-group": layout.node_group, "glmserve.io/pool": role},
-        "template": gpu_worker_template(inputs, role, layout),
+        "template": worker_template(inputs, role, layout),
     }
 
 
@@ -58,7 +65,7 @@ def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[st
         },
         "workerGroupSpecs": [
             _ingress_group(inputs, redis_url),
-            *(_gpu_group(inputs, role, layout) for role, layout in pools.items()),
+            *(_pool_group(inputs, role, layout) for role, layout in pools.items()),
         ],
     }
     return {

@@ -83,9 +83,14 @@ def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: 
     if transfer := kv_transfer_config(cfg, role):
         kwargs["kv_transfer_config"] = transfer
     if device == "cpu":
-        kwargs |= {
-            # CUDA-graph capture and torch.compile buy nothing on CPU and cost ~40 s of start-up.
-            "enforce_eager": True,
-            "kv_cache_memory_bytes": int(cfg.kv_cache_gib * GIB),
-        }
+        kwargs |= cpu_engine_kwargs(cfg.kv_cache_gib)
     return kwargs
+
+
+def cpu_engine_kwargs(kv_cache_gib: float) -> dict[str, Any]:
+    """What an engine on vLLM's CPU backend runs with, besides the GLM serving arguments."""
+    return {
+        # CUDA-graph capture and torch.compile buy nothing on CPU and cost ~40 s of start-up.
+        "enforce_eager": True,
+        "kv_cache_memory_bytes": int(kv_cache_gib * GIB),
+    }

@@ -1,4 +1,4 @@
-"""vLLM engine arguments of a production (GPU) pool, from a ModelDeployment and the planner's layout.
+"""vLLM engine arguments of a ModelDeployment's pool (GPU, or CPU node groups), from the planner's layout.
 
 The capacity planner's memory model and these arguments must agree: the same layout (tensor,
 data and expert sizes), the same memory fraction, the same batch and context, MTP on or off.
@@ -12,7 +12,7 @@ from glmserve.common.capacity import GPU_MEMORY_UTILIZATION
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import redundant_experts
-from glmserve.serving.engine.args import glm_serving_kwargs
+from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs
 
 # Requests one replica may hold waiting beyond those it runs, before vLLM answers 503.
 QUEUE_PER_SEQUENCE = 2
@@ -30,12 +30,15 @@ def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutSt
     ) | {
         "tensor_parallel_size": par.tensor,
         "data_parallel_size": par.data,
-        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
         "kv_transfer_config": {
             "kv_connector": spec.kv_transfer.connector,
             "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
         },
     }
+    # A CPU rank's KV cache is the node group's fixed size; a GPU's is what HBM leaves.
+    kwargs |= (
+        cpu_engine_kwargs(layout.cpu.kv_cache_gib) if layout.cpu else {"gpu_memory_utilization": GPU_MEMORY_UTILIZATION}
+    )
     if par.expert > 1:
         kwargs |= {
             "enable_expert_parallel": True,
