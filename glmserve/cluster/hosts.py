@@ -27,6 +27,9 @@ from glmserve.cluster.pods import Pod
 
 # What a container image provides and a pod does not set: the same interpreter and code as here.
 PASSED_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "HF_HOME", "VIRTUAL_ENV", "HOME")
+# What UCX (NIXL's transport) finds on separate machines: only the network. Here the hosts share
+# PIDs and IPC, so its cma/sysv transports would otherwise move KV between "hosts" in memory.
+NODE_ENV = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0"}
 ENV_FILE = "env.json"
 RAY_HOME = Path.home() / ".ray"  # a token file here would turn token auth on for every host
 
@@ -80,7 +83,7 @@ def write_files(host: Host) -> None:
 def environment(host: Host) -> dict[str, str]:
     base = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     base["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '/usr/bin:/bin')}"
-    env = {**base, **host.pod.env}
+    env = {**base, **NODE_ENV, **host.pod.env}
     if "RAY_CLOUD_INSTANCE_ID" in env:
         env["RAY_CLOUD_INSTANCE_ID"] = host.name
     return env
