@@ -109,6 +109,7 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
             process.wait(timeout=60)
             pytest.fail(f"cluster up failed (exit {process.returncode}):\n{log.read_text()[-6000:]}")
         cluster = RunningCluster(line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started)
+        print(f"\ncluster up: RUNNING after {cluster.started_s:.0f} s at {cluster.base_url} (log {log})")
         yield cluster
     finally:
         down = glmserve("cluster", "down", check=False, timeout=300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import openai
 import pytest
@@ -54,6 +55,22 @@ def test_tenants_are_served_through_an_ingress_host(tiny_cluster: RunningCluster
     bad = OpenAI(base_url=tiny_cluster.base_url, api_key="not-a-key", timeout=60)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model=tiny_cluster.model, messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_stream_through_the_cluster(tiny_cluster: RunningCluster) -> None:
+    client = OpenAI(base_url=tiny_cluster.base_url, api_key=next(iter(tiny_cluster.api_keys.values())), timeout=120)
+    sent = time.monotonic()
+    first = None
+    text = ""
+    stream = client.chat.completions.create(
+        model=tiny_cluster.model, messages=[{"role": "user", "content": "stream"}], max_tokens=16, stream=True
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.monotonic()
+            text += chunk.choices[0].delta.content
+    assert first is not None and text
+    print(f"\nfirst token {first - sent:.2f} s after the request; cluster up took {tiny_cluster.started_s:.0f} s")
 
 
 def test_a_second_up_fails_clearly(tiny_cluster: RunningCluster) -> None:
