@@ -10,8 +10,10 @@ runs and the fixture asserts that no namespace, veth, bridge, process or /dev/sh
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +74,13 @@ class RunningCluster:
 
     def exec(self, host: str, *command: str) -> subprocess.CompletedProcess[str]:
         return glmserve("cluster", "exec", host, "--", *command)
+
+    def kill_host(self, name: str) -> None:
+        """SIGKILL every process of a host (the pod's node dies; its namespace stays until replaced)."""
+        host = next(h for h in self.hosts() if h["name"] == name)
+        for pid in netns.pids(host["netns"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def wait_for_hosts(self, pool: str, count: int, timeout_s: float = 120) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
