@@ -120,7 +120,10 @@ class Cluster:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             self._check_alive(started)
-            alive = [n for n in self.dashboard.nodes() if n.get("state") == "ALIVE"]
+            try:
+                alive = [n for n in self.dashboard.nodes() if n.get("state") == "ALIVE"]
+            except OSError:  # the dashboard is busy starting: ask again
+                alive = []
             if len(alive) >= want:
                 self.progress(f"{len(alive)} Ray nodes alive: " + ", ".join(sorted(n["node_ip"] for n in alive)))
                 return

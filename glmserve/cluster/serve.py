@@ -24,22 +24,24 @@ class Dashboard:
     def url(self) -> str:
         return f"http://{self.ip}:{DASHBOARD_PORT}"
 
-    def call(self, method: str, path: str, body: Any = None, timeout: float = TIMEOUT_S) -> Any:
+    def raw(self, method: str, path: str, body: Any = None, timeout: float = TIMEOUT_S) -> bytes:
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["x-ray-authorization"] = f"Bearer {self.token}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
+            return bytes(response.read())
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = TIMEOUT_S) -> Any:
+        raw = self.raw(method, path, body, timeout)
         return json.loads(raw) if raw.strip() else None
 
     def healthy(self) -> bool:
         try:
-            self.call("GET", "/api/gcs_healthz")
-        except (OSError, urllib.error.URLError, json.JSONDecodeError):
+            return b"success" in self.raw("GET", "/api/gcs_healthz")
+        except OSError:  # URLError and HTTPError are OSErrors
             return False
-        return True
 
     def submit(self, serve_config: dict[str, Any]) -> None:
         try:
