@@ -25,6 +25,10 @@ Progress = Callable[[str], None]
 RESTART_DELAY_S = 1.0
 READY_TIMEOUT_S = 120.0
 ROUTER_PORT = 50051
+# Cluster DNS is each host's /etc/hosts. Any other query must fail at once: this machine's resolver
+# is out of the hosts' reach, and gRPC's c-ares resolver waits for the AAAA answer that /etc/hosts
+# lacks before it uses the A record (Ray's workers then cannot reach the GCS "within 5 seconds").
+RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Cluster:
     def _launch(self, pod: Pod) -> Running:
         host = self._new_host(pod)
         self._write_hosts_files(host)
+        (netns.NETNS_ETC / host.netns / "resolv.conf").write_text(RESOLV_CONF)
         run = Running(host, hosts.start(host))
         self.running.append(run)
         return run
