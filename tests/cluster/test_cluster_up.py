@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.cluster.conftest import EXAMPLE, RunningCluster, glmserve
+from tests.cluster.conftest import EXAMPLE, MODELS, MODELS_CLAIM, RunningCluster, glmserve
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +74,7 @@ def test_a_stream_through_the_cluster(tiny_cluster: RunningCluster) -> None:
 
 
 def test_a_second_up_fails_clearly(tiny_cluster: RunningCluster) -> None:
-    second = glmserve("cluster", "up", "-f", str(EXAMPLE), check=False, timeout=120)
+    volume = f"{MODELS_CLAIM}={MODELS}"
+    second = glmserve("cluster", "up", "-f", str(EXAMPLE), "--volume", volume, check=False, timeout=120)
     assert second.returncode != 0
     assert "already up" in second.stderr
