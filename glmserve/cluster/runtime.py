@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -112,6 +113,21 @@ class Cluster:
         ingress = next(r.host for r in self.running if self.topology.ingress_service in r.host.pod.services)
         self.base_url = f"http://{ingress.ip}:8000{self.topology.base_path}"
         return self.base_url
+
+    def serving(self) -> bool:
+        """KubeRay's readiness of the serve Service: an ingress pod whose Serve proxy answers
+        `/-/healthz`. The base URL then names that pod."""
+        for run in self.running:
+            if self.topology.ingress_service not in run.host.pod.services:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{run.host.ip}:8000/-/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        self.base_url = f"http://{run.host.ip}:8000{self.topology.base_path}"
+                        return True
+            except OSError:
+                continue
+        return False
 
     def _start_and_wait(self, pod: Pod, replicas: int) -> None:
         started = [self._launch(pod) for _ in range(replicas)]

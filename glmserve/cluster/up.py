@@ -77,8 +77,10 @@ def wait_running(cluster: Cluster, started: float) -> None:
             ready, line = progress_line(dashboard.applications())
         except OSError as exc:
             ready, line = False, f"dashboard: {exc}"
-        if ready:
+        if ready and cluster.serving():
             return
+        if ready:
+            line = "RUNNING; waiting for a Serve proxy on an ingress pod (the ingress Service's endpoints)"
         if line != last:
             cluster.progress(f"[{time.monotonic() - started:5.0f} s] {line}")
             last = line
