@@ -85,11 +85,56 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("list", help="print the catalogue as JSON")
 
 
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
+    cluster = sub.add_parser(
+        "cluster",
+        help="run a deployment as separate hosts on this machine (network namespaces, as KubeRay would)",
+        description="Renders NodeGroup/ModelDeployment/Plan/Tenant objects with the operator's builders and "
+        "runs every pod (Ray head, worker groups, router, Redis) as a host in its own network namespace.",
+    )
+    csub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = csub.add_parser("up", help="start the hosts, submit serveConfigV2, print the base URL, supervise (root)")
+    up.add_argument("-f", dest="files", type=Path, action="append", required=True, help="YAML file or directory")
+    up.add_argument(
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        metavar="CLAIM=DIR",
+        help="this machine's directory behind a PersistentVolumeClaim the pods mount (read-only), like a hostPath PV",
+    )
+    status = csub.add_parser("status", help="every host: name, namespace, IP, role, pool, Ray node id, pids")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    logs = csub.add_parser("logs", help="a host's log")
+    logs.add_argument("host")
+    run = csub.add_parser("exec", help="run a command on a host with its pod's env, like kubectl exec")
+    run.add_argument("host")
+    run.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    csub.add_parser("down", help="stop the cluster; remove every host, veth, the bridge and their processes")
+
+
+def _run_cluster(args: argparse.Namespace) -> None:
+    from glmserve.cluster import up
+
+    if args.cluster_command == "up":
+        up.run_up(args.files, up.parse_volumes(args.volumes), _progress)
+    elif args.cluster_command == "status":
+        up.status(args.json)
+    elif args.cluster_command == "logs":
+        up.logs(args.host)
+    elif args.cluster_command == "exec":
+        command = args.exec_command
+        up.exec_in(args.host, command[1:] if command[:1] == ["--"] else command)
+    else:
+        up.run_down(_progress)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glmserve", description="Serve GLM-4.6 on Ray Serve + vLLM.")
     sub = p.add_subparsers(dest="command", required=True)
     _add_up(sub)
     _add_model(sub)
+    _add_cluster(sub)
     plan.add_parser(sub)
     router_cli.add_parser(sub)
     return p
@@ -129,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             run_until_signal(serve_config(args), _progress)
         elif args.command == "plan":
             plan.run(args)
+        elif args.command == "cluster":
+            _run_cluster(args)
         elif args.command == "router":
             router_cli.run(args)
         elif args.model_command == "create-tiny":

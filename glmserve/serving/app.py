@@ -29,6 +29,7 @@ DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "D
 
 
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
+NODE_ID_LABEL = "ray.io/node-id"  # a label every Ray node carries
 # Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
 CPU_ACCELERATOR = {"kind": "cpu"}
 
@@ -101,9 +102,12 @@ def build_app(
     device: Device,
     router: str | None = None,
     scrape_targets: Sequence[ScrapeTarget] = (),
+    *,
+    avoid_node: str | None = None,
 ) -> Application:
     """`router`: gRPC target of glmserve's router, if one runs; `scrape_targets`: the stack's
-    metrics endpoints, which the ingress lists at /metrics/sd."""
+    metrics endpoints, which the ingress lists at /metrics/sd; `avoid_node`: a Ray node id
+    (a joined cluster's head) where no replica may run."""
     roles = roles_of(cfg)
     binds = cpu_binds(cfg, device, roles)
     pools = {}
@@ -140,5 +144,11 @@ def build_app(
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
     )
+    ingress = Ingress
+    if avoid_node is not None:
+        # A joined cluster's head (KubeRay's runs with num-cpus 0) schedules nothing of ours; the
+        # engines stay off it by their CPU bundles, the 0-CPU ingress only by this selector.
+        options = {"num_cpus": 0, "label_selector": {NODE_ID_LABEL: f"!{avoid_node}"}}
+        ingress = Ingress.options(ray_actor_options=options)  # type: ignore[attr-defined]
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
-    return Ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]
+    return ingress.bind(engines={model.name: pools}, settings=settings)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from glmserve.common.config import STREAM_INTERVAL_MS
 from glmserve.common.deployment import MODELS_DIR, ModelDeploymentSpec, Pool
 from glmserve.common.deployment_plan import PoolLayoutStatus, ServeAppArgs
 from glmserve.common.errors import ConfigError
-from glmserve.common.placement import pool_placement
+from glmserve.common.placement import pool_placement, pool_resource
 from glmserve.serving.app import CPU_ACCELERATOR, DEPLOYMENT_PREFIX, PINNED_ROUTER, experimental_configs
 from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwargs
 from glmserve.serving.engine.registration import RouterLink
@@ -115,10 +115,14 @@ def app_builder(args: dict[str, Any]) -> Application:
         ),
     )
     settings = IngressSettings(models=(served,), limits=limits_from_environment(), router_address=router)
+    # One replica per ingress pod, placed by the resource the ingress group advertises: a replica
+    # elsewhere (the head) leaves the ingress pods without a Serve proxy, so the ingress Service
+    # has no ready endpoint.
+    placement = {"num_cpus": 0, "resources": {pool_resource("ingress"): 1}}
     # @serve.deployment turned the class into a Deployment, which mypy cannot see.
-    return Ingress.options(num_replicas=spec.ingress.replicas).bind(  # type: ignore[attr-defined]
-        engines={name: pools}, settings=settings
-    )
+    return Ingress.options(  # type: ignore[attr-defined]
+        num_replicas=spec.ingress.replicas, ray_actor_options=placement
+    ).bind(engines={name: pools}, settings=settings)
 
 
 def ingress_share(total: int, ingress_replicas: int) -> int:

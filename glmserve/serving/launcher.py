@@ -101,6 +101,7 @@ class Stack:
         from glmserve.serving.app import APP_NAME, build_app, check_placement
         from glmserve.serving.ingress.discovery import local_targets
         from glmserve.serving.models import resolve_model
+        from glmserve.serving.placement import head_node_id
 
         ensure_port_free(self.cfg.host, self.cfg.port)
         reaper.become_subreaper()
@@ -141,7 +142,8 @@ class Stack:
         check_placement(self.cfg, device)  # type: ignore[arg-type]
         serve.start(http_options=http)
         targets = local_targets(self.cfg, self.metrics_port, self.router.metrics_port if self.router else None)
-        app = build_app(model, self.cfg, device, router_target, targets)  # type: ignore[arg-type]
+        avoid = None if self._own_cluster else head_node_id()
+        app = build_app(model, self.cfg, device, router_target, targets, avoid_node=avoid)  # type: ignore[arg-type]
         serve.run_many(
             [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,

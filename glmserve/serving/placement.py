@@ -18,6 +18,11 @@ def cluster_nodes() -> list[Node]:
     return [Node(n["NodeManagerAddress"], dict(n["Resources"])) for n in ray.nodes() if n["Alive"]]
 
 
+def head_node_id() -> str | None:
+    """The Ray head's node id (the node holding Ray's internal head resource)."""
+    return next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
+
+
 def check_fits(pools: Sequence[tuple[PoolPlacement, int]], nodes: Sequence[Node] | None = None) -> None:
     problems = infeasible(pools, cluster_nodes() if nodes is None else nodes)
     if problems:

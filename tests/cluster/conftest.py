@@ -1,0 +1,129 @@
+"""One multi-host cluster per test session: `glmserve cluster up -f examples/cluster-tiny`, as root.
+
+Contract for later tests (host loss, P/D across hosts, autoscaling): request the session fixture
+`tiny_cluster` (a `RunningCluster`); it is RUNNING when handed out. Tests may kill or cut hosts,
+but must leave every pool with a live host when they end (the cluster replaces a dead host by
+itself: wait for it with `wait_for_hosts`). At the end of the session `glmserve cluster down`
+runs and the fixture asserts that no namespace, veth, bridge, process or /dev/shm file is left.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from glmserve.cluster import netns
+from glmserve.serving.tiny.create import create_tiny, default_cache_dir
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "cluster-tiny"
+GLMSERVE = [sys.executable, "-m", "glmserve.cli.main"]
+MODELS_CLAIM = "glmserve-models"  # the example's model claim: the tiny checkpoint's parent directory here
+MODELS = default_cache_dir().parent
+
+
+def glmserve(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GLMSERVE, *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def example_api_keys(directory: Path) -> dict[str, str]:
+    """tenant -> its first development API key, read from the example's Secrets."""
+    docs = [d for p in sorted(directory.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    keys = {}
+    for tenant in (d for d in docs if d["kind"] == "Tenant"):
+        ref = tenant["spec"]["apiKeys"][0]["secretRef"]
+        secret = secrets[ref["name"]]
+        key = ref.get("key", "api-key")
+        value = (secret.get("stringData") or {}).get(key) or base64.b64decode(secret["data"][key]).decode()
+        keys[tenant["metadata"]["name"]] = value.strip()
+    return keys
+
+
+@dataclass
+class RunningCluster:
+    base_url: str
+    api_keys: dict[str, str]  # tenant -> API key
+    process: subprocess.Popen[str]
+    log: Path  # `cluster up`'s progress (stderr)
+    started_s: float  # seconds from `cluster up` to RUNNING
+    model: str = field(default="glm-4.6-tiny")
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(glmserve("cluster", "status", "--json").stdout))
+
+    def hosts(self, role: str | None = None, pool: str | None = None) -> list[dict[str, Any]]:
+        return [
+            h
+            for h in self.status()["hosts"]
+            if (role is None or h["role"] == role) and (pool is None or h["pool"] == pool)
+        ]
+
+    def exec(self, host: str, *command: str) -> subprocess.CompletedProcess[str]:
+        return glmserve("cluster", "exec", host, "--", *command)
+
+    def kill_host(self, name: str) -> None:
+        """SIGKILL every process of a host (the pod's node dies; its namespace stays until replaced)."""
+        host = next(h for h in self.hosts() if h["name"] == name)
+        for pid in netns.pids(host["netns"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def wait_for_hosts(self, pool: str, count: int, timeout_s: float = 120) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [h for h in self.hosts(pool=pool) if h["pids"]]
+            if len(found) >= count:
+                return found
+            time.sleep(1)
+        raise AssertionError(f"pool {pool} did not get {count} live host(s) within {timeout_s} s")
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
+    create_tiny(default_cache_dir())  # nothing to do when it is built already
+    shm_before = _shm()
+    log = tmp_path_factory.mktemp("cluster") / "up.log"
+    started = time.monotonic()
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE), "--volume", f"{MODELS_CLAIM}={MODELS}"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the base URL, printed once RUNNING (its own line)
+        if not line.startswith("http://"):
+            process.wait(timeout=60)
+            pytest.fail(f"cluster up failed (exit {process.returncode}):\n{log.read_text()[-6000:]}")
+        cluster = RunningCluster(line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started)
+        print(f"\ncluster up: RUNNING after {cluster.started_s:.0f} s at {cluster.base_url} (log {log})")
+        yield cluster
+    finally:
+        down = glmserve("cluster", "down", check=False, timeout=300)
+        process.wait(timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not netns.leftover_namespaces()
+        assert not netns.leftover_links()
+        assert not (_shm() - shm_before), f"/dev/shm files left: {_shm() - shm_before}"
