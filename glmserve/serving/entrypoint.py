@@ -26,7 +26,7 @@ from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwar
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
 from glmserve.serving.ingress.app import Ingress
-from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
+from glmserve.serving.ingress.settings import IngressSettings, ServedModel
 
 
 def model_source(source: str) -> str:
@@ -114,7 +114,8 @@ def app_builder(args: dict[str, Any]) -> Application:
             decode.max_replicas * QUEUE_PER_SEQUENCE * spec.decode.max_concurrency, spec.ingress.replicas
         ),
     )
-    settings = IngressSettings(models=(served,), limits=limits_from_environment(), router_address=router)
+    # limits None: each ingress replica reads them from its own pod's environment.
+    settings = IngressSettings(models=(served,), limits=None, router_address=router)
     # One replica per ingress pod, placed by the resource the ingress group advertises: a replica
     # elsewhere (the head) leaves the ingress pods without a Serve proxy, so the ingress Service
     # has no ready endpoint.
@@ -131,13 +132,3 @@ def ingress_share(total: int, ingress_replicas: int) -> int:
     counts its share (rounded up: none may have no slot). Counting all of them in every replica
     would let N replicas together fill N times the headroom kept for higher plans."""
     return -(-total // ingress_replicas)
-
-
-def limits_from_environment() -> LimitsSettings:
-    """Tenancy the operator hands the Ray pods (the router's rendered config, Redis, the salt secret)."""
-    return LimitsSettings(
-        tenants_file=os.environ.get("GLMSERVE_TENANTS_FILE"),
-        redis_url=os.environ.get("GLMSERVE_REDIS_URL"),
-        outage="fail-closed" if os.environ.get("GLMSERVE_LIMITS_OUTAGE") == "fail-closed" else "fail-open",
-        cache_salt_secret=os.environ.get("GLMSERVE_CACHE_SALT_SECRET"),
-    )

@@ -24,7 +24,7 @@ from glmserve.serving.ingress.metrics import IngressMetrics
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, check_context, parse_body
 from glmserve.serving.ingress.render import PromptRenderer
 from glmserve.serving.ingress.responses import ClosingStreamingResponse, Usage
-from glmserve.serving.ingress.settings import IngressSettings, ServedModel
+from glmserve.serving.ingress.settings import IngressSettings, ServedModel, limits_from_environment
 
 log = logging.getLogger("glmserve.ingress")
 
@@ -51,7 +51,8 @@ class Ingress:
         self._settings = settings
         self._models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
-        self._gate = Gate(settings.limits, registry, settings.retry_after_s)
+        limits = settings.limits if settings.limits is not None else limits_from_environment()
+        self._gate = Gate(limits, registry, settings.retry_after_s)
         router = connect(settings.router_address) if settings.router_address else None
         self._calls = {
             name: EngineCall(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,7 +34,20 @@ class LimitsSettings:
 class IngressSettings:
     models: tuple[ServedModel, ...]
     retry_after_s: float = 1.0
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    # None: each replica reads them from its own pod's environment (limits_from_environment).
+    limits: LimitsSettings | None = field(default_factory=LimitsSettings)
     router_address: str | None = None  # glmserve's router (gRPC target; shards' separated by ';'); None: Serve alone
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
+
+
+def limits_from_environment() -> LimitsSettings:
+    """Tenancy the operator hands the ingress pods (the router's rendered config, Redis, the salt
+    secret). Read by each ingress replica on its own pod: Serve builds the application elsewhere
+    (on the head, whose pod has none of these)."""
+    return LimitsSettings(
+        tenants_file=os.environ.get("GLMSERVE_TENANTS_FILE"),
+        redis_url=os.environ.get("GLMSERVE_REDIS_URL"),
+        outage="fail-closed" if os.environ.get("GLMSERVE_LIMITS_OUTAGE") == "fail-closed" else "fail-open",
+        cache_salt_secret=os.environ.get("GLMSERVE_CACHE_SALT_SECRET"),
+    )
