@@ -25,6 +25,7 @@ from glmserve.router.client import RouterUnavailableError
 from glmserve.router.replicas import RouterReplicas, RouterShards
 from glmserve.router.types import Decision, Stage
 from glmserve.router.types import Usage as RouterUsage
+from glmserve.serving.ingress.errors import error_event
 from glmserve.serving.ingress.metrics import RequestTimer
 from glmserve.serving.ingress.pd import PrefillRejected, remote_prefill
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
@@ -199,7 +200,7 @@ class EngineCall:
             self._report(request_id, usage, "finished")
             return EngineReply(body=content, usage=usage)
         self._report(request_id, None, "prefill_done")
-        return self._streamed(request_id, stream, first, wants_usage, timer)
+        return self._streamed(request_id, stream, first, wants_usage, timer, model=body.model or "")
 
     def _streamed(
         self,
@@ -208,6 +209,8 @@ class EngineCall:
         first: Any,
         wants_usage: bool,
         timer: RequestTimer,
+        *,
+        model: str,
     ) -> EngineReply:
         """The engine's SSE events relayed to the client; ended once, by the relay or by `abandon`."""
         usage = Usage()
@@ -236,6 +239,10 @@ class EngineCall:
                         status = 200  # all was sent; a client closing now has not cut the answer short
                     yield chunk
                 status = 200
+            except Exception as exc:  # the engine's replica died or failed mid-stream
+                error = self._engine_exception(exc, model)
+                status = error.kind.http_status
+                yield error_event(error)
             finally:
                 end(done, status)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from http import HTTPStatus
 
@@ -47,6 +48,17 @@ def error_response(
     if retry_after_s is not None:
         all_headers["retry-after"] = str(max(1, round(retry_after_s)))
     return JSONResponse(body, status_code=status, headers=all_headers)
+
+
+def error_body(exc: GlmserveError) -> dict[str, dict[str, str | None]]:
+    status = exc.kind.http_status
+    return {"error": {"message": exc.message, "type": error_type(status), "param": exc.param, "code": exc.code}}
+
+
+def error_event(exc: GlmserveError) -> bytes:
+    """A failure after a stream's first bytes: the status line is gone, so it ends the stream as an
+    OpenAI error event (the openai SDK raises it as APIError) instead of a dropped connection."""
+    return f"data: {json.dumps(error_body(exc))}\n\ndata: [DONE]\n\n".encode()
 
 
 def from_error(exc: GlmserveError) -> JSONResponse:
