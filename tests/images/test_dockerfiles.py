@@ -61,3 +61,9 @@ def test_the_serving_image_can_run_kuberays_probes() -> None:
     """KubeRay injects a RayService worker's readiness probe as `bash -c "wget ... /-/healthz"`."""
     runtime = (IMAGES / "serving" / "Dockerfile").read_text().rpartition("\nFROM ")[2]
     assert re.search(r"apt-get install [^#]*\bwget\b", runtime)
+
+
+def test_the_serving_image_has_the_libraries_vllms_cpu_kernels_link() -> None:
+    """Without libnuma.so.1, vllm._C fails to load and the CPU engine dies at start-up."""
+    runtime = (IMAGES / "serving" / "Dockerfile").read_text().rpartition("\nFROM ")[2]
+    assert re.search(r"apt-get install [^#]*\blibnuma1\b", runtime)
