@@ -62,6 +62,12 @@ class RunningCluster:
     started_s: float  # seconds from `cluster up` to RUNNING
     model: str = field(default="glm-4.6-tiny")
 
+    @property
+    def pro_key(self) -> str:
+        """The key of the example's tenant on its pro plan, whose limits no test reaches (the free
+        plan allows 2 requests at once and 20 a minute)."""
+        return self.api_keys["bob"]
+
     def status(self) -> dict[str, Any]:
         return dict(json.loads(glmserve("cluster", "status", "--json").stdout))
 

@@ -34,7 +34,7 @@ def test_kv_crosses_the_veth_from_the_prefill_host_to_the_decode_host(tiny_clust
     prefill = tiny_cluster.hosts(pool="prefill")[0]
     decode = tiny_cluster.hosts(pool="decode")[0]
     assert prefill["ip"] != decode["ip"]
-    client = OpenAI(base_url=tiny_cluster.base_url, api_key=next(iter(tiny_cluster.api_keys.values())), timeout=300)
+    client = OpenAI(base_url=tiny_cluster.base_url, api_key=tiny_cluster.pro_key, timeout=300)
     before_nixl = _metric_sum(decode["ip"], NIXL_BYTES)
     # The machine's end of a veth receives what the host sends.
     before_sent, _ = netns.link_bytes(prefill["veth"])
@@ -52,7 +52,7 @@ def test_kv_crosses_the_veth_from_the_prefill_host_to_the_decode_host(tiny_clust
 
 
 def test_a_repeated_prefix_is_routed_to_the_engine_that_holds_it(tiny_cluster: RunningCluster) -> None:
-    client = OpenAI(base_url=tiny_cluster.base_url, api_key=next(iter(tiny_cluster.api_keys.values())), timeout=300)
+    client = OpenAI(base_url=tiny_cluster.base_url, api_key=tiny_cluster.pro_key, timeout=300)
     prefix = _long_prompt(300, "shared")
     client.completions.create(model=tiny_cluster.model, prompt=prefix + " first", max_tokens=2, temperature=0)
     again = client.completions.create(model=tiny_cluster.model, prompt=prefix + " second", max_tokens=2, temperature=0)

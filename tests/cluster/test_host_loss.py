@@ -20,7 +20,7 @@ RECOVER_WITHIN_S = 300.0
 
 
 def test_streams_on_a_killed_decode_host_end_and_the_host_comes_back(tiny_cluster: RunningCluster) -> None:
-    key = next(iter(tiny_cluster.api_keys.values()))
+    key = tiny_cluster.pro_key
     client = OpenAI(base_url=tiny_cluster.base_url, api_key=key, timeout=60, max_retries=0)
     started = threading.Barrier(STREAMS + 1)
     ended: dict[int, tuple[float, str]] = {}
