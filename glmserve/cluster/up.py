@@ -6,10 +6,8 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from glmserve.cluster import netns, runtime
@@ -20,6 +18,7 @@ from glmserve.cluster.runtime import Cluster, Progress
 from glmserve.cluster.serve import Dashboard, progress_line
 from glmserve.cluster.state import STATE, HostRecord, State, lock_held, take_lock
 from glmserve.common.errors import ConfigError
+from glmserve.common.signals import until_signal
 from glmserve.operator.settings import OperatorSettings
 
 START_TIMEOUT_S = 1200
@@ -96,29 +95,18 @@ def run_up(files: list[Path], volumes: dict[str, Path], progress: Progress) -> N
     lock = take_lock()
     for what in runtime.sweep():
         progress(f"removed a previous run's {what}")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     started = time.monotonic()
     cluster = Cluster(topo, progress)
     try:
-        cluster.up()
-        wait_running(cluster, started)
-        cluster.write_state("running")
-        progress(f"RUNNING after {time.monotonic() - started:.0f} s; OpenAI base URL:")
-        print(cluster.base_url, flush=True)
-        while not stop.wait(SUPERVISE_EVERY_S):
-            cluster.supervise_once()
-    except KeyboardInterrupt:
-        pass
+        with until_signal() as stop:
+            cluster.up()
+            wait_running(cluster, started)
+            cluster.write_state("running")
+            progress(f"RUNNING after {time.monotonic() - started:.0f} s; OpenAI base URL:")
+            print(cluster.base_url, flush=True)
+            while not stop.wait(SUPERVISE_EVERY_S):
+                cluster.supervise_once()
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         progress("removing every host")
         cluster.down()
         STATE.unlink(missing_ok=True)

@@ -6,15 +6,14 @@ import logging
 import os
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 from glmserve.common import ports
 from glmserve.common.config import ENGINE_HASH_SEED, ServeConfig
 from glmserve.common.errors import ConfigError
+from glmserve.common.signals import until_signal
 from glmserve.serving import reaper
 from glmserve.serving.local_router import LocalRouter
 
@@ -195,22 +194,10 @@ class Stack:
 def run_until_signal(cfg: ServeConfig, progress: Progress = print) -> None:
     """Starts the stack and serves until SIGINT/SIGTERM; always tears down what it started."""
     stack = Stack(cfg, progress)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-        # A second Ctrl-C while starting aborts the start.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        stack.start()
-        progress("press Ctrl-C to stop")
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        with until_signal() as stop:
+            stack.start()
+            progress("press Ctrl-C to stop")
+            stop.wait()
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
