@@ -1,10 +1,11 @@
 """One multi-host cluster per test session: `glmserve cluster up -f examples/cluster-tiny`, as root.
 
-Contract for later tests (host loss, P/D across hosts, autoscaling): request the session fixture
-`tiny_cluster` (a `RunningCluster`); it is RUNNING when handed out. Tests may kill or cut hosts,
-but must leave every pool with a live host when they end (the cluster replaces a dead host by
-itself: wait for it with `wait_for_hosts`). At the end of the session `glmserve cluster down`
-runs and the fixture asserts that no namespace, veth, bridge, process or /dev/shm file is left.
+Contract for later tests (host loss, P/D across hosts, autoscaling): put them under tests/cluster
+and request the fixture `tiny_cluster` (a `RunningCluster`); it is RUNNING when handed out. Tests
+may kill or cut hosts, but must leave every pool with a live host when they end (the cluster
+replaces a dead host by itself: wait for it with `wait_for_hosts`). After the package's last test
+`glmserve cluster down` runs and the fixture asserts that no namespace, veth, bridge, process or
+/dev/shm file is left.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def _shm() -> set[str]:
     return set(os.listdir("/dev/shm"))
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster is gone before the next package's local stacks start (this machine
+# cannot hold both); tests that need it live under tests/cluster and share this one cluster.
+@pytest.fixture(scope="package")
 def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
     if os.geteuid() != 0:
         pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")

@@ -1,5 +1,5 @@
 """Losing a decode host: its streams end (never hang), the pod comes back as a new host, and new
-requests succeed again. Runs last in the session (it replaces the decode host)."""
+requests succeed again. Runs last in the package (it replaces the decode host)."""
 
 from __future__ import annotations
 
