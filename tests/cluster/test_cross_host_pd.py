@@ -45,9 +45,11 @@ def test_kv_crosses_the_veth_from_the_prefill_host_to_the_decode_host(tiny_clust
     while (moved := _metric_sum(decode["ip"], NIXL_BYTES) - before_nixl) < 0.9 * kv and time.monotonic() < deadline:
         time.sleep(2)
     sent, _ = netns.link_bytes(prefill["veth"])
-    # NIXL moves whole blocks (at least the prompt's KV); all of it left the prefill host by its veth.
+    # NIXL counts whole blocks, so it may report more than the prompt's KV (measured: 5,242,880 B
+    # for 2,323 tokens of 2,048 B); the prompt's KV itself left the prefill host by its veth (other
+    # traffic only adds to that counter).
     assert moved >= 0.9 * kv, f"NIXL moved {moved} B for {prompt_tokens} prompt tokens ({kv:.0f} B of KV)"
-    assert sent - before_sent >= moved, f"the prefill host sent {sent - before_sent} B, NIXL moved {moved} B"
+    assert sent - before_sent >= kv, f"the prefill host sent {sent - before_sent} B; the prompt's KV is {kv:.0f} B"
 
 
 def test_a_repeated_prefix_is_routed_to_the_engine_that_holds_it(tiny_cluster: RunningCluster) -> None:
