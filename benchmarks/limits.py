@@ -28,14 +28,14 @@ from typing import Any
 import redis
 
 from benchmarks import results_io
+from glmserve.admission.backend import LimitsBackend
+from glmserve.admission.limiter import Limiter, LimiterConfig
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.model import Limits, Rates
+from glmserve.admission.redis_backend import RedisBackend
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import OverloadedError
-from glmserve.router.limits.backend import LimitsBackend
-from glmserve.router.limits.limiter import Limiter, LimiterConfig
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.model import Limits, Rates
-from glmserve.router.limits.redis_backend import RedisBackend
-from glmserve.router.tenants import ResolvedTenant
-from tests.limits.redis_server import RedisServer
+from tests.admission.redis_server import RedisServer
 
 TENANTS = [
     ResolvedTenant(f"t{i}", "bench", "standard", Limits(Rates(10**7, 10**9, 10**9, 10**6)), frozenset(), None)

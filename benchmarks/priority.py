@@ -26,9 +26,9 @@ import yaml
 from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
 from benchmarks.servers import launch, samples, stop, wait_ready
+from glmserve.admission.slots import SHARE
 from glmserve.common.metrics import INGRESS_SHARE_SCALE
 from glmserve.common.tenancy import hash_api_key
-from glmserve.router.limits.slots import SHARE
 
 MODEL = "glm-4.6-tiny"
 KEYS = {"premium": "sk-bench-premium-0123456789", "batch": "sk-bench-batch-0123456789"}

@@ -26,10 +26,10 @@ from glmserve.common import metrics as m
 from glmserve.common import tracing as t
 from glmserve.common.tenancy import hash_api_key
 from glmserve.dashboards import DASHBOARDS
+from tests.admission.redis_server import RedisServer, serve_redis
 from tests.helpers.grafana import SPECS, as_sent, metric_names
 from tests.helpers.otlp import ReceivedSpan, otlp_receiver
 from tests.helpers.prometheus import Prometheus, prometheus
-from tests.limits.redis_server import RedisServer, serve_redis
 from tests.serving.conftest import Stack, run_stack
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 from openai import OpenAI
 
 from glmserve.common.ports import free_port
+from tests.admission.redis_server import RedisServer, serve_redis
 from tests.conftest import VENV_BIN, leftover_shm, session_processes
-from tests.limits.redis_server import RedisServer, serve_redis
 from tests.serving.tenants import KEYS, write_tenants
 
 START_TIMEOUT_S = 600

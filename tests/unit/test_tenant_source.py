@@ -9,10 +9,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.tenants import OPEN_TENANT_ID
 from glmserve.common.errors import AuthenticationError
 from glmserve.common.tenancy import hash_api_key
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.tenants import OPEN_TENANT_ID
 from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 

@@ -1,6 +1,6 @@
 """Who may send what: API keys to tenants, plan limits, prefix-cache salts, engine slots by priority.
 
-The building blocks are the router package's (glmserve.router.tenants / limits / cache_salt);
+The building blocks are the router package's (glmserve.admission.tenants / limits / cache_salt);
 this wires them to one ingress replica's settings.
 """
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from glmserve.router.cache_salt import CacheSalter
-from glmserve.router.limits.limiter import Limiter, LimiterConfig, OutagePolicy
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.limits.redis_backend import RedisBackend
-from glmserve.router.limits.slots import PrioritySlots
-from glmserve.router.tenants import ResolvedTenant
+from glmserve.admission.cache_salt import CacheSalter
+from glmserve.admission.limiter import Limiter, LimiterConfig, OutagePolicy
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.redis_backend import RedisBackend
+from glmserve.admission.slots import PrioritySlots
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
 from glmserve.serving.ingress.tenant_source import WatchedTenants
 

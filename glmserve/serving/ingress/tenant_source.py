@@ -13,9 +13,9 @@ import os
 import time
 from pathlib import Path
 
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.tenants import ResolvedTenant, TenantRegistry
 from glmserve.common.errors import ConfigError
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.tenants import ResolvedTenant, TenantRegistry
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
+from glmserve.admission.cache_salt import CacheSalter, cache_salt
 from glmserve.common.errors import ConfigError
-from glmserve.router.cache_salt import CacheSalter, cache_salt
-from tests.limits.helpers import tenant
+from tests.admission.helpers import tenant
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

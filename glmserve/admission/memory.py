@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from glmserve.router.limits.model import DIMENSION_CODES, US_PER_MINUTE, Bucket, Cost, Decision, Rates
+from glmserve.admission.model import DIMENSION_CODES, US_PER_MINUTE, Bucket, Cost, Decision, Rates
 
 
 def monotonic_us() -> int:

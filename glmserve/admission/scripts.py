@@ -2,7 +2,7 @@
 
 Redis runs a script atomically, so every operation in a batch is its own atomic decision (the
 batch only saves round trips). `memory.py` is this script in Python, operation for operation;
-change both together (tests/limits/test_equivalence.py compares them).
+change both together (tests/admission/test_equivalence.py compares them).
 
 KEYS, two per operation: the tenant's buckets (a string) and its lease sorted set. Both carry the tenant
 id as a hash tag, so they share a Cluster slot.

@@ -20,10 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from glmserve.admission.backend import StoreUnavailable
+from glmserve.admission.model import DIMENSION_CODES, Bucket, Cost, Decision, Rates
+from glmserve.admission.scripts import BATCH
 from glmserve.common.errors import BackendError
-from glmserve.router.limits.backend import StoreUnavailable
-from glmserve.router.limits.model import DIMENSION_CODES, Bucket, Cost, Decision, Rates
-from glmserve.router.limits.scripts import BATCH
 
 log = logging.getLogger(__name__)
 

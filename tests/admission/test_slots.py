@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from glmserve.admission.slots import PrioritySlots
 from glmserve.common.errors import OverloadedError
-from glmserve.router.limits.slots import PrioritySlots
 
 pytestmark = pytest.mark.asyncio
 

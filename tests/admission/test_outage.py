@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from glmserve.admission.limiter import Limiter, LimiterConfig, OutagePolicy
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.redis_backend import RedisBackend
 from glmserve.common.errors import OverloadedError
-from glmserve.router.limits.limiter import Limiter, LimiterConfig, OutagePolicy
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.helpers import tenant
-from tests.limits.redis_server import RedisServer
+from tests.admission.helpers import tenant
+from tests.admission.redis_server import RedisServer
 
 pytestmark = pytest.mark.asyncio
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from glmserve.admission.model import Cost
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import InvalidRequestError, PermissionDeniedError
-from glmserve.router.limits.model import Cost
-from glmserve.router.tenants import ResolvedTenant
 
 
 @dataclass(frozen=True, slots=True)

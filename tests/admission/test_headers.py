@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from glmserve.router.limits.headers import format_duration, rate_limit_headers
-from glmserve.router.limits.model import Bucket, Decision, Dimension
+from glmserve.admission.headers import format_duration, rate_limit_headers
+from glmserve.admission.model import Bucket, Decision, Dimension
 
 
 @pytest.mark.parametrize(

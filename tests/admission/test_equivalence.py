@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.model import Cost, Rates
-from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.conftest import ManualClock
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.model import Cost, Rates
+from glmserve.admission.redis_backend import RedisBackend
+from tests.admission.conftest import ManualClock
 
 pytestmark = pytest.mark.asyncio
 

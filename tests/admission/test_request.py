@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from glmserve.admission.model import Cost
+from glmserve.admission.request import Budget, budget
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import InvalidRequestError, PermissionDeniedError
-from glmserve.router.limits.model import Cost
-from glmserve.router.limits.request import Budget, budget
-from glmserve.router.tenants import ResolvedTenant
-from tests.limits.helpers import tenant
+from tests.admission.helpers import tenant
 
 
 def test_model_outside_the_plan_is_403() -> None:

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from glmserve.admission.congestion import EnginePace
 from glmserve.common.errors import OverloadedError
 from glmserve.common.tenancy import PRIORITY_RANK, PriorityClass
-from glmserve.router.limits.congestion import EnginePace
 
 # The most of a model's slots each class may fill while a class above it is active: batch at most
 # 40%, so 60% stays free for the classes above it even while batch traffic is unbounded. The

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from glmserve.admission.backend import LimitsBackend
+from glmserve.admission.limiter import Limiter, LimiterConfig
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.model import Cost, Dimension, Rates
 from glmserve.common.errors import RateLimitedError
-from glmserve.router.limits.backend import LimitsBackend
-from glmserve.router.limits.limiter import Limiter, LimiterConfig
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.model import Cost, Dimension, Rates
-from tests.limits.conftest import ManualClock
-from tests.limits.helpers import tenant
+from tests.admission.conftest import ManualClock
+from tests.admission.helpers import tenant
 
 pytestmark = pytest.mark.asyncio
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from glmserve.router.limits.model import Cost, Decision, Rates
+from glmserve.admission.model import Cost, Decision, Rates
 
 
 class StoreUnavailable(Exception):

@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from glmserve.router.limits.backend import LimitsBackend
-from glmserve.router.limits.memory import MemoryBackend, monotonic_us
-from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.hammer import Load, hammer
+from glmserve.admission.backend import LimitsBackend
+from glmserve.admission.memory import MemoryBackend, monotonic_us
+from glmserve.admission.redis_backend import RedisBackend
+from tests.admission.hammer import Load, hammer
 
 WORKERS = 8
 RPM, CONCURRENT, REAL_RPM = 200, 5, 120

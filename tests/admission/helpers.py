@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from glmserve.router.limits.model import Limits, Rates
-from glmserve.router.tenants import ResolvedTenant
+from glmserve.admission.model import Limits, Rates
+from glmserve.admission.tenants import ResolvedTenant
 
 
 def tenant(

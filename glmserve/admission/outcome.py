@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from glmserve.admission.headers import format_duration, rate_limit_headers
+from glmserve.admission.model import US_PER_S, Cost, Decision, Dimension, Rates
 from glmserve.common.errors import RateLimitedError
-from glmserve.router.limits.headers import format_duration, rate_limit_headers
-from glmserve.router.limits.model import US_PER_S, Cost, Decision, Dimension, Rates
 
 # store: the shared store decided; local: this replica alone (fail-open during a store outage);
 # none: the tenant has no shared limits, nothing was recorded

@@ -8,11 +8,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.model import Rates
+from glmserve.admission.tenants import OPEN_TENANT_ID, TenantRegistry
 from glmserve.common.errors import AuthenticationError, ConfigError
 from glmserve.common.tenancy import TenantsFile, hash_api_key
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.limits.model import Rates
-from glmserve.router.tenants import OPEN_TENANT_ID, TenantRegistry
 
 OLD_KEY, NEW_KEY, OTHER_KEY = "sk-old-3f9a0c", "sk-new-77d2e1", "sk-other-a1b2c3"
 

@@ -10,11 +10,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from glmserve.admission.limiter import Limiter, LimiterConfig
+from glmserve.admission.model import Cost, Decision, Rates
+from glmserve.admission.redis_backend import RedisBackend
 from glmserve.common.errors import BackendError
-from glmserve.router.limits.limiter import Limiter, LimiterConfig
-from glmserve.router.limits.model import Cost, Decision, Rates
-from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.helpers import tenant
+from tests.admission.helpers import tenant
 
 pytestmark = pytest.mark.asyncio
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from glmserve.router.limits.model import US_PER_S, Bucket, Decision, Dimension
+from glmserve.admission.model import US_PER_S, Bucket, Decision, Dimension
 
 
 def format_duration(us: int) -> str:

@@ -15,8 +15,8 @@ import hmac
 import logging
 import os
 
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import ConfigError
-from glmserve.router.tenants import ResolvedTenant
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from glmserve.router.limits.backend import LimitsBackend
-from glmserve.router.limits.limiter import Limiter
-from glmserve.router.tenants import ResolvedTenant
-from tests.limits.helpers import tenant
+from glmserve.admission.backend import LimitsBackend
+from glmserve.admission.limiter import Limiter
+from glmserve.admission.tenants import ResolvedTenant
+from tests.admission.helpers import tenant
 
 FROZEN_US = 1_800_000_000_000_000
 TASKS = 16  # concurrent admissions per process, so batches carry several decisions

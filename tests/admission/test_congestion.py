@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from glmserve.router.limits.congestion import EnginePace, PaceConfig
-from glmserve.router.limits.slots import PrioritySlots
+from glmserve.admission.congestion import EnginePace, PaceConfig
+from glmserve.admission.slots import PrioritySlots
 
 
 def feed(pace: EnginePace, now: float, itl_s: float, *, limited: bool = True, demand: bool = True) -> bool:

@@ -23,14 +23,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+from glmserve.admission.backend import LimitsBackend, StoreUnavailable
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.model import US_PER_S, Bucket, Cost, Decision, Rates
+from glmserve.admission.outcome import Admission, Source
+from glmserve.admission.request import budget
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import OverloadedError
-from glmserve.router.limits.admission import Admission, Source
-from glmserve.router.limits.backend import LimitsBackend, StoreUnavailable
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.limits.model import US_PER_S, Bucket, Cost, Decision, Rates
-from glmserve.router.limits.request import budget
-from glmserve.router.tenants import ResolvedTenant
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import pytest
 import pytest_asyncio
 import redis
 
-from glmserve.router.limits.backend import LimitsBackend
-from glmserve.router.limits.memory import MemoryBackend
-from glmserve.router.limits.redis_backend import RedisBackend
-from tests.limits.redis_server import RedisServer, serve_redis
+from glmserve.admission.backend import LimitsBackend
+from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.redis_backend import RedisBackend
+from tests.admission.redis_server import RedisServer, serve_redis
 
 T0_US = 1_700_000_000_000_000  # a realistic epoch in microseconds: large numbers stress the arithmetic
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.model import UNLIMITED, Limits
 from glmserve.common.errors import AuthenticationError, ConfigError
 from glmserve.common.tenancy import PriorityClass, TenantsFile
-from glmserve.router.limits.metrics import AdmissionMetrics
-from glmserve.router.limits.model import UNLIMITED, Limits
 
 log = logging.getLogger(__name__)
 
