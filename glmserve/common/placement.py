@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from glmserve.common.capacity import Layout
-
-Role = Literal["prefill", "decode", "colocated"]
+from glmserve.common.roles import Role
 
 
 def ray_resource(kind: str, name: str) -> str:

@@ -7,9 +7,11 @@ from typing import Literal
 
 import numpy as np
 
+from glmserve.common.roles import WorkerRole
 from glmserve.common.tenancy import PriorityClass
 
-Role = Literal["prefill", "decode"]
+# A worker is one of the router's pools; a colocated engine registers as "decode".
+Role = WorkerRole
 Stage = Literal["finished", "prefill_done"]
 
 

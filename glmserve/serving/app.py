@@ -12,7 +12,8 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
-from glmserve.serving.engine.args import Device, Role, engine_kwargs, pool_of
+from glmserve.common.roles import Role, worker_role
+from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
@@ -112,7 +113,7 @@ def build_app(
     binds = cpu_binds(cfg, device, roles)
     pools = {}
     for role in roles:
-        pool = "decode" if role == "colocated" else role
+        pool = worker_role(role)
         link = RouterLink((router,), pool, model.name) if router else None
         pools[pool] = build_llm_deployment(
             llm_config(model, cfg, device, role, routed=router is not None),

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from glmserve.common.config import PoolConfig, ServeConfig
+from glmserve.common.roles import Role
 from glmserve.serving.models import ResolvedModel
 
 Device = Literal["cpu", "gpu"]
-Role = Literal["colocated", "prefill", "decode"]
 
 GIB = 2**30
 

@@ -8,18 +8,19 @@ router's index and load picture follow the engines that actually run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from glmserve.common.roles import WorkerRole
 from glmserve.router.types import WorkerInfo
 
 # Two ports per replica (events, replay), above Ray's and NIXL's ranges.
-EVENTS_PORT_BASE = {"prefill": 26000, "decode": 27000}
+EVENTS_PORT_BASE: dict[WorkerRole, int] = {"prefill": 26000, "decode": 27000}
 
 
 @dataclass(frozen=True, slots=True)
 class RouterLink:
     routers: tuple[str, ...]  # gRPC targets of the router replicas
-    role: Literal["prefill", "decode"]
+    role: WorkerRole
     model: str
 
     def ports(self, rank: int) -> tuple[int, int]:
