@@ -15,6 +15,7 @@ from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
 from glmserve.common.observability import ObservabilitySpec, SecretKeySelector, SecretName
 from glmserve.common.resource import ResourceName, Spec, cel, validations
+from glmserve.common.roles import WorkerRole
 
 # What the serving image loads: a Hugging Face repo, an object-store mirror (Ray Serve LLM
 # downloads it) or a directory on a PersistentVolumeClaim (`pvc://CLAIM/DIR`, mounted read-only).
@@ -280,5 +281,5 @@ class ModelDeploymentSpec(Spec):
             raise ValueError(MSG_PLANS_UNIQUE)
         return plans
 
-    def pools(self) -> dict[str, Pool]:
+    def pools(self) -> dict[WorkerRole, Pool]:
         return {"prefill": self.prefill, "decode": self.decode}

@@ -15,6 +15,7 @@ from glmserve.common.gpus import GB, DeviceType, GpuSpec, cpu_device, get_gpu
 from glmserve.common.nodegroup import GIB, NodeGroupSpec
 from glmserve.common.planner import DeploymentPlan, GroupCapacity, PoolPlan, PoolRequest, plan_deployment
 from glmserve.common.resource import Spec
+from glmserve.common.roles import WorkerRole
 
 
 class MemoryStatus(Spec):
@@ -95,7 +96,7 @@ class PlanStatus(Spec):
         layouts = {pool.request.name: PoolLayoutStatus.of(pool, groups[pool.request.node_group]) for pool in plan.pools}
         return cls(prefill=layouts["prefill"], decode=layouts["decode"])
 
-    def pools(self) -> dict[str, PoolLayoutStatus]:
+    def pools(self) -> dict[WorkerRole, PoolLayoutStatus]:
         return {"prefill": self.prefill, "decode": self.decode}
 
 

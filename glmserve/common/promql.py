@@ -13,7 +13,7 @@ from glmserve.common.metrics import SERVE_REPLICA_HEALTHY, MetricSpec
 # The target label the chart's monitors (and nothing locally) give every series of one ModelDeployment.
 MODEL_DEPLOYMENT = "model_deployment"
 RATE_WINDOW = "5m"
-# Ray Serve deployment names of the engine pools (glmserve.serving.app.DEPLOYMENT_PREFIX).
+# Ray Serve deployment names of the engine pools (glmserve.serving.topology.DEPLOYMENT_PREFIX).
 POOL_DEPLOYMENTS = "(Engine|Prefill|Decode):.*"
 
 Scope = Callable[[MetricSpec], str]

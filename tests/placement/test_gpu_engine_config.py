@@ -133,15 +133,6 @@ def test_serve_app_args_round_trip_and_unsupported_sources() -> None:
         model_source("https://example.com/glm-4.6")
 
 
-def test_each_ingress_replica_counts_its_share_of_the_engine_slots() -> None:
-    spec, plan = _planned("H200", "fp8", 32768)  # decode autoscales to 2 replicas of 8 sequences
-    spec = spec.model_copy(update={"ingress": spec.ingress.model_copy(update={"replicas": 3})})
-    app = app_builder(ServeAppArgs(deployment=spec, planner=plan).wire())
-    served = app._bound_deployment.init_kwargs["settings"].models[0]
-    # 16 slots over 3 ingress replicas: 6 each (rounded up), not 16 each; the engines queue 2 per slot
-    assert (served.capacity, served.max_waiting) == (6, 11)
-
-
 def test_with_the_operators_router_engines_register_and_the_ingress_routes(monkeypatch: pytest.MonkeyPatch) -> None:
     spec, plan = _planned("H200", "fp8", 32768)
     wire = ServeAppArgs(deployment=spec, planner=plan).wire()

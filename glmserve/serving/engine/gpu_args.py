@@ -12,13 +12,14 @@ from glmserve.common.capacity import GPU_MEMORY_UTILIZATION
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import redundant_experts
+from glmserve.common.roles import WorkerRole
 from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs
 
 # Requests one replica may hold waiting beyond those it runs, before vLLM answers 503.
 QUEUE_PER_SEQUENCE = 2
 
 
-def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
+def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolLayoutStatus) -> dict[str, Any]:
     model = spec.model.resolve()
     pool = spec.pools()[role]
     par = layout.parallelism
