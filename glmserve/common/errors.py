@@ -16,19 +16,29 @@ from pydantic import ValidationError
 @dataclass(frozen=True, slots=True)
 class ErrorKind:
     http_status: int
-    openai_type: str
+    openai_type: str  # the `error.type` OpenAI's API sends with this status (the ingress's responses)
     grpc_code: str  # a grpc.StatusCode name; common/ must not import grpc
     retryable: bool
 
 
+# OpenAI's API answers a bad key (401) and an unknown model (404) as invalid requests, and any
+# 5xx but an overload as a server error; clients and SDK users match on these strings.
 INVALID = ErrorKind(400, "invalid_request_error", "INVALID_ARGUMENT", retryable=False)
-UNAUTHENTICATED = ErrorKind(401, "authentication_error", "UNAUTHENTICATED", retryable=False)
+UNAUTHENTICATED = ErrorKind(401, "invalid_request_error", "UNAUTHENTICATED", retryable=False)
 FORBIDDEN = ErrorKind(403, "permission_error", "PERMISSION_DENIED", retryable=False)
-NOT_FOUND = ErrorKind(404, "not_found_error", "NOT_FOUND", retryable=False)
+NOT_FOUND = ErrorKind(404, "invalid_request_error", "NOT_FOUND", retryable=False)
 RATE_LIMITED = ErrorKind(429, "rate_limit_error", "RESOURCE_EXHAUSTED", retryable=True)
 INTERNAL = ErrorKind(500, "server_error", "INTERNAL", retryable=False)
 UNAVAILABLE = ErrorKind(503, "service_unavailable", "UNAVAILABLE", retryable=True)
-TIMEOUT = ErrorKind(504, "timeout_error", "DEADLINE_EXCEEDED", retryable=True)
+TIMEOUT = ErrorKind(504, "server_error", "DEADLINE_EXCEEDED", retryable=True)
+KINDS = (INVALID, UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, RATE_LIMITED, INTERNAL, UNAVAILABLE, TIMEOUT)
+_BY_STATUS = {kind.http_status: kind for kind in KINDS}
+
+
+def kind_of(http_status: int) -> ErrorKind:
+    """The kind an HTTP status stands for; statuses no glmserve error raises (a framework's 405,
+    413, 422) count as an invalid request, or an internal error when 5xx."""
+    return _BY_STATUS.get(http_status) or (INTERNAL if http_status >= 500 else INVALID)
 
 
 class GlmserveError(Exception):

@@ -1,4 +1,5 @@
-"""OpenAI-shaped error responses: `{"error": {"message", "type", "param", "code"}}`."""
+"""OpenAI-shaped error responses: `{"error": {"message", "type", "param", "code"}}`, typed by
+glmserve.common.errors' taxonomy."""
 
 from __future__ import annotations
 
@@ -12,26 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from glmserve.common.errors import GlmserveError
+from glmserve.common.errors import GlmserveError, kind_of
 
 log = logging.getLogger(__name__)
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    408: "timeout_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
-
-
-def error_type(status: int) -> str:
-    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 def error_response(
@@ -43,7 +27,7 @@ def error_response(
     retry_after_s: float | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    body = {"error": {"message": message, "type": kind_of(status).openai_type, "param": param, "code": code}}
     all_headers = dict(headers or {})
     if retry_after_s is not None:
         all_headers["retry-after"] = str(max(1, round(retry_after_s)))
@@ -51,8 +35,7 @@ def error_response(
 
 
 def error_body(exc: GlmserveError) -> dict[str, dict[str, str | None]]:
-    status = exc.kind.http_status
-    return {"error": {"message": exc.message, "type": error_type(status), "param": exc.param, "code": exc.code}}
+    return {"error": {"message": exc.message, "type": exc.kind.openai_type, "param": exc.param, "code": exc.code}}
 
 
 def error_event(exc: GlmserveError) -> bytes:
