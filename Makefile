@@ -5,8 +5,10 @@ up:
 	scripts/install.sh
 	.venv/bin/glmserve up
 
+# Lint first: a layering or type error fails in seconds, before the ~15 min of tests.
 test:
 	scripts/install.sh --test
+	$(MAKE) --no-print-directory lint
 	.venv/bin/python -m pytest
 
 lint:
