@@ -8,8 +8,6 @@ import os
 import time
 from collections.abc import Sequence
 
-from ray.serve.deployment import Application
-
 from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
 from glmserve.common.roles import Role
@@ -19,7 +17,7 @@ from glmserve.serving.ingress.discovery import ScrapeTarget
 from glmserve.serving.ingress.settings import LimitsSettings
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
-from glmserve.serving.topology import CPU, PoolSpec, TopologySpec, application, plan
+from glmserve.serving.topology import CPU, PoolSpec, TopologySpec
 
 APP_NAME = "glmserve"
 NODE_ID_LABEL = "ray.io/node-id"  # a label every Ray node carries
@@ -102,15 +100,3 @@ def topology_spec(
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
     )
-
-
-def build_app(
-    model: ResolvedModel,
-    cfg: ServeConfig,
-    device: Device,
-    router: str | None = None,
-    scrape_targets: Sequence[ScrapeTarget] = (),
-    *,
-    avoid_node: str | None = None,
-) -> Application:
-    return application(plan(topology_spec(model, cfg, device, router, scrape_targets, avoid_node=avoid_node)))

@@ -97,10 +97,11 @@ class Stack:
         from ray import serve
         from ray.serve.config import HTTPOptions
 
-        from glmserve.serving.app import APP_NAME, build_app, check_placement
+        from glmserve.serving.app import APP_NAME, check_placement, topology_spec
         from glmserve.serving.ingress.discovery import local_targets
         from glmserve.serving.models import resolve_model
         from glmserve.serving.placement import head_node_id
+        from glmserve.serving.topology import application, plan
 
         ensure_port_free(self.cfg.host, self.cfg.port)
         reaper.become_subreaper()
@@ -142,7 +143,8 @@ class Stack:
         serve.start(http_options=http)
         targets = local_targets(self.cfg, self.metrics_port, self.router.metrics_port if self.router else None)
         avoid = None if self._own_cluster else head_node_id()
-        app = build_app(model, self.cfg, device, router_target, targets, avoid_node=avoid)  # type: ignore[arg-type]
+        spec = topology_spec(model, self.cfg, device, router_target, targets, avoid_node=avoid)  # type: ignore[arg-type]
+        app = application(plan(spec))
         serve.run_many(
             [serve.RunTarget(target=app, name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,
