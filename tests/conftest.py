@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from glmserve.serving.reaper import orphaned_shm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +41,12 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:  # unlinked while we looked
         return float("-inf")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that use the session's stack (tests/serving/conftest.py) run last, in their order:
+    the stack then lives from its first user to the session's end without sharing this machine
+    with another test's engines or Ray cluster, wherever a test file sorts. Whole modules move,
+    so their module-scoped fixtures still start once."""
+    users = {item.module for item in items if isinstance(item, pytest.Function) and "stack" in item.fixturenames}
+    items.sort(key=lambda item: isinstance(item, pytest.Function) and item.module in users)

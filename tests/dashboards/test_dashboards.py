@@ -1,6 +1,6 @@
 """The dashboards: committed as generated, complete Grafana panels, valid PromQL over known metrics.
 
-That their queries return data from a running stack is tests/observability/test_live_dashboards.py.
+That their queries return data from a running stack is tests/dashboards/test_live_dashboards.py.
 """
 
 from __future__ import annotations

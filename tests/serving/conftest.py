@@ -144,3 +144,17 @@ def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert session_processes(proc.pid) == []
     assert leftover_shm(since=started) == []
+
+
+@pytest.fixture(scope="module")
+def own_ray() -> Iterator[None]:
+    """Ray Serve LLM's deployment options start Ray implicitly, which joins whatever cluster
+    /tmp/ray last recorded (a dead one hangs, and ray.shutdown leaves it recorded); every test
+    that asks for them runs inside one private cluster instead."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -22,7 +22,7 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.placement import node_group_resource, pool_placement, pool_resource
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
 from glmserve.serving.placement import check_fits, cluster_nodes
-from tests.placement.test_gpu_engine_config import _deployment
+from tests.serving.test_entrypoint import _deployment
 
 pytestmark = pytest.mark.slow
 
