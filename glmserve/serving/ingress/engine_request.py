@@ -72,7 +72,8 @@ class EngineRequest:
 
     def _body(self, target: str | None, kv_transfer_params: dict[str, Any] | None) -> EngineBody:
         cls: type[EngineBody] = EngineChatRequest if self.endpoint == "chat" else EngineCompletionRequest
-        fields = {name: getattr(self.client, name) for name in cls.model_fields if name in self.client.model_fields}
+        # Read from __dict__: vLLM warns on every read of its deprecated fields, which are copied all the same.
+        fields = {name: value for name, value in vars(self.client).items() if name in cls.model_fields}
         platform: dict[str, Any] = {
             "model": self.model,
             "cache_salt": self.cache_salt,
@@ -82,7 +83,7 @@ class EngineRequest:
             "kv_transfer_params": kv_transfer_params,
             "glmserve_target": target,
         }
-        if self.client.max_tokens is None:
+        if fields.get("max_tokens") is None:
             platform["max_tokens"] = self.max_tokens
         # Every field was validated on the client's model, which shares vLLM's validators.
         return cls.model_construct(_fields_set=self.client.model_fields_set | platform.keys(), **fields | platform)
