@@ -10,7 +10,6 @@ admitting, or, for a request whose ingress never reports back, by the sweep afte
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -79,17 +78,11 @@ class Admitter:
         held = self._open.get(query.request_id)
         if held is not None:
             return query, _admitted(held.admission)
-        # Shielded: a Route cancelled while the store decides still learns the decision, and settles it.
-        deciding = asyncio.ensure_future(
-            self._limiter.admit(
-                tenant, model=query.model, prompt_tokens=len(query.tokens), max_tokens=query.max_tokens or None
-            )
+        # A Route cancelled while the store decides leaves nothing behind: the store refunds an
+        # admission whose caller went away (RedisBackend's orphans).
+        admission = await self._limiter.admit(
+            tenant, model=query.model, prompt_tokens=len(query.tokens), max_tokens=query.max_tokens or None
         )
-        try:
-            admission = await asyncio.shield(deciding)
-        except asyncio.CancelledError:
-            deciding.add_done_callback(self._refund_abandoned)
-            raise
         if not admission.allowed:
             raise admission.error()
         self._open[query.request_id] = _Open(admission, time.monotonic() + self._ttl_s)
@@ -120,10 +113,6 @@ class Admitter:
             admission = self._open.pop(request_id).admission
             self._limiter.settle(admission, output_tokens=admission.cost.output_tokens)
         return expired
-
-    def _refund_abandoned(self, deciding: asyncio.Future[Admission]) -> None:
-        if not deciding.cancelled() and deciding.exception() is None:
-            self._limiter.settle(deciding.result(), output_tokens=0, input_tokens=0)
 
     async def aclose(self) -> None:
         await self._limiter.aclose()

@@ -179,6 +179,7 @@ def decision_to_pb(decision: Decision) -> pb.RouteResponse:
     if decision.prefill is not None:
         msg.prefill.CopyFrom(_target_to_pb(decision.prefill))
     if decision.admission is not None:
+        msg.admission.SetInParent()  # present even with no headers (a plan without rate limits)
         msg.admission.headers.update(decision.admission.headers)
         if decision.admission.engine_max_tokens is not None:
             msg.admission.engine_max_tokens = decision.admission.engine_max_tokens
