@@ -180,3 +180,24 @@ def test_each_replica_settles_what_it_admitted(start_router: Start, tmp_path: Pa
                     assert await both.complete(f"r{round_}-{n}", Usage(prompt_tokens=40, completion_tokens=1))
 
     asyncio.run(main())
+
+
+def test_the_plans_priority_replaces_the_one_the_ingress_sends(start_router: Start, tmp_path: Path) -> None:
+    """acme's plan is premium: its requests may fill the worker that batch must leave room on."""
+    small = [{**STATIC[0], "max_running_requests": 10}]
+    tenants = str(write_tenants(tmp_path / "tenants.yaml"))
+    routers = {
+        "plan": start_router(admission={"tenants_file": tenants}, workers={"static": small}),
+        "sent": start_router(workers={"static": small}),  # no tenants: the priority sent applies
+    }
+
+    async def routed_until_overloaded(router: ServerThread) -> int:
+        async with RouterClient(router.target, route_timeout_s=2) as client:
+            for n in range(20):
+                try:
+                    await route(client, f"r{n}", priority="batch")
+                except OverloadedError:
+                    return n
+        raise AssertionError("never overloaded")
+
+    assert {name: asyncio.run(routed_until_overloaded(r)) for name, r in routers.items()} == {"plan": 10, "sent": 8}
