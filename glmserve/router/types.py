@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +12,7 @@ from glmserve.common.tenancy import PriorityClass
 
 Role = Literal["prefill", "decode"]
 Stage = Literal["finished", "prefill_done"]
+Outcome = Literal["ok", "cancelled", "failed"]  # how a finished request ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,14 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """The router admitted the request against its tenant's plan; Complete settles it."""
+
+    headers: Mapping[str, str]  # x-ratelimit-* headers to return to the client
+    engine_max_tokens: int | None  # max_tokens to send the engine (None: the client's own)
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     request_id: str
     prefill: Target | None  # None: the decode worker prefills locally
@@ -66,6 +76,7 @@ class Decision:
     policy: str
     reasons: tuple[str, ...] = ()
     degraded: bool = False
+    admission: Admitted | None = None  # None: this router does not admit; the ingress admits locally
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from glmserve.admission.memory import MemoryBackend
 from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.slots import PrioritySlots
+from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
-from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 
 class Gate:
