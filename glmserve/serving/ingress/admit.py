@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 
 from glmserve.admission.tenants import ResolvedTenant
+from glmserve.common.errors import RateLimitedError
 from glmserve.router.client import RouterUnavailableError
 from glmserve.router.types import Decision
 from glmserve.serving.ingress.gate import Gate
@@ -51,8 +52,13 @@ class Admitter:
     ) -> Grant | Failed:
         """The request may run (with the router's workers when it routed it), or the refusal to
         answer with. Raises the errors that refuse it otherwise (400/403 plan checks, 503 shed)."""
-        decision = await self._route(life, tenant, served.name, prompt, max_tokens=max_tokens, cache_salt=cache_salt)
-        return await self._admit_locally(life, tenant, served, len(prompt), max_tokens=max_tokens, decision=decision)
+        routed = await self._route(life, tenant, served.name, prompt, max_tokens=max_tokens, cache_salt=cache_salt)
+        if isinstance(routed, Failed):
+            return routed
+        if routed is not None and routed.admission is not None:
+            life.headers.update(routed.admission.headers)
+            return Grant(routed, routed.admission.engine_max_tokens)
+        return await self._admit_locally(life, tenant, served, len(prompt), max_tokens=max_tokens, decision=routed)
 
     async def _route(
         self,
@@ -63,7 +69,8 @@ class Admitter:
         *,
         max_tokens: int | None,
         cache_salt: str,
-    ) -> Decision | None:
+    ) -> Decision | Failed | None:
+        """The router's decision (admitted, when it admits); None when there is no router to ask."""
         if self._router is None:
             return None
         span = life.timer.begin("route")
@@ -74,7 +81,7 @@ class Admitter:
                 prompt,
                 tenant=tenant.id,
                 cache_salt=cache_salt,
-                max_tokens=max_tokens or 0,
+                max_tokens=max_tokens,
                 priority=tenant.priority,
                 trace_context=trace.set_span_in_context(span),
             )
@@ -83,6 +90,9 @@ class Admitter:
             log.warning("router unavailable (%s); Serve balances this request", exc.message)
             self._metrics.router_fallback(ROUTER_UNAVAILABLE)
             return None
+        except RateLimitedError as exc:  # the router settled the refusal itself
+            life.headers.update(exc.headers)
+            return _refused(exc)
         life.hold_booking(self._router)
         prefill = decision.prefill.worker_id if decision.prefill else None
         life.timer.routed(prefill, decision.decode.worker_id, decision.expected_cached_tokens, decision.policy)
@@ -102,8 +112,7 @@ class Admitter:
         admission = await limiter.admit(tenant, model=served.name, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
         life.headers.update(admission.headers())
         if not admission.allowed:
-            refused = admission.error()  # its Retry-After is in the headers already
-            return Failed(refused.kind.http_status, refused.message, refused.param, refused.code)
+            return _refused(admission.error())
         life.hold_admission(limiter, admission)
         slots = self._gate.slots(served.name, served.capacity, served.max_waiting)
         waiting = self._metrics.waiting.labels(served.name, tenant.priority)
@@ -115,3 +124,8 @@ class Admitter:
         life.hold_slot(slots)
         self._metrics.share_scale.labels(served.name).set(slots.pace.scale)
         return Grant(decision, admission.engine_max_tokens)
+
+
+def _refused(exc: RateLimitedError) -> Failed:
+    # Its Retry-After is in its headers already, to the millisecond (retry-after-ms).
+    return Failed(exc.kind.http_status, exc.message, exc.param, exc.code)

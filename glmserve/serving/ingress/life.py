@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Coroutine
-from typing import Any, Literal
+from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
@@ -22,7 +22,7 @@ from glmserve.admission.outcome import Admission
 from glmserve.admission.slots import PrioritySlots
 from glmserve.common.errors import GlmserveError
 from glmserve.router.replicas import RouterReplicas, RouterShards
-from glmserve.router.types import Stage
+from glmserve.router.types import Outcome, Stage
 from glmserve.router.types import Usage as RouterUsage
 from glmserve.serving.ingress.errors import error_response, status_of
 from glmserve.serving.ingress.metrics import RequestTimer
@@ -32,7 +32,6 @@ from glmserve.serving.ingress.responses import ClosingStreamingResponse, Usage
 log = logging.getLogger("glmserve.ingress")
 
 Router = RouterReplicas | RouterShards
-Outcome = Literal["ok", "cancelled", "failed"]
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away first
 
 
@@ -84,13 +83,14 @@ class RequestLife:
         self.timer.on_gap = slots.observe_gap
 
     def hold_booking(self, router: Router) -> None:
-        """The router routed the request (and booked its workers): it hears once how it ended."""
+        """The router routed the request (booked its workers, and admitted it when it admits): it
+        hears once how the request ended, with the usage delivered."""
         self._router = router
 
     def prefill_done(self) -> None:
         """The prompt's prefill is over: the router frees the prefill worker's share early."""
         if self._router is not None and not self._ended:
-            self._background.spawn(self._complete(self._router, None, "prefill_done"))
+            self._background.spawn(self._complete(self._router, None, "prefill_done", "ok"))
 
     # -- how it ends -----------------------------------------------------------------------
 
@@ -105,9 +105,9 @@ class RequestLife:
             limiter, admission = self._admission
             limiter.settle(admission, output_tokens=usage.completion_tokens, input_tokens=usage.prompt_tokens or None)
         if self._router is not None:
-            failed = outcome_of(status) != "ok"
-            used = RouterUsage(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, failed)
-            self._background.spawn(self._complete(self._router, used, "finished"))
+            outcome = outcome_of(status)
+            used = RouterUsage(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, outcome != "ok")
+            self._background.spawn(self._complete(self._router, used, "finished", outcome))
         self.timer.finish(status, usage)
 
     async def guard(self, work: Awaitable[Reply]) -> Reply:
@@ -142,6 +142,7 @@ class RequestLife:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **self.headers},
         )
 
-    async def _complete(self, router: Router, usage: RouterUsage | None, stage: Stage) -> None:
+    async def _complete(self, router: Router, usage: RouterUsage | None, stage: Stage, outcome: Outcome) -> None:
+        """Settles the router's booking (and its admission, when it admitted the request)."""
         with contextlib.suppress(GlmserveError):  # the router forgets unfinished requests after a TTL
-            await router.complete(self.request_id, usage, stage=stage)
+            await router.complete(self.request_id, usage, stage=stage, outcome=outcome)

@@ -20,7 +20,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
 from glmserve.common.catalogue import TINY_MODEL
 from glmserve.router.replicas import RouterReplicas
-from glmserve.router.types import Stage, Usage
+from glmserve.router.types import Outcome, Stage, Usage
 from glmserve.serving.ingress.protocol import ChatRequest, parse_body
 from glmserve.serving.ingress.service import IngressService
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
@@ -147,12 +147,27 @@ class RecordingRouter(RouterReplicas):
 
     def __init__(self, address: str) -> None:
         super().__init__(address, route_timeout_s=5.0)
-        self.completes: list[tuple[str, Stage, Usage | None, bool]] = []
+        self.completes: list[Complete] = []
 
-    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
-        known = await super().complete(request_id, usage, stage=stage)
-        self.completes.append((request_id, stage, usage, known))
+    async def complete(
+        self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
+    ) -> bool:
+        known = await super().complete(request_id, usage, stage=stage, outcome=outcome)
+        self.completes.append(Complete(request_id, stage, usage, outcome, known))
         return known
+
+    @property
+    def finished(self) -> list[Complete]:
+        return [c for c in self.completes if c.stage == "finished"]
+
+
+@dataclass(frozen=True)
+class Complete:
+    request_id: str
+    stage: Stage
+    usage: Usage | None
+    outcome: Outcome
+    known: bool  # the router had booked the request
 
 
 @pytest.fixture(scope="session")

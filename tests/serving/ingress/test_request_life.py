@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from ray.serve.exceptions import BackPressureError
@@ -57,8 +58,10 @@ def router() -> Iterator[Callable[..., tuple[RecordingRouter, str]]]:
     prefers for prefill, when `disaggregated`); the ingress's client records its Completes."""
     started: list[tuple[ServerThread, list[SimEngine]]] = []
 
-    def start(*, disaggregated: bool = False) -> tuple[RecordingRouter, str]:
-        server = ServerThread(config(disaggregation={"min_remote_prefill_tokens": 0}))
+    def start(*, disaggregated: bool = False, admits: Path | None = None) -> tuple[RecordingRouter, str]:
+        """`admits`: the tenants file the router admits with (limits in its memory)."""
+        admission = {"tenants_file": str(admits)} if admits else {}
+        server = ServerThread(config(disaggregation={"min_remote_prefill_tokens": 0}, admission=admission))
         engines = [SimEngine("decode-0")] + ([SimEngine("prefill-0")] if disaggregated else [])
         started.append((server, engines))
         register(server.stub, engines[0])
@@ -112,11 +115,50 @@ async def test_a_routed_stream_is_pinned_and_completed_once(make_service: Make, 
     assert answer.status == 200 and answer.events[-1] == "data: [DONE]"
     assert pool.bodies[0].glmserve_target == worker
     await _settled(service)
-    stages = [(stage, known) for _, stage, _, known in client.completes]
-    assert stages == [("prefill_done", True), ("finished", True)]
-    usage = client.completes[-1][2]
-    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.failed) == (9, 3, False)
+    stages = [(c.stage, c.outcome, c.known) for c in client.completes]
+    assert stages == [("prefill_done", "ok", True), ("finished", "ok", True)]
+    usage = client.completes[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (9, 3)
     _ended_once(service, 200)
+
+
+async def test_a_router_that_admits_takes_the_place_of_the_ingress_admission(
+    make_service: Make, tenants_file: Path, router
+) -> None:
+    client, _ = router(admits=tenants_file)
+    pool = Pool()
+    pool.answer(*(completed(completion_tokens=2) for _ in range(5)))
+    # One engine slot at the ingress: were it still admitting, the second request would wait for it.
+    service = make_service(pool, tenants=tenants_file, router=client, capacity=1, max_waiting=4)
+    answers = [await deliver(await service.generate("chat", chat(), auth(KEYS["rpm"]))) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0", "0"]
+    assert answers[-1].json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    await _settled(service)
+    assert sample(service.registry, "glmserve_admission_decisions_total") == 0
+    assert service.gate._slots == {}
+    assert [(c.outcome, c.known) for c in client.finished] == [("ok", True)] * 3  # the refused one holds nothing
+
+    # The router settles what was delivered: 10 tokens reserved, 2 used.
+    key = KEYS["tokens"]
+    first = await deliver(await service.generate("chat", chat(max_tokens=10), auth(key)))
+    assert first.status == 200
+    await _settled(service)
+    probe = await deliver(await service.generate("chat", chat(max_tokens=1), auth(key)))
+    assert int(probe.headers["x-ratelimit-remaining-tokens"]) == OUTPUT_TPM - 2 - 1
+
+
+async def test_the_engine_gets_the_plans_output_cap_from_a_router_that_admits(
+    make_service: Make, tenants_file: Path, router
+) -> None:
+    client, _ = router(admits=tenants_file)
+    pool = Pool()
+    pool.answer(completed())
+    service = make_service(pool, tenants=tenants_file, router=client)
+    answer = await deliver(await service.generate("chat", chat(), auth(KEYS["small"])))
+    assert answer.status == 200
+    assert pool.bodies[0].max_tokens == 16  # plan "small": maxOutputTokens 16
 
 
 async def test_the_engine_gets_its_own_body_and_the_clients_is_never_changed(make_service: Make) -> None:
@@ -178,8 +220,7 @@ async def test_a_request_shed_from_a_full_waiting_line_is_a_503(make_service: Ma
     assert first.status == 200
     await _settled(service)
     # Both were routed; each booking ended once (the shed one as failed, the cut one as cancelled).
-    finished = [(usage.failed if usage else None) for _, stage, usage, _ in client.completes if stage == "finished"]
-    assert sorted(finished) == [True, True]
+    assert sorted(c.outcome for c in client.finished) == ["cancelled", "failed"]
     assert sample(service.registry, REQUESTS, status="503") == 1
     assert sample(service.registry, REQUESTS, status="499") == 1
 
@@ -221,7 +262,7 @@ async def test_a_prompt_the_prefill_engine_rejects_is_its_error_and_decode_never
     assert sent.glmserve_target == "prefill-0"
     assert sent.max_tokens == 1 and not sent.stream and sent.kv_transfer_params["do_remote_decode"]
     await _settled(service)
-    assert [(stage, usage.failed if usage else None) for _, stage, usage, _ in client.completes] == [("finished", True)]
+    assert [(c.stage, c.outcome, c.known) for c in client.completes] == [("finished", "failed", True)]
     _ended_once(service, 400)
 
 
@@ -266,7 +307,7 @@ async def test_an_engine_call_that_fails_before_answering_is_an_error(
         await service.generate("chat", chat(), {})
     assert failed.value.kind.http_status == status
     await _settled(service)
-    assert [stage for _, stage, _, _ in client.completes] == ["finished"]
+    assert [(c.stage, c.outcome) for c in client.completes] == [("finished", "failed")]
     _ended_once(service, status)
 
 
@@ -280,8 +321,9 @@ async def test_an_engine_failing_mid_stream_ends_it_with_an_error_event(make_ser
     assert '"type": "server_error"' in answer.events[-2] and answer.events[-1] == "data: [DONE]"
     assert pool.streams[0].cancelled
     await _settled(service)
-    [(_, _, usage, _)] = [c for c in client.completes if c[1] == "finished"]
-    assert usage is not None and usage.failed and usage.completion_tokens == 3  # role chunk + 2 tokens sent
+    [finished] = client.finished
+    assert finished.outcome == "failed"
+    assert finished.usage is not None and finished.usage.completion_tokens == 3  # role chunk + 2 tokens sent
     _ended_once(service, 500)
 
 
@@ -301,9 +343,9 @@ async def test_a_client_that_hangs_up_on_a_stream_stops_the_engine_and_pays_for_
     assert pool.streams[0].cancelled
     await _settled(service)
     _ended_once(service, 499)
-    [(_, _, usage, _)] = [c for c in client.completes if c[1] == "finished"]
-    assert usage is not None and usage.failed
-    delivered = usage.completion_tokens
+    [finished] = client.finished
+    assert finished.outcome == "cancelled" and finished.usage is not None
+    delivered = finished.usage.completion_tokens
     assert delivered <= chunks_read + 2  # at most a batch more than the client read
     pool.answer(completed(completion_tokens=1))
     probe = await deliver(await service.generate("chat", chat(max_tokens=1), auth(key)))
