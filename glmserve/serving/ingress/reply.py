@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from glmserve.common.errors import GlmserveError
 from glmserve.serving.ingress.responses import Usage
 
 
@@ -17,10 +16,6 @@ class Failed:
     param: str | None = None
     code: str | None = None
     retry_after_s: float | None = None
-
-    @classmethod
-    def of(cls, error: GlmserveError) -> Failed:
-        return cls(error.kind.http_status, error.message, error.param, error.code, error.retry_after_s)
 
     @classmethod
     def engine(cls, error: Any, retry_after_s: float) -> Failed:
