@@ -64,6 +64,7 @@ class _Method:
 
     def remote(self, body: Any, raw_request: Any = None) -> EngineStream:
         self._pool.calls.append((self._name, body))
+        self._pool.called.set()
         stream = self._pool.answers.popleft()
         self._pool.streams.append(stream)
         return stream
@@ -76,6 +77,7 @@ class Pool:
     answers: deque[EngineStream] = field(default_factory=deque)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     streams: list[EngineStream] = field(default_factory=list)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
     def answer(self, *streams: EngineStream) -> None:
         self.answers.extend(streams)

@@ -247,6 +247,22 @@ async def test_a_request_cancelled_while_it_waits_gives_its_admission_back(make_
     assert int(probe.headers["x-ratelimit-remaining-tokens"]) == OUTPUT_TPM - 1 - 1
 
 
+async def test_a_client_gone_while_the_engine_works_stops_the_engine(make_service: Make, router) -> None:
+    client, _ = router()
+    pool = Pool()
+    pool.answer(EngineStream([], hang=True))
+    service = make_service(pool, router=client, capacity=1, max_waiting=1)
+    call = asyncio.create_task(service.generate("chat", chat(), {}))
+    await asyncio.wait_for(pool.called.wait(), timeout=10)
+    call.cancel()  # what Serve does to the handler when its client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert pool.streams[0].cancelled
+    await _settled(service)
+    assert [(c.stage, c.outcome, c.known) for c in client.completes] == [("finished", "cancelled", True)]
+    _ended_once(service, 499)
+
+
 async def test_a_prompt_the_prefill_engine_rejects_is_its_error_and_decode_never_runs(
     make_service: Make, router
 ) -> None:
