@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
@@ -28,8 +27,6 @@ from glmserve.serving.ingress.errors import error_response, status_of
 from glmserve.serving.ingress.metrics import RequestTimer
 from glmserve.serving.ingress.reply import Completed, Failed, Reply, Streaming
 from glmserve.serving.ingress.responses import ClosingStreamingResponse, Usage
-
-log = logging.getLogger("glmserve.ingress")
 
 Router = RouterReplicas | RouterShards
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away first
