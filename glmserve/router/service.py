@@ -132,13 +132,13 @@ class RouterService(pb_grpc.RouterServicer):
             admitted = None
             if self._admitter is not None and request.protocol_version >= convert.ADMITTING_VERSION:
                 query, admitted = await self._admitter.admit(query)
-            queued = False
+            has_slot = False
             try:
                 await self._flow.acquire(query)
-                queued = True
+                has_slot = True
                 decision = self._router.route(query)
             except BaseException:  # refused, failed or cancelled (the ingress gave up): undo it all
-                self._undo(query.request_id, routed=False, released=not queued)
+                self._undo(query.request_id, routed=False, has_slot=has_slot)
                 raise
             # Cancelled after this returns: the reply never reached the ingress, which routes elsewhere.
             context.add_done_callback(functools.partial(self._undo_if_cancelled, query.request_id))
@@ -168,13 +168,13 @@ class RouterService(pb_grpc.RouterServicer):
 
     def _undo_if_cancelled(self, request_id: str, context: grpc.aio.ServicerContext) -> None:
         if context.cancelled():
-            self._undo(request_id, routed=True)
+            self._undo(request_id, routed=True, has_slot=True)
 
-    def _undo(self, request_id: str, *, routed: bool, released: bool = False) -> None:
+    def _undo(self, request_id: str, *, routed: bool, has_slot: bool) -> None:
         """A Route that did not reach the ingress: its booking, slot and admission go back."""
         if routed:
             self._router.complete(request_id, "finished", Usage())
-        if not released:
+        if has_slot:
             self._flow.release(request_id)
         if self._admitter is not None:
             self._admitter.abandon(request_id)
