@@ -124,7 +124,7 @@ def test_a_route_that_fails_after_admitting_gives_the_admission_back(start_route
 
 
 def test_a_route_cancelled_while_the_store_decides_is_refunded(
-    start_router: Start, tmp_path: Path, redis_url: str, redis_service: Any
+    start_router: Start, tmp_path: Path, redis_url: str, redis_server: Any
 ) -> None:
     """The ingress gives up (deadline) while Redis is slow; the decision still arrives and is undone."""
     router = admitting(start_router, tmp_path, redis_url, maxConcurrentRequests=1)
@@ -136,13 +136,13 @@ def test_a_route_cancelled_while_the_store_decides_is_refunded(
         ):
             await route(patient, "warm")  # connects the router to Redis
             assert await patient.complete("warm")
-            os.kill(redis_service.process.pid, signal.SIGSTOP)
+            os.kill(redis_server.process.pid, signal.SIGSTOP)
             try:
                 with pytest.raises(Exception, match="DEADLINE_EXCEEDED"):
                     await route(hasty, "gone")
                 await asyncio.sleep(0.2)
             finally:
-                os.kill(redis_service.process.pid, signal.SIGCONT)
+                os.kill(redis_server.process.pid, signal.SIGCONT)
             await asyncio.sleep(0.2)
             assert (await route(patient, "next")).admission is not None  # the slot came back
 
