@@ -232,3 +232,26 @@ def test_a_request_cancelled_while_queued_leaves_the_queue_and_its_admission(
             assert (await third).admission is not None
 
     asyncio.run(main())
+
+
+def test_an_admission_never_completed_is_settled_after_request_ttl_s(start_router: Start, tmp_path: Path) -> None:
+    """The ingress died with the request: the sweep settles it (as admitted) and frees its slot."""
+    admission = {"tenants_file": str(write_tenants(tmp_path / "tenants.yaml", maxConcurrentRequests=1))}
+    router = start_router(admission=admission, workers={"static": STATIC}, request_ttl_s=0.5)
+
+    async def main() -> None:
+        async with RouterClient(router.target, route_timeout_s=2) as client:
+            await route(client, "orphan")
+            with pytest.raises(RateLimitedError):
+                await route(client, "r0")
+            for n in range(1, 50):
+                await asyncio.sleep(0.1)
+                try:
+                    await route(client, f"r{n}")
+                except RateLimitedError:
+                    continue
+                assert not await client.complete("orphan")  # forgotten: settled once, by the sweep
+                return
+            raise AssertionError("the orphan's admission was never settled")
+
+    asyncio.run(main())
