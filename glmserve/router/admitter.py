@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +23,7 @@ from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.outcome import Admission
 from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.tenant_source import WatchedTenants
+from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import AuthenticationError
 from glmserve.router.config import AdmissionConfig
 from glmserve.router.types import Admitted, RouteQuery, Usage
@@ -61,8 +62,8 @@ class Admitter:
         )
         return cls(tenants, limiter, request_ttl_s=request_ttl_s)
 
-    async def admit(self, query: RouteQuery) -> tuple[RouteQuery, Admitted]:
-        """The query with its plan's priority, and what the ingress is told. Raises
+    async def admit(self, query: RouteQuery) -> tuple[ResolvedTenant, Admitted]:
+        """The tenant (whose plan's priority replaces the one sent) and what the ingress is told. Raises
         AuthenticationError for a tenant the tenants file does not hold, the plan's 400/403, 503
         when the limits store is down and the policy is fail-closed, and RateLimitedError (with the
         429's headers) when the plan's limits refuse it. A request id admitted already (the ingress
@@ -74,10 +75,9 @@ class Admitter:
                 "ingress's)",
                 code="unknown_tenant",
             )
-        query = replace(query, priority=tenant.priority)
         held = self._open.get(query.request_id)
         if held is not None:
-            return query, _admitted(held.admission)
+            return tenant, _admitted(held.admission)
         # A Route cancelled while the store decides leaves nothing behind: the store refunds an
         # admission whose caller went away (RedisBackend's orphans).
         admission = await self._limiter.admit(
@@ -86,7 +86,7 @@ class Admitter:
         if not admission.allowed:
             raise admission.error()
         self._open[query.request_id] = _Open(admission, time.monotonic() + self._ttl_s)
-        return query, _admitted(admission)
+        return tenant, _admitted(admission)
 
     def settle(self, request_id: str, usage: Usage) -> bool:
         """Settles the request's admission with the usage delivered, however it ended (a prompt

@@ -31,8 +31,11 @@ from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.status import from_rpc_error
 from glmserve.router.types import Decision, Load, Outcome, Stage, Usage, WorkerInfo
 
-# Routing sits on every request's critical path: past this, routing locally is the better deal.
-DEFAULT_ROUTE_TIMEOUT_S = 0.05
+# A Route waits in the router's queue for an engine slot (flow control) and is answered, routed or
+# refused, within the router's flow.queue_ttl_s (30 s by default): the deadline must outlast it, or
+# the ingress would abandon queued requests and admit them again on its own. An unreachable router
+# still fails at once (connection refused, or a channel gRPC knows to be down).
+DEFAULT_ROUTE_TIMEOUT_S = 35.0
 DEFAULT_TIMEOUT_S = 2.0
 
 

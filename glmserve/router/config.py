@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from glmserve.common.errors import ConfigError, validation_problems
 from glmserve.common.tenancy import PriorityClass
+from glmserve.router.flow.config import FlowConfig
 from glmserve.router.types import Role, WorkerInfo
 
 Policy = Literal["precise", "approximate", "least-load", "round-robin"]
@@ -198,6 +199,7 @@ class RouterConfig(_Strict):
     events: EventsConfig = EventsConfig()
     approximate: ApproximateConfig = ApproximateConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    flow: FlowConfig = FlowConfig()
 
     def profile(self, role: Role) -> ProfileConfig:
         if role in self.profiles:

@@ -2,9 +2,10 @@
 codes.
 
 Route = the tenant's plan admits it (admitter.py; v2 requests, when the router loads tenants) ->
-flow control lets it go (the seam below) -> the Router picks its workers. Whatever fails or is
-cancelled after the admission undoes what was done before it, so an admission is settled exactly
-once: by Complete, or by its Route.
+it waits for a slot of this replica's share of the engines (flow/, by plan priority and fairly
+between tenants) -> the Router picks its workers on the KV and load state of that moment. Whatever
+fails or is cancelled after the admission undoes what was done before it, so an admission is
+settled exactly once: by Complete, or by its Route.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,14 +23,16 @@ from opentelemetry import trace
 
 from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, InvalidRequestError
+from glmserve.common.tenancy import PRIORITY_RANK
 from glmserve.router import convert
 from glmserve.router.admitter import Admitter
+from glmserve.router.flow import Ticket
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.router import Router
 from glmserve.router.status import to_status
 from glmserve.router.subscriber import Subscriptions
-from glmserve.router.types import RouteQuery, Usage
+from glmserve.router.types import Admitted, RouteQuery, Usage
 
 log = logging.getLogger("glmserve.router")
 Req = TypeVar("Req")
@@ -54,25 +57,6 @@ def _rpc(handler: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.aio.ServicerCo
     return call
 
 
-class Flow(Protocol):
-    """Flow control's side of Route and Complete (glmserve/router/flow's FlowController)."""
-
-    async def acquire(self, ticket: RouteQuery) -> None: ...
-
-    def release(self, request_id: str) -> None: ...
-
-
-class Unqueued:
-    """FLOW CONTROL SEAM, no-op until glmserve/router/flow lands (branch router-flow): every
-    admitted request is routed at once, and the Router's load filters shed what does not fit."""
-
-    async def acquire(self, ticket: RouteQuery) -> None:
-        return None
-
-    def release(self, request_id: str) -> None:
-        return None
-
-
 class RouterService(pb_grpc.RouterServicer):
     def __init__(
         self,
@@ -81,13 +65,12 @@ class RouterService(pb_grpc.RouterServicer):
         tracer: trace.Tracer | None = None,
         *,
         admitter: Admitter | None = None,
-        flow: Flow | None = None,
     ) -> None:
         self._router = router
         self._subscriptions = subscriptions
         self._tracer = tracer or trace.NoOpTracer()
         self._admitter = admitter
-        self._flow = flow or Unqueued()
+        self._flow = router.flow
 
     @_rpc
     def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
@@ -129,16 +112,17 @@ class RouterService(pb_grpc.RouterServicer):
             raise
         parent = tracing.context_from_grpc(context.invocation_metadata())
         with self._tracer.start_as_current_span("route", context=parent, kind=trace.SpanKind.SERVER) as span:
-            admitted = None
+            admitted, plan = None, ""
             if self._admitter is not None and request.protocol_version >= convert.ADMITTING_VERSION:
-                query, admitted = await self._admitter.admit(query)
-            queued = False
+                tenant, admitted = await self._admitter.admit(query)
+                query, plan = replace(query, priority=tenant.priority), tenant.plan
+            has_slot = False
             try:
-                await self._flow.acquire(query)
-                queued = True
+                await self._flow.acquire(self._ticket(query, plan, admitted))
+                has_slot = True
                 decision = self._router.route(query)
             except BaseException:  # refused, failed or cancelled (the ingress gave up): undo it all
-                self._undo(query.request_id, routed=False, released=not queued)
+                self._undo(query.request_id, routed=False, has_slot=has_slot)
                 raise
             # Cancelled after this returns: the reply never reached the ingress, which routes elsewhere.
             context.add_done_callback(functools.partial(self._undo_if_cancelled, query.request_id))
@@ -166,15 +150,28 @@ class RouterService(pb_grpc.RouterServicer):
                 known = self._admitter.settle(request_id, usage) or known
         return pb.CompleteResponse(known=known)
 
+    def _ticket(self, query: RouteQuery, plan: str, admitted: Admitted | None) -> Ticket:
+        """What flow control needs: the plan's band and weight (the priority sent, the default
+        weight for a request not admitted here), and the tokens it may take."""
+        max_tokens = query.max_tokens or (admitted.engine_max_tokens if admitted else None) or 0
+        return Ticket(
+            request_id=query.request_id,
+            model=query.model,
+            tenant=query.tenant,
+            band=PRIORITY_RANK[query.priority],
+            weight=self._flow.config.weight(plan),
+            cost=len(query.tokens) + max_tokens,
+        )
+
     def _undo_if_cancelled(self, request_id: str, context: grpc.aio.ServicerContext) -> None:
         if context.cancelled():
-            self._undo(request_id, routed=True)
+            self._undo(request_id, routed=True, has_slot=True)
 
-    def _undo(self, request_id: str, *, routed: bool, released: bool = False) -> None:
+    def _undo(self, request_id: str, *, routed: bool, has_slot: bool) -> None:
         """A Route that did not reach the ingress: its booking, slot and admission go back."""
         if routed:
             self._router.complete(request_id, "finished", Usage())
-        if not released:
+        if has_slot:
             self._flow.release(request_id)
         if self._admitter is not None:
             self._admitter.abandon(request_id)

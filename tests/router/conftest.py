@@ -4,9 +4,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 
-from tests.admission.redis_server import RedisServer, serve_redis
+# a real redis-server for the limits of routers that admit
+from tests.admission.conftest import redis_server, redis_url  # noqa: F401
 from tests.router.harness import ServerThread, SimEngine, config
 
 
@@ -37,15 +37,3 @@ def engines() -> Iterator[Callable[..., SimEngine]]:
     yield make
     for engine in made:
         engine.close()
-
-
-@pytest.fixture(scope="session")
-def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from serve_redis(tmp_path_factory)
-
-
-@pytest.fixture
-def redis_url(redis_service: RedisServer) -> str:
-    with redis.Redis.from_url(redis_service.url) as client:
-        client.flushall()
-    return redis_service.url

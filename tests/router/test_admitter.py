@@ -124,7 +124,7 @@ def test_a_route_that_fails_after_admitting_gives_the_admission_back(start_route
 
 
 def test_a_route_cancelled_while_the_store_decides_is_refunded(
-    start_router: Start, tmp_path: Path, redis_url: str, redis_service: Any
+    start_router: Start, tmp_path: Path, redis_url: str, redis_server: Any
 ) -> None:
     """The ingress gives up (deadline) while Redis is slow; the decision still arrives and is undone."""
     router = admitting(start_router, tmp_path, redis_url, maxConcurrentRequests=1)
@@ -136,13 +136,13 @@ def test_a_route_cancelled_while_the_store_decides_is_refunded(
         ):
             await route(patient, "warm")  # connects the router to Redis
             assert await patient.complete("warm")
-            os.kill(redis_service.process.pid, signal.SIGSTOP)
+            os.kill(redis_server.process.pid, signal.SIGSTOP)
             try:
                 with pytest.raises(Exception, match="DEADLINE_EXCEEDED"):
                     await route(hasty, "gone")
                 await asyncio.sleep(0.2)
             finally:
-                os.kill(redis_service.process.pid, signal.SIGCONT)
+                os.kill(redis_server.process.pid, signal.SIGCONT)
             await asyncio.sleep(0.2)
             assert (await route(patient, "next")).admission is not None  # the slot came back
 
@@ -184,11 +184,11 @@ def test_each_replica_settles_what_it_admitted(start_router: Start, tmp_path: Pa
 
 def test_the_plans_priority_replaces_the_one_the_ingress_sends(start_router: Start, tmp_path: Path) -> None:
     """acme's plan is premium: its requests may fill the worker that batch must leave room on."""
-    small = [{**STATIC[0], "max_running_requests": 10}]
+    small = {"workers": {"static": [{**STATIC[0], "max_running_requests": 10}]}, "flow": {"max_queued": 0}}
     tenants = str(write_tenants(tmp_path / "tenants.yaml"))
     routers = {
-        "plan": start_router(admission={"tenants_file": tenants}, workers={"static": small}),
-        "sent": start_router(workers={"static": small}),  # no tenants: the priority sent applies
+        "plan": start_router(admission={"tenants_file": tenants}, **small),
+        "sent": start_router(**small),  # no tenants: the priority sent applies
     }
 
     async def routed_until_overloaded(router: ServerThread) -> int:
@@ -201,3 +201,57 @@ def test_the_plans_priority_replaces_the_one_the_ingress_sends(start_router: Sta
         raise AssertionError("never overloaded")
 
     assert {name: asyncio.run(routed_until_overloaded(r)) for name, r in routers.items()} == {"plan": 10, "sent": 8}
+
+
+def test_a_request_cancelled_while_queued_leaves_the_queue_and_its_admission(
+    start_router: Start, tmp_path: Path
+) -> None:
+    """One engine slot and a plan of two concurrent requests: the second waits for the slot, its
+    ingress gives up, and the third gets both the admission and the slot it leaves."""
+    admission = {"tenants_file": str(write_tenants(tmp_path / "tenants.yaml", maxConcurrentRequests=2))}
+    router = start_router(admission=admission, workers={"static": [{**STATIC[0], "max_running_requests": 1}]})
+
+    def queued() -> int:
+        return int(router.inspect(lambda s: s.router.flow.queued(MODEL)))
+
+    async def main() -> None:
+        async with (
+            RouterClient(router.target, route_timeout_s=0.3) as hasty,
+            RouterClient(router.target, route_timeout_s=10) as patient,
+        ):
+            await route(patient, "r1")
+            with pytest.raises(Exception, match="DEADLINE_EXCEEDED"):
+                await route(hasty, "r2")
+            await asyncio.sleep(0.05)
+            assert queued() == 0
+            third = asyncio.create_task(route(patient, "r3"))
+            while not queued():
+                assert not third.done(), third
+                await asyncio.sleep(0.01)
+            assert await patient.complete("r1")
+            assert (await third).admission is not None
+
+    asyncio.run(main())
+
+
+def test_an_admission_never_completed_is_settled_after_request_ttl_s(start_router: Start, tmp_path: Path) -> None:
+    """The ingress died with the request: the sweep settles it (as admitted) and frees its slot."""
+    admission = {"tenants_file": str(write_tenants(tmp_path / "tenants.yaml", maxConcurrentRequests=1))}
+    router = start_router(admission=admission, workers={"static": STATIC}, request_ttl_s=0.5)
+
+    async def main() -> None:
+        async with RouterClient(router.target, route_timeout_s=2) as client:
+            await route(client, "orphan")
+            with pytest.raises(RateLimitedError):
+                await route(client, "r0")
+            for n in range(1, 50):
+                await asyncio.sleep(0.1)
+                try:
+                    await route(client, f"r{n}")
+                except RateLimitedError:
+                    continue
+                assert not await client.complete("orphan")  # forgotten: settled once, by the sweep
+                return
+            raise AssertionError("the orphan's admission was never settled")
+
+    asyncio.run(main())
