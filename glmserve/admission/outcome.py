@@ -62,7 +62,7 @@ class Admission:
         return headers
 
     def error(self) -> RateLimitedError:
-        """The 429 for a refused admission (send it with `headers()`)."""
+        """The 429 for a refused admission, carrying `headers()`."""
         assert not self.allowed, "error() of an allowed admission"
         retry = self.retry_after_s or 0.0
         limited = self.decision.limited_by
@@ -88,4 +88,4 @@ class Admission:
                 f"remaining {max(0, bucket.remaining)}, requested {requested}. "
                 f"Please try again in {format_duration(self.decision.retry_after_us)}."
             )
-        return RateLimitedError(message, code="rate_limit_exceeded", retry_after_s=retry)
+        return RateLimitedError(message, code="rate_limit_exceeded", retry_after_s=retry, headers=self.headers())

@@ -62,7 +62,7 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--router",
         choices=["auto", "on", "off"],
-        help="run the KV-aware router locally (auto, the default: when there are several engines)",
+        help="run the router locally (auto, the default: when there are several engines or a tenants file)",
     )
     up.add_argument(
         "--router-address",

@@ -97,7 +97,7 @@ class ServeConfig(BaseModel):
     seed: int = 0
     router: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="run glmserve's KV-aware router locally; auto: when there is a choice (several engines)",
+        description="run glmserve's router locally; auto: when there is a choice (several engines) or tenants to admit",
     )
     router_address: str | None = Field(None, min_length=1, description="use this router (host:port) instead")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
@@ -133,9 +133,10 @@ class ServeConfig(BaseModel):
 
     @property
     def runs_local_router(self) -> bool:
+        """auto: when there is a choice of engines, or tenants to admit (the router runs admission)."""
         if self.router_address is not None or self.router == "off":
             return False
-        return self.router == "on" or self.engine_replicas > 1
+        return self.router == "on" or self.engine_replicas > 1 or self.tenants_file is not None
 
     @property
     def scheme(self) -> str:

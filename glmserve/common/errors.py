@@ -7,8 +7,9 @@ router, and requeue-or-not for the operator. Callers raise these; edges translat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -83,6 +84,11 @@ class NotFoundError(GlmserveError):
 
 class RateLimitedError(GlmserveError):
     kind = RATE_LIMITED
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None, **details: Any) -> None:
+        """`headers`: the x-ratelimit-* and retry-after headers the client's 429 carries."""
+        super().__init__(message, **details)
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class OverloadedError(GlmserveError):

@@ -178,6 +178,27 @@ ROUTER_IN_FLIGHT = MetricSpec(
     "Requests routed by this router whose completion it has not been told yet.",
 )
 
+ROUTER_FLOW_QUEUED = MetricSpec(
+    "glmserve_router_flow_queued_requests",
+    "gauge",
+    "Requests waiting in the router's flow control for an engine slot, by model, plan priority class and tenant.",
+    ("model", "priority", "tenant"),
+)
+ROUTER_FLOW_WAIT = MetricSpec(
+    "glmserve_router_flow_wait_seconds",
+    "histogram",
+    "Time a request waited in the router's flow control before it was routed (0: a slot was free), "
+    "by model, plan priority class and tenant.",
+    ("model", "priority", "tenant"),
+)
+ROUTER_FLOW_SHED = MetricSpec(
+    "glmserve_router_flow_shed_total",
+    "counter",
+    "Requests the router's flow control refused with 503 + Retry-After, by model, plan priority class, "
+    "tenant and reason (queue_full: displaced or refused by a full queue; ttl: waited past queue_ttl_s).",
+    ("model", "priority", "tenant", "reason"),
+)
+
 
 # Admission at the router/ingress: tenants, plan limits, the shared limits store.
 # Plans, not tenants, label these: plans are few, tenants are many (and keys never appear at all).

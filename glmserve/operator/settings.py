@@ -39,7 +39,7 @@ class OperatorSettings(BaseModel):
         "2.60.0", pattern=r"^\d+\.\d+\.\d+$", description="Ray version inside the serving image; at least 2.52.0"
     )
     redis_url: str | None = Field(
-        None, pattern=r"^rediss?://", description="shared rate-limit state of the ingress replicas"
+        None, pattern=r"^rediss?://", description="shared rate-limit state of the routers and ingress replicas"
     )
     router_replicas: int = Field(2, ge=1, le=32, description="router pods of a deployment that sets none")
     ingress_replicas: int = Field(2, ge=1, le=64, description="ingress replicas of a deployment that sets none")

@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the router until SIGINT/SIGTERM",
         description="Serves the gRPC router (health checking and reflection on) that engines register with and "
-        "the ingress asks where to send each request.",
+        "the ingress asks where to send each request; with a tenants file in its config (admission:), it admits "
+        "each request against its tenant's plan first.",
     )
     serve.add_argument("--config", type=Path, required=True, help="router YAML (see glmserve/router/config.py)")
     serve.add_argument("--port", type=int, help="gRPC port (default: the config's, 50051)")

@@ -3,8 +3,13 @@ replicas.RouterReplicas, the ingress (Route/Complete) use it.
 
 Every call has a deadline. A call that fails because the router is unreachable, too slow or broken
 raises RouterUnavailableError: the caller routes locally instead. An answer the router gives on
-purpose raises its glmserve error (OverloadedError: no worker can take the request;
+purpose raises its glmserve error (OverloadedError: no worker can take the request, or flow control
+shed it; RateLimitedError, with the client's 429 headers: over the tenant's plan limits;
 InvalidRequestError; NotFoundError: heartbeat of an unknown worker, register again).
+
+Route speaks protocol v2 (router.proto): a router that loads tenants admits the request, and the
+Decision's `admission` carries what the client's response needs; `admission` None means the router
+did not admit it (a v1 router, or one without tenants) and the caller admits it itself.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from glmserve.router import convert
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.status import from_rpc_error
-from glmserve.router.types import Decision, Load, Stage, Usage, WorkerInfo
+from glmserve.router.types import Decision, Load, Outcome, Stage, Usage, WorkerInfo
 
-# Routing sits on every request's critical path: past this, routing locally is the better deal.
-DEFAULT_ROUTE_TIMEOUT_S = 0.05
+# A Route waits in the router's queue for an engine slot (flow control) and is answered, routed or
+# refused, within the router's flow.queue_ttl_s (30 s by default): the deadline must outlast it, or
+# the ingress would abandon queued requests and admit them again on its own. An unreachable router
+# still fails at once (connection refused, or a channel gRPC knows to be down).
+DEFAULT_ROUTE_TIMEOUT_S = 35.0
 DEFAULT_TIMEOUT_S = 2.0
 
 
@@ -36,8 +44,8 @@ class RouteOptions(TypedDict, total=False):
 
     tenant: str
     cache_salt: str  # the cache_salt the engine gets
-    max_tokens: int
-    priority: PriorityClass  # default standard
+    max_tokens: int | None  # the client's; None (or 0): it set none
+    priority: PriorityClass  # default standard; a router that admits applies the tenant's plan's
     allowed_worker_ids: Sequence[str]  # empty: any worker
     trace_context: Context | None  # the caller's trace, which the router's span joins
 
@@ -81,7 +89,7 @@ class RouterClient:
             prompt_token_ids,
             tenant=options.get("tenant", ""),
             cache_salt=options.get("cache_salt", ""),
-            max_tokens=options.get("max_tokens", 0),
+            max_tokens=options.get("max_tokens"),
             priority=options.get("priority", "standard"),
             allowed_worker_ids=options.get("allowed_worker_ids", ()),
         )
@@ -93,19 +101,26 @@ class RouterClient:
             raise self._error(exc, "Route") from None
         return convert.decision_from_pb(reply)
 
-    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
-        """Reports the end of a request (or of its remote prefill leg); False if the router did
-        not know the request (it restarted, or the request was never routed by it)."""
+    async def complete(
+        self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
+    ) -> bool:
+        """Reports the end of a request (or of its remote prefill leg) with the usage delivered,
+        which settles its admission; False if the router did not know the request (it restarted,
+        or the request was never routed by it)."""
         try:
             reply = await self._stub.Complete(
-                convert.completion_to_pb(request_id, stage, usage or Usage()), timeout=self._timeout_s
+                convert.completion_to_pb(request_id, stage, usage or Usage(), outcome), timeout=self._timeout_s
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "Complete") from None
         return bool(reply.known)
 
     async def register(self, worker: WorkerInfo, load: Load | None = None) -> Lease:
-        request = pb.RegisterRequest(worker=convert.worker_to_pb(worker), load=convert.load_to_pb(load or Load()))
+        request = pb.RegisterRequest(
+            worker=convert.worker_to_pb(worker),
+            load=convert.load_to_pb(load or Load()),
+            protocol_version=convert.PROTOCOL_VERSION,
+        )
         try:
             reply = await self._stub.Register(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:

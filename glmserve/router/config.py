@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from glmserve.common.errors import ConfigError, validation_problems
 from glmserve.common.tenancy import PriorityClass
+from glmserve.router.flow.config import FlowConfig
 from glmserve.router.types import Role, WorkerInfo
 
 Policy = Literal["precise", "approximate", "least-load", "round-robin"]
@@ -157,6 +158,28 @@ class ApproximateConfig(_Strict):
     capacity_chunks: int = Field(default=31250, ge=1, description="per worker, as llm-d's lruCapacityPerServer")
 
 
+class AdmissionConfig(_Strict):
+    """Plan limits the router enforces in Route (glmserve.admission): the tenants file the ingress
+    authenticates with and the store the limits live in. Without a tenants file the router admits
+    nothing and each ingress admits on its own."""
+
+    tenants_file: Path | None = Field(
+        default=None, description="plans and tenants (YAML, key digests); re-read when it changes; null: no admission"
+    )
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^rediss?://",
+        description="limits shared by every router replica and ingress in Redis; null: in this process's memory, "
+        "lost when it restarts",
+    )
+    outage: Literal["fail-open", "fail-closed"] = Field(
+        default="fail-open", description="Redis unreachable: admit on this replica's local limits, or answer 503"
+    )
+    fail_open_share: Fraction = Field(
+        default=1.0, description="during an outage each replica grants this share of every limit on its own"
+    )
+
+
 class RouterConfig(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535, description="0: any free port")
@@ -175,6 +198,8 @@ class RouterConfig(_Strict):
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()
     approximate: ApproximateConfig = ApproximateConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    flow: FlowConfig = FlowConfig()
 
     def profile(self, role: Role) -> ProfileConfig:
         if role in self.profiles:

@@ -11,8 +11,22 @@ import numpy as np
 from glmserve.common.errors import InvalidRequestError
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router.proto import router_pb2 as pb
-from glmserve.router.types import Decision, Load, Role, RouteQuery, Stage, Target, Usage, WorkerInfo
+from glmserve.router.types import (
+    Admitted,
+    Decision,
+    Load,
+    Outcome,
+    Role,
+    RouteQuery,
+    Stage,
+    Target,
+    Usage,
+    WorkerInfo,
+)
 
+# The protocol this code speaks (router.proto's header): 2 admits in Route and settles in Complete.
+PROTOCOL_VERSION = 2
+ADMITTING_VERSION = 2
 MAX_ID_CHARS = 256
 # The router connects to engines' sockets: a concrete host and port, never a bind wildcard.
 _ENDPOINT = re.compile(r"^(tcp://[^*\s]+:\d{1,5}|ipc://\S+)$")
@@ -28,6 +42,12 @@ _PRIORITIES: dict[int, PriorityClass] = {value: name for name, value in _PRIORIT
 _PRIORITIES[pb.PRIORITY_UNSPECIFIED] = "standard"
 _STAGE_VALUES: dict[Stage, pb.Stage] = {"finished": pb.STAGE_UNSPECIFIED, "prefill_done": pb.STAGE_PREFILL_DONE}
 _STAGES: dict[int, Stage] = {value: name for name, value in _STAGE_VALUES.items()}
+_OUTCOME_VALUES: dict[Outcome, pb.Outcome] = {
+    "ok": pb.OUTCOME_OK,
+    "cancelled": pb.OUTCOME_CANCELLED,
+    "failed": pb.OUTCOME_FAILED,
+}
+_OUTCOMES: dict[int, Outcome] = {value: name for name, value in _OUTCOME_VALUES.items()}
 
 
 def _identifier(value: str, param: str) -> str:
@@ -118,7 +138,7 @@ def query_to_pb(
     *,
     tenant: str,
     cache_salt: str,
-    max_tokens: int,
+    max_tokens: int | None,
     priority: PriorityClass,
     allowed_worker_ids: Sequence[str],
 ) -> pb.RouteRequest:
@@ -128,9 +148,10 @@ def query_to_pb(
         model=model,
         prompt_token_ids=prompt_token_ids,
         cache_salt=cache_salt,
-        max_tokens=max_tokens,
+        max_tokens=max_tokens or 0,
         priority=_PRIORITY_VALUES[priority],
         allowed_worker_ids=allowed_worker_ids,
+        protocol_version=PROTOCOL_VERSION,
     )
 
 
@@ -153,10 +174,21 @@ def decision_to_pb(decision: Decision) -> pb.RouteResponse:
         policy=decision.policy,
         reasons=decision.reasons,
         degraded=decision.degraded,
+        protocol_version=PROTOCOL_VERSION,
     )
     if decision.prefill is not None:
         msg.prefill.CopyFrom(_target_to_pb(decision.prefill))
+    if decision.admission is not None:
+        msg.admission.SetInParent()  # present even with no headers (a plan without rate limits)
+        msg.admission.headers.update(decision.admission.headers)
+        if decision.admission.engine_max_tokens is not None:
+            msg.admission.engine_max_tokens = decision.admission.engine_max_tokens
     return msg
+
+
+def _admitted_from_pb(msg: pb.Admission) -> Admitted:
+    engine_max = msg.engine_max_tokens if msg.HasField("engine_max_tokens") else None
+    return Admitted(dict(msg.headers), engine_max)
 
 
 def decision_from_pb(msg: pb.RouteResponse) -> Decision:
@@ -169,23 +201,33 @@ def decision_from_pb(msg: pb.RouteResponse) -> Decision:
         policy=msg.policy,
         reasons=tuple(msg.reasons),
         degraded=msg.degraded,
+        admission=_admitted_from_pb(msg.admission) if msg.HasField("admission") else None,
     )
 
 
-def completion_from_pb(msg: pb.CompleteRequest) -> tuple[str, Stage, Usage]:
+def completion_from_pb(msg: pb.CompleteRequest) -> tuple[str, Stage, Usage, Outcome]:
     stage = _STAGES.get(msg.stage)
     if stage is None:
         raise InvalidRequestError(f"unknown stage {msg.stage}", param="stage")
-    usage = Usage(msg.prompt_tokens, msg.cached_tokens, msg.completion_tokens, msg.failed)
-    return _identifier(msg.request_id, "request_id"), stage, usage
+    if msg.outcome == pb.OUTCOME_UNSPECIFIED:  # a v1 client
+        outcome: Outcome = "failed" if msg.failed else "ok"
+    elif (known := _OUTCOMES.get(msg.outcome)) is not None:
+        outcome = known
+    else:
+        raise InvalidRequestError(f"unknown outcome {msg.outcome}", param="outcome")
+    usage = Usage(msg.prompt_tokens, msg.cached_tokens, msg.completion_tokens, outcome == "failed")
+    return _identifier(msg.request_id, "request_id"), stage, usage, outcome
 
 
-def completion_to_pb(request_id: str, stage: Stage, usage: Usage) -> pb.CompleteRequest:
+def completion_to_pb(request_id: str, stage: Stage, usage: Usage, outcome: Outcome = "ok") -> pb.CompleteRequest:
+    if usage.failed:
+        outcome = "failed"
     return pb.CompleteRequest(
         request_id=request_id,
         stage=_STAGE_VALUES[stage],
         prompt_tokens=usage.prompt_tokens,
         cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens,
-        failed=usage.failed,
+        failed=outcome == "failed",  # what a v1 router reads
+        outcome=_OUTCOME_VALUES[outcome],
     )

@@ -27,7 +27,7 @@ from glmserve.router.client import (
     RouterUnavailableError,
 )
 from glmserve.router.shards import shard_order
-from glmserve.router.types import Decision, Stage, Usage
+from glmserve.router.types import Decision, Outcome, Stage, Usage
 
 Resolve = Callable[[], Awaitable[Collection[str]]]
 REFRESH_S = 5.0  # how often the ingress looks the replicas up again (router pods come and go)
@@ -138,7 +138,8 @@ class RouterReplicas:
     async def route(
         self, request_id: str, model: str, prompt_token_ids: Sequence[int], **options: Unpack[RouteOptions]
     ) -> Decision:
-        """RouterClient.route on one replica; RouterUnavailableError only when none answers."""
+        """RouterClient.route on one replica; RouterUnavailableError only when none answers. The
+        replica that routed (and admitted) the request gets its Completes, which settle it."""
         clients = await self._replicas()
         if not clients:
             raise RouterUnavailableError(f"router address {self.target} resolves to no replica")
@@ -154,13 +155,15 @@ class RouterReplicas:
         assert failure is not None
         raise failure
 
-    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
+    async def complete(
+        self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
+    ) -> bool:
         """RouterClient.complete on the replica that routed the request; False, without a call, for
         a request no replica routed through this client."""
         client = self._owners.owner(request_id, stage)
         if client is None:
             return False
-        return await client.complete(request_id, usage, stage=stage)
+        return await client.complete(request_id, usage, stage=stage, outcome=outcome)
 
     async def close(self) -> None:
         if self._resolving is not None:
@@ -203,11 +206,13 @@ class RouterShards:
         assert failure is not None
         raise failure
 
-    async def complete(self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished") -> bool:
+    async def complete(
+        self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
+    ) -> bool:
         shard = self._owners.owner(request_id, stage)
         if shard is None:
             return False
-        return await shard.complete(request_id, usage, stage=stage)
+        return await shard.complete(request_id, usage, stage=stage, outcome=outcome)
 
     async def close(self) -> None:
         for shard in self.shards:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+import numpy as np
 from prometheus_client import Counter
 
 from glmserve.common.errors import OverloadedError
@@ -15,6 +16,7 @@ from glmserve.router.config import RouterConfig
 from glmserve.router.disaggregation import Disaggregation
 from glmserve.router.estimates import EngineEvents, RoutingHistory
 from glmserve.router.events import Event
+from glmserve.router.flow import FlowController, FlowMetrics
 from glmserve.router.hashing import DEFAULT_SEED, BlockHasher
 from glmserve.router.index import KVIndex
 from glmserve.router.metrics import RouterMetrics
@@ -30,6 +32,7 @@ RETRY_AFTER_S = 1.0
 @dataclass(frozen=True, slots=True)
 class Booking:
     tenant: str
+    model: str
     prefill: str | None
     decode: str
     prefill_tokens: int  # uncached tokens the prefilling worker owes until the first token
@@ -65,6 +68,8 @@ class Router:
         self._ordered: list[Worker] | None = None
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
+        # Requests wait here for this replica's share of the engines (`free`), then are routed.
+        self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry))
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
@@ -86,11 +91,13 @@ class Router:
             self.index.attach(info.worker_id, info.kv_cache_blocks)
             self.set_index_ready(info.worker_id, not info.kv_events_endpoint)
             self._ordered = None
+        self.flow.poke(info.model)
         return changed
 
     def heartbeat(self, worker_id: str, load: Load) -> None:
         if self.owns(worker_id):
             self.registry.heartbeat(worker_id, load)
+            self.flow.poke(self.registry.workers[worker_id].info.model)  # its lease may have revived
 
     def deregister(self, worker_id: str) -> bool:
         self.index.detach(worker_id)
@@ -132,8 +139,13 @@ class Router:
             self._unready.discard(worker_id)
             self._ordered = None
         now = self._clock()
+        freed = set()
         for request_id in [r for r, b in self._bookings.items() if b.expires_at < now]:
-            self._end(self._bookings.pop(request_id))
+            booking = self._bookings.pop(request_id)
+            self._end(booking)
+            freed.add(booking.model)
+        for model in freed:
+            self.flow.poke(model)
         self._refresh_gauges(now)
         return gone
 
@@ -145,6 +157,23 @@ class Router:
             self.metrics.workers.labels(role, state).set(n)
         self.metrics.index_blocks.set(self.index.size())
         self.metrics.in_flight.set(len(self._bookings))
+
+    # -- capacity (flow control's) --------------------------------------------------------
+
+    def free(self, model: str) -> int:
+        """Slots this replica may hand out for `model` now: its share (1/flow.replicas) of the
+        healthy decode workers' max_running_requests, minus the requests it routed there and has
+        not seen complete. A model no worker serves gets one slot, so that routing it answers at
+        once why (no endpoints) instead of after queue_ttl_s."""
+        group = self.registry.group(model, "decode")
+        if not group.workers:
+            return 1
+        board, slots = self.registry.board, group.slots
+        healthy = board.static[slots] | (self._clock() - board.last_seen[slots] <= self.registry.lease_s)
+        limits = board.max_running[slots]
+        limits = np.where(limits > 0, limits, self.config.overload.default_max_running_requests)
+        share = int(limits[healthy].sum()) // self.config.flow.replicas
+        return share - int(board.in_flight[slots][healthy].sum())
 
     # -- requests -------------------------------------------------------------------------
 
@@ -210,6 +239,7 @@ class Router:
                 pick.worker.in_flight += 1
         booking = Booking(
             query.tenant,
+            query.model,
             prefill.worker.worker_id if prefill else None,
             decode.worker.worker_id,
             owed,
@@ -245,6 +275,7 @@ class Router:
             return True
         del self._bookings[request_id]
         self._end(booking)
+        self.flow.poke(booking.model)
         tokens = self.metrics.completed_tokens
         tokens.labels(booking.tenant, "prompt").inc(usage.prompt_tokens)
         tokens.labels(booking.tenant, "cached").inc(usage.cached_tokens)

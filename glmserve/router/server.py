@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from glmserve.common import tracing
 from glmserve.common.errors import ConfigError
+from glmserve.router.admitter import Admitter
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.proto import router_pb2 as pb
@@ -36,6 +37,7 @@ class RouterServer:
         self.config = config
         self.metrics = RouterMetrics()
         self.router = Router(config, self.metrics, clock) if clock else Router(config, self.metrics)
+        self.admitter = Admitter.from_config(config.admission, self.metrics.registry, config.request_ttl_s)
         self.port = 0
         self._subscriptions: Subscriptions | None = None
         self._server: grpc.aio.Server | None = None
@@ -57,7 +59,9 @@ class RouterServer:
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on port {self.config.metrics_port}: {exc}") from None
         self._subscriptions = Subscriptions(self.router, self.config.events.replay_timeout_s)
-        servicer = RouterService(self.router, self._subscriptions, tracing.tracer("glmserve-router"))
+        servicer = RouterService(
+            self.router, self._subscriptions, tracing.tracer("glmserve-router"), admitter=self.admitter
+        )
         pb_grpc.add_RouterServicer_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -79,6 +83,9 @@ class RouterServer:
                 log.info("worker %s silent for %.0f s: forgotten", worker_id, self.config.workers.forget_after_s)
                 if self._subscriptions is not None:
                     self._subscriptions.stop(worker_id)
+            if self.admitter is not None:
+                for request_id in self.admitter.sweep():
+                    log.warning("request %s never completed: its admission is settled as admitted", request_id)
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._health is not None:
@@ -91,6 +98,8 @@ class RouterServer:
             await self._server.stop(grace_s)
         if self._subscriptions is not None:
             await self._subscriptions.close()
+        if self.admitter is not None:
+            await self.admitter.aclose()
         if self._metrics_http is not None:
             http_server, thread = self._metrics_http
             http_server.shutdown()

@@ -1,10 +1,20 @@
-"""The gRPC servicer: validates requests, calls the Router, maps glmserve errors to status codes."""
+"""The gRPC servicer: validates requests, admits and routes them, maps glmserve errors to status
+codes.
+
+Route = the tenant's plan admits it (admitter.py; v2 requests, when the router loads tenants) ->
+it waits for a slot of this replica's share of the engines (flow/, by plan priority and fairly
+between tenants) -> the Router picks its workers on the KV and load state of that moment. Whatever
+fails or is cancelled after the admission undoes what was done before it, so an admission is
+settled exactly once: by Complete, or by its Route.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -13,27 +23,32 @@ from opentelemetry import trace
 
 from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, InvalidRequestError
+from glmserve.common.tenancy import PRIORITY_RANK
 from glmserve.router import convert
+from glmserve.router.admitter import Admitter
+from glmserve.router.flow import Ticket
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.router import Router
 from glmserve.router.status import to_status
 from glmserve.router.subscriber import Subscriptions
+from glmserve.router.types import Admitted, RouteQuery, Usage
 
 log = logging.getLogger("glmserve.router")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Resp]
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Resp | Awaitable[Resp]]
 
 
 def _rpc(handler: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Runs a synchronous handler on the server's loop (the Router is single-threaded) and turns
-    GlmserveErrors into their status codes; anything else becomes INTERNAL without the marker."""
+    """Runs a handler on the server's loop (the Router is single-threaded) and turns GlmserveErrors
+    into their status codes; anything else becomes INTERNAL without the marker."""
 
     @functools.wraps(handler)
     async def call(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
-            return handler(self, request, context)
+            reply = handler(self, request, context)
+            return await reply if inspect.isawaitable(reply) else reply
         except GlmserveError as exc:
             code, details, trailers = to_status(exc)
             await context.abort(code, details, trailing_metadata=trailers)
@@ -43,10 +58,19 @@ def _rpc(handler: Handler[Req, Resp]) -> Callable[[Any, Req, grpc.aio.ServicerCo
 
 
 class RouterService(pb_grpc.RouterServicer):
-    def __init__(self, router: Router, subscriptions: Subscriptions, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        subscriptions: Subscriptions,
+        tracer: trace.Tracer | None = None,
+        *,
+        admitter: Admitter | None = None,
+    ) -> None:
         self._router = router
         self._subscriptions = subscriptions
         self._tracer = tracer or trace.NoOpTracer()
+        self._admitter = admitter
+        self._flow = router.flow
 
     @_rpc
     def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
@@ -61,7 +85,11 @@ class RouterService(pb_grpc.RouterServicer):
             )
             self._subscriptions.follow(info)
         cfg = self._router.config.workers
-        return pb.RegisterResponse(heartbeat_interval_s=cfg.heartbeat_interval_s, lease_s=cfg.lease_s)
+        return pb.RegisterResponse(
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            lease_s=cfg.lease_s,
+            protocol_version=convert.PROTOCOL_VERSION,
+        )
 
     @_rpc
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
@@ -76,7 +104,7 @@ class RouterService(pb_grpc.RouterServicer):
         return pb.DeregisterResponse()
 
     @_rpc
-    def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
+    async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         try:
             query = convert.query_from_pb(request, self._router.config.max_prompt_tokens)
         except GlmserveError:
@@ -84,7 +112,22 @@ class RouterService(pb_grpc.RouterServicer):
             raise
         parent = tracing.context_from_grpc(context.invocation_metadata())
         with self._tracer.start_as_current_span("route", context=parent, kind=trace.SpanKind.SERVER) as span:
-            decision = self._router.route(query)
+            admitted, plan = None, ""
+            if self._admitter is not None and request.protocol_version >= convert.ADMITTING_VERSION:
+                tenant, admitted = await self._admitter.admit(query)
+                query, plan = replace(query, priority=tenant.priority), tenant.plan
+            has_slot = False
+            try:
+                await self._flow.acquire(self._ticket(query, plan, admitted))
+                has_slot = True
+                decision = self._router.route(query)
+            except BaseException:  # refused, failed or cancelled (the ingress gave up): undo it all
+                self._undo(query.request_id, routed=False, has_slot=has_slot)
+                raise
+            # Cancelled after this returns: the reply never reached the ingress, which routes elsewhere.
+            context.add_done_callback(functools.partial(self._undo_if_cancelled, query.request_id))
+            if admitted is not None:
+                decision = replace(decision, admission=admitted)
             span.set_attributes(
                 {
                     tracing.MODEL: query.model,
@@ -99,8 +142,39 @@ class RouterService(pb_grpc.RouterServicer):
 
     @_rpc
     def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
-        request_id, stage, usage = convert.completion_from_pb(request)
-        return pb.CompleteResponse(known=self._router.complete(request_id, stage, usage))
+        request_id, stage, usage, _ = convert.completion_from_pb(request)
+        known = self._router.complete(request_id, stage, usage)
+        if stage == "finished":
+            self._flow.release(request_id)
+            if self._admitter is not None:
+                known = self._admitter.settle(request_id, usage) or known
+        return pb.CompleteResponse(known=known)
+
+    def _ticket(self, query: RouteQuery, plan: str, admitted: Admitted | None) -> Ticket:
+        """What flow control needs: the plan's band and weight (the priority sent, the default
+        weight for a request not admitted here), and the tokens it may take."""
+        max_tokens = query.max_tokens or (admitted.engine_max_tokens if admitted else None) or 0
+        return Ticket(
+            request_id=query.request_id,
+            model=query.model,
+            tenant=query.tenant,
+            band=PRIORITY_RANK[query.priority],
+            weight=self._flow.config.weight(plan),
+            cost=len(query.tokens) + max_tokens,
+        )
+
+    def _undo_if_cancelled(self, request_id: str, context: grpc.aio.ServicerContext) -> None:
+        if context.cancelled():
+            self._undo(request_id, routed=True, has_slot=True)
+
+    def _undo(self, request_id: str, *, routed: bool, has_slot: bool) -> None:
+        """A Route that did not reach the ingress: its booking, slot and admission go back."""
+        if routed:
+            self._router.complete(request_id, "finished", Usage())
+        if has_slot:
+            self._flow.release(request_id)
+        if self._admitter is not None:
+            self._admitter.abandon(request_id)
 
 
 class StrictDecoding(grpc.aio.ServerInterceptor):

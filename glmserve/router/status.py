@@ -3,6 +3,8 @@
 The server marks every error it raises on purpose with the trailer `glmserve-error-code`, so a
 client can tell "the router answered UNAVAILABLE: no worker can serve this" from "the router is
 unreachable" (which gRPC also reports as UNAVAILABLE) and fall back only in the second case.
+A refusal over plan limits (RESOURCE_EXHAUSTED) carries the client's 429 headers (x-ratelimit-*,
+retry-after) as trailers of the same names.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from glmserve.common.errors import (
 
 ERROR_CODE = "glmserve-error-code"
 RETRY_AFTER = "glmserve-retry-after-s"
+_RATE_LIMIT_HEADERS = ("x-ratelimit-", "retry-after")
 _BY_STATUS: dict[grpc.StatusCode, type[GlmserveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
@@ -38,6 +41,8 @@ def to_status(error: GlmserveError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     trailers = [(ERROR_CODE, error.code or error.kind.grpc_code.lower())]
     if error.retry_after_s is not None:
         trailers.append((RETRY_AFTER, f"{error.retry_after_s:g}"))
+    if isinstance(error, RateLimitedError):
+        trailers += error.headers.items()
     return grpc.StatusCode[error.kind.grpc_code], error.message, tuple(trailers)
 
 
@@ -50,4 +55,8 @@ def from_rpc_error(error: grpc.RpcError) -> GlmserveError | None:
     if code is None or cls is None:
         return None
     retry = trailers.get(RETRY_AFTER)
-    return cls(error.details() or "", code=str(code), retry_after_s=float(retry) if retry else None)
+    message, retry_after_s = error.details() or "", float(retry) if retry else None
+    if cls is RateLimitedError:
+        headers = {k: str(v) for k, v in trailers.items() if k.startswith(_RATE_LIMIT_HEADERS)}
+        return RateLimitedError(message, code=str(code), retry_after_s=retry_after_s, headers=headers)
+    return cls(message, code=str(code), retry_after_s=retry_after_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +14,7 @@ from glmserve.common.tenancy import PriorityClass
 # A worker is one of the router's pools; a colocated engine registers as "decode".
 Role = WorkerRole
 Stage = Literal["finished", "prefill_done"]
+Outcome = Literal["ok", "cancelled", "failed"]  # how a finished request ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,14 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Admitted:
+    """The router admitted the request against its tenant's plan; Complete settles it."""
+
+    headers: Mapping[str, str]  # x-ratelimit-* headers to return to the client
+    engine_max_tokens: int | None  # max_tokens to send the engine (None: the client's own)
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     request_id: str
     prefill: Target | None  # None: the decode worker prefills locally
@@ -68,6 +78,7 @@ class Decision:
     policy: str
     reasons: tuple[str, ...] = ()
     degraded: bool = False
+    admission: Admitted | None = None  # None: this router does not admit; the ingress admits locally
 
 
 @dataclass(frozen=True, slots=True)

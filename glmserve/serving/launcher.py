@@ -118,7 +118,12 @@ class Stack:
         # Inherited by every engine process: any router (ours or --router-address) can hash like them.
         os.environ["PYTHONHASHSEED"] = ENGINE_HASH_SEED
         if self.cfg.runs_local_router:
-            self.router = LocalRouter(Path(tempfile.mkdtemp(prefix="glmserve-router-")))
+            self.router = LocalRouter(
+                Path(tempfile.mkdtemp(prefix="glmserve-router-")),
+                tenants_file=self.cfg.tenants_file,
+                redis_url=self.cfg.redis_url,
+                outage=self.cfg.limits_outage,
+            )
             router_target = self.router.start()
             self.progress(f"router: {router_target} (metrics http://127.0.0.1:{self.router.metrics_port}/metrics)")
         # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.

@@ -1,5 +1,8 @@
 """`glmserve up`'s own router: a `glmserve router serve` child process on loopback.
 
+With tenants configured it admits requests too, from the same tenants file and limits store as
+the ingress (which admits on its own only while the router does not answer).
+
 Engines hash their prompt blocks with PYTHONHASHSEED pinned to ENGINE_HASH_SEED (set before
 Ray starts, inherited by every engine process) so the router reproduces their block hashes.
 """
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 
@@ -22,8 +26,20 @@ START_TIMEOUT_S = 60
 
 
 class LocalRouter:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tenants_file: Path | None = None,
+        redis_url: str | None = None,
+        outage: Literal["fail-open", "fail-closed"] = "fail-open",
+    ) -> None:
+        """`tenants_file`: the router admits against these plans, with limits in `redis_url`
+        (None: in the router's memory) and `outage` while Redis is unreachable."""
         self._workdir = workdir
+        self._admission: dict[str, Any] | None = None
+        if tenants_file is not None:
+            self._admission = {"tenants_file": str(tenants_file.resolve()), "redis_url": redis_url, "outage": outage}
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.metrics_port = free_port()
@@ -33,15 +49,18 @@ class LocalRouter:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> str:
-        config = {
+        """Starts the router (again, after stop(): same ports) and returns its gRPC target."""
+        config: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": self.port,
             "metrics_port": self.metrics_port,
             "hashing": ROUTER_HASHING,
         }
+        if self._admission is not None:
+            config["admission"] = self._admission
         path = self._workdir / "router.yaml"
         path.write_text(yaml.safe_dump(config))
-        log = (self._workdir / "router.log").open("wb")
+        log = (self._workdir / "router.log").open("ab")
         cmd = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(path)]
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S

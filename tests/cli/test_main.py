@@ -39,6 +39,24 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
         _cfg(["--tls-certfile", str(cert)])
 
 
+@pytest.mark.parametrize(
+    ("argv", "runs"),
+    [
+        ([], False),  # one engine, no tenants: nothing to choose or admit
+        (["--replicas", "2"], True),
+        (["--tenants-file", "TENANTS"], True),  # the router admits
+        (["--tenants-file", "TENANTS", "--router", "off"], False),  # the ingress admits alone
+        (["--tenants-file", "TENANTS", "--router-address", "10.0.0.1:50051"], False),
+    ],
+)
+def test_the_local_router_starts_for_a_choice_of_engines_or_tenants(
+    tmp_path: Path, argv: list[str], runs: bool
+) -> None:
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text("plans: []\n")
+    assert _cfg([str(tenants) if a == "TENANTS" else a for a in argv]).runs_local_router is runs
+
+
 def test_unknown_config_keys_are_rejected(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("prot: 9000\n")

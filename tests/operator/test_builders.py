@@ -237,6 +237,20 @@ def test_the_router_and_the_engines_hash_blocks_alike(tmp_path: Path) -> None:
     assert seeds == {config.hashing.seed}
 
 
+def test_the_router_admits_from_its_mounted_tenants_with_limits_in_redis(tmp_path: Path) -> None:
+    children = _children(False)
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    (tmp_path / CONFIG_FILE).write_text(configmap["data"][CONFIG_FILE])
+    admission = load_config(tmp_path / CONFIG_FILE).admission
+    assert admission.redis_url == "redis://glmserve-redis:6379/0"
+    pod = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert volume["configMap"] == {"name": configmap["metadata"]["name"]}  # every key, the tenants file included
+    assert admission.tenants_file == Path(mount["mountPath"]) / TENANTS_FILE
+    assert TENANTS_FILE in configmap["data"]
+
+
 def test_the_ingress_reads_the_tenants_and_shares_limits_in_redis() -> None:
     children = _children(False)
     ingress = _ingress_pod(children)

@@ -5,6 +5,8 @@ from typing import Any
 
 import pytest
 
+# a real redis-server for the limits of routers that admit
+from tests.admission.conftest import redis_server, redis_url  # noqa: F401
 from tests.router.harness import ServerThread, SimEngine, config
 
 

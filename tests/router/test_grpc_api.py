@@ -84,7 +84,7 @@ def test_malformed_requests_get_invalid_argument_and_the_router_keeps_serving(
 
 
 def test_no_worker_is_unavailable_with_a_reason(start_router: Start, engines: Callable[..., SimEngine]) -> None:
-    router = start_router()
+    router = start_router(flow={"max_queued": 0})  # a request finding no free slot is refused, not queued
     code, trailers = _code(lambda: route(router.stub, [1, 2, 3]))
     assert (code, trailers["glmserve-error-code"], trailers["glmserve-retry-after-s"]) == (
         grpc.StatusCode.UNAVAILABLE,
@@ -94,7 +94,11 @@ def test_no_worker_is_unavailable_with_a_reason(start_router: Start, engines: Ca
     register(router.stub, engines("a"), max_running=1, replay=False)
     route(router.stub, [1, 2, 3], "first")  # fills its only slot
     code, trailers = _code(lambda: route(router.stub, [1, 2, 3], "second"))
-    assert (code, trailers["glmserve-error-code"]) == (grpc.StatusCode.UNAVAILABLE, "overloaded")
+    assert (code, trailers["glmserve-error-code"], trailers["glmserve-retry-after-s"]) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "flow_queue_full",
+        "1",
+    )
 
 
 def test_heartbeat_of_an_unknown_worker_is_not_found(start_router: Start) -> None:

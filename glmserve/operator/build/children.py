@@ -19,7 +19,7 @@ def build_children(
     inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
 ) -> list[dict[str, Any]]:
     """The router's ConfigMap comes first so no pod starts without it (`tenancy` None: no Plan yet)."""
-    configmap = build_router_configmap(inputs, tenancy)
+    configmap = build_router_configmap(inputs, tenancy, redis_url)
     return [
         configmap,
         build_router_deployment(inputs, config_hash(configmap)),

@@ -1,7 +1,9 @@
 """The router: a Deployment + Service (gRPC), and the ConfigMap with its config and the tenants.
 
-The ConfigMap also carries the plans and tenants (key hashes only) that the ingress replicas on the
-Ray cluster mount and re-read when they change.
+The router admits every request against the plans and tenants (key hashes only) in the ConfigMap,
+with its limits in `redis_url`; the ingress replicas on the Ray cluster mount the same tenants to
+authenticate API keys and to admit on their own while no router answers. Both re-read the file
+when it changes. The cache salt is the ingress's alone: the router gets each request's salt.
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ TENANTS_FILE = "tenants.yaml"
 CONFIG_HASH = "glmserve.io/config-hash"
 
 
-def router_config() -> dict[str, Any]:
-    """`glmserve router serve --config`'s settings: its ports and the engines' block hashing."""
-    return {"port": ROUTER_PORT, "metrics_port": ROUTER_METRICS_PORT, "hashing": ROUTER_HASHING}
+def router_config(redis_url: str | None) -> dict[str, Any]:
+    """`glmserve router serve --config`'s settings: its ports, the engines' block hashing, and
+    admission from the tenants file beside it (absent until a Plan applies: nobody is admitted)
+    with limits in `redis_url` (None: each router replica limits alone, in memory)."""
+    admission = {"tenants_file": f"{CONFIG_DIR}/{TENANTS_FILE}", "redis_url": redis_url}
+    return {
+        "port": ROUTER_PORT,
+        "metrics_port": ROUTER_METRICS_PORT,
+        "hashing": ROUTER_HASHING,
+        "admission": admission,
+    }
 
 
-def build_router_configmap(inputs: DeploymentInputs, tenancy: TenantsFile | None) -> dict[str, Any]:
-    """`tenancy` None (no Plan applies yet): no tenants file, so the ingress admits nobody."""
-    data = {CONFIG_FILE: yaml.safe_dump(router_config(), sort_keys=False)}
+def build_router_configmap(
+    inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
+) -> dict[str, Any]:
+    """`tenancy` None (no Plan applies yet): no tenants file, so neither router nor ingress admits anybody."""
+    data = {CONFIG_FILE: yaml.safe_dump(router_config(redis_url), sort_keys=False)}
     if tenancy is not None:
         dumped = tenancy.model_dump(mode="json", by_alias=True, exclude_none=True)
         data[TENANTS_FILE] = yaml.safe_dump(dumped, sort_keys=False)
@@ -89,13 +101,8 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
                     **inputs.images.pod_spec(),
                     "containers": [container],
                     "volumes": [
-                        {
-                            "name": "config",
-                            "configMap": {
-                                "name": inputs.router_service,
-                                "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
-                            },
-                        },
+                        # every key: the tenants file appears when a Plan applies and is updated in place
+                        {"name": "config", "configMap": {"name": inputs.router_service}},
                         *(volume for volume, _ in extra),
                     ],
                     "topologySpreadConstraints": [

@@ -14,15 +14,16 @@ ROOT = PROTO.parents[3]
 STUBS = ("router_pb2.py", "router_pb2.pyi", "router_pb2_grpc.py")
 
 
-def generate(out_root: Path) -> list[Path]:
-    """Writes the stubs under `out_root`/glmserve/router/proto and returns their paths."""
+def generate(out_root: Path, proto: Path = PROTO, root: Path = ROOT) -> list[Path]:
+    """Writes the stubs of `proto` (imported relative to `root`) under `out_root` and returns
+    their paths; by default the router's, under `out_root`/glmserve/router/proto."""
     from grpc_tools import protoc
 
-    rel = PROTO.relative_to(ROOT)
-    args = ["protoc", f"-I{ROOT}", f"--python_out={out_root}", f"--pyi_out={out_root}"]
+    rel = proto.relative_to(root)
+    args = ["protoc", f"-I{root}", f"--python_out={out_root}", f"--pyi_out={out_root}"]
     args += [f"--grpc_python_out={out_root}", str(rel)]
     if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {PROTO}")
+        raise RuntimeError(f"protoc failed on {proto}")
     return [out_root / rel.parent / name for name in STUBS]
 
 

@@ -24,45 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"glmserve/router/proto/router.proto\x12\x12glmserve.router.v1\"\xff\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.glmserve.router.v1.Role\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x1a\n\x12kv_events_endpoint\x18\x05 \x01(\t\x12\x1a\n\x12kv_replay_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fkv_events_topic\x18\x07 \x01(\t\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x1c\n\x14max_running_requests\x18\t \x01(\r\x12\x17\n\x0fkv_cache_blocks\x18\n \x01(\x04\"@\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x01\"e\n\x0fRegisterRequest\x12*\n\x06worker\x18\x01 \x01(\x0b\x32\x1a.glmserve.router.v1.Worker\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.glmserve.router.v1.Load\"A\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\"M\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.glmserve.router.v1.Load\"$\n\x11HeartbeatResponse\x12\x0f\n\x07lease_s\x18\x01 \x01(\x01\"&\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\xcf\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\r\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12.\n\x08priority\x18\x07 \x01(\x0e\x32\x1c.glmserve.router.v1.Priority\x12\x1a\n\x12\x61llowed_worker_ids\x18\x08 \x03(\t\"R\n\x06Target\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x01\"\xf7\x01\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x07prefill\x18\x02 \x01(\x0b\x32\x1a.glmserve.router.v1.TargetH\x00\x88\x01\x01\x12*\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x1a.glmserve.router.v1.Target\x12\x1e\n\x16\x65xpected_cached_tokens\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x42\n\n\x08_prefill\"\xa8\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05stage\x18\x02 \x01(\x0e\x32\x19.glmserve.router.v1.Stage\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x08\"!\n\x10\x43ompleteResponse\x12\r\n\x05known\x18\x01 \x01(\x08*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02*|\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRIORITY_BATCH\x10\x01\x12\x15\n\x11PRIORITY_STANDARD\x10\x02\x12\x14\n\x10PRIORITY_PREMIUM\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*6\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12STAGE_PREFILL_DONE\x10\x01\x32\xbb\x03\n\x06Router\x12U\n\x08Register\x12#.glmserve.router.v1.RegisterRequest\x1a$.glmserve.router.v1.RegisterResponse\x12X\n\tHeartbeat\x12$.glmserve.router.v1.HeartbeatRequest\x1a%.glmserve.router.v1.HeartbeatResponse\x12[\n\nDeregister\x12%.glmserve.router.v1.DeregisterRequest\x1a&.glmserve.router.v1.DeregisterResponse\x12L\n\x05Route\x12 .glmserve.router.v1.RouteRequest\x1a!.glmserve.router.v1.RouteResponse\x12U\n\x08\x43omplete\x12#.glmserve.router.v1.CompleteRequest\x1a$.glmserve.router.v1.CompleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"glmserve/router/proto/router.proto\x12\x12glmserve.router.v1\"\xff\x01\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.glmserve.router.v1.Role\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x1a\n\x12kv_events_endpoint\x18\x05 \x01(\t\x12\x1a\n\x12kv_replay_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fkv_events_topic\x18\x07 \x01(\t\x12\x12\n\nblock_size\x18\x08 \x01(\r\x12\x1c\n\x14max_running_requests\x18\t \x01(\r\x12\x17\n\x0fkv_cache_blocks\x18\n \x01(\x04\"@\n\x04Load\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x01\"\x7f\n\x0fRegisterRequest\x12*\n\x06worker\x18\x01 \x01(\x0b\x32\x1a.glmserve.router.v1.Worker\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.glmserve.router.v1.Load\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\"[\n\x10RegisterResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\"M\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x04load\x18\x02 \x01(\x0b\x32\x18.glmserve.router.v1.Load\"$\n\x11HeartbeatResponse\x12\x0f\n\x07lease_s\x18\x01 \x01(\x01\"&\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"\xe9\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x04 \x03(\r\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12.\n\x08priority\x18\x07 \x01(\x0e\x32\x1c.glmserve.router.v1.Priority\x12\x1a\n\x12\x61llowed_worker_ids\x18\x08 \x03(\t\x12\x18\n\x10protocol_version\x18\t \x01(\r\"R\n\x06Target\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\r\n\x05score\x18\x04 \x01(\x01\"\xd6\x02\n\rRouteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x07prefill\x18\x02 \x01(\x0b\x32\x1a.glmserve.router.v1.TargetH\x00\x88\x01\x01\x12*\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x1a.glmserve.router.v1.Target\x12\x1e\n\x16\x65xpected_cached_tokens\x18\x04 \x01(\r\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\x12\x35\n\tadmission\x18\t \x01(\x0b\x32\x1d.glmserve.router.v1.AdmissionH\x01\x88\x01\x01\x12\x18\n\x10protocol_version\x18\n \x01(\rB\n\n\x08_prefillB\x0c\n\n_admission\"\xae\x01\n\tAdmission\x12;\n\x07headers\x18\x01 \x03(\x0b\x32*.glmserve.router.v1.Admission.HeadersEntry\x12\x1e\n\x11\x65ngine_max_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x14\n\x12_engine_max_tokens\"\xd6\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x05stage\x18\x02 \x01(\x0e\x32\x19.glmserve.router.v1.Stage\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x08\x12,\n\x07outcome\x18\x07 \x01(\x0e\x32\x1b.glmserve.router.v1.Outcome\"!\n\x10\x43ompleteResponse\x12\r\n\x05known\x18\x01 \x01(\x08*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02*|\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRIORITY_BATCH\x10\x01\x12\x15\n\x11PRIORITY_STANDARD\x10\x02\x12\x14\n\x10PRIORITY_PREMIUM\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*6\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12STAGE_PREFILL_DONE\x10\x01*]\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x15\n\x11OUTCOME_CANCELLED\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03\x32\xbb\x03\n\x06Router\x12U\n\x08Register\x12#.glmserve.router.v1.RegisterRequest\x1a$.glmserve.router.v1.RegisterResponse\x12X\n\tHeartbeat\x12$.glmserve.router.v1.HeartbeatRequest\x1a%.glmserve.router.v1.HeartbeatResponse\x12[\n\nDeregister\x12%.glmserve.router.v1.DeregisterRequest\x1a&.glmserve.router.v1.DeregisterResponse\x12L\n\x05Route\x12 .glmserve.router.v1.RouteRequest\x1a!.glmserve.router.v1.RouteResponse\x12U\n\x08\x43omplete\x12#.glmserve.router.v1.CompleteRequest\x1a$.glmserve.router.v1.CompleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'glmserve.router.proto.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1481
-  _globals['_ROLE']._serialized_end=1544
-  _globals['_PRIORITY']._serialized_start=1546
-  _globals['_PRIORITY']._serialized_end=1670
-  _globals['_STAGE']._serialized_start=1672
-  _globals['_STAGE']._serialized_end=1726
+  _globals['_ADMISSION_HEADERSENTRY']._loaded_options = None
+  _globals['_ADMISSION_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=1877
+  _globals['_ROLE']._serialized_end=1940
+  _globals['_PRIORITY']._serialized_start=1942
+  _globals['_PRIORITY']._serialized_end=2066
+  _globals['_STAGE']._serialized_start=2068
+  _globals['_STAGE']._serialized_end=2122
+  _globals['_OUTCOME']._serialized_start=2124
+  _globals['_OUTCOME']._serialized_end=2217
   _globals['_WORKER']._serialized_start=59
   _globals['_WORKER']._serialized_end=314
   _globals['_LOAD']._serialized_start=316
   _globals['_LOAD']._serialized_end=380
   _globals['_REGISTERREQUEST']._serialized_start=382
-  _globals['_REGISTERREQUEST']._serialized_end=483
-  _globals['_REGISTERRESPONSE']._serialized_start=485
-  _globals['_REGISTERRESPONSE']._serialized_end=550
-  _globals['_HEARTBEATREQUEST']._serialized_start=552
-  _globals['_HEARTBEATREQUEST']._serialized_end=629
-  _globals['_HEARTBEATRESPONSE']._serialized_start=631
-  _globals['_HEARTBEATRESPONSE']._serialized_end=667
-  _globals['_DEREGISTERREQUEST']._serialized_start=669
-  _globals['_DEREGISTERREQUEST']._serialized_end=707
-  _globals['_DEREGISTERRESPONSE']._serialized_start=709
-  _globals['_DEREGISTERRESPONSE']._serialized_end=729
-  _globals['_ROUTEREQUEST']._serialized_start=732
-  _globals['_ROUTEREQUEST']._serialized_end=939
-  _globals['_TARGET']._serialized_start=941
-  _globals['_TARGET']._serialized_end=1023
-  _globals['_ROUTERESPONSE']._serialized_start=1026
-  _globals['_ROUTERESPONSE']._serialized_end=1273
-  _globals['_COMPLETEREQUEST']._serialized_start=1276
-  _globals['_COMPLETEREQUEST']._serialized_end=1444
-  _globals['_COMPLETERESPONSE']._serialized_start=1446
-  _globals['_COMPLETERESPONSE']._serialized_end=1479
-  _globals['_ROUTER']._serialized_start=1729
-  _globals['_ROUTER']._serialized_end=2172
+  _globals['_REGISTERREQUEST']._serialized_end=509
+  _globals['_REGISTERRESPONSE']._serialized_start=511
+  _globals['_REGISTERRESPONSE']._serialized_end=602
+  _globals['_HEARTBEATREQUEST']._serialized_start=604
+  _globals['_HEARTBEATREQUEST']._serialized_end=681
+  _globals['_HEARTBEATRESPONSE']._serialized_start=683
+  _globals['_HEARTBEATRESPONSE']._serialized_end=719
+  _globals['_DEREGISTERREQUEST']._serialized_start=721
+  _globals['_DEREGISTERREQUEST']._serialized_end=759
+  _globals['_DEREGISTERRESPONSE']._serialized_start=761
+  _globals['_DEREGISTERRESPONSE']._serialized_end=781
+  _globals['_ROUTEREQUEST']._serialized_start=784
+  _globals['_ROUTEREQUEST']._serialized_end=1017
+  _globals['_TARGET']._serialized_start=1019
+  _globals['_TARGET']._serialized_end=1101
+  _globals['_ROUTERESPONSE']._serialized_start=1104
+  _globals['_ROUTERESPONSE']._serialized_end=1446
+  _globals['_ADMISSION']._serialized_start=1449
+  _globals['_ADMISSION']._serialized_end=1623
+  _globals['_ADMISSION_HEADERSENTRY']._serialized_start=1555
+  _globals['_ADMISSION_HEADERSENTRY']._serialized_end=1601
+  _globals['_COMPLETEREQUEST']._serialized_start=1626
+  _globals['_COMPLETEREQUEST']._serialized_end=1840
+  _globals['_COMPLETERESPONSE']._serialized_start=1842
+  _globals['_COMPLETERESPONSE']._serialized_end=1875
+  _globals['_ROUTER']._serialized_start=2220
+  _globals['_ROUTER']._serialized_end=2663
 # @@protoc_insertion_point(module_scope)

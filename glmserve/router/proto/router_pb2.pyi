@@ -25,6 +25,13 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STAGE_UNSPECIFIED: _ClassVar[Stage]
     STAGE_PREFILL_DONE: _ClassVar[Stage]
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_OK: _ClassVar[Outcome]
+    OUTCOME_CANCELLED: _ClassVar[Outcome]
+    OUTCOME_FAILED: _ClassVar[Outcome]
 ROLE_UNSPECIFIED: Role
 ROLE_PREFILL: Role
 ROLE_DECODE: Role
@@ -35,6 +42,10 @@ PRIORITY_PREMIUM: Priority
 PRIORITY_CRITICAL: Priority
 STAGE_UNSPECIFIED: Stage
 STAGE_PREFILL_DONE: Stage
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_OK: Outcome
+OUTCOME_CANCELLED: Outcome
+OUTCOME_FAILED: Outcome
 
 class Worker(_message.Message):
     __slots__ = ("worker_id", "role", "model", "address", "kv_events_endpoint", "kv_replay_endpoint", "kv_events_topic", "block_size", "max_running_requests", "kv_cache_blocks")
@@ -71,20 +82,24 @@ class Load(_message.Message):
     def __init__(self, running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker", "load")
+    __slots__ = ("worker", "load", "protocol_version")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker: Worker
     load: Load
-    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_s", "lease_s")
+    __slots__ = ("heartbeat_interval_s", "lease_s", "protocol_version")
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_s: float
     lease_s: float
-    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "load")
@@ -111,7 +126,7 @@ class DeregisterResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "model", "prompt_token_ids", "cache_salt", "max_tokens", "priority", "allowed_worker_ids")
+    __slots__ = ("request_id", "tenant", "model", "prompt_token_ids", "cache_salt", "max_tokens", "priority", "allowed_worker_ids", "protocol_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +135,7 @@ class RouteRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     model: str
@@ -128,7 +144,8 @@ class RouteRequest(_message.Message):
     max_tokens: int
     priority: Priority
     allowed_worker_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., allowed_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., allowed_worker_ids: _Optional[_Iterable[str]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("worker_id", "address", "cached_tokens", "score")
@@ -143,7 +160,7 @@ class Target(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., cached_tokens: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("request_id", "prefill", "decode", "expected_cached_tokens", "prompt_tokens", "policy", "reasons", "degraded")
+    __slots__ = ("request_id", "prefill", "decode", "expected_cached_tokens", "prompt_tokens", "policy", "reasons", "degraded", "admission", "protocol_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PREFILL_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +169,8 @@ class RouteResponse(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prefill: Target
     decode: Target
@@ -160,23 +179,42 @@ class RouteResponse(_message.Message):
     policy: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
     degraded: bool
-    def __init__(self, request_id: _Optional[str] = ..., prefill: _Optional[_Union[Target, _Mapping]] = ..., decode: _Optional[_Union[Target, _Mapping]] = ..., expected_cached_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    admission: Admission
+    protocol_version: int
+    def __init__(self, request_id: _Optional[str] = ..., prefill: _Optional[_Union[Target, _Mapping]] = ..., decode: _Optional[_Union[Target, _Mapping]] = ..., expected_cached_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class Admission(_message.Message):
+    __slots__ = ("headers", "engine_max_tokens")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    headers: _containers.ScalarMap[str, str]
+    engine_max_tokens: int
+    def __init__(self, headers: _Optional[_Mapping[str, str]] = ..., engine_max_tokens: _Optional[int] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("request_id", "stage", "prompt_tokens", "cached_tokens", "completion_tokens", "failed")
+    __slots__ = ("request_id", "stage", "prompt_tokens", "cached_tokens", "completion_tokens", "failed", "outcome")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     stage: Stage
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
     failed: bool
-    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., failed: _Optional[bool] = ...) -> None: ...
+    outcome: Outcome
+    def __init__(self, request_id: _Optional[str] = ..., stage: _Optional[_Union[Stage, str]] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., failed: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("known",)

@@ -1,7 +1,7 @@
 """Who may send what: API keys to tenants, plan limits, prefix-cache salts, engine slots by priority.
 
-The building blocks are the router package's (glmserve.admission.tenants / limits / cache_salt);
-this wires them to one ingress replica's settings.
+The building blocks are glmserve.admission's (tenants, limiter, cache salt, slots); this wires
+them to one ingress replica's settings, for the requests the router does not admit (admit.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from glmserve.admission.memory import MemoryBackend
 from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.slots import PrioritySlots
+from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import ResolvedTenant
 from glmserve.serving.ingress.settings import LimitsSettings
-from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 
 class Gate:

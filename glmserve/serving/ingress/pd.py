@@ -2,8 +2,9 @@
 
 The prefill replica computes the prompt's KV cache (one output token) and returns where the
 KV lives (`kv_transfer_params`); the decode replica pulls it through vLLM's KV connector and
-generates. Request shaping is Ray Serve LLM's default P/D protocol (the one NIXL-style
-connectors use). When remote prefill fails, decode prefills locally: slower, never lost.
+generates. The prefill body is shaped by Ray Serve LLM's default P/D protocol (the one NIXL-style
+connectors use; engine_request.py). When remote prefill fails, decode prefills locally: slower,
+never lost.
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ray.llm._internal.serve.core.protocol import RawRequestInfo
-from ray.llm._internal.serve.engines.vllm.kv_transfer.base import DefaultPDProtocolMixin
 from ray.serve.handle import DeploymentHandle
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 log = logging.getLogger("glmserve.ingress.pd")
-
-_PROTOCOL = DefaultPDProtocolMixin()
-
 
 PrefillFallback = Literal["error", "engine_error", "no_kv_params"]
 
@@ -47,27 +44,21 @@ class PrefillRejected(Exception):
 
 
 async def remote_prefill(
-    prefill: DeploymentHandle,
-    endpoint: str,
-    body: Any,
-    prompt: list[int],
-    *,
-    target: str | None = None,
-    raw_request: RawRequestInfo | None = None,
+    prefill: DeploymentHandle, endpoint: str, body: Any, raw_request: RawRequestInfo | None = None
 ) -> Prefilled:
     """KV transfer parameters for the decode request, or a fallback to prefill on the decode replica.
-    `target`: the prefill replica the router chose (None: Serve balances); `raw_request`: headers
-    for the engine (the trace context)."""
-    request = _PROTOCOL.prepare_prefill_request(request=body, peer=None)
-    request.glmserve_target = target  # type: ignore[union-attr]  # our ChatRequest/TextCompletionRequest
-    request.kv_transfer_params = {**(request.kv_transfer_params or {}), "prompt_token_ids": prompt}
+    `body`: the prefill body (EngineRequest.prefill_body); `raw_request`: headers for the engine
+    (the trace context)."""
+    stream = None
     try:
-        stream = getattr(prefill, endpoint).remote(request, raw_request)
+        stream = getattr(prefill, endpoint).remote(body, raw_request)
         first = await stream.__anext__()
-        stream.cancel()
     except Exception as exc:  # a dead or unreachable prefill replica must not fail the request
         log.warning("remote prefill failed (%s: %s); decoding with local prefill", type(exc).__name__, exc)
         return Prefilled(None, "error")
+    finally:  # its one token is all it was asked for, and a client gone meanwhile wants nothing
+        if stream is not None:
+            stream.cancel()
     item = first[0] if isinstance(first, list) else first
     if isinstance(item, ErrorResponse):
         if 400 <= int(item.error.code) < 500 and int(item.error.code) != 429:

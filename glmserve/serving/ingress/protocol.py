@@ -1,9 +1,13 @@
-"""Request bodies: vLLM's OpenAI protocol models plus GLM's `thinking` switch and edge checks."""
+"""What clients send: vLLM's OpenAI protocol models plus GLM's `thinking` switch and edge checks.
+
+These models hold the client's fields only. What the platform adds for the engines (the KV to
+pull, the replica to run on, the tenant's salt and priority) lives in engine_request.py.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -22,8 +26,10 @@ class Thinking(BaseModel):
 class _Limits:
     """Checks OpenAI makes at its edge and vLLM leaves to the engine (which reports them late or as 500s)."""
 
-    # The engine replica the router chose for this call (see glmserve.serving.routing.pinned).
-    glmserve_target: str | None = None
+    # vLLM's models declare kv_transfer_params for its P/D proxy; for a client it would name
+    # remote KV blocks (another request's cache), so here it is no field: a client's value stays
+    # an ignored extra and the engines get the platform's (engine_request.py).
+    kv_transfer_params: ClassVar[None] = None
 
     @field_validator("max_tokens", "max_completion_tokens", check_fields=False)
     @classmethod
@@ -31,14 +37,6 @@ class _Limits:
         if value is not None and value < 1:
             raise ValueError(f"must be at least 1, got {value}")
         return value
-
-    @field_validator("kv_transfer_params", "glmserve_target", check_fields=False)
-    @classmethod
-    def _internal_only(cls, value: object) -> None:
-        # kv_transfer_params names remote KV blocks: a client setting it could read another
-        # request's cache; glmserve_target would bypass routing and admission's load shedding.
-        if value is not None:
-            raise ValueError("is set by the platform, not by clients")
 
     @field_validator("n", check_fields=False)
     @classmethod
@@ -105,6 +103,13 @@ def parse_body(raw: bytes, model: type[R]) -> R:
         param = _param(first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequestError(f"{param}: {message}" if param else message, param=param) from None
+
+
+def client_max_tokens(body: ChatRequest | TextCompletionRequest) -> int | None:
+    """The most output tokens the client asked for (chat's max_completion_tokens wins, as in OpenAI's API)."""
+    if isinstance(body, ChatRequest) and body.max_completion_tokens is not None:
+        return body.max_completion_tokens
+    return body.max_tokens
 
 
 def check_context(max_context: int, prompt_tokens: int, max_tokens: int | None) -> None:

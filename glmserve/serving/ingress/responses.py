@@ -56,11 +56,13 @@ async def sse_stream(
     usage: Usage,
     on_events: Any,
 ) -> AsyncIterator[bytes]:
-    """Re-frames the engine's SSE events; fills `usage` from the engine's final usage event.
+    """Re-frames the engine's SSE events; fills `usage` from the engine's final usage event, and
+    until it comes (a stream cut short never gets it) counts an output token per event sent.
 
     The engine is always asked for usage (the platform needs token counts for every request);
     the event is forwarded only when the client asked for it, as OpenAI does.
     """
+    counted = True
     async for batch in batches:
         out: list[str] = []
         tokens = 0
@@ -69,6 +71,7 @@ async def sse_stream(
                 parsed = Usage.from_dict(json.loads(event.removeprefix("data: "))["usage"])
                 usage.prompt_tokens, usage.completion_tokens = parsed.prompt_tokens, parsed.completion_tokens
                 usage.cached_tokens = parsed.cached_tokens
+                counted = False
                 if not client_wants_usage:
                     continue
             elif not event.startswith(_DONE):
@@ -76,6 +79,8 @@ async def sse_stream(
             out.append(event.replace(_VLLM_REASONING, _GLM_REASONING))
         if tokens:
             on_events(tokens)
+            if counted:
+                usage.completion_tokens += tokens
         if out:
             yield "".join(out).encode()
 

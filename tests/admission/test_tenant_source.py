@@ -10,10 +10,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from glmserve.admission.metrics import AdmissionMetrics
+from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import OPEN_TENANT_ID
 from glmserve.common.errors import AuthenticationError
 from glmserve.common.tenancy import hash_api_key
-from glmserve.serving.ingress.tenant_source import WatchedTenants
 
 
 def _write(path: Path, keys: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""The ingress's tenants, re-read when their file changes.
+"""The tenants the router (and the ingress) admit, re-read when their file changes.
 
 In a cluster the file is a ConfigMap key the operator rewrites when Plans, Tenants or their key
 Secrets change; the kubelet swaps it in place, so new tenants and rotated keys take effect
@@ -42,6 +42,11 @@ class WatchedTenants:
     def authenticate(self, authorization: str | None) -> ResolvedTenant:
         self._refresh()
         return self.registry.authenticate(authorization)
+
+    def get(self, tenant_id: str) -> ResolvedTenant | None:
+        """The tenant the ingress authenticated, as the current file has it."""
+        self._refresh()
+        return self.registry.get(tenant_id)
 
     def _refresh(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,40 @@
+"""The router config's `flow` section."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glmserve.common.tenancy import Name
+
+Weight = Annotated[float, Field(gt=0)]
+
+
+class FlowConfig(BaseModel):
+    """How requests wait for an engine slot: bands by plan priority (strict), fairness between the
+    tenants of a band weighted by plan, a bounded queue with a time-to-live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queued: int = Field(
+        default=1024,
+        ge=0,
+        description="requests waiting per model, all bands together; when full, the lowest band's "
+        "request served last is refused (503 + Retry-After). 0: never wait",
+    )
+    queue_ttl_s: float = Field(default=30.0, gt=0, description="a request waiting longer is refused with 503")
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After of the requests refused here")
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="router replicas routing to the same engines (per shard): each hands out "
+        "1/replicas of the engines' max_running_requests",
+    )
+    plan_weights: dict[Name, Weight] = Field(
+        default_factory=dict, description="fairness weight of each plan's tenants within their band"
+    )
+    default_weight: Weight = Field(default=1.0, description="the weight of plans not in plan_weights")
+
+    def weight(self, plan: str) -> float:
+        return self.plan_weights.get(plan, self.default_weight)

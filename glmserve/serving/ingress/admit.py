@@ -1,0 +1,131 @@
+"""Whether, and where, a request runs.
+
+The router is asked first: it picks the workers and, when it runs admission, also admits the
+request against its plan and queues it by priority. When the router does not admit (none is
+configured, none answers, or it leaves admission to the ingress), this replica admits the request
+itself with the same `glmserve.admission` package: the plan limits against the limits store, then
+one of the model's engine slots in plan-priority order; without the router's choice Serve balances.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from glmserve.admission.tenants import ResolvedTenant
+from glmserve.common.errors import RateLimitedError
+from glmserve.router.client import RouterUnavailableError
+from glmserve.router.types import Decision
+from glmserve.serving.ingress.gate import Gate
+from glmserve.serving.ingress.life import RequestLife, Router
+from glmserve.serving.ingress.metrics import ROUTER_UNAVAILABLE, IngressMetrics
+from glmserve.serving.ingress.reply import Failed
+from glmserve.serving.ingress.settings import ServedModel
+
+log = logging.getLogger("glmserve.ingress")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    decision: Decision | None  # the router's workers; None: Serve balances
+    engine_max_tokens: int | None  # the client's max_tokens, else its plan's cap (None: the engine's default)
+
+
+class Admitter:
+    def __init__(self, gate: Gate, router: Router | None, metrics: IngressMetrics) -> None:
+        self._gate = gate
+        self._router = router
+        self._metrics = metrics
+
+    async def admit(
+        self,
+        life: RequestLife,
+        tenant: ResolvedTenant,
+        served: ServedModel,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int | None,
+        cache_salt: str,
+    ) -> Grant | Failed:
+        """The request may run (with the router's workers when it routed it), or the refusal to
+        answer with. Raises the errors that refuse it otherwise (400/403 plan checks, 503 shed)."""
+        routed = await self._route(life, tenant, served.name, prompt, max_tokens=max_tokens, cache_salt=cache_salt)
+        if isinstance(routed, Failed):
+            return routed
+        if routed is not None and routed.admission is not None:
+            life.headers.update(routed.admission.headers)
+            return Grant(routed, routed.admission.engine_max_tokens)
+        return await self._admit_locally(life, tenant, served, len(prompt), max_tokens=max_tokens, decision=routed)
+
+    async def _route(
+        self,
+        life: RequestLife,
+        tenant: ResolvedTenant,
+        model: str,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int | None,
+        cache_salt: str,
+    ) -> Decision | Failed | None:
+        """The router's decision (admitted, when it admits); None when there is no router to ask."""
+        if self._router is None:
+            return None
+        span = life.timer.begin("route")
+        try:
+            decision = await self._router.route(
+                life.request_id,
+                model,
+                prompt,
+                tenant=tenant.id,
+                cache_salt=cache_salt,
+                max_tokens=max_tokens,
+                priority=tenant.priority,
+                trace_context=trace.set_span_in_context(span),
+            )
+        except RouterUnavailableError as exc:
+            # Routing quality degrades, the request does not fail.
+            log.warning("router unavailable (%s); Serve balances this request", exc.message)
+            self._metrics.router_fallback(ROUTER_UNAVAILABLE)
+            return None
+        except RateLimitedError as exc:  # the router settled the refusal itself
+            life.headers.update(exc.headers)
+            return _refused(exc)
+        life.hold_booking(self._router)
+        prefill = decision.prefill.worker_id if decision.prefill else None
+        life.timer.routed(prefill, decision.decode.worker_id, decision.expected_cached_tokens, decision.policy)
+        return decision
+
+    async def _admit_locally(
+        self,
+        life: RequestLife,
+        tenant: ResolvedTenant,
+        served: ServedModel,
+        prompt_tokens: int,
+        *,
+        max_tokens: int | None,
+        decision: Decision | None,
+    ) -> Grant | Failed:
+        limiter = self._gate.limiter
+        admission = await limiter.admit(tenant, model=served.name, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        life.headers.update(admission.headers())
+        if not admission.allowed:
+            return _refused(admission.error())
+        life.hold_admission(limiter, admission)
+        slots = self._gate.slots(served.name, served.capacity, served.max_waiting)
+        waiting = self._metrics.waiting.labels(served.name, tenant.priority)
+        waiting.inc()
+        try:
+            await slots.acquire(tenant.priority)
+        finally:
+            waiting.dec()
+        life.hold_slot(slots)
+        self._metrics.share_scale.labels(served.name).set(slots.pace.scale)
+        return Grant(decision, admission.engine_max_tokens)
+
+
+def _refused(exc: RateLimitedError) -> Failed:
+    # Its Retry-After is in its headers already, to the millisecond (retry-after-ms).
+    return Failed(exc.kind.http_status, exc.message, exc.param, exc.code)
