@@ -69,7 +69,7 @@ class Router:
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
-        self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry))
+        self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
