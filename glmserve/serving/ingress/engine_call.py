@@ -163,9 +163,11 @@ class EngineCall:
         # whether remote prefill is worth it (short uncached prompts prefill on decode).
         remote_prefill_ok = decision is None or decision.prefill is not None
         wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        wants_running = wants_usage and bool(body.stream_options.continuous_usage_stats)
         if body.stream:
-            # The platform needs token counts for every request; the client sees usage only if it asked.
-            body.stream_options = StreamOptions(include_usage=True)
+            # The platform needs token counts for every request, also one cut short (the running
+            # usage on each chunk); the client sees usage only if it asked.
+            body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
         # The engine reuses the ingress's tokens instead of templating and tokenizing again.
         transfer: dict[str, Any] = {"prompt_token_ids": prompt}
         if self._prefill is not None and remote_prefill_ok:
@@ -200,14 +202,14 @@ class EngineCall:
             self._report(request_id, usage, "finished")
             return EngineReply(body=content, usage=usage)
         self._report(request_id, None, "prefill_done")
-        return self._streamed(request_id, stream, first, wants_usage, timer, model=body.model or "")
+        return self._streamed(request_id, stream, first, (wants_usage, wants_running), timer, model=body.model or "")
 
     def _streamed(
         self,
         request_id: str,
         stream: DeploymentResponseGenerator,
         first: Any,
-        wants_usage: bool,
+        wants_usage: tuple[bool, bool],  # final usage, running usage on each chunk
         timer: RequestTimer,
         *,
         model: str,
@@ -233,7 +235,11 @@ class EngineCall:
             status = 499  # nginx's "client closed request", if the client goes away first
             try:
                 async for chunk in sse_stream(
-                    batches(), client_wants_usage=wants_usage, usage=usage, on_events=timer.tokens_sent
+                    batches(),
+                    client_wants_usage=wants_usage[0],
+                    client_wants_running_usage=wants_usage[1],
+                    usage=usage,
+                    on_events=timer.tokens_sent,
                 ):
                     if chunk.endswith(b"data: [DONE]\n\n"):
                         status = 200  # all was sent; a client closing now has not cut the answer short
