@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from glmserve.cluster import netns
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
@@ -88,6 +90,21 @@ class RunningCluster:
         for pid in netns.pids(host["netns"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def cut_link(self, name: str, cut: bool = True) -> None:
+        """Down (or back up) the host's veth on the bridge: its processes live on, unreachable."""
+        host = next(h for h in self.hosts() if h["name"] == name)
+        netns.set_link(host["veth"], up=not cut)
+
+    def metrics(self, host: dict[str, Any], port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """A host's Prometheus samples: (name, labels) -> value."""
+        with urllib.request.urlopen(f"http://{host['ip']}:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def wait_for_hosts(self, pool: str, count: int, timeout_s: float = 120) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
