@@ -13,6 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, SERVE_PORT
 from tests.cluster.conftest import RunningCluster
 
 pytestmark = pytest.mark.slow
@@ -21,8 +22,6 @@ END_WITHIN_S = 10.0
 ROUTER_DROPS_WITHIN_S = 15.0
 CUT_FOR_S = 15.0  # longer than the GCS takes to declare the node dead (about 6 s)
 RECOVER_WITHIN_S = 300.0
-INGRESS_PORT = 8000
-ROUTER_METRICS_PORT = 9464
 TOKENS = "glmserve_ingress_tokens_total"
 
 
@@ -69,7 +68,7 @@ def _billed(cluster: RunningCluster) -> dict[tuple[str, str], float]:
     the example's two tenants are on different plans)."""
     (ingress,) = cluster.hosts(pool="ingress")
     billed: dict[tuple[str, str], float] = {}
-    for (name, labels), value in cluster.metrics(ingress, INGRESS_PORT).items():
+    for (name, labels), value in cluster.metrics(ingress, SERVE_PORT).items():
         if name == TOKENS:
             key = (dict(labels)["plan"], dict(labels)["direction"])
             billed[key] = billed.get(key, 0) + value

@@ -18,12 +18,12 @@ from openai import OpenAI
 
 from glmserve.cluster.serve import Dashboard, progress_line
 from glmserve.cluster.state import State
+from glmserve.operator.build.inputs import SERVE_PORT
 from tests.cluster.conftest import GLMSERVE, RunningCluster
 
 pytestmark = pytest.mark.slow
 
 READY_WITHIN_S = 300.0
-SERVE_PORT = 8000  # the cluster's Serve proxies (serveConfigV2 http_options)
 
 
 def _dashboard() -> Dashboard:
@@ -79,12 +79,11 @@ def test_glmserve_up_joins_the_cluster_and_serves_from_worker_hosts(tiny_cluster
         assert replicas and all(node in workers for _, node in replicas), "a replica runs off the worker hosts"
         assert head["ray_node_id"] not in {node for _, node in replicas}
 
-        (ingress,) = tiny_cluster.hosts(pool="ingress")
-        client = OpenAI(base_url=f"http://{ingress['ip']}:{SERVE_PORT}/v1", api_key="open", max_retries=0)
-        reply = client.chat.completions.create(
-            model=tiny_cluster.model, messages=[{"role": "user", "content": "joined?"}], max_tokens=4
-        )
-        assert reply.usage is not None and reply.usage.completion_tokens == 4
+        # Serve runs a proxy on each node with a replica (and the head): ask the ingress replica's node.
+        ips = {h["ray_node_id"]: h["ip"] for h in tiny_cluster.hosts()}
+        (node,) = {node for name, node in replicas if name == "Ingress"}
+        client = OpenAI(base_url=f"http://{ips[node]}:{SERVE_PORT}/v1", api_key="open", max_retries=0)
+        _wait_until("the joined application did not answer", lambda: _serves(client, tiny_cluster.model), 60)
     finally:
         up.send_signal(signal.SIGINT)
         rest, _ = up.communicate(timeout=120)
