@@ -103,8 +103,9 @@ def test_closing_response_runs_its_cleanup_after_a_complete_body() -> None:
 
 
 def _running(delta: dict, prompt: int, completion: int) -> str:
-    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
-    return _event({"id": "c", "choices": [{"delta": delta}], "usage": usage})
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
+             "completion_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+    return _event({"id": "c", "choices": [{"delta": delta}], "usage": usage, "prompt_token_ids": None})
 
 
 CUT_SHORT = [
@@ -118,6 +119,7 @@ def test_a_stream_cut_short_is_billed_what_it_delivered() -> None:
     text, usage, _ = _run(CUT_SHORT, wants_usage=False)
     assert (usage.prompt_tokens, usage.completion_tokens) == (7, 2)
     assert '"usage":{"prompt' not in text and 'b \\"usage\\":{\\"x\\":1}' in text
+    assert '"reasoning_tokens"' not in text and '"prompt_token_ids":null}' in text
 
 
 def test_running_usage_is_forwarded_only_when_asked() -> None:

@@ -17,9 +17,10 @@ from starlette.types import Receive, Scope, Send
 _VLLM_REASONING = '"reasoning":'
 _GLM_REASONING = '"reasoning_content":'
 _DONE = "data: [DONE]"
-# The running usage vLLM adds to every chunk (`continuous_usage_stats`): a flat object, and, as
-# above, `,"usage":` can only be that key. It makes a stream cut short billable for what it sent.
-_RUNNING_USAGE = re.compile(r',"usage":(\{[^{}]*\})')
+# The running usage vLLM adds to every chunk (`continuous_usage_stats`): numbers and objects of
+# numbers (`completion_tokens_details`), and, as above, `,"usage":` can only be that key. It makes
+# a stream cut short billable for what it sent.
+_RUNNING_USAGE = re.compile(r',"usage":(\{(?:[^{}]|\{[^{}]*\})*\})')
 
 
 @dataclass(slots=True)
