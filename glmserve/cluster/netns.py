@@ -96,3 +96,8 @@ def link_bytes(veth: str) -> tuple[int, int]:
     link = json.loads(ip("-j", "-s", "link", "show", veth).stdout)[0]
     stats = link["stats64"]
     return stats["rx"]["bytes"], stats["tx"]["bytes"]
+
+
+def set_link(veth: str, up: bool) -> None:
+    """The machine's end of a host's veth, down or up: a cut cable (no reset reaches anyone)."""
+    ip("link", "set", veth, "up" if up else "down")

@@ -103,7 +103,8 @@ class Stack:
         from glmserve.serving.placement import head_node_id
         from glmserve.serving.topology import application, plan
 
-        ensure_port_free(self.cfg.host, self.cfg.port)
+        if self._own_cluster:  # a joined cluster's Serve proxies (if running) hold their ports already
+            ensure_port_free(self.cfg.host, self.cfg.port)
         reaper.become_subreaper()
         model = resolve_model(self.cfg.model, self.cfg.served_model_name, progress=self.progress)
         device = _device()
@@ -185,10 +186,13 @@ class Stack:
 
         self.progress("shutting down")
         if ray.is_initialized():
+            from glmserve.serving.app import APP_NAME
+
             try:
-                serve.shutdown()
+                # A joined cluster's Serve (its controller, proxies, other applications) is not ours.
+                serve.shutdown() if self._own_cluster else serve.delete(APP_NAME)
             except Exception as exc:  # still tear the cluster down below
-                log.warning("serve.shutdown failed: %s", exc)
+                log.warning("stopping Serve failed: %s", exc)
             ray.shutdown()
         if self.router is not None:
             self.router.stop()

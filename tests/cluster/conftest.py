@@ -18,13 +18,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from glmserve.cluster import netns
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
@@ -88,6 +92,36 @@ class RunningCluster:
         for pid in netns.pids(host["netns"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def cut_link(self, name: str, cut: bool = True) -> None:
+        """Down (or back up) the host's veth on the bridge: its processes live on, unreachable."""
+        host = next(h for h in self.hosts() if h["name"] == name)
+        netns.set_link(host["veth"], up=not cut)
+
+    def metrics(self, host: dict[str, Any], port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """A host's Prometheus samples: (name, labels) -> value."""
+        with urllib.request.urlopen(f"http://{host['ip']}:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def first_reply(self, since: float, within_s: float) -> float:
+        """Asks (as the pro tenant) every 2 s until a request succeeds: seconds from `since`."""
+        client = OpenAI(base_url=self.base_url, api_key=self.pro_key, timeout=60, max_retries=0)
+        while True:
+            try:
+                reply = client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": "back?"}], max_tokens=4
+                )
+            except (openai.APIError, openai.APIConnectionError):
+                assert time.monotonic() - since < within_s, f"no request succeeded within {within_s:.0f} s"
+                time.sleep(2)
+                continue
+            assert reply.choices[0].message.content is not None
+            return time.monotonic() - since
 
     def wait_for_hosts(self, pool: str, count: int, timeout_s: float = 120) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s

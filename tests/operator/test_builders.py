@@ -321,3 +321,12 @@ def test_ray_pods_and_router_pods_pull_their_own_images_with_the_pull_secrets(sc
         assert {c["image"] for c in pod["spec"]["containers"]} == {image}
         assert pod["spec"]["imagePullSecrets"] == [{"name": "mirror"}, {"name": "team"}]
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_gcs_declares_a_silent_node_dead_within_seconds() -> None:
+    """A cut link sends no reset: only the GCS's health checks end the streams of such a node, and
+    Ray's defaults take 30-65 s. Three missed 1 s checks (the head's env, where the GCS runs)."""
+    cluster = next(c for c in _children(False) if c["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    env = _env(cluster["headGroupSpec"]["template"]["spec"]["containers"][0])
+    period, timeout = int(env["RAY_health_check_period_ms"]), int(env["RAY_health_check_timeout_ms"])
+    assert int(env["RAY_health_check_failure_threshold"]) * (period + timeout) <= 6000

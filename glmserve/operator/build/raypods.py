@@ -28,6 +28,15 @@ GPU_WORKER_FLOOR = {"cpu": "16", "memory": "128Gi"}
 DEV_HEAD_RESOURCES = {"cpu": "1", "memory": "2Gi"}
 DEV_INGRESS_RESOURCES = {"cpu": "1", "memory": "2Gi"}
 HEAD_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
+# A node whose link is cut sends no reset: its engines' streams stall until the GCS (on the head)
+# declares the node dead. Ray's defaults (a check every 3 s, 10 s timeout, 5 misses) take 30-65 s;
+# three missed 1 s checks take at most 6 s, so streams on such a node end within 10 s and
+# Serve replaces its replicas (docs/node-loss.md has the measurement).
+GCS_HEALTH_CHECK_ENV = (
+    {"name": "RAY_health_check_period_ms", "value": "1000"},
+    {"name": "RAY_health_check_timeout_ms", "value": "1000"},
+    {"name": "RAY_health_check_failure_threshold", "value": "3"},
+)
 TENANTS_DIR = "/etc/glmserve/tenants"
 
 
@@ -92,7 +101,8 @@ def development(inputs: DeploymentInputs) -> bool:
 
 
 def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
-    return _pod_template(inputs, "head", DEV_HEAD_RESOURCES if development(inputs) else HEAD_RESOURCES)
+    requests = DEV_HEAD_RESOURCES if development(inputs) else HEAD_RESOURCES
+    return _pod_template(inputs, "head", requests, env=GCS_HEALTH_CHECK_ENV)
 
 
 def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:

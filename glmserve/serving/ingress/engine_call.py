@@ -84,8 +84,8 @@ class EngineCall:
     def _streamed(
         self, request: EngineRequest, stream: DeploymentResponseGenerator, first: Any, life: RequestLife
     ) -> Streaming:
-        """The engine's SSE events relayed to the client. Until the engine's final usage event, what
-        was delivered counts one output token per streamed event."""
+        """The engine's SSE events relayed to the client; what was delivered is billed from the
+        running usage on each chunk until the engine's final usage event."""
         usage = Usage(prompt_tokens=len(request.prompt))
 
         def end(status: int) -> None:
@@ -101,7 +101,11 @@ class EngineCall:
         async def relay() -> AsyncIterator[bytes]:
             status = CLIENT_CLOSED  # if the client goes away first
             events = sse_stream(
-                batches(), client_wants_usage=request.client_wants_usage, usage=usage, on_events=life.timer.tokens_sent
+                batches(),
+                client_wants_usage=request.client_wants_usage,
+                client_wants_running_usage=request.client_wants_running_usage,
+                usage=usage,
+                on_events=life.timer.tokens_sent,
             )
             try:
                 async for chunk in events:

@@ -57,6 +57,11 @@ class EngineRequest:
         options = self.client.stream_options
         return bool(self.client.stream and options and options.include_usage)
 
+    @property
+    def client_wants_running_usage(self) -> bool:
+        options = self.client.stream_options
+        return self.client_wants_usage and bool(options and options.continuous_usage_stats)
+
     def engine_body(self, *, target: str | None, kv_transfer_params: Mapping[str, Any] | None = None) -> EngineBody:
         """The decode (or colocated) engine's body. `target`: the replica the router chose (None:
         Serve balances); `kv_transfer_params`: where the prompt's KV was prefilled, if it was."""
@@ -78,8 +83,9 @@ class EngineRequest:
             "model": self.model,
             "cache_salt": self.cache_salt,
             "priority": PRIORITY_RANK[self.priority],
-            # The platform needs token counts for every request; the client sees usage only if it asked.
-            "stream_options": StreamOptions(include_usage=True) if self.stream else None,
+            # The platform needs token counts for every request, also one cut short (the running
+            # usage on each chunk); the client sees usage only if it asked.
+            "stream_options": StreamOptions(include_usage=True, continuous_usage_stats=True) if self.stream else None,
             "kv_transfer_params": kv_transfer_params,
             "glmserve_target": target,
         }

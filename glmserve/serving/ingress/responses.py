@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,10 @@ from starlette.types import Receive, Scope, Send
 _VLLM_REASONING = '"reasoning":'
 _GLM_REASONING = '"reasoning_content":'
 _DONE = "data: [DONE]"
+# The running usage vLLM adds to every chunk (`continuous_usage_stats`): numbers and objects of
+# numbers (`completion_tokens_details`), and, as above, `,"usage":` can only be that key. It makes
+# a stream cut short billable for what it sent.
+_RUNNING_USAGE = re.compile(r',"usage":(\{(?:[^{}]|\{[^{}]*\})*\})')
 
 
 @dataclass(slots=True)
@@ -45,6 +50,10 @@ def glm_message_fields(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _glm_names(event: str) -> str:
+    return event.replace(_VLLM_REASONING, _GLM_REASONING)
+
+
 def _is_usage_event(event: str) -> bool:
     return '"choices":[]' in event and '"usage":' in event
 
@@ -55,32 +64,40 @@ async def sse_stream(
     client_wants_usage: bool,
     usage: Usage,
     on_events: Any,
+    client_wants_running_usage: bool = False,
 ) -> AsyncIterator[bytes]:
-    """Re-frames the engine's SSE events; fills `usage` from the engine's final usage event, and
-    until it comes (a stream cut short never gets it) counts an output token per event sent.
+    """Re-frames the engine's SSE events; fills `usage` from the engine's running usage as the
+    events leave (so a stream that fails mid-way is billed the tokens it delivered), then from
+    its final usage event.
 
-    The engine is always asked for usage (the platform needs token counts for every request);
-    the event is forwarded only when the client asked for it, as OpenAI does.
+    The engine is always asked for both (the platform needs token counts for every request); they
+    are forwarded only when the client asked for them, as OpenAI does.
     """
-    counted = True
     async for batch in batches:
         out: list[str] = []
         tokens = 0
+        running = None
         for event in batch:
             if _is_usage_event(event):
                 parsed = Usage.from_dict(json.loads(event.removeprefix("data: "))["usage"])
                 usage.prompt_tokens, usage.completion_tokens = parsed.prompt_tokens, parsed.completion_tokens
                 usage.cached_tokens = parsed.cached_tokens
-                counted = False
+                running = None
                 if not client_wants_usage:
                     continue
             elif not event.startswith(_DONE):
                 tokens += 1
-            out.append(event.replace(_VLLM_REASONING, _GLM_REASONING))
+                if found := _RUNNING_USAGE.search(event):
+                    running = found.group(1)
+                    if not client_wants_running_usage:
+                        out.append(_glm_names(event[: found.start()] + event[found.end() :]))
+                        continue
+            out.append(_glm_names(event))
+        if running is not None:
+            parsed = Usage.from_dict(json.loads(running))
+            usage.prompt_tokens, usage.completion_tokens = parsed.prompt_tokens, parsed.completion_tokens
         if tokens:
             on_events(tokens)
-            if counted:
-                usage.completion_tokens += tokens
         if out:
             yield "".join(out).encode()
 

@@ -124,21 +124,28 @@ def _compact(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))  # as vLLM writes its events
 
 
-def _chunk(delta: dict[str, Any]) -> str:
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _chunk(delta: dict[str, Any], usage: dict[str, int]) -> str:
     choice = {"index": 0, "delta": delta, "finish_reason": None}
-    return (
-        "data: "
-        + _compact({"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice]})
-        + "\n\n"
-    )
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [choice], "usage": usage}
+    return "data: " + _compact(chunk) + "\n\n"
 
 
 def streamed(tokens: int, *, prompt_tokens: int = 9, finish: bool = True, **kwargs: Any) -> EngineStream:
-    """A chat stream as vLLM sends it: a role chunk, one chunk per token, then (when it finishes)
-    the usage event and [DONE]; one batch per chunk."""
-    batches = [[_chunk({"role": "assistant", "content": ""})]] + [[_chunk({"content": f"t{i}"})] for i in range(tokens)]
+    """A chat stream as vLLM sends it to the ingress (which always asks for `include_usage` and
+    `continuous_usage_stats`): a role chunk, one chunk per token, each with the running usage,
+    then (when it finishes) the usage event and [DONE]; one batch per chunk."""
+    batches = [[_chunk({"role": "assistant", "content": ""}, _usage(prompt_tokens, 0))]]
+    batches += [[_chunk({"content": f"t{i}"}, _usage(prompt_tokens, i + 1))] for i in range(tokens)]
     if finish:
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+        usage = _usage(prompt_tokens, tokens)
         event = _compact({"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": usage})
         batches.append([f"data: {event}\n\n", "data: [DONE]\n\n"])
     return EngineStream(batches, **kwargs)

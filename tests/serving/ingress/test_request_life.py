@@ -339,7 +339,7 @@ async def test_an_engine_failing_mid_stream_ends_it_with_an_error_event(make_ser
     await _settled(service)
     [finished] = client.finished
     assert finished.outcome == "failed"
-    assert finished.usage is not None and finished.usage.completion_tokens == 3  # role chunk + 2 tokens sent
+    assert finished.usage is not None and finished.usage.completion_tokens == 2  # the 2 tokens sent
     _ended_once(service, 500)
 
 

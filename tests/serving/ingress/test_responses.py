@@ -100,3 +100,42 @@ def test_closing_response_runs_its_cleanup_after_a_complete_body() -> None:
     )
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
     assert closed == [0]
+
+
+def _running(delta: dict, prompt: int, completion: int) -> str:
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
+             "completion_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+    return _event({"id": "c", "choices": [{"delta": delta}], "usage": usage, "prompt_token_ids": None})
+
+
+CUT_SHORT = [
+    [_running({"role": "assistant", "content": ""}, 7, 0)],
+    [_running({"content": "a"}, 7, 1), _running({"content": 'b "usage":{"x":1}'}, 7, 2)],
+]
+
+
+def test_a_stream_cut_short_is_billed_what_it_delivered() -> None:
+    """No final usage event (the engine's host was lost): the running usage of the last chunk sent."""
+    text, usage, _ = _run(CUT_SHORT, wants_usage=False)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (7, 2)
+    assert '"usage":{"prompt' not in text and 'b \\"usage\\":{\\"x\\":1}' in text
+    assert '"reasoning_tokens"' not in text and '"prompt_token_ids":null}' in text
+
+
+def test_running_usage_is_forwarded_only_when_asked() -> None:
+    async def go() -> str:
+        async def source() -> AsyncIterator[list[str]]:
+            for b in CUT_SHORT:
+                yield b
+
+        chunks = sse_stream(
+            source(), client_wants_usage=True, client_wants_running_usage=True, usage=Usage(), on_events=print
+        )
+        return b"".join([c async for c in chunks]).decode()
+
+    assert asyncio.run(go()).count('"completion_tokens":') == 3
+
+
+def test_the_final_usage_event_wins_over_running_usage() -> None:
+    _, usage, _ = _run([*CUT_SHORT, STREAM[-1]], wants_usage=False)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (7, 2, 4)
