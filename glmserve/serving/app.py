@@ -29,6 +29,7 @@ DEPLOYMENT_PREFIX = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "D
 
 
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
+PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 NODE_ID_LABEL = "ray.io/node-id"  # a label every Ray node carries
 # Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
 CPU_ACCELERATOR = {"kind": "cpu"}
@@ -61,6 +62,9 @@ def llm_config(
     if routed:
         # Calls go to the replica glmserve's router chose for them.
         deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
+    elif cfg.serve_router == "prefix-affinity":
+        # As Ray Serve LLM's docs configure it, with the router's own defaults.
+        deployment["request_router_config"] = {"request_router_class": PREFIX_AFFINITY_ROUTER}
     extra: dict[str, Any] = {"accelerator_config": CPU_ACCELERATOR} if device == "cpu" else {}
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": str(model.path)},
