@@ -260,6 +260,14 @@ async def drive(base: str, sessions: list[Session], words: Words) -> list[dict[s
     return results
 
 
+def distinct_ports(n: int) -> list[int]:
+    """`n` free ports, no two alike (each pick alone may repeat an earlier one)."""
+    ports: dict[int, None] = {}
+    while len(ports) < n:
+        ports[free_port()] = None
+    return list(ports)
+
+
 class Stack:
     """One `glmserve up` at a time. glmserve's stack has an ingress that asks router processes on
     fixed ports; its routers are replaced by ones running another policy between phases. A Ray
@@ -267,7 +275,8 @@ class Stack:
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
-        self.router_ports = [(free_port(), free_port()) for _ in range(args.routers)]  # gRPC, metrics
+        ports = distinct_ports(2 * args.routers)
+        self.router_ports = list(zip(ports[::2], ports[1::2], strict=True))  # gRPC, metrics
         self.kind: str | None = None  # glmserve's stack, or a Ray router's
         self.port = 0
         self._routers: list[subprocess.Popen[bytes]] = []
