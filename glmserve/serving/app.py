@@ -90,6 +90,7 @@ def topology_spec(
         pools=tuple(pool_spec(model, cfg, device, role, binds[role]) for role in roles),
         stream_interval_ms=cfg.stream_interval_ms,
         router=router,
+        serve_router=cfg.serve_router,
         ingress_actor_options=ingress_options,
         limits=LimitsSettings(
             tenants_file=str(cfg.tenants_file) if cfg.tenants_file else None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
@@ -28,6 +28,7 @@ from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, S
 NIXL_PORT_BASE: Mapping[Role, int] = {"colocated": 20000, "prefill": 20000, "decode": 21000}
 DEPLOYMENT_PREFIX: Mapping[Role, str] = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
+PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 CPU = "cpu"  # PoolSpec.accelerator of vLLM's CPU backend
 # Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
 CPU_ACCELERATOR = {"kind": "cpu"}
@@ -64,6 +65,9 @@ class TopologySpec:
     pools: tuple[PoolSpec, ...]  # colocated, or prefill and decode
     stream_interval_ms: int
     router: str | None = None  # gRPC target of glmserve's router; None: Serve balances alone
+    # How Serve balances when glmserve's router does not: its power-of-two choices, or Ray Serve
+    # LLM's PrefixCacheAffinityRouter (a peer the routing benchmark compares against).
+    serve_router: Literal["power-of-two", "prefix-affinity"] = "power-of-two"
     ingress_replicas: int = 1
     ingress_actor_options: Mapping[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
     limits: LimitsSettings | None = None  # None: each ingress replica reads them from its pod's environment
@@ -106,7 +110,7 @@ def experimental_configs(role: Role, stream_interval_ms: int) -> dict[str, Any]:
     return {"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role], "stream_batching_interval_ms": stream_interval_ms}
 
 
-def _deployment_config(pool: PoolSpec, routed: bool) -> dict[str, Any]:
+def _deployment_config(pool: PoolSpec, routed: bool, serve_router: str) -> dict[str, Any]:
     deployment: dict[str, Any] = {
         # The replica actor only relays; vLLM's engine processes hold the CPUs/GPUs (placement bundles).
         "ray_actor_options": {"num_cpus": 0},
@@ -126,10 +130,14 @@ def _deployment_config(pool: PoolSpec, routed: bool) -> dict[str, Any]:
         deployment["num_replicas"] = pool.replicas
     if routed:  # calls go to the replica glmserve's router chose for them
         deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
+    elif serve_router == "prefix-affinity":  # as Ray Serve LLM's docs configure it, with its defaults
+        deployment["request_router_config"] = {"request_router_class": PREFIX_AFFINITY_ROUTER}
     return deployment
 
 
-def llm_config(model: str, source: str, pool: PoolSpec, stream_interval_ms: int, *, routed: bool) -> LLMConfig:
+def llm_config(
+    model: str, source: str, pool: PoolSpec, stream_interval_ms: int, *, routed: bool, serve_router: str = "power-of-two"
+) -> LLMConfig:
     """Ray Serve LLM's configuration of one pool's deployment; `routed`: glmserve's router picks replicas."""
     extra: dict[str, Any] = {}
     # vLLM's CPU backend; Ray Serve LLM rejects an accelerator_type with it.
@@ -141,7 +149,7 @@ def llm_config(model: str, source: str, pool: PoolSpec, stream_interval_ms: int,
         extra["placement_group_config"] = {"bundles": list(pool.placement.bundles), "strategy": pool.placement.strategy}
     return LLMConfig(
         model_loading_config={"model_id": model, "model_source": source},
-        deployment_config=_deployment_config(pool, routed),
+        deployment_config=_deployment_config(pool, routed, serve_router),
         engine_kwargs=dict(pool.engine_kwargs),
         experimental_configs=experimental_configs(pool.role, stream_interval_ms),
         log_engine_metrics=True,
@@ -157,7 +165,14 @@ def plan(spec: TopologySpec) -> Topology:
         link = RouterLink((spec.router,), role, spec.model) if spec.router else None
         engines[role] = EngineDeployment(
             name_prefix=DEPLOYMENT_PREFIX[pool.role],
-            llm_config=llm_config(spec.model, spec.source, pool, spec.stream_interval_ms, routed=link is not None),
+            llm_config=llm_config(
+                spec.model,
+                spec.source,
+                pool,
+                spec.stream_interval_ms,
+                routed=link is not None,
+                serve_router=spec.serve_router,
+            ),
             engine_cls=pool.engine_cls,
             bind_kwargs={"cpu_binds": list(pool.cpu_binds) or None, "router": link},
         )

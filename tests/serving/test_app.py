@@ -1,0 +1,29 @@
+"""The engines' Serve deployment: which of Ray Serve's request routers spreads the calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glmserve.common.config import ServeConfig
+from glmserve.serving import app
+from glmserve.serving.models import ResolvedModel
+from glmserve.serving.topology import plan
+
+MODEL = ResolvedModel("glm-4.6-tiny", Path("/models/glm-4.6-tiny"), 4096, False)
+
+
+def _router_class(cfg: ServeConfig, router: str | None = None) -> str | None:
+    engines = plan(app.topology_spec(MODEL, cfg, "cpu", router)).engines
+    deployment = engines["decode"].llm_config.deployment_config
+    return (deployment.get("request_router_config") or {}).get("request_router_class")
+
+
+def test_without_glmserves_router_serve_uses_its_default_or_the_prefix_affinity_router() -> None:
+    assert _router_class(ServeConfig(replicas=4, router="off")) is None  # Serve's power-of-two choices
+    prefix = ServeConfig(replicas=4, router="off", serve_router="prefix-affinity")
+    assert _router_class(prefix) == "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
+def test_with_glmserves_router_calls_go_where_it_chose() -> None:
+    cfg = ServeConfig(replicas=4)
+    assert _router_class(cfg, "127.0.0.1:50051") == "glmserve.serving.routing.pinned:PinnedRouter"
