@@ -136,7 +136,13 @@ def _deployment_config(pool: PoolSpec, routed: bool, serve_router: str) -> dict[
 
 
 def llm_config(
-    model: str, source: str, pool: PoolSpec, stream_interval_ms: int, *, routed: bool, serve_router: str = "power-of-two"
+    model: str,
+    source: str,
+    pool: PoolSpec,
+    stream_interval_ms: int,
+    *,
+    routed: bool,
+    serve_router: str = "power-of-two",
 ) -> LLMConfig:
     """Ray Serve LLM's configuration of one pool's deployment; `routed`: glmserve's router picks replicas."""
     extra: dict[str, Any] = {}
