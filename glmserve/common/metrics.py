@@ -181,14 +181,29 @@ ROUTER_IN_FLIGHT = MetricSpec(
 ROUTER_FLOW_QUEUED = MetricSpec(
     "glmserve_router_flow_queued_requests",
     "gauge",
-    "Requests waiting in the router's flow control for an engine slot, by model, plan priority class and tenant.",
+    "Requests waiting in the router's flow control for an engine slot, by model, plan priority class and "
+    'tenant (tenant="other" unless listed in the router\'s flow.metrics_tenants).',
     ("model", "priority", "tenant"),
 )
 ROUTER_FLOW_WAIT = MetricSpec(
     "glmserve_router_flow_wait_seconds",
     "histogram",
     "Time a request waited in the router's flow control before it was routed (0: a slot was free), "
-    "by model, plan priority class and tenant.",
+    "by model and plan priority class.",
+    ("model", "priority"),
+)
+ROUTER_FLOW_TENANT_WAIT = MetricSpec(
+    "glmserve_router_flow_tenant_wait_seconds_total",
+    "counter",
+    "Seconds requests waited in the router's flow control before they were routed, summed per model, plan "
+    'priority class and tenant (tenant="other" unless listed in flow.metrics_tenants); divide by '
+    "glmserve_router_flow_dispatched_total for the mean wait.",
+    ("model", "priority", "tenant"),
+)
+ROUTER_FLOW_DISPATCHED = MetricSpec(
+    "glmserve_router_flow_dispatched_total",
+    "counter",
+    "Requests the router's flow control let through to routing, by model, plan priority class and tenant.",
     ("model", "priority", "tenant"),
 )
 ROUTER_FLOW_SHED = MetricSpec(
@@ -198,7 +213,6 @@ ROUTER_FLOW_SHED = MetricSpec(
     "tenant and reason (queue_full: displaced or refused by a full queue; ttl: waited past queue_ttl_s).",
     ("model", "priority", "tenant", "reason"),
 )
-
 
 # Admission at the router/ingress: tenants, plan limits, the shared limits store.
 # Plans, not tenants, label these: plans are few, tenants are many (and keys never appear at all).

@@ -69,7 +69,7 @@ class Router:
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
-        self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry))
+        self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
         for static in config.workers.static:
             self.register(static.info(), Load(), static=True)
 
@@ -161,9 +161,9 @@ class Router:
     # -- capacity (flow control's) --------------------------------------------------------
 
     def free(self, model: str) -> int:
-        """Slots this replica may hand out for `model` now: its share (1/flow.replicas) of the
-        healthy decode workers' max_running_requests, minus the requests it routed there and has
-        not seen complete. A model no worker serves gets one slot, so that routing it answers at
+        """Slots this replica may hand out for `model` now: its share (1/flow.replicas, at least
+        one) of the healthy decode workers' max_running_requests, minus the requests it routed
+        there and has not seen complete. A model no worker serves gets one slot, so that routing it answers at
         once why (no endpoints) instead of after queue_ttl_s."""
         group = self.registry.group(model, "decode")
         if not group.workers:
@@ -172,7 +172,10 @@ class Router:
         healthy = board.static[slots] | (self._clock() - board.last_seen[slots] <= self.registry.lease_s)
         limits = board.max_running[slots]
         limits = np.where(limits > 0, limits, self.config.overload.default_max_running_requests)
-        share = int(limits[healthy].sum()) // self.config.flow.replicas
+        total = int(limits[healthy].sum())
+        # At least one slot each: replicas outnumbering the slots oversubscribe the engines a
+        # little (they queue the excess) rather than leave a replica that can never route.
+        share = max(1, total // self.config.flow.replicas) if total else 0
         return share - int(board.in_flight[slots][healthy].sum())
 
     # -- requests -------------------------------------------------------------------------

@@ -42,11 +42,11 @@ async def test_two_replicas_split_the_engines_slots_and_never_hand_out_more() ->
     await asyncio.wait_for(waiting[1], 1)
 
 
-@pytest.mark.asyncio
-async def test_a_single_replica_hands_out_every_slot() -> None:
+def test_a_single_replica_hands_out_every_slot_and_many_replicas_one_each() -> None:
     clock = [0.0]
-    router = replica(1, clock)
-    assert router.free("m") == 6
+    assert replica(1, clock).free("m") == 6
+    assert replica(4, clock).free("m") == 1  # 6 // 4
+    assert replica(10, clock).free("m") == 1  # more replicas than slots: none is left without one
 
 
 @pytest.mark.asyncio

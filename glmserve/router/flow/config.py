@@ -35,6 +35,11 @@ class FlowConfig(BaseModel):
         default_factory=dict, description="fairness weight of each plan's tenants within their band"
     )
     default_weight: Weight = Field(default=1.0, description="the weight of plans not in plan_weights")
+    metrics_tenants: tuple[Name, ...] = Field(
+        default=(),
+        max_length=100,
+        description='tenant ids that label the flow metrics; every other tenant counts as "other"',
+    )
 
     def weight(self, plan: str) -> float:
         return self.plan_weights.get(plan, self.default_weight)

@@ -15,9 +15,11 @@ from glmserve.router.types import Decision, RouteQuery, Usage
 PROMPT = np.arange(64, dtype=np.uint32)
 
 
-def make_router(slots: int = 1, *, model: str = "m", **flow: Any) -> Router:
-    """A router whose one decode worker runs `slots` requests; `flow` sets its flow config."""
-    worker = {"worker_id": "w0", "model": model, "address": "w0:1", "max_running_requests": slots}
+def make_router(slots: int = 1, **flow: Any) -> Router:
+    """A router whose one decode worker runs `slots` requests; `flow` sets its flow config (tenants
+    a and b name the metrics)."""
+    worker = {"worker_id": "w0", "model": "m", "address": "w0:1", "max_running_requests": slots}
+    flow = {"metrics_tenants": ["a", "b"]} | flow
     return Router(RouterConfig.model_validate({"workers": {"static": [worker]}, "flow": flow}))
 
 

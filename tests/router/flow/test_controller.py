@@ -146,10 +146,21 @@ async def test_waiting_time_is_observed_per_band_and_tenant() -> None:
     await admit(router, ticket("hold", tenant="a"))
     waiting = asyncio.create_task(admit(router, ticket("w", tenant="b", band=1)))
     await asyncio.sleep(0.02)
+    assert sample(router, "glmserve_router_flow_queued_requests", model="m", priority="premium", tenant="b") == 1
     finish(router, "hold")
     await waiting
     b = {"model": "m", "priority": "premium", "tenant": "b"}
-    assert sample(router, "glmserve_router_flow_wait_seconds_count", **b) == 1
-    assert sample(router, "glmserve_router_flow_wait_seconds_sum", **b) >= 0.02
+    assert sample(router, "glmserve_router_flow_dispatched_total", **b) == 1
+    assert sample(router, "glmserve_router_flow_tenant_wait_seconds_total", **b) >= 0.02
+    assert sample(router, "glmserve_router_flow_wait_seconds_count", model="m", priority="premium") == 1
     a = {"model": "m", "priority": "standard", "tenant": "a"}
-    assert sample(router, "glmserve_router_flow_wait_seconds_sum", **a) == 0
+    assert sample(router, "glmserve_router_flow_dispatched_total", **a) == 1
+    assert sample(router, "glmserve_router_flow_tenant_wait_seconds_total", **a) == 0
+
+
+@pytest.mark.asyncio
+async def test_tenants_not_listed_in_metrics_tenants_count_as_other() -> None:
+    router = make_router(slots=1)
+    await admit(router, ticket("r", tenant="unlisted"))
+    labels = {"model": "m", "priority": "standard", "tenant": "other"}
+    assert sample(router, "glmserve_router_flow_dispatched_total", **labels) == 1
