@@ -32,7 +32,7 @@ from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.router import Router
 from glmserve.router.status import to_status
 from glmserve.router.subscriber import Subscriptions
-from glmserve.router.types import Admitted, RouteQuery, Usage
+from glmserve.router.types import Admitted, RouteQuery
 
 log = logging.getLogger("glmserve.router")
 Req = TypeVar("Req")
@@ -122,10 +122,10 @@ class RouterService(pb_grpc.RouterServicer):
                 has_slot = True
                 decision = self._router.route(query)
             except BaseException:  # refused, failed or cancelled (the ingress gave up): undo it all
-                self._undo(query.request_id, routed=False, has_slot=has_slot)
+                self._undo(query.request_id, has_slot=has_slot)
                 raise
-            # Cancelled after this returns: the reply never reached the ingress, which routes elsewhere.
-            context.add_done_callback(functools.partial(self._undo_if_cancelled, query.request_id))
+            # A reply the ingress never reads (its deadline passed as it was sent) is settled by the
+            # sweep after request_ttl_s: gRPC does not tell the handler (cancelled() stays False).
             if admitted is not None:
                 decision = replace(decision, admission=admitted)
             span.set_attributes(
@@ -163,14 +163,8 @@ class RouterService(pb_grpc.RouterServicer):
             cost=len(query.tokens) + max_tokens,
         )
 
-    def _undo_if_cancelled(self, request_id: str, context: grpc.aio.ServicerContext) -> None:
-        if context.cancelled():
-            self._undo(request_id, routed=True, has_slot=True)
-
-    def _undo(self, request_id: str, *, routed: bool, has_slot: bool) -> None:
-        """A Route that did not reach the ingress: its booking, slot and admission go back."""
-        if routed:
-            self._router.complete(request_id, "finished", Usage())
+    def _undo(self, request_id: str, *, has_slot: bool) -> None:
+        """A Route that failed or was cancelled: its flow-control slot and its admission go back."""
         if has_slot:
             self._flow.release(request_id)
         if self._admitter is not None:
