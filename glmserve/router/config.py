@@ -157,6 +157,33 @@ class ApproximateConfig(_Strict):
     capacity_chunks: int = Field(default=31250, ge=1, description="per worker, as llm-d's lruCapacityPerServer")
 
 
+class AdmissionConfig(_Strict):
+    """The plans the router answers from (glmserve.admission): the tenants file the ingress
+    authenticates with and the store the limits live in."""
+
+    tenants_file: Path | None = Field(default=None, description="plans and tenants (YAML, key digests); null: none")
+    redis_url: str | None = Field(
+        default=None,
+        pattern=r"^rediss?://",
+        description="limits shared by every router replica and ingress in Redis; null: in this process's memory, "
+        "lost when it restarts",
+    )
+    outage: Literal["fail-open", "fail-closed"] = Field(
+        default="fail-open", description="Redis unreachable: admit on this replica's local limits, or answer 503"
+    )
+    fail_open_share: Fraction = Field(
+        default=1.0, description="during an outage each replica grants this share of every limit on its own"
+    )
+
+
+class EnvoyRateLimitConfig(_Strict):
+    """Envoy's rate-limit service API on the router's gRPC port (envoy_rls.py,
+    docs/envoy-rate-limit.md), answered from the plans and store of `admission`."""
+
+    enabled: bool = False
+    domain: str = Field(default="glmserve", min_length=1, description="the `domain` of Envoy's rate-limit filter")
+
+
 class RouterConfig(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535, description="0: any free port")
@@ -175,6 +202,14 @@ class RouterConfig(_Strict):
     workers: WorkersConfig = WorkersConfig()
     events: EventsConfig = EventsConfig()
     approximate: ApproximateConfig = ApproximateConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    envoy_rate_limit: EnvoyRateLimitConfig = EnvoyRateLimitConfig()
+
+    @model_validator(mode="after")
+    def _envoy_has_plans(self) -> Self:
+        if self.envoy_rate_limit.enabled and self.admission.tenants_file is None:
+            raise ValueError("envoy_rate_limit.enabled needs admission.tenants_file: the plans it answers from")
+        return self
 
     def profile(self, role: Role) -> ProfileConfig:
         if role in self.profiles:

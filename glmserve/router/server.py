@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from glmserve.common import tracing
 from glmserve.common.errors import ConfigError
+from glmserve.router import envoy_rls
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.proto import router_pb2 as pb
@@ -42,6 +43,7 @@ class RouterServer:
         self._health: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_http: Any = None
+        self._envoy: envoy_rls.EnvoyRateLimitService | None = None
 
     async def start(self) -> int:
         """Starts serving and returns the bound gRPC port."""
@@ -61,7 +63,14 @@ class RouterServer:
         pb_grpc.add_RouterServicer_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.config.envoy_rate_limit.enabled:
+            self._envoy = envoy_rls.EnvoyRateLimitService.from_config(
+                self.config.admission, self.config.envoy_rate_limit, self.metrics.registry
+            )
+            envoy_rls.rls_grpc.add_RateLimitServiceServicer_to_server(self._envoy, server)
+            services.append(envoy_rls.SERVICE_NAME)
+        reflection.enable_server_reflection(services, server)
         await server.start()
         self._server = server
         for worker in self.router.registry.workers.values():
@@ -91,6 +100,8 @@ class RouterServer:
             await self._server.stop(grace_s)
         if self._subscriptions is not None:
             await self._subscriptions.close()
+        if self._envoy is not None:
+            await self._envoy.aclose()
         if self._metrics_http is not None:
             http_server, thread = self._metrics_http
             http_server.shutdown()
