@@ -13,9 +13,16 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401  (registers a type the docs' config names)
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401  (likewise)
 from envoy.service.ratelimit.v3 import rls_pb2 as rls
 from envoy.service.ratelimit.v3 import rls_pb2_grpc as rls_grpc
+from google.protobuf import json_format
 from google.protobuf.wrappers_pb2 import UInt64Value
 
 from glmserve.admission.limiter import Limiter
@@ -25,6 +32,7 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
 from glmserve.common.tenancy import hash_api_key
 from glmserve.router.config import load_config
+from glmserve.router.envoy_rls import KEYS
 from tests.admission.redis_server import RedisServer, serve_redis
 from tests.router.harness import ServerThread
 
@@ -331,3 +339,27 @@ def test_the_service_is_off_unless_enabled(tenants_file: Path, start_router: Cal
     with grpc.insecure_channel(router.target) as channel, pytest.raises(grpc.RpcError) as failed:
         ask(rls_grpc.RateLimitServiceStub(channel), descriptor(tenant="acme"))
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_the_documented_envoy_config_is_a_valid_bootstrap_that_sends_known_keys() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "envoy-rate-limit.md").read_text()
+    snippet = doc.split("## Envoy configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    bootstrap = json_format.ParseDict(yaml.safe_load(snippet), bootstrap_pb2.Bootstrap())
+
+    manager = hcm.HttpConnectionManager()
+    assert bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.Unpack(manager)
+    limiter = rate_limit_pb2.RateLimit()
+    assert manager.http_filters[0].typed_config.Unpack(limiter)
+    assert limiter.domain == load_config(None).envoy_rate_limit.domain
+    assert (
+        limiter.rate_limit_service.grpc_service.envoy_grpc.cluster_name == bootstrap.static_resources.clusters[0].name
+    )
+    sent = {
+        action.request_headers.descriptor_key
+        for host in manager.route_config.virtual_hosts
+        for route in host.routes
+        for limit in route.route.rate_limits
+        for action in limit.actions
+    }
+    assert sent
+    assert sent <= set(KEYS)
