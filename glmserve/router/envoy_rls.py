@@ -19,6 +19,7 @@ hits_addend (the request's or a descriptor's) counts requests, one per admission
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -170,11 +171,12 @@ class EnvoyRateLimitService(rls_grpc.RateLimitServiceServicer):
     ) -> rls.RateLimitResponse:
         try:
             hits = parse(request, self._domain)
-            answers = [await self._decide(hit) for hit in hits]
+            # together: a Redis store decides them in one round trip
+            return respond(list(await asyncio.gather(*(self._decide(hit) for hit in hits))))
         except GlmserveError as exc:  # malformed request, or the limits store down while fail-closed
             code, details, trailers = to_status(exc)
             await context.abort(code, details, trailing_metadata=trailers)
-        return respond(answers)
+            raise AssertionError("abort returned") from exc  # abort always raises
 
     async def _decide(self, hit: Hit) -> Answer:
         try:
