@@ -43,7 +43,8 @@ NOT_LOCKED = frozenset({"pip", "glmserve"})
 # Distributions that also install their own copies of other projects' files: xds-protos (Envoy's
 # stubs) bundles old googleapis-common-protos, opentelemetry-proto (without ScopeSpans, which the
 # OTLP exporter imports) and opencensus modules. Where both install a path, the owner's bytes must win:
-# the installer reinstalls whichever owner `overwritten` names.
+# the installer reinstalls whichever owner `overwritten` names. Uninstalling a bundler deletes those
+# paths too, owners' files included: reinstall the owners after it.
 BUNDLERS = frozenset({"xds-protos"})
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
@@ -106,7 +107,7 @@ def differences(lock: dict[str, str], present: dict[str, str]) -> list[str]:
 
 def overwritten() -> list[str]:
     """Names of the installed distributions that a bundler's copy of one of their files replaced
-    (the file on disk no longer has the hash their RECORD gives)."""
+    (the file on disk is missing or no longer has the hash their RECORD gives)."""
     dists = {canonical(dist.metadata["Name"]): dist for dist in metadata.distributions()}
     bundled = {str(path) for name in BUNDLERS & dists.keys() for path in dists[name].files or ()}
     found = []
@@ -116,7 +117,8 @@ def overwritten() -> list[str]:
         for path in dist.files or ():
             if path.hash is None or path.hash.mode != "sha256" or str(path) not in bundled:
                 continue
-            digest = hashlib.sha256(Path(str(dist.locate_file(path))).read_bytes()).digest()
+            file = Path(str(dist.locate_file(path)))
+            digest = hashlib.sha256(file.read_bytes()).digest() if file.exists() else b""
             if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != path.hash.value:
                 found.append(name)
                 break
