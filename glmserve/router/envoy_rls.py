@@ -127,9 +127,11 @@ def _hit(n: int, descriptor: ratelimit_pb2.RateLimitDescriptor) -> Hit:
     sizes = {}
     for key in SIZES:
         value = entries.get(key, "0")
-        if not value.isascii() or not value.isdigit():
+        # below 2**53: the Redis store computes in Lua's doubles
+        if not value.isascii() or not value.isdigit() or len(value) > 15:
             raise InvalidRequestError(
-                f"descriptor {n} entry {key!r} must be a whole number of tokens, got {value!r}", param="descriptors"
+                f"descriptor {n} entry {key!r} must be a whole number of tokens below 10^15, got {value!r}",
+                param="descriptors",
             )
         sizes[key] = int(value)
     return Hit(entries.get("tenant"), entries.get("api_key"), entries.get("model"), **sizes)

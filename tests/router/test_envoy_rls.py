@@ -237,6 +237,10 @@ def test_the_call_is_over_limit_when_any_descriptor_is(envoy: Any) -> None:
             "'prompt_tokens' must be a whole number",
         ),
         (
+            rls.RateLimitRequest(domain="glmserve", descriptors=[descriptor(tenant="acme", max_tokens="1" + "0" * 15)]),
+            "'max_tokens' must be a whole number of tokens below 10^15",
+        ),
+        (
             rls.RateLimitRequest(domain="glmserve", descriptors=[descriptor(tenant="acme")], hits_addend=5),
             "hits_addend",
         ),
@@ -254,6 +258,7 @@ def test_the_call_is_over_limit_when_any_descriptor_is(envoy: Any) -> None:
         "two-callers",
         "empty",
         "negative",
+        "huge",
         "hits",
         "descriptor-hits",
         "second-bad",
