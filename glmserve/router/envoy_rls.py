@@ -14,7 +14,7 @@ glmserve requests fill its plan's concurrency) and is charged the tokens its ent
                        real output, so it charges what the request may produce)
 
 hits_addend (the request's or a descriptor's) counts requests, one per admission, so it must be 1
-(0, unset, means 1 as for every Envoy rate-limit service).
+(the request's 0, unset, means 1, as Envoy's API defines it).
 """
 
 from __future__ import annotations
