@@ -9,6 +9,9 @@ case ${1:-} in
     lock=$2
     shift 2
     python3 -m venv /opt/glmserve
+    # xds-protos also installs old copies of other projects' modules (scripts/locks.py BUNDLERS):
+    # installed first, the owners' files then overwrite them.
+    grep '^xds-protos==' "$lock" | cut -d' ' -f1 | xargs /opt/glmserve/bin/pip install --no-cache-dir --no-deps "$@"
     /opt/glmserve/bin/pip install --no-cache-dir --no-deps "$@" -r "$lock"
     ;;
   project)

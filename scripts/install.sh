@@ -49,6 +49,11 @@ STAMP=$VENV/.glmserve-installed
 if ! $PY -c 'import vllm, ray.serve' >/dev/null 2>&1 || [[ pyproject.toml -nt $STAMP || $LOCK -nt $STAMP ]]; then
   step "pip: the locked packages of $LOCK"
   pip_q install -q --no-deps -r "$LOCK"
+  mapfile -t overwritten < <("$PY" scripts/locks.py overwritten "$LOCK")
+  if ((${#overwritten[@]})); then
+    step "pip: reinstalling what a bundler overwrote (scripts/locks.py BUNDLERS): ${overwritten[*]}"
+    pip_q install -q --no-deps --force-reinstall "${overwritten[@]}"
+  fi
   step "pip: glmserve (editable)"
   pip_q install -q --no-deps --no-build-isolation -e .
   mapfile -t stale < <("$PY" scripts/locks.py stale "$LOCK")

@@ -3,9 +3,10 @@
     python scripts/locks.py compile [--upgrade]   regenerate locks/*.txt (`make lock`)
     python scripts/locks.py check LOCK            exit 1 when this interpreter's packages differ from LOCK
     python scripts/locks.py stale LOCK            print the installed packages that LOCK does not list
+    python scripts/locks.py overwritten LOCK      print (as LOCK pins them) the packages whose files a bundler replaced
     python scripts/locks.py wheels TARGET...      check on PyPI that every pin of a target has a wheel for it
 
-`check` and `stale` use the standard library only: the installer runs them while it builds the venv.
+`check`, `stale` and `overwritten` use the standard library only: the installer runs them while it builds the venv.
 Upgrading is `compile` after a change to pyproject.toml (or `--upgrade` for the newest releases it
 allows), reviewed as a diff of locks/ and tested with `make test`.
 """
@@ -13,6 +14,8 @@ allows), reviewed as a diff of locks/ and tested with `make test`.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -37,6 +40,12 @@ IMAGE_PYTHON = "3.11.2"
 CPU_EXCLUDED = ("torchvision", "torchaudio", "torchcodec", "nixl-cu13")
 # Installed beside any lock: the venv's own installer and glmserve itself (from the source tree).
 NOT_LOCKED = frozenset({"pip", "glmserve"})
+# Distributions that also install their own copies of other projects' files: xds-protos (Envoy's
+# stubs) bundles old googleapis-common-protos, opentelemetry-proto (without ScopeSpans, which the
+# OTLP exporter imports) and opencensus modules. Where both install a path, the owner's bytes must win:
+# the installer reinstalls whichever owner `overwritten` names. Uninstalling a bundler deletes those
+# paths too, owners' files included: reinstall the owners after it.
+BUNDLERS = frozenset({"xds-protos"})
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
@@ -96,6 +105,26 @@ def differences(lock: dict[str, str], present: dict[str, str]) -> list[str]:
     return problems
 
 
+def overwritten() -> list[str]:
+    """Names of the installed distributions that a bundler's copy of one of their files replaced
+    (the file on disk is missing or no longer has the hash their RECORD gives)."""
+    dists = {canonical(dist.metadata["Name"]): dist for dist in metadata.distributions()}
+    bundled = {str(path) for name in BUNDLERS & dists.keys() for path in dists[name].files or ()}
+    found = []
+    for name, dist in sorted(dists.items()):
+        if name in BUNDLERS:
+            continue
+        for path in dist.files or ():
+            if path.hash is None or path.hash.mode != "sha256" or str(path) not in bundled:
+                continue
+            file = Path(str(dist.locate_file(path)))
+            digest = hashlib.sha256(file.read_bytes()).digest() if file.exists() else b""
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != path.hash.value:
+                found.append(name)
+                break
+    return found
+
+
 def torch_cpu_links() -> str:
     """Where the CPU build of torch is found: pip's find-links here, else PyTorch's CPU index."""
     return (
@@ -150,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     compile_parser.add_argument("--upgrade", action="store_true", help="take the newest releases pyproject allows")
     wheels_parser = commands.add_parser("wheels", help="check that every pin of TARGET has a wheel for it")
     wheels_parser.add_argument("targets", nargs="+", choices=[target.name for target in TARGETS], metavar="TARGET")
-    for name, help_text in (("check", "compare this interpreter's packages with LOCK"), ("stale", "list unlocked")):
+    for name, help_text in (
+        ("check", "compare this interpreter's packages with LOCK"),
+        ("stale", "list unlocked"),
+        ("overwritten", "list the pins of LOCK whose files a bundler replaced"),
+    ):
         commands.add_parser(name, help=help_text).add_argument("lock", type=Path)
     args = parser.parse_args(argv)
     if args.command == "compile":
@@ -173,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in sorted(present.keys() - lock.keys() - NOT_LOCKED):
             print(name)
         return 0
+    if args.command == "overwritten":
+        for name in overwritten():
+            print(f"{name}=={lock.get(name, present[name])}")
+        return 0
     problems = differences(lock, present)
+    problems += [f"{name}: files overwritten by {', '.join(sorted(BUNDLERS))}; reinstall it" for name in overwritten()]
     for problem in problems:
         print(f"{args.lock.name}: {problem}", file=sys.stderr)
     return 1 if problems else 0

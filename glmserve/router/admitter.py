@@ -44,6 +44,14 @@ class Admitter:
         self._ttl_s = request_ttl_s
         self._open: dict[str, _Open] = {}
 
+    @property
+    def tenants(self) -> WatchedTenants:
+        return self._tenants
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
     @classmethod
     def from_config(cls, config: AdmissionConfig, registry: CollectorRegistry, request_ttl_s: float) -> Admitter | None:
         """None when no tenants file is configured: the router does not admit."""

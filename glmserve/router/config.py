@@ -180,6 +180,14 @@ class AdmissionConfig(_Strict):
     )
 
 
+class EnvoyRateLimitConfig(_Strict):
+    """Envoy's rate-limit service API on the router's gRPC port (envoy_rls.py,
+    docs/envoy-rate-limit.md), answered from the plans and store of `admission`."""
+
+    enabled: bool = False
+    domain: str = Field(default="glmserve", min_length=1, description="the `domain` of Envoy's rate-limit filter")
+
+
 class RouterConfig(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(default=50051, ge=0, le=65535, description="0: any free port")
@@ -200,6 +208,13 @@ class RouterConfig(_Strict):
     approximate: ApproximateConfig = ApproximateConfig()
     admission: AdmissionConfig = AdmissionConfig()
     flow: FlowConfig = FlowConfig()
+    envoy_rate_limit: EnvoyRateLimitConfig = EnvoyRateLimitConfig()
+
+    @model_validator(mode="after")
+    def _envoy_has_plans(self) -> Self:
+        if self.envoy_rate_limit.enabled and self.admission.tenants_file is None:
+            raise ValueError("envoy_rate_limit.enabled needs admission.tenants_file: the plans it answers from")
+        return self
 
     def profile(self, role: Role) -> ProfileConfig:
         if role in self.profiles:

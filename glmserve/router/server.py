@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 
 from glmserve.common import tracing
 from glmserve.common.errors import ConfigError
+from glmserve.router import envoy_rls
 from glmserve.router.admitter import Admitter
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
@@ -65,7 +66,17 @@ class RouterServer:
         pb_grpc.add_RouterServicer_to_server(servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.config.envoy_rate_limit.enabled:
+            # The config requires a tenants file with it, so the router admits: Envoy's hits and
+            # Route's admissions share one set of plans, one limiter and one store.
+            assert self.admitter is not None
+            envoy = envoy_rls.EnvoyRateLimitService(
+                self.admitter.tenants, self.admitter.limiter, domain=self.config.envoy_rate_limit.domain
+            )
+            envoy_rls.rls_grpc.add_RateLimitServiceServicer_to_server(envoy, server)
+            services.append(envoy_rls.SERVICE_NAME)
+        reflection.enable_server_reflection(services, server)
         await server.start()
         self._server = server
         for worker in self.router.registry.workers.values():

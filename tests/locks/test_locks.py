@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,38 @@ def test_this_venv_is_exactly_the_dev_lock() -> None:
         [sys.executable, str(Path(locks.__file__)), "check", str(dev.path)], check=False, capture_output=True, text=True
     )
     assert checked.returncode == 0, f"{sys.prefix} differs from its lock (re-run scripts/install.sh):\n{checked.stderr}"
+
+
+def _install(site: Path, name: str, files: dict[str, bytes]) -> metadata.PathDistribution:
+    """A distribution as pip leaves it: its files, METADATA and a RECORD of their sha256 hashes."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    rows = []
+    for relative, content in files.items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_bytes(content)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+        rows.append(f"{relative},sha256={digest},{len(content)}")
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+    return metadata.PathDistribution(info)
+
+
+def test_overwritten_names_the_owners_whose_files_a_bundler_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = _install(tmp_path, "opentelemetry-proto", {"otel/trace_pb2.py": b"ScopeSpans", "otel/own.py": b"x"})
+    other = _install(tmp_path, "redis", {"redis/client.py": b"client"})
+    dists = [owner, other]
+    monkeypatch.setattr(locks.metadata, "distributions", lambda: iter(dists))
+    assert locks.overwritten() == []
+
+    # the bundler lands last: its old copy replaces the owner's file
+    dists.append(_install(tmp_path, "xds-protos", {"otel/trace_pb2.py": b"InstrumentationLibrarySpans"}))
+    assert locks.overwritten() == ["opentelemetry-proto"]
+    # the owner reinstalled over it: fine, although the bundler's RECORD no longer matches
+    (tmp_path / "otel/trace_pb2.py").write_bytes(b"ScopeSpans")
+    assert locks.overwritten() == []
+    # a shared path deleted (as uninstalling either distribution does) is as broken
+    (tmp_path / "otel/trace_pb2.py").unlink()
+    assert locks.overwritten() == ["opentelemetry-proto"]
