@@ -51,7 +51,7 @@ def test_renders_what_the_operator_would_apply(gpu_example: Path) -> None:
                       ("router", 2)]  # fmt: skip
     router = next(pod for pod, _ in topo.pods if pod.role == "router")
     assert router.command == "exec glmserve router serve --config /etc/glmserve/router/config.yaml"
-    assert "tenants.yaml" not in router.files["/etc/glmserve/router"]  # only the items the volume projects
+    assert "tenants.yaml" in router.files["/etc/glmserve/router"]  # the router admits against the plans
     assert "glm-46-router.glmserve.svc" in router.services
 
 
