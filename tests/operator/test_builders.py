@@ -251,6 +251,15 @@ def test_the_router_admits_from_its_mounted_tenants_with_limits_in_redis(tmp_pat
     assert TENANTS_FILE in configmap["data"]
 
 
+def test_each_router_replica_hands_out_its_share_of_the_engines(tmp_path: Path) -> None:
+    children = _children(False)
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    (tmp_path / CONFIG_FILE).write_text(configmap["data"][CONFIG_FILE])
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] > 1
+    assert load_config(tmp_path / CONFIG_FILE).flow.replicas == deployment["spec"]["replicas"]
+
+
 def test_the_ingress_reads_the_tenants_and_shares_limits_in_redis() -> None:
     children = _children(False)
     ingress = _ingress_pod(children)

@@ -25,16 +25,18 @@ TENANTS_FILE = "tenants.yaml"
 CONFIG_HASH = "glmserve.io/config-hash"
 
 
-def router_config(redis_url: str | None) -> dict[str, Any]:
-    """`glmserve router serve --config`'s settings: its ports, the engines' block hashing, and
+def router_config(redis_url: str | None, replicas: int) -> dict[str, Any]:
+    """`glmserve router serve --config`'s settings: its ports, the engines' block hashing,
     admission from the tenants file beside it (absent until a Plan applies: nobody is admitted)
-    with limits in `redis_url` (None: each router replica limits alone, in memory)."""
+    with limits in `redis_url` (None: each router replica limits alone, in memory), and flow
+    control's share: each of the Deployment's `replicas` hands out its part of the engines' slots."""
     admission = {"tenants_file": f"{CONFIG_DIR}/{TENANTS_FILE}", "redis_url": redis_url}
     return {
         "port": ROUTER_PORT,
         "metrics_port": ROUTER_METRICS_PORT,
         "hashing": ROUTER_HASHING,
         "admission": admission,
+        "flow": {"replicas": replicas},
     }
 
 
@@ -42,7 +44,8 @@ def build_router_configmap(
     inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
 ) -> dict[str, Any]:
     """`tenancy` None (no Plan applies yet): no tenants file, so neither router nor ingress admits anybody."""
-    data = {CONFIG_FILE: yaml.safe_dump(router_config(redis_url), sort_keys=False)}
+    config = router_config(redis_url, inputs.spec.router.replicas)
+    data = {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)}
     if tenancy is not None:
         dumped = tenancy.model_dump(mode="json", by_alias=True, exclude_none=True)
         data[TENANTS_FILE] = yaml.safe_dump(dumped, sort_keys=False)
