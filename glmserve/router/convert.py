@@ -27,6 +27,7 @@ from glmserve.router.types import (
 # The protocol this code speaks (router.proto's header): 2 admits in Route and settles in Complete.
 PROTOCOL_VERSION = 2
 ADMITTING_VERSION = 2
+FLOW_CONTROL_VERSION = 2
 MAX_ID_CHARS = 256
 # The router connects to engines' sockets: a concrete host and port, never a bind wildcard.
 _ENDPOINT = re.compile(r"^(tcp://[^*\s]+:\d{1,5}|ipc://\S+)$")
@@ -202,6 +203,7 @@ def decision_from_pb(msg: pb.RouteResponse) -> Decision:
         reasons=tuple(msg.reasons),
         degraded=msg.degraded,
         admission=_admitted_from_pb(msg.admission) if msg.HasField("admission") else None,
+        slotted=msg.protocol_version >= FLOW_CONTROL_VERSION,
     )
 
 

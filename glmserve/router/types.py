@@ -79,6 +79,9 @@ class Decision:
     reasons: tuple[str, ...] = ()
     degraded: bool = False
     admission: Admitted | None = None  # None: this router does not admit; the ingress admits locally
+    # The router's flow control held the request until an engine slot was its to give (v2 routers):
+    # the ingress does not wait for a slot of its own as well.
+    slotted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

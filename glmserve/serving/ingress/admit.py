@@ -3,8 +3,9 @@
 The router is asked first: it picks the workers and, when it runs admission, also admits the
 request against its plan and queues it by priority. When the router does not admit (none is
 configured, none answers, or it leaves admission to the ingress), this replica admits the request
-itself with the same `glmserve.admission` package: the plan limits against the limits store, then
-one of the model's engine slots in plan-priority order; without the router's choice Serve balances.
+itself with the same `glmserve.admission` package: the plan limits against the limits store, then,
+unless the router's flow control already gave it a slot, one of the model's engine slots in
+plan-priority order; without the router's choice Serve balances.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Admitter:
         if not admission.allowed:
             return _refused(admission.error())
         life.hold_admission(limiter, admission)
+        if decision is not None and decision.slotted:
+            return Grant(decision, admission.engine_max_tokens)
         slots = self._gate.slots(served.name, served.capacity, served.max_waiting)
         waiting = self._metrics.waiting.labels(served.name, tenant.priority)
         waiting.inc()
