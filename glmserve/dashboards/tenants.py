@@ -74,18 +74,18 @@ DASHBOARD = Dashboard(
             (Target(f"sum by (plan) ({Q.series(m.INGRESS_IN_FLIGHT)})", "{{plan}}"),),
         ),
         Panel(
-            "Requests waiting for an engine slot by priority",
-            "Admitted requests the ingress holds until an engine slot is free for their plan's class.",
-            "short",
-            (Target(f"sum by (priority) ({Q.series(m.INGRESS_WAITING)})", "{{priority}}"),),
+            "Wait for an engine slot by priority (p90)",
+            "How long requests waited in the router's flow control until an engine slot was theirs, per plan "
+            "priority class (0 while slots are free). Requests no router answered wait in the ingress instead "
+            "(glmserve_ingress_requests_waiting).",
+            "s",
+            (Target(Q.quantile(0.9, m.ROUTER_FLOW_WAIT, ("priority",)), "{{priority}}"),),
         ),
         Panel(
-            "Slot share factor for lower priorities",
-            "While a higher class is active, lower classes fill at most this factor times their share of the "
-            "engine slots: it shrinks when they slow the engines' inter-token pace, and grows back slowly.",
-            "percentunit",
-            (Target(f"min by (model) ({Q.series(m.INGRESS_SHARE_SCALE)})", "{{model}}"),),
-            (("red", None), ("orange", 0.3), ("green", 0.7)),
+            "Requests let through to the engines per second, by priority",
+            "Requests the router's flow control granted an engine slot; refusals are glmserve_router_flow_shed_total.",
+            "reqps",
+            (Target(Q.sum_rate(m.ROUTER_FLOW_DISPATCHED, ("priority",)), "{{priority}}"),),
         ),
         Panel(
             "Rate-limit decisions per second",
