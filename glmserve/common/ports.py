@@ -41,6 +41,16 @@ def _bindable(host: str, port: int) -> bool:
         return True
 
 
+def free_ports(count: int, host: str = "0.0.0.0") -> int:
+    """The first of `count` consecutive ports all free on `host` now, below the ephemeral range
+    (`LOW` upwards when none is found: the caller's bind then names the port that clashed)."""
+    high = _ephemeral_start()
+    for base in random.sample(range(LOW, max(LOW + 1, high - count)), min(_TRIES, max(1, high - count - LOW))):
+        if all(_bindable(host, port) for port in range(base, base + count)):
+            return base
+    return LOW
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on `host` now, outside the range the kernel hands out on its own."""
     high = _ephemeral_start()

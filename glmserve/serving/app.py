@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
+from glmserve.common.ports import free_ports
 from glmserve.common.roles import Role
 from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
@@ -81,16 +82,18 @@ def topology_spec(
         # A joined cluster's head (KubeRay's runs with num-cpus 0) schedules nothing of ours; the
         # engines stay off it by their CPU bundles, the 0-CPU ingress only by this selector.
         ingress_options["label_selector"] = {NODE_ID_LABEL: f"!{avoid_node}"}
+    pools = tuple(pool_spec(model, cfg, device, role, binds[role]) for role in roles)
     return TopologySpec(
         model=model.name,
         source=str(model.path),
         max_context=cfg.max_model_len or model.max_context,
         thinking_default=model.thinking_default,
         created=int(time.time()),
-        pools=tuple(pool_spec(model, cfg, device, role, binds[role]) for role in roles),
+        pools=pools,
         stream_interval_ms=cfg.stream_interval_ms,
         router=router,
         serve_router=cfg.serve_router,
+        events_ports={p.role: free_ports(2 * p.max_replicas) for p in pools} if router else {},
         ingress_actor_options=ingress_options,
         limits=LimitsSettings(
             tenants_file=str(cfg.tenants_file) if cfg.tenants_file else None,

@@ -68,6 +68,8 @@ class TopologySpec:
     # How Serve balances when glmserve's router does not: its power-of-two choices, or Ray Serve
     # LLM's PrefixCacheAffinityRouter (a peer the routing benchmark compares against).
     serve_router: Literal["power-of-two", "prefix-affinity"] = "power-of-two"
+    # First KV-event port of each pool's replicas (two per replica); absent: the role's fixed base.
+    events_ports: Mapping[Role, int] = field(default_factory=dict)
     ingress_replicas: int = 1
     ingress_actor_options: Mapping[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
     limits: LimitsSettings | None = None  # None: each ingress replica reads them from its pod's environment
@@ -168,7 +170,8 @@ def plan(spec: TopologySpec) -> Topology:
     engines: dict[WorkerRole, EngineDeployment] = {}
     for pool in spec.pools:
         role = worker_role(pool.role)
-        link = RouterLink((spec.router,), role, spec.model) if spec.router else None
+        base = spec.events_ports.get(pool.role)
+        link = RouterLink((spec.router,), role, spec.model, base) if spec.router else None
         engines[role] = EngineDeployment(
             name_prefix=DEPLOYMENT_PREFIX[pool.role],
             llm_config=llm_config(

@@ -49,3 +49,18 @@ def test_ipv6_hosts_get_ipv6_ports() -> None:
     port = ports.free_port("::1")
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", port))
+
+
+def test_free_ports_gives_a_block_nobody_holds_below_the_ephemeral_range() -> None:
+    base = ports.free_ports(6)
+    assert base >= ports.LOW
+    held = []
+    try:
+        for port in range(base, base + 6):
+            sock = socket.socket()
+            sock.bind(("0.0.0.0", port))
+            held.append(sock)
+        assert ports.free_ports(6) not in range(base - 5, base + 6)  # a block overlapping a held port is skipped
+    finally:
+        for sock in held:
+            sock.close()

@@ -3,6 +3,7 @@ data, and the same inputs give the same deployments."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ def deployments(topology: Topology) -> dict[str, Any]:
         if "autoscaling_config" in config:  # local mode's own target; the RayService keeps Serve's
             config["autoscaling_config"] = dict(config["autoscaling_config"])
             config["autoscaling_config"].pop("target_ongoing_requests", None)
-        out[role] = (engine.name_prefix, engine.engine_cls, config, dict(engine.bind_kwargs)["router"])
+        link = dict(engine.bind_kwargs)["router"]
+        # local mode picks free KV-event ports; a RayService pod has its ports to itself
+        link = replace(link, port_base=None) if link is not None else None
+        out[role] = (engine.name_prefix, engine.engine_cls, config, link)
     return out
 
 

@@ -22,9 +22,12 @@ class RouterLink:
     routers: tuple[str, ...]  # gRPC targets of the router replicas
     role: WorkerRole
     model: str
+    # None: the role's fixed base (a pod per replica); `glmserve up` picks free ones, since two
+    # stacks on one machine would otherwise publish on the same ports.
+    port_base: int | None = None
 
     def ports(self, rank: int) -> tuple[int, int]:
-        base = EVENTS_PORT_BASE[self.role] + 2 * rank
+        base = (EVENTS_PORT_BASE[self.role] if self.port_base is None else self.port_base) + 2 * rank
         return base, base + 1
 
     def kv_events_config(self, rank: int) -> dict[str, Any]:
