@@ -145,8 +145,10 @@ def test_router_keeps_a_repeated_prefix_on_the_replica_that_caches_it(pd_stack: 
 
 def test_requests_survive_the_router_going_away(pd_stack: Stack) -> None:
     """The ingress falls back to Serve's own balancing, and counts it."""
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    routers = [int(line.split(None, 1)[0]) for line in ps.splitlines() if "glmserve.cli.main router serve" in line]
+    ps = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in ps.splitlines()]
+    # this stack's router: the session stack (with tenants) runs one of its own
+    routers = [int(pid) for pid, sid, args in rows if int(sid) == pd_stack.sid and "router serve" in args]
     assert len(routers) == 1, ps
     os.kill(routers[0], signal.SIGKILL)
     r = pd_stack.client().chat.completions.create(model=MODEL, messages=CHATS[0], max_tokens=2, temperature=0)
