@@ -17,7 +17,7 @@ VENV_BIN = Path(sys.executable).parent
 
 def session_processes(sid: int) -> list[str]:
     """Processes of one session (what a command started with start_new_session=True left running)."""
-    out = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout
     return [line.strip() for line in out.splitlines() if line.split(None, 1)[0] == str(sid)]
 
 

@@ -55,7 +55,7 @@ class ImageOperator:
             self._process.terminate()
             return
         listed = subprocess.run(
-            ["ps", "-o", "pid=,args=", "-s", str(self._process.pid)], capture_output=True, text=True, check=False
+            ["ps", "-ww", "-o", "pid=,args=", "-s", str(self._process.pid)], capture_output=True, text=True, check=False
         )
         for line in listed.stdout.splitlines():
             pid, args = line.split(None, 1)

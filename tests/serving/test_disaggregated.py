@@ -145,7 +145,7 @@ def test_router_keeps_a_repeated_prefix_on_the_replica_that_caches_it(pd_stack: 
 
 def test_requests_survive_the_router_going_away(pd_stack: Stack) -> None:
     """The ingress falls back to Serve's own balancing, and counts it."""
-    ps = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 2) for line in ps.splitlines()]
     # this stack's router: the session stack (with tenants) runs one of its own
     routers = [int(pid) for pid, sid, args in rows if int(sid) == pd_stack.sid and "router serve" in args]
@@ -171,7 +171,7 @@ def test_prefill_replica_failure_never_hangs(pd_stack: Stack) -> None:
 
 def _prefill_engine_pid() -> int:
     """The VLLM::EngineCore process whose parent is the prefill replica actor."""
-    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 2) for line in ps.splitlines()]
     prefill_actors = {pid for pid, _, args in rows if "ServeReplica:glmserve:Prefill" in args}
     engines = [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in prefill_actors]
