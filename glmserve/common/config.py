@@ -17,6 +17,9 @@ KvConnector = Literal["NixlConnector", "ExampleConnector"]
 # router configured with ROUTER_HASHING reproduces the engines' block hashes from token ids.
 ENGINE_HASH_SEED = "0"
 ROUTER_HASHING = {"algo": "sha256_cbor", "seed": ENGINE_HASH_SEED}
+# The router's shared token (glmserve.router.auth): the router checks it on every call, and its
+# callers (ingress, engines) send it; in a cluster it comes from the `<deployment>-router-auth` Secret.
+ROUTER_TOKEN_ENV = "GLMSERVE_ROUTER_TOKEN"
 # Ray Serve LLM's default batching interval. Every batch is a message to the ingress and a write
 # to the client whatever its size, so batching cuts the relays' CPU (`benchmarks.cpu_by_process`
 # against `glmserve up --stream-interval-ms 0` and 50). A first token is never held back.

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="serve the router until SIGINT/SIGTERM",
         description="Serves the gRPC router (health checking and reflection on) that engines register with and "
         "the ingress asks where to send each request; with a tenants file in its config (admission:), it admits "
-        "each request against its tenant's plan first.",
+        "each request against its tenant's plan first. With GLMSERVE_ROUTER_TOKEN set, every call but health "
+        "checks must carry `authorization: Bearer <token>`.",
     )
     serve.add_argument("--config", type=Path, required=True, help="router YAML (see glmserve/router/config.py)")
     serve.add_argument("--port", type=int, help="gRPC port (default: the config's, 50051)")
@@ -29,17 +30,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from glmserve.router.auth import token_from_environment
     from glmserve.router.config import load_config
 
     config = load_config(args.config, port=args.port, host=args.host)
+    token = token_from_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, token))
 
 
-async def _serve(config: RouterConfig) -> None:
+async def _serve(config: RouterConfig, token: str | None) -> None:
     from glmserve.router.server import RouterServer
 
-    server = RouterServer(config)
+    server = RouterServer(config, token=token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -26,6 +26,7 @@ from glmserve.common import tracing
 from glmserve.common.errors import UNAVAILABLE, GlmserveError
 from glmserve.common.tenancy import PriorityClass
 from glmserve.router import convert
+from glmserve.router.auth import call_metadata, token_from_environment
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.status import from_rpc_error
@@ -69,11 +70,14 @@ class RouterClient:
         *,
         route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
     ) -> None:
         """`target`: one router replica ("router-0:50051", "10.0.0.1:50051"). For an address that
         stands for several replicas, the ingress uses replicas.RouterReplicas, which keeps each
-        request's calls on the replica that routed it."""
+        request's calls on the replica that routed it. `token`: the router's (auth.py); None: the
+        one in GLMSERVE_ROUTER_TOKEN, if any."""
         self.target = target
+        self._auth = call_metadata(token or token_from_environment())
         self._route_timeout_s = route_timeout_s
         self._timeout_s = timeout_s
         options = [("grpc.max_send_message_length", 64 * 2**20)]
@@ -95,7 +99,9 @@ class RouterClient:
         )
         try:
             reply = await self._stub.Route(
-                request, timeout=self._route_timeout_s, metadata=tracing.grpc_metadata(options.get("trace_context"))
+                request,
+                timeout=self._route_timeout_s,
+                metadata=(*self._auth, *tracing.grpc_metadata(options.get("trace_context"))),
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "Route") from None
@@ -109,7 +115,9 @@ class RouterClient:
         or the request was never routed by it)."""
         try:
             reply = await self._stub.Complete(
-                convert.completion_to_pb(request_id, stage, usage or Usage(), outcome), timeout=self._timeout_s
+                convert.completion_to_pb(request_id, stage, usage or Usage(), outcome),
+                timeout=self._timeout_s,
+                metadata=self._auth,
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "Complete") from None
@@ -122,7 +130,7 @@ class RouterClient:
             protocol_version=convert.PROTOCOL_VERSION,
         )
         try:
-            reply = await self._stub.Register(request, timeout=self._timeout_s)
+            reply = await self._stub.Register(request, timeout=self._timeout_s, metadata=self._auth)
         except grpc.RpcError as exc:
             raise self._error(exc, "Register") from None
         return Lease(reply.heartbeat_interval_s, reply.lease_s)
@@ -133,13 +141,16 @@ class RouterClient:
             await self._stub.Heartbeat(
                 pb.HeartbeatRequest(worker_id=worker_id, load=convert.load_to_pb(load or Load())),
                 timeout=self._timeout_s,
+                metadata=self._auth,
             )
         except grpc.RpcError as exc:
             raise self._error(exc, "Heartbeat") from None
 
     async def deregister(self, worker_id: str) -> None:
         try:
-            await self._stub.Deregister(pb.DeregisterRequest(worker_id=worker_id), timeout=self._timeout_s)
+            await self._stub.Deregister(
+                pb.DeregisterRequest(worker_id=worker_id), timeout=self._timeout_s, metadata=self._auth
+            )
         except grpc.RpcError as exc:
             raise self._error(exc, "Deregister") from None
 

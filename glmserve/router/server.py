@@ -15,9 +15,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from glmserve.common import tracing
+from glmserve.common.config import ROUTER_TOKEN_ENV
 from glmserve.common.errors import ConfigError
 from glmserve.router import envoy_rls
 from glmserve.router.admitter import Admitter
+from glmserve.router.auth import TokenAuth
 from glmserve.router.config import RouterConfig
 from glmserve.router.metrics import RouterMetrics
 from glmserve.router.proto import router_pb2 as pb
@@ -34,8 +36,12 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 
 
 class RouterServer:
-    def __init__(self, config: RouterConfig, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig, *, clock: Callable[[], float] | None = None, token: str | None = None
+    ) -> None:
+        """`token`: every call but health checks must carry it (auth.py); None: any caller is served."""
         self.config = config
+        self._token = token
         self.metrics = RouterMetrics()
         self.router = Router(config, self.metrics, clock) if clock else Router(config, self.metrics)
         self.admitter = Admitter.from_config(config.admission, self.metrics.registry, config.request_ttl_s)
@@ -49,7 +55,8 @@ class RouterServer:
     async def start(self) -> int:
         """Starts serving and returns the bound gRPC port."""
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
-        server = grpc.aio.server(interceptors=[StrictDecoding()], options=options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [TokenAuth(self._token)] if self._token else []
+        server = grpc.aio.server(interceptors=[*interceptors, StrictDecoding()], options=options)
         try:
             self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or invalid
@@ -85,6 +92,8 @@ class RouterServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper = asyncio.create_task(self._sweep(), name="router-sweep")
         log.info("router serving on %s:%d (policy %s)", self.config.host, self.port, self.config.policy)
+        if not self._token:
+            log.warning("no %s: any caller that reaches the port is served", ROUTER_TOKEN_ENV)
         return self.port
 
     async def _sweep(self) -> None:

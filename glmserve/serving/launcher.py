@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glmserve.common import ports
-from glmserve.common.config import ENGINE_HASH_SEED, ServeConfig
+from glmserve.common.config import ENGINE_HASH_SEED, ROUTER_TOKEN_ENV, ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.common.signals import until_signal
 from glmserve.serving import reaper
@@ -126,6 +126,8 @@ class Stack:
                 outage=self.cfg.limits_outage,
             )
             router_target = self.router.start()
+            # Inherited by the ingress and the engines, the router's callers.
+            os.environ[ROUTER_TOKEN_ENV] = self.router.token
             self.progress(f"router: {router_target} (metrics http://127.0.0.1:{self.router.metrics_port}/metrics)")
         # ray.init replaces the SIGTERM handler with sys.exit; keep ours so shutdown stays orderly.
         sigterm = signal.getsignal(signal.SIGTERM)

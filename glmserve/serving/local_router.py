@@ -5,10 +5,15 @@ the ingress (which admits on its own only while the router does not answer).
 
 Engines hash their prompt blocks with PYTHONHASHSEED pinned to ENGINE_HASH_SEED (set before
 Ray starts, inherited by every engine process) so the router reproduces their block hashes.
+
+It runs with a token of its own (glmserve.router.auth), made here: `glmserve up` puts it in the
+environment its Ray node (and so the ingress and the engines) inherits.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -18,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from glmserve.common.config import ROUTER_HASHING
+from glmserve.common.config import ROUTER_HASHING, ROUTER_TOKEN_ENV
 from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
 
@@ -43,6 +48,7 @@ class LocalRouter:
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.metrics_port = free_port()
+        self.token = secrets.token_urlsafe(32)
 
     @property
     def target(self) -> str:
@@ -62,7 +68,8 @@ class LocalRouter:
         path.write_text(yaml.safe_dump(config))
         log = (self._workdir / "router.log").open("ab")
         cmd = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(path)]
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, ROUTER_TOKEN_ENV: self.token}
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

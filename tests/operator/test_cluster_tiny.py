@@ -117,7 +117,7 @@ def test_the_ray_cluster_requires_the_operators_token(schemas: CustomResourceSch
     assert manifest_problems(secret, schemas) == []
     assert secret["metadata"]["name"] == "tiny-ray-auth" and secret["metadata"]["namespace"] == "glmserve"
     assert base64.b64decode(secret["data"]["auth_token"]).decode() == "ab" * 32
-    assert set(generated_secrets(inputs)) == {"tiny-cache-salt", "tiny-ray-auth"}
+    assert set(generated_secrets(inputs)) == {"tiny-cache-salt", "tiny-ray-auth", "tiny-router-auth"}
 
 
 def test_gcs_fault_tolerance_keeps_the_heads_state_in_the_given_redis(schemas: CustomResourceSchemas) -> None:

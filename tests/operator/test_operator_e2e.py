@@ -150,6 +150,7 @@ OWNED_CHILDREN = [
     ("monitoring.coreos.com/v1", "PrometheusRule", ""),
     ("v1", "Secret", "-cache-salt"),
     ("v1", "Secret", "-ray-auth"),
+    ("v1", "Secret", "-router-auth"),
 ]
 
 
@@ -267,6 +268,13 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner | Ima
         token = api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"]
         assert len(base64.b64decode(token)) == 64
         assert rayservice["authOptions"] == {"mode": "token", "secretName": "glm-ray-auth"}
+        # The router's token, made once too: the router requires it, the ingress and engines send it.
+        router_token = api.get("v1", "Secret", "glm-router-auth", ns)["data"]["token"]
+        assert len(base64.b64decode(router_token)) == 64
+        router_pod = api.get("apps/v1", "Deployment", "glm-router", ns)["spec"]["template"]["spec"]
+        token_ref = {"secretKeyRef": {"name": "glm-router-auth", "key": "token"}}
+        for container in [router_pod["containers"][0], ingress["template"]["spec"]["containers"][0]]:
+            assert {e["name"]: e.get("valueFrom") for e in container["env"]}["GLMSERVE_ROUTER_TOKEN"] == token_ref
 
         # A spec change patches the children.
         api.patch(deployment, {"spec": {"decode": {"autoscaling": {"maxReplicas": 3}}, "ingress": {"replicas": 3}}})
@@ -285,6 +293,7 @@ def test_model_deployment_lifecycle(cluster: Cluster, operator: KopfRunner | Ima
         eventually(rayservice_follows, what="the RayService to follow the spec")
         assert api.get("v1", "Secret", "glm-cache-salt", ns)["data"]["secret"] == salt  # not re-made
         assert api.get("v1", "Secret", "glm-ray-auth", ns)["data"]["auth_token"] == token
+        assert api.get("v1", "Secret", "glm-router-auth", ns)["data"]["token"] == router_token
 
         # Key rotation: a second key joins; the router's config holds both hashes, no key.
         api.create(_secret("acme-key-2", ns, new_key))

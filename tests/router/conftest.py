@@ -12,11 +12,12 @@ from tests.router.harness import ServerThread, SimEngine, config
 
 @pytest.fixture
 def start_router() -> Iterator[Callable[..., ServerThread]]:
-    """Starts routers (config overrides as keyword arguments); all are stopped after the test."""
+    """Starts routers (config overrides as keyword arguments, `token`: the one it requires); all
+    are stopped after the test."""
     started: list[ServerThread] = []
 
-    def start(**overrides: Any) -> ServerThread:
-        server = ServerThread(config(**overrides))
+    def start(token: str | None = None, **overrides: Any) -> ServerThread:
+        server = ServerThread(config(**overrides), token)
         started.append(server)
         return server
 

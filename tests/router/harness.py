@@ -39,9 +39,9 @@ def config(**overrides: Any) -> RouterConfig:
 class ServerThread:
     """A RouterServer on its own event loop thread; tests talk to it only over gRPC."""
 
-    def __init__(self, cfg: RouterConfig) -> None:
+    def __init__(self, cfg: RouterConfig, token: str | None = None) -> None:
         self._stopped = False
-        self.server = RouterServer(cfg)
+        self.server = RouterServer(cfg, token=token)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

@@ -13,9 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from glmserve.common.config import ROUTER_TOKEN_ENV
 from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
 from glmserve.router.config import PRESETS, RouterConfig, load_config
+from glmserve.router.proto import router_pb2 as pb
+from glmserve.router.proto import router_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,10 +70,11 @@ def test_bad_configs_are_refused_with_the_reason(tmp_path: Path, text: str, comp
         load_config(write(tmp_path, text))
 
 
-def test_serve_command_serves_until_sigterm(tmp_path: Path) -> None:
+def test_serve_command_serves_until_sigterm_and_requires_the_token_from_its_environment(tmp_path: Path) -> None:
     port = free_port()
     config = write(tmp_path, "host: 127.0.0.1\nmetrics_port: null\n")
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    token = "cli-router-token-0123456789"
+    env = os.environ | {"PYTHONPATH": str(ROOT), ROUTER_TOKEN_ENV: token}
     proc = subprocess.Popen(
         [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(config), "--port", str(port)],
         env=env,
@@ -82,6 +86,11 @@ def test_serve_command_serves_until_sigterm(tmp_path: Path) -> None:
             grpc.channel_ready_future(channel).result(timeout=30)
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            deregister = pb_grpc.RouterStub(channel).Deregister
+            with pytest.raises(grpc.RpcError) as refused:
+                deregister(pb.DeregisterRequest(worker_id="w1"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            deregister(pb.DeregisterRequest(worker_id="w1"), timeout=5, metadata=[("authorization", f"Bearer {token}")])
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)
         assert proc.returncode == 0, stderr
@@ -91,9 +100,16 @@ def test_serve_command_serves_until_sigterm(tmp_path: Path) -> None:
             proc.communicate()
 
 
-def test_serve_command_reports_a_bad_config(tmp_path: Path) -> None:
-    config = write(tmp_path, "policy: fastest\n")
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+@pytest.mark.parametrize(
+    ("text", "token", "complaint"),
+    [
+        ("policy: fastest\n", None, "invalid router config: policy"),
+        ("host: 127.0.0.1\n", "too-short", f"{ROUTER_TOKEN_ENV} must hold at least 16 characters"),
+    ],
+)
+def test_serve_command_reports_a_bad_config(tmp_path: Path, text: str, token: str | None, complaint: str) -> None:
+    config = write(tmp_path, text)
+    env = os.environ | {"PYTHONPATH": str(ROOT)} | ({ROUTER_TOKEN_ENV: token} if token else {})
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(config)],
@@ -104,7 +120,7 @@ def test_serve_command_reports_a_bad_config(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode != 0
-    assert "invalid router config: policy" in done.stderr
+    assert complaint in done.stderr
     assert time.monotonic() - started < 60
 
 

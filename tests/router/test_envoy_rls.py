@@ -359,6 +359,8 @@ def test_the_documented_envoy_config_is_a_valid_bootstrap_that_sends_known_keys(
     assert (
         limiter.rate_limit_service.grpc_service.envoy_grpc.cluster_name == bootstrap.static_resources.clusters[0].name
     )
+    [auth] = limiter.rate_limit_service.grpc_service.initial_metadata  # the router's token
+    assert auth.key == "authorization" and auth.value.startswith("Bearer ")
     sent = {
         action.request_headers.descriptor_key
         for host in manager.route_config.virtual_hosts

@@ -25,10 +25,10 @@ def limits_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield from serve_redis(tmp_path_factory)
 
 
-async def routes_until_refused(target: str, prefix: str) -> int:
+async def routes_until_refused(target: str, token: str, prefix: str) -> int:
     """Registers an engine (as engines do with a restarted router) and routes acme's requests,
     each completed at once, until the plan refuses one; how many were admitted."""
-    async with RouterClient(target, route_timeout_s=5) as client:
+    async with RouterClient(target, route_timeout_s=5, token=token) as client:
         await client.register(WorkerInfo("engine-0", "decode", MODEL, address="engine-0:8000"))
         for n in range(10):
             try:
@@ -47,9 +47,9 @@ def test_a_router_restart_keeps_redis_limits_and_loses_memory_ones(
     tenants = write_tenants(tmp_path / "tenants.yaml", requestsPerMinute=3)
     router = LocalRouter(tmp_path, tenants_file=tenants, redis_url=limits_redis.url if store == "redis" else None)
     try:
-        assert asyncio.run(routes_until_refused(router.start(), "before-")) == 3
+        assert asyncio.run(routes_until_refused(router.start(), router.token, "before-")) == 3
         router.stop()
-        admitted_after = asyncio.run(routes_until_refused(router.start(), "after-"))
+        admitted_after = asyncio.run(routes_until_refused(router.start(), router.token, "after-"))
     finally:
         router.stop()
     assert admitted_after == (0 if store == "redis" else 3)

@@ -66,6 +66,10 @@ class DeploymentInputs:
         return f"{self.name}-ray-auth"
 
     @property
+    def router_auth_secret(self) -> str:
+        return f"{self.name}-router-auth"
+
+    @property
     def ingress_service(self) -> str:
         return f"{self.name}-ingress"
 

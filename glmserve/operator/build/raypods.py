@@ -11,7 +11,7 @@ from glmserve.common.gpus import get_gpu
 from glmserve.common.nodegroup import CpuNodes
 from glmserve.operator.build.inputs import RAY_METRICS_PORT, SERVE_PORT, TLS_DIR, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels
-from glmserve.operator.build.random_secrets import SALT_KEY
+from glmserve.operator.build.random_secrets import SALT_KEY, router_token_env
 from glmserve.operator.build.router import TENANTS_FILE
 from glmserve.operator.build.tracing import tracing_env, tracing_volumes
 
@@ -108,11 +108,12 @@ def head_template(inputs: DeploymentInputs) -> dict[str, Any]:
 def ingress_template(inputs: DeploymentInputs, redis_url: str | None) -> dict[str, Any]:
     """The ingress replicas read the tenants from the router's ConfigMap (optional: absent until a
     Plan applies, and then nobody is admitted), salt prefix caches with the deployment's one secret
-    (random_secrets.py), and share rate-limit state through `redis_url`."""
+    (random_secrets.py), call the router with its token, and share rate-limit state through `redis_url`."""
     salt = {"name": inputs.cache_salt_secret, "key": SALT_KEY}
     env: tuple[dict[str, Any], ...] = (
         {"name": "GLMSERVE_TENANTS_FILE", "value": f"{TENANTS_DIR}/{TENANTS_FILE}"},
         {"name": "GLMSERVE_CACHE_SALT_SECRET", "valueFrom": {"secretKeyRef": salt}},
+        router_token_env(inputs),
     )
     if redis_url:
         env += ({"name": "GLMSERVE_REDIS_URL", "value": redis_url},)
@@ -129,7 +130,8 @@ def cpu_pod_resources(cpu: CpuNodes) -> dict[str, str]:
 
 
 def worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatus) -> dict[str, Any]:
-    """One pod per node of the pool's group: all its GPUs, or all of a CPU group's cores and memory."""
+    """One pod per node of the pool's group: all its GPUs, or all of a CPU group's cores and memory;
+    its engines register with the router with the router's token."""
     group = inputs.groups[layout.node_group]
     tolerations = [
         {"key": t.key, "operator": "Equal" if t.value else "Exists", "effect": t.effect}
@@ -137,10 +139,11 @@ def worker_template(inputs: DeploymentInputs, role: str, layout: PoolLayoutStatu
         for t in group.taints
     ]
     pod: dict[str, Any] = {"nodeSelector": group.node_selector(layout.node_group)}
+    env = (router_token_env(inputs),)
     if tolerations:
         pod["tolerations"] = tolerations
     if group.cpu:
         size = cpu_pod_resources(group.cpu)
-        return _pod_template(inputs, role, size, limits=size, shm=CPU_SHM_SIZE, pod=pod)
+        return _pod_template(inputs, role, size, limits=size, shm=CPU_SHM_SIZE, pod=pod, env=env)
     gpus = {get_gpu(group.device).resource: str(layout.gpus_per_node)}
-    return _pod_template(inputs, role, GPU_WORKER_FLOOR, limits=gpus, shm=SHM_SIZE, pod=pod)
+    return _pod_template(inputs, role, GPU_WORKER_FLOOR, limits=gpus, shm=SHM_SIZE, pod=pod, env=env)

@@ -17,6 +17,7 @@ from glmserve.common.config import ROUTER_HASHING
 from glmserve.common.tenancy import TenantsFile
 from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, ROUTER_PORT, DeploymentInputs
 from glmserve.operator.build.meta import deployment_labels, metadata, selector
+from glmserve.operator.build.random_secrets import router_token_env
 from glmserve.operator.build.tracing import tracing_env, tracing_volumes
 
 CONFIG_DIR = "/etc/glmserve/router"
@@ -87,8 +88,7 @@ def build_router_deployment(inputs: DeploymentInputs, config_digest: str) -> dic
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
     tracing = inputs.spec.observability.tracing
-    if env := tracing_env(tracing):
-        container["env"] = env
+    container["env"] = [router_token_env(inputs), *tracing_env(tracing)]
     extra = tracing_volumes(tracing)
     container["volumeMounts"] += [mount for _, mount in extra]
     return {
