@@ -46,6 +46,7 @@ def test_every_child_validates_strictly(schemas: CustomResourceSchemas, tls: boo
     assert kinds == [
         "ConfigMap",
         "Deployment",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "PodMonitor",
         "PrometheusRule",

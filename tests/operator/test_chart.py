@@ -146,6 +146,7 @@ EXPECTED_RBAC = {
     ("", "configmaps"): {"get", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
     ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch"},
     ("monitoring.coreos.com", "podmonitors"): {"get", "create", "patch"},
@@ -162,7 +163,8 @@ def test_rbac_is_exactly_what_the_operator_uses() -> None:
     tenancy = TenantsFile(plans=[Plan(name="pro")])
     for child in build_children(example_inputs(), tenancy, None):
         group = child["apiVersion"].rpartition("/")[0]
-        plural = child["kind"].lower() + "s"
+        kind = child["kind"].lower()
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
         assert {"get", "create", "patch"} <= granted[(group, plural)], child["kind"]
 
 

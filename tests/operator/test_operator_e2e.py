@@ -140,6 +140,7 @@ OWNED_CHILDREN = [
     ("v1", "Service", "-router"),
     ("v1", "Service", "-ingress"),
     ("v1", "ConfigMap", "-router"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "-router"),
     ("policy/v1", "PodDisruptionBudget", "-router"),
     ("policy/v1", "PodDisruptionBudget", "-ingress"),
     ("policy/v1", "PodDisruptionBudget", "-prefill"),

@@ -1,5 +1,5 @@
 """What the operator renders to keep the deployment closed: the router's token (every caller of
-the router holds it, nobody else)."""
+the router holds it, nobody else) and its NetworkPolicy (nobody else reaches it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 from glmserve.operator.build.children import build_children
+from glmserve.operator.build.meta import deployment_labels
 from glmserve.operator.build.random_secrets import ROUTER_TOKEN_KEY, build_router_auth_secret, generated_secrets
 from glmserve.operator.build.rayservice import build_rayservice
 from tests.operator.conftest import example_inputs
@@ -33,3 +34,44 @@ def test_the_router_token_is_a_generated_secret_held_by_the_router_and_its_calle
     assert {name: _token_refs(c) for name, c in groups.items()} == {"ingress": [ref], "prefill": [ref], "decode": [ref]}
     # The head runs no replica that calls the router.
     assert _token_refs(cluster["headGroupSpec"]["template"]["spec"]["containers"][0]) == []
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's meaning (matchLabels and In/NotIn/Exists/DoesNotExist expressions)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        held = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values}
+        held |= {"Exists": key in labels, "DoesNotExist": key not in labels}
+        if not held[op]:
+            return False
+    return True
+
+
+def test_only_the_deployments_ingress_and_engines_reach_the_routers_grpc_port(schemas: CustomResourceSchemas) -> None:
+    inputs = example_inputs()
+    children = build_children(inputs, None, None)
+    [policy] = [c for c in children if c["kind"] == "NetworkPolicy"]
+    assert manifest_problems(policy, schemas) == []
+    router = next(c for c in children if c["kind"] == "Deployment")["spec"]["template"]
+    assert _selects(policy["spec"]["podSelector"], router["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # the router still dials Redis and the engines
+    ports = {p["name"]: p["containerPort"] for p in router["spec"]["containers"][0]["ports"]}
+    rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {ports["grpc"], ports["metrics"]}
+
+    cluster = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]
+    pods = {g["groupName"]: g["template"]["metadata"]["labels"] for g in cluster["workerGroupSpecs"]}
+    pods["head"] = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+    pods["another deployment's ingress"] = deployment_labels("other", "ingress")
+    pods["router"] = router["metadata"]["labels"]
+    [grpc_peers] = rules[ports["grpc"]]
+    assert set(grpc_peers) == {"podSelector"}  # this namespace only
+    reach = {name for name, labels in pods.items() if _selects(grpc_peers["podSelector"], labels)}
+    assert reach == {"ingress", "prefill", "decode"}
+    [scraper] = rules[ports["metrics"]]
+    assert scraper == {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }

@@ -7,6 +7,7 @@ from typing import Any
 from glmserve.common.tenancy import TenantsFile
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.monitoring import build_pod_monitor, build_prometheus_rule, build_service_monitors
+from glmserve.operator.build.netpol import build_router_network_policy
 from glmserve.operator.build.pdb import build_pdbs
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import build_router_configmap, build_router_deployment, config_hash
@@ -24,6 +25,7 @@ def build_children(
         configmap,
         build_router_deployment(inputs, config_hash(configmap)),
         build_router_service(inputs),
+        build_router_network_policy(inputs),
         build_rayservice(inputs, redis_url),
         build_ingress_service(inputs),
         *build_pdbs(inputs),
