@@ -16,6 +16,7 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.signals import until_signal
 from glmserve.serving import reaper
 from glmserve.serving.local_router import LocalRouter
+from glmserve.serving.tls import check_tls
 
 log = logging.getLogger("glmserve.up")
 
@@ -206,6 +207,8 @@ class Stack:
 
 def run_until_signal(cfg: ServeConfig, progress: Progress = print) -> None:
     """Starts the stack and serves until SIGINT/SIGTERM; always tears down what it started."""
+    if cfg.tls_keyfile is not None:  # before anything starts (or imports Ray and vLLM, which takes a while)
+        check_tls(cfg.tls_keyfile)
     stack = Stack(cfg, progress)
     try:
         with until_signal() as stop:

@@ -4,6 +4,7 @@ the router holds it, nobody else) and its NetworkPolicy (nobody else reaches it)
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 from glmserve.operator.build.children import build_children
@@ -75,3 +76,24 @@ def test_only_the_deployments_ingress_and_engines_reach_the_routers_grpc_port(sc
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
     }
+
+
+def test_the_tls_secret_is_mounted_readable_by_the_pods_group_only(schemas: CustomResourceSchemas) -> None:
+    """defaultMode 0440 with fsGroup: root owns the files, the pod's user reads them through its
+    group (fsGroup joins its supplementary groups), so clusters still start and nothing else reads the key."""
+    for tls in (True, False):
+        cluster = build_rayservice(example_inputs(tls=tls), None)["spec"]["rayClusterConfig"]
+        pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        for pod in pods:
+            security = pod["spec"]["securityContext"]
+            assert security["runAsNonRoot"] is True
+            volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+            if not tls:
+                assert "tls" not in volumes and "fsGroup" not in security
+                continue
+            assert volumes["tls"]["secret"]["defaultMode"] == 0o440
+            assert (security["fsGroup"], security["fsGroupChangePolicy"]) == (1000, "OnRootMismatch")
+            wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": pod}
+            assert manifest_problems(wrapped, schemas) == []
+    dockerfile = (Path(__file__).parents[2] / "images" / "serving" / "Dockerfile").read_text()
+    assert "\nUSER 1000:" in dockerfile  # the fsGroup's reader

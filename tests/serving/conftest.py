@@ -80,6 +80,7 @@ def self_signed(dirpath: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = dirpath / "cert.pem", dirpath / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)  # glmserve up refuses a key others can read
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )

@@ -38,6 +38,10 @@ GCS_HEALTH_CHECK_ENV = (
     {"name": "RAY_health_check_failure_threshold", "value": "3"},
 )
 TENANTS_DIR = "/etc/glmserve/tenants"
+# The TLS Secret's files belong to root and the pod's fsGroup: readable by the serving image's user
+# (images/serving/Dockerfile: USER 1000) through that group, and by nobody else in the container.
+TLS_FILE_MODE = 0o440
+SERVING_UID = 1000
 
 
 def _pod_template(
@@ -74,9 +78,12 @@ def _pod_template(
     }
     mounts: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
+    security = inputs.images.pod_spec()["securityContext"]
     if inputs.tls:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": inputs.spec.ingress.tls_secret_name}})
+        secret = {"secretName": inputs.spec.ingress.tls_secret_name, "defaultMode": TLS_FILE_MODE}
+        volumes.append({"name": "tls", "secret": secret})
+        security = {**security, "fsGroup": SERVING_UID, "fsGroupChangePolicy": "OnRootMismatch"}
     for extra_volume, mount in [*([volume] if volume else []), *tracing_volumes(inputs.spec.observability.tracing)]:
         volumes.append(extra_volume)
         mounts.append(mount)
@@ -89,7 +96,12 @@ def _pod_template(
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
     if mounts:
         container["volumeMounts"] = mounts
-    spec: dict[str, Any] = {**inputs.images.pod_spec(), "containers": [container], **(pod or {})}
+    spec: dict[str, Any] = {
+        **inputs.images.pod_spec(),
+        "securityContext": security,
+        "containers": [container],
+        **(pod or {}),
+    }
     if volumes:
         spec["volumes"] = volumes
     return {"metadata": {"labels": deployment_labels(inputs.name, component)}, "spec": spec}
