@@ -100,12 +100,26 @@ class Api:
             self.resource(api_version, kind).delete(name=name, namespace=namespace)
 
 
+# The operator's credential on kmock: its requests carry it, so they can be told from the test's own.
+OPERATOR_TOKEN = "glmserve-operator-under-test"
+# RBAC's verb for each request kmock records (HTTP method, kmock's action); PATCH is `patch`, PUT `update`.
+_VERBS = {
+    ("GET", kmock.action.LIST): "list",
+    ("GET", kmock.action.WATCH): "watch",
+    ("GET", kmock.action.FETCH): "get",
+    ("POST", kmock.action.CREATE): "create",
+    ("PATCH", kmock.action.UPDATE): "patch",
+    ("DELETE", kmock.action.DELETE): "delete",
+}
+
+
 class Cluster:
     """What a test needs of the cluster beyond the API: who plays the controllers."""
 
     emulated: bool
     api: Api
     kubeconfig: Path
+    operator_kubeconfig: Path  # what the operator logs in with (on kmock: with OPERATOR_TOKEN)
 
     def garbage_collect(self) -> None:
         """Delete objects whose owner is gone (kube-controller-manager does this on a real cluster)."""
@@ -179,6 +193,9 @@ class KmockCluster(Cluster):
             "current-context": "kmock",
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.operator_kubeconfig = self._workdir / "operator-kubeconfig"
+        config["users"] = [{"name": "kmock", "user": {"token": OPERATOR_TOKEN}}]
+        self.operator_kubeconfig.write_text(yaml.safe_dump(config))
         self.api = Api(self.kubeconfig)
         return self
 
@@ -192,6 +209,22 @@ class KmockCluster(Cluster):
         assert self.server is not None
         watched = {r.resource.plural for r in list(self.server) if r.action == kmock.action.WATCH and r.resource}
         return plurals <= watched
+
+    def operator_calls(self) -> set[tuple[str, str, str]]:
+        """(API group, resource or resource/subresource, RBAC verb) of every API request the operator
+        has made so far (discovery aside, which RBAC grants every authenticated user)."""
+        assert self.server is not None
+        calls = set()
+        for request in list(self.server):
+            headers = {key.lower(): value for key, value in request.headers.items()}
+            resource = request.resource
+            if headers.get("authorization") != f"Bearer {OPERATOR_TOKEN}" or resource is None or not resource.plural:
+                continue  # the test's own requests, or discovery (/api, /apis/GROUP/VERSION)
+            verb = _VERBS.get((str(request.method.value).upper(), request.action))
+            assert verb is not None, f"a request RBAC has no verb for: {request.method} {request.url}"
+            plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            calls.add((resource.group or "", plural, verb))
+        return calls
 
     def garbage_collect(self) -> None:
         owners: dict[tuple[str, str, str | None, str], bool] = {}
@@ -213,7 +246,7 @@ class RealCluster(Cluster):
     emulated = False
 
     def __init__(self, kubeconfig: Path, crds: list[dict[str, Any]]) -> None:
-        self.kubeconfig = kubeconfig
+        self.kubeconfig = self.operator_kubeconfig = kubeconfig
         self.api = Api(kubeconfig)
         self._crds = crds
         self._installed: list[str] = []

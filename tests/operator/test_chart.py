@@ -27,7 +27,7 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(tool("helm")), *args], capture_output=True, text=True, check=False)
 
 
-def render(*values: str) -> list[dict[str, Any]]:
+def render_chart(*values: str) -> list[dict[str, Any]]:
     result = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", *values)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
@@ -57,7 +57,7 @@ VALUE_SETS = {
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_rendered_manifests_validate_strictly(chart_schemas: CustomResourceSchemas, values: list[str]) -> None:
-    docs = render(*values)
+    docs = render_chart(*values)
     assert [p for doc in docs for p in manifest_problems(doc, chart_schemas)] == []
     crds = {d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert crds == {
@@ -76,7 +76,7 @@ def _operator(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_operator_runs_with_leader_election_and_valid_settings() -> None:
-    docs = render("--set", "redis.enabled=true", "--set", "defaults.router.replicas=3")
+    docs = render_chart("--set", "redis.enabled=true", "--set", "defaults.router.replicas=3")
     container = _operator(docs)
     assert container["command"] == ["kopf"]
     assert "--peering=glmserve" in container["args"]
@@ -91,7 +91,9 @@ def test_operator_runs_with_leader_election_and_valid_settings() -> None:
 
 
 def test_a_registry_override_and_pull_secrets_reach_the_operator_and_its_pods() -> None:
-    docs = render("--set", "images.registry=mirror.example:5000/ai", "--set", "images.pullSecrets={mirror,backup}")
+    docs = render_chart(
+        "--set", "images.registry=mirror.example:5000/ai", "--set", "images.pullSecrets={mirror,backup}"
+    )
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "mirror"}, {"name": "backup"}]
@@ -101,7 +103,7 @@ def test_a_registry_override_and_pull_secrets_reach_the_operator_and_its_pods() 
     assert images.serving == f"mirror.example:5000/ai/serving:{__version__}"
     assert images.pull_secrets == ("mirror", "backup", "team")
     # A whole reference wins over the registry.
-    docs = render("--set", "images.serving=cuda.example/serving:nightly", "--set", "images.tag=0.2.0")
+    docs = render_chart("--set", "images.serving=cuda.example/serving:nightly", "--set", "images.tag=0.2.0")
     env = {e["name"]: e["value"] for e in _operator(docs)["env"]}
     assert env["GLMSERVE_OPERATOR_SERVING_IMAGE"] == "cuda.example/serving:nightly"
     assert env["GLMSERVE_OPERATOR_ROUTER_IMAGE"] == "ghcr.io/glmserve/operator:0.2.0"
@@ -112,11 +114,12 @@ def test_the_default_tags_are_the_package_version() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert project["version"] == __version__ == chart["appVersion"] == chart["version"]
-    assert _operator(render())["image"] == f"ghcr.io/glmserve/operator:{__version__}"
+    assert _operator(render_chart())["image"] == f"ghcr.io/glmserve/operator:{__version__}"
     assert OperatorSettings().images(Images()).router == f"ghcr.io/glmserve/operator:{__version__}"
 
 
-def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+def rbac_rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """What the operator's ClusterRole grants: (API group, resource) -> verbs."""
     role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "glmserve-operator")
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
@@ -129,11 +132,10 @@ def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 # What the operator does with each resource (kopf's watches, the reconcilers' reads and writes).
 EXPECTED_RBAC = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("glmserve.io", "nodegroups"): {"get", "list", "watch", "patch"},
     ("glmserve.io", "modeldeployments"): {"get", "list", "watch", "patch"},
-    ("glmserve.io", "plans"): {"get", "list", "watch", "patch"},
+    ("glmserve.io", "plans"): {"list", "watch"},
     ("glmserve.io", "tenants"): {"get", "list", "watch", "patch"},
     ("glmserve.io", "nodegroups/status"): {"patch"},
     ("glmserve.io", "modeldeployments/status"): {"patch"},
@@ -142,9 +144,9 @@ EXPECTED_RBAC = {
     ("", "pods"): {"list"},
     ("", "secrets"): {"get", "create"},
     ("", "events"): {"create"},
-    ("", "services"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch"},
@@ -156,7 +158,7 @@ EXPECTED_RBAC = {
 
 
 def test_rbac_is_exactly_what_the_operator_uses() -> None:
-    granted = _rules(render())
+    granted = rbac_rules(render_chart())
     assert not [key for key, verbs in granted.items() if "*" in key[0] + key[1] or "*" in verbs]
     assert granted == EXPECTED_RBAC
     # Every kind a ModelDeployment renders can be created and patched.
@@ -194,7 +196,7 @@ def test_values_schema_rejects_bad_values(values: list[str], message: str) -> No
 
 def test_dashboards_are_config_maps_for_grafanas_sidecar() -> None:
     """The chart ships every generated dashboard (charts/glmserve/dashboards links to dashboards/)."""
-    maps = [d for d in render() if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]]
+    maps = [d for d in render_chart() if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]]
     assert {m["metadata"]["labels"]["grafana_dashboard"] for m in maps} == {"1"}
     shipped = {key: text for m in maps for key, text in m["data"].items()}
     assert shipped == {d.filename: render_dashboard(d).rstrip("\n") for d in DASHBOARDS}

@@ -27,6 +27,7 @@ from tests.operator.conftest import CLUSTER_TINY, VENDORED_CRDS, load_examples
 from tests.operator.image import ImageOperator
 from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
 from tests.operator.resources import G, fake_node, model_deployment, node_group
+from tests.operator.test_chart import rbac_rules, render_chart
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +61,14 @@ def operator(
     image = request.config.getoption("--operator-image")
     if image:
         log = tmp_path_factory.mktemp("operator") / "kopf.log"
-        with ImageOperator(image, cluster.kubeconfig, OPERATOR_ARGS, log) as running:
+        with ImageOperator(image, cluster.operator_kubeconfig, OPERATOR_ARGS, log) as running:
             if isinstance(cluster, KmockCluster):
                 eventually(lambda: cluster.watching(WATCHED), what="kopf in the image to watch our resources")
             yield running
         print(running.output[-20000:])
         assert running.exit_code == 0
         return
-    env = {"KUBECONFIG": str(cluster.kubeconfig)}
+    env = {"KUBECONFIG": str(cluster.operator_kubeconfig)}
     saved = {k: os.environ.get(k) for k in env}
     saved_location = kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     os.environ.update(env)
@@ -449,3 +450,42 @@ def test_the_cpu_example_is_planned_and_rendered(cluster: Cluster, operator: Kop
         assert config["tenants"][0]["apiKeys"] == [{"sha256": hash_api_key("sk-dev-alice-free")}]
         api.delete(G, "ModelDeployment", "tiny", ns)
     api.delete(G, "NodeGroup", group_name)
+
+
+# Grants no request of the tests above uses, each with why the operator holds it.
+_CHANGED = "a changed ModelDeployment merge-patches its rendered children; the tests change only the RayService's"
+UNUSED_GRANTS: dict[tuple[str, str, str], str] = {
+    **{
+        ("kopf.dev", "clusterkopfpeerings", verb): "leader election between the chart's operator replicas "
+        "(--peering); the tests run one operator --standalone"
+        for verb in ("get", "list", "watch", "patch")
+    },
+    ("", "services", "patch"): _CHANGED,
+    ("apps", "deployments", "patch"): _CHANGED,
+    ("policy", "poddisruptionbudgets", "patch"): _CHANGED,
+    ("networking.k8s.io", "networkpolicies", "patch"): _CHANGED,
+    ("monitoring.coreos.com", "servicemonitors", "patch"): _CHANGED,
+    ("monitoring.coreos.com", "podmonitors", "patch"): _CHANGED,
+    ("monitoring.coreos.com", "prometheusrules", "patch"): _CHANGED,
+    ("", "services", "delete"): "replacing the router Service an older operator gave a virtual IP "
+    "(clusterIP cannot change in place: glmserve.operator.cluster.IMMUTABLE)",
+    ("apps", "deployments", "delete"): "replacing a Deployment whose selector changed (immutable)",
+    ("karpenter.sh", "nodepools", "delete"): "a NodeGroup that turns static gives up its NodePool",
+}
+
+
+def test_rbac_grants_every_call_the_operator_made_and_says_why_it_grants_more(
+    cluster: Cluster, operator: KopfRunner | ImageOperator
+) -> None:
+    """Runs last: the calls are those of every test above (kmock records each request with the
+    operator's own credential). The chart's ClusterRole must grant them all, and whatever it grants
+    beyond them is in UNUSED_GRANTS with its reason."""
+    if not isinstance(cluster, KmockCluster):
+        pytest.skip("requests are recorded on kmock only")
+    made = cluster.operator_calls()
+    assert ("ray.io", "rayservices", "create") in made, "run the whole module: this test checks the calls of the others"
+    granted = {
+        (group, resource, verb) for (group, resource), verbs in rbac_rules(render_chart()).items() for verb in verbs
+    }
+    assert sorted(made - granted) == []
+    assert sorted(granted - made) == sorted(UNUSED_GRANTS)
