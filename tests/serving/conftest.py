@@ -23,6 +23,7 @@ from openai import OpenAI
 from glmserve.common.ports import free_port
 from tests.admission.redis_server import RedisServer, serve_redis
 from tests.conftest import VENV_BIN, leftover_shm, session_processes
+from tests.helpers.otlp import OtlpReceiver, otlp_receiver
 from tests.serving.tenants import KEYS, write_tenants
 
 START_TIMEOUT_S = 600
@@ -38,6 +39,7 @@ class Stack:
     log: Path
     sid: int  # the session of `glmserve up` and every process it started
     api_key: str = "unused"  # stacks without a tenants file accept any key
+    traces: OtlpReceiver | None = None  # where the stack exports its spans, if anywhere
 
     @property
     def metrics_url(self) -> str:
@@ -99,13 +101,16 @@ def _pump(stream: object, log: Path, ready: threading.Event, url: list[str]) -> 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, stack_redis: RedisServer) -> Iterator[Stack]:
-    """The colocated stack, with tenants (tests/serving/tenants.py) whose limits live in a real Redis."""
+    """The colocated stack, with tenants (tests/serving/tenants.py) whose limits live in a real Redis,
+    exporting its traces to a receiver of its own."""
     tmp = tmp_path_factory.mktemp("stack")
     tenants_file = write_tenants(tmp / "tenants.yaml")
     flags = ["--max-ongoing-requests", str(MAX_ONGOING), "--max-queued-requests", str(MAX_QUEUED)]
     flags += ["--tenants-file", str(tenants_file), "--redis-url", stack_redis.url]
-    for running in run_stack(tmp, flags):
-        yield replace(running, api_key=KEYS["test"])
+    with otlp_receiver() as traces:
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        for running in run_stack(tmp, flags, env):
+            yield replace(running, api_key=KEYS["test"], traces=traces)
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +118,9 @@ def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
     yield from serve_redis(tmp_path_factory)
 
 
-def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
-    """`glmserve up FLAGS` over HTTPS until the generator is closed; then checks it left nothing."""
+def run_stack(tmp: Path, flags: list[str], env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`glmserve up FLAGS` over HTTPS (with `env` added to its environment) until the generator is
+    closed; then checks it left nothing."""
     cert, key = self_signed(tmp)
     port = free_port()
     log = tmp / "glmserve-up.log"
@@ -123,7 +129,14 @@ def run_stack(tmp: Path, flags: list[str]) -> Iterator[Stack]:
         str(VENV_BIN / "glmserve"), "up", "--port", str(port), "--tls-certfile", str(cert), "--tls-keyfile", str(key),
         *flags,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     ready, url = threading.Event(), []
     threading.Thread(target=_pump, args=(proc.stdout, log, ready, url), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT_S
