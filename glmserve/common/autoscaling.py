@@ -32,6 +32,15 @@ DEFAULT_KV_CACHE_USAGE = 0.8
 # Model FLOPs utilisation of a long prefill on a MoE model (grouped expert GEMMs, all-to-all):
 # a planning figure, not a measurement; set prefillTokensPerSecond once measured.
 PREFILL_MFU = 0.3
+# A GLM-4.6 replica loads for minutes before it serves (docs/autoscaling.md).
+DEFAULT_LEAD_S = 180.0
+# Time constants of the demand's smoothed level and slope: long enough to average Poisson noise
+# (a steady load must not look like a ramp), short against a ramp of minutes.
+LEVEL_TAU_S = 15.0
+SLOPE_TAU_S = 30.0
+# The share of its prefill rate a replica should run at: prompts queue behind each other, and
+# the wait grows without bound as the share nears 1.
+PREFILL_UTILIZATION = 0.5
 # The share of the TTFT SLO a request may spend queued for prefill: the rest is the prefill itself,
 # the KV transfer and the first decode step.
 QUEUE_SHARE_OF_TTFT = 0.5
@@ -71,6 +80,9 @@ class PoolTargets:
     scale_down_at: float = 0.6  # shrink when demand < scale_down_at x replicas for downscale_delay_s
     upscale_delay_s: float = 10.0
     downscale_delay_s: float = 300.0
+    # How far ahead a rising demand is met: a replica serves only after it starts (loads its
+    # weights), so a ramp is extrapolated by this much. 0: scale on the demand of the moment.
+    lead_s: float = DEFAULT_LEAD_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
@@ -123,7 +135,7 @@ def demand(signals: PoolSignals, targets: PoolTargets) -> Demand:
             terms["prompt_tokens"] = None
         else:
             # Keep up with arrivals, and clear the backlog within the TTFT SLO's queueing share.
-            arriving = None if rate is None else rate / per_s
+            arriving = None if rate is None else rate / (per_s * PREFILL_UTILIZATION)
             backlog = None if queued is None else queued / (per_s * targets.ttft_slo_s * QUEUE_SHARE_OF_TTFT)
             terms["prompt_tokens"] = None if arriving is None or backlog is None else arriving + backlog
     if targets.decodes:
@@ -154,19 +166,34 @@ def demand(signals: PoolSignals, targets: PoolTargets) -> Demand:
 
 @dataclass(frozen=True, slots=True)
 class ScalingState:
-    """What the delays remember between calls: the direction wanted since `since_s`, and for a
-    scale-down the most replicas wanted during the wait (a dip must last, a peak is kept)."""
+    """What the policy remembers between calls: the direction wanted since `since_s` (for a
+    scale-down, the most replicas wanted during the wait: a dip must last, a peak is kept), and
+    the demand's smoothed level and slope (replicas, replicas per second) at `at_s`."""
 
     direction: int = 0  # +1 wants more replicas, -1 fewer, 0 neither
     since_s: float = 0.0
     wanted: int = 0
+    level: float | None = None
+    slope: float = 0.0
+    at_s: float = 0.0
 
     def wire(self) -> dict[str, Any]:
-        return {"direction": self.direction, "since_s": self.since_s, "wanted": self.wanted}
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def of_wire(cls, wire: dict[str, Any]) -> ScalingState:
-        return cls(int(wire.get("direction", 0)), float(wire.get("since_s", 0.0)), int(wire.get("wanted", 0)))
+        known = {name: wire[name] for name in cls.__slots__ if name in wire}
+        return cls(**known)
+
+    def observe(self, need: float, now_s: float) -> ScalingState:
+        """The level and slope after seeing demand `need` at `now_s` (exponential smoothing)."""
+        if self.level is None:
+            return replace(self, level=need, slope=0.0, at_s=now_s)
+        dt = max(0.0, now_s - self.at_s)
+        level = self.level + min(1.0, dt / LEVEL_TAU_S) * (need - self.level)
+        rise = (level - self.level) / dt if dt > 0 else self.slope
+        slope = self.slope + min(1.0, dt / SLOPE_TAU_S) * (rise - self.slope)
+        return replace(self, level=level, slope=slope, at_s=now_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,26 +211,31 @@ def decide(signals: PoolSignals, targets: PoolTargets, current: int, state: Scal
     """
     need = demand(signals, targets)
     low, high = targets.min_replicas, targets.max_replicas
+    # Only a demand measured in full is a level to extrapolate from.
+    trend = state.observe(need.replicas, now_s) if need.complete else state
+    idle = ScalingState(level=trend.level, slope=trend.slope, at_s=trend.at_s)
     if current == 0:
         # Scale from zero at once: requests are waiting in the router for a replica to start.
         waiting = (signals.queued_requests or 0) > 0 or need.replicas > 0
-        return Decision(min(high, max(low, 1 if waiting else 0, math.ceil(need.replicas))), ScalingState(), need)
+        return Decision(min(high, max(low, 1 if waiting else 0, math.ceil(need.replicas))), idle, need)
     if current < low or current > high:
-        return Decision(min(high, max(low, current)), ScalingState(), need)
+        return Decision(min(high, max(low, current)), idle, need)
+    # Up on the demand expected once a new replica serves; down on the demand of the moment.
+    ahead = need.replicas + max(0.0, trend.slope) * targets.lead_s
     direction, wanted = 0, current
-    if need.replicas > current * targets.scale_up_at:
-        direction, wanted = 1, min(high, math.ceil(need.replicas / targets.scale_up_at))
+    if ahead > current * targets.scale_up_at:
+        direction, wanted = 1, min(high, math.ceil(ahead / targets.scale_up_at))
     elif need.complete and need.replicas < current * targets.scale_down_at:
         middle = (targets.scale_up_at + targets.scale_down_at) / 2
         direction, wanted = -1, max(low, math.ceil(need.replicas / middle))
     if direction == 0 or wanted == current:
-        return Decision(current, ScalingState(), need)
+        return Decision(current, idle, need)
     if state.direction != direction:
-        state = ScalingState(direction, now_s, wanted)
+        trend = replace(trend, direction=direction, since_s=now_s, wanted=wanted)
     else:
         # Up: the latest want (load is rising); down: the most wanted during the wait.
-        state = replace(state, wanted=wanted if direction > 0 else max(state.wanted, wanted))
+        trend = replace(trend, wanted=wanted if direction > 0 else max(state.wanted, wanted))
     delay = targets.upscale_delay_s if direction > 0 else targets.downscale_delay_s
-    if now_s - state.since_s >= delay:
-        return Decision(state.wanted, ScalingState(), need)
-    return Decision(current, state, need)
+    if now_s - trend.since_s >= delay:
+        return Decision(trend.wanted, idle, need)
+    return Decision(current, trend, need)

@@ -63,9 +63,10 @@ def test_a_missed_itl_slo_asks_for_more_replicas_and_a_met_one_says_nothing() ->
 
 
 def test_prefill_scales_on_prompt_tokens_and_its_backlog_not_on_sequences() -> None:
-    # 45k tokens/s arriving at 30k per replica, plus 75k queued: cleared within half the TTFT SLO.
+    # 45k tokens/s arriving for replicas run at half their 30k, plus a backlog one replica clears
+    # within the TTFT SLO's queueing half.
     need = demand(prefill_signals(1, rate=45_000, queued_tokens=37_500), PREFILL)
-    assert need.signal == "prompt_tokens" and need.replicas == pytest.approx(1.5 + 1.0)
+    assert need.signal == "prompt_tokens" and need.replicas == pytest.approx(3.0 + 1.0)
     assert demand(prefill_signals(2, rate=0, ttft=5.0), PREFILL).replicas == pytest.approx(4)
 
 
@@ -73,7 +74,7 @@ def test_colocated_pools_take_the_larger_of_both_roles() -> None:
     signals = PoolSignals(
         ready=2, queued_requests=0, queued_prompt_tokens=0, prompt_tokens_per_s=150_000, running=64, kv_cache_usage=0.1
     )
-    assert demand(signals, COLOCATED).replicas == pytest.approx(5)
+    assert demand(signals, COLOCATED).replicas == pytest.approx(10)
     assert demand(replace(signals, prompt_tokens_per_s=0), COLOCATED).replicas == pytest.approx(1)
 
 
@@ -111,6 +112,15 @@ def test_steady_noisy_load_does_not_flap() -> None:
     twitchy = replace(DECODE, scale_down_at=0.99, upscale_delay_s=0, downscale_delay_s=0)
     flaps = run(twitchy, [decode_signals(0, running=float(r)) for r in load], current=4)
     assert np.count_nonzero(np.diff(flaps)) > 100
+
+
+def test_a_ramp_is_met_one_cold_start_ahead() -> None:
+    """Demand rising 1 replica a minute from 1: with a 180 s lead the pool grows while the
+    demand of the moment still fits, without it only once it no longer does."""
+    ramp = [decode_signals(0, running=64 * (1 + t / 60)) for t in range(240)]
+    ahead = run(DECODE, ramp, current=3)
+    late = run(replace(DECODE, lead_s=0), ramp, current=3)
+    assert ahead.index(next(c for c in ahead if c > 3)) < 60 < late.index(next(c for c in late if c > 3))
 
 
 def test_bounds_hold_whatever_the_demand() -> None:
