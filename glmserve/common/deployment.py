@@ -11,7 +11,12 @@ from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from glmserve.common.autoscaling import DEFAULT_ITL_SLO_S, DEFAULT_KV_CACHE_USAGE, DEFAULT_TTFT_SLO_S
+from glmserve.common.autoscaling import (
+    DEFAULT_ITL_SLO_S,
+    DEFAULT_KV_CACHE_USAGE,
+    DEFAULT_LEAD_S,
+    DEFAULT_TTFT_SLO_S,
+)
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
 from glmserve.common.observability import ObservabilitySpec, SecretKeySelector, SecretName
@@ -168,6 +173,12 @@ class Autoscaling(Spec):
     )
     upscale_delay_seconds: float = Field(10, ge=0, le=3600, description="demand must stay high this long to add")
     downscale_delay_seconds: float = Field(300, ge=0, le=86400, description="demand must stay low this long to remove")
+    lead_seconds: float = Field(
+        DEFAULT_LEAD_S,
+        ge=0,
+        le=3600,
+        description="how far ahead a rising demand is met: a replica's cold start (loading its weights); 0: none",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:

@@ -132,6 +132,7 @@ def pool_targets(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolLayout
         scale_down_at=scaling.scale_down_at,
         upscale_delay_s=scaling.upscale_delay_seconds,
         downscale_delay_s=scaling.downscale_delay_seconds,
+        lead_s=scaling.lead_seconds,
     )
 
 
