@@ -8,7 +8,8 @@ controller runs. Replicas are GLM-4.6 BF16 on 8 x H200 (TP8), calibrated on docs
 - decode step: 14.8 ms at 1 sequence, 50 ms at ~91 (SGLang TP8): itl(b) = 14.4 ms + 0.39 ms x b;
 - prefill: 2 FLOPs per active parameter per token at 30% of 8 x 989 BF16 TFLOPS (~35k tokens/s);
 - KV cache: 8 x 141 GB x 0.9 - 710 GB of weights - runtime, at 368 KiB per token (~780k tokens);
-- a replica loads for 3 minutes before it serves (cold start); the router drops after 30 s queued.
+- a replica loads for 3 minutes before it serves (cold start); the router drops after 30 s queued;
+- the policy sees signals 35 s late (the chart's 30 s scrape interval + Ray's 5 s Prometheus fetch).
 Load: Poisson arrivals, prompts ~2,000 tokens and outputs ~250 (log-normal); 1x = 8 requests/s.
 Scenario: 5 minutes at 1x, 1x -> 4x over 10 minutes and back over 10, then 10 minutes at 1x.
 Compared in the same run on the same arrivals: autoscaled (min -> max), fixed at min, fixed at max.
@@ -61,7 +62,7 @@ BASE_RATE = 8.0  # requests/s at 1x
 PROMPT_MEAN, OUTPUT_MEAN = 2000, 250
 PHASES_S = (300.0, 600.0, 600.0, 600.0)  # 1x, ramp up, ramp down, 1x
 PEAK = 4.0
-DT_S, TICK_S, WINDOW_S, SIGNAL_LAG_S, QUEUE_TTL_S = 0.1, 1.0, 30.0, 2.0, 30.0
+DT_S, TICK_S, WINDOW_S, SIGNAL_LAG_S, QUEUE_TTL_S = 0.1, 1.0, 30.0, 35.0, 30.0
 BOUNDS = {"prefill": (1, 3), "decode": (3, 8)}
 # Decode's target batch: 80% of the sequences whose step time meets the ITL SLO.
 RUNNING_TARGET = 0.8 * (DEFAULT_ITL_SLO_S - MODEL.itl_base_s) / MODEL.itl_per_seq_s
