@@ -165,9 +165,10 @@ class Fleet:
             budget = self.dt_s
             while replica.lane and budget > 0:
                 head = replica.lane[0]
-                need = head.prefill_left / rate + (self.model.prefill_base_s if head.prefill_left == head.prompt else 0)
+                base = self.model.prefill_base_s if head.prefill_left == head.prompt else 0.0  # once per prompt
+                need = head.prefill_left / rate + base
                 if need > budget:
-                    head.prefill_left -= max(0.0, budget - self.model.prefill_base_s) * rate
+                    head.prefill_left -= max(0.0, budget - base) * rate
                     break
                 budget -= need
                 replica.lane.popleft()
