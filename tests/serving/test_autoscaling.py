@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 from ray.serve._private.common import DeploymentID
-from ray.serve.autoscaling_policy import PrometheusSample, PrometheusScalar, PrometheusVector
+from ray.serve.autoscaling_policy import (
+    PrometheusSample,
+    PrometheusScalar,
+    PrometheusVector,
+    _apply_autoscaling_config,  # what Serve's controller wraps a custom policy in
+)
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from glmserve.common.autoscaling import PoolTargets
@@ -29,9 +34,15 @@ TARGETS = PoolTargets(
 
 
 def context(
-    running: int, target: int, ongoing: float = 0, state: dict[str, Any] | None = None, now: float = 100.0
+    running: int,
+    target: int,
+    *,
+    ongoing: float = 0,
+    state: dict[str, Any] | None = None,
+    now: float = 100.0,
+    config: AutoscalingConfig | None = None,
 ) -> AutoscalingContext:
-    config = AutoscalingConfig(min_replicas=1, max_replicas=4)
+    config = config or AutoscalingConfig(min_replicas=1, max_replicas=4)
     return AutoscalingContext(
         deployment_id=DeploymentID("Decode:m"),
         deployment_name="Decode:m",
@@ -97,6 +108,12 @@ def test_serve_builds_the_policy_from_the_deployment_config_and_it_scales_on_the
     assert replicas == 1 and state["serve_internal"] == 1 and state[STATE_KEY]["direction"] == 1
     replicas, state = policy(context(1, 1, ongoing=30, state=state, now=100 + targets.upscale_delay_s))
     assert replicas == 4
+    # Through the wrapper Serve's controller puts around a custom policy (factors, its own delays,
+    # set to 0 here): the decision passes unchanged, on the same schedule.
+    wrapped = _apply_autoscaling_config(policy)
+    replicas, state = wrapped(context(1, 1, ongoing=30, config=config))
+    assert replicas == 1
+    assert wrapped(context(1, 1, ongoing=30, state=state, now=110, config=config))[0] == 4
 
 
 def plan_config(targets: PoolTargets) -> dict[str, Any]:
