@@ -125,28 +125,31 @@ class Demand:
 
 
 def demand(signals: PoolSignals, targets: PoolTargets) -> Demand:
-    """Replicas the pool needs: the largest of its role's terms. Load terms (tokens, sequences, KV)
-    count replicas directly; latency terms only add: an SLO missed by a ratio r asks for r x the
-    ready replicas, and one met says nothing about spare capacity."""
-    terms: dict[str, float | None] = {}
-    if targets.prefills:
-        rate, queued, per_s = signals.prompt_tokens_per_s, signals.queued_prompt_tokens, targets.prefill_tokens_per_s
-        if per_s is None:
-            terms["prompt_tokens"] = None
-        else:
-            # Keep up with arrivals, and clear the backlog within the TTFT SLO's queueing share.
-            arriving = None if rate is None else rate / (per_s * PREFILL_UTILIZATION)
-            backlog = None if queued is None else queued / (per_s * targets.ttft_slo_s * QUEUE_SHARE_OF_TTFT)
-            terms["prompt_tokens"] = None if arriving is None or backlog is None else arriving + backlog
-    if targets.decodes:
+    """Replicas the pool needs: the largest of its role's terms.
+
+    The primary terms count the load itself and must all be measured for a scale-down: prompt
+    tokens for a prefill pool whose replicas' rate is known, sequences (running + queued) for a
+    decode pool and for a prefill pool of unknown rate (its engines hold sequences too). The others
+    only add: KV use (sequences longer than planned), and latencies: an SLO missed by a ratio r
+    asks for r x the ready replicas, one met says nothing about spare capacity."""
+    primary: dict[str, float | None] = {}
+    extra: dict[str, float] = {}
+    per_s = targets.prefill_tokens_per_s
+    if targets.prefills and per_s is not None:
+        rate, queued = signals.prompt_tokens_per_s, signals.queued_prompt_tokens
+        # Keep up with arrivals, and clear the backlog within the TTFT SLO's queueing share.
+        arriving = None if rate is None else rate / (per_s * PREFILL_UTILIZATION)
+        backlog = None if queued is None else queued / (per_s * targets.ttft_slo_s * QUEUE_SHARE_OF_TTFT)
+        primary["prompt_tokens"] = None if arriving is None or backlog is None else arriving + backlog
+    if targets.decodes or per_s is None:
         running, queued_requests = signals.running, signals.queued_requests
-        terms["sequences"] = (
+        primary["sequences"] = (
             None
             if running is None or queued_requests is None
             else (running + queued_requests) / targets.running_per_replica
         )
-        usage = signals.kv_cache_usage
-        terms["kv_cache"] = None if usage is None else signals.ready * usage / targets.kv_cache_usage
+    if targets.decodes and signals.kv_cache_usage is not None:
+        extra["kv_cache"] = signals.ready * signals.kv_cache_usage / targets.kv_cache_usage
     latencies = []
     if targets.prefills:
         latencies.append(("ttft", signals.ttft_s, targets.ttft_slo_s))
@@ -154,10 +157,9 @@ def demand(signals: PoolSignals, targets: PoolTargets) -> Demand:
         latencies.append(("itl", signals.itl_s, targets.itl_slo_s))
     for name, seen, slo in latencies:
         if seen is not None and seen > slo:
-            terms[name] = signals.ready * seen / slo
-    measured = {name: value for name, value in terms.items() if value is not None}
-    load_terms = [name for name in terms if name not in ("ttft", "itl")]
-    complete = all(terms[name] is not None for name in load_terms)
+            extra[name] = signals.ready * seen / slo
+    measured = {name: value for name, value in primary.items() if value is not None} | extra
+    complete = all(value is not None for value in primary.values())
     if not measured:
         return Demand(0.0, "none", complete)
     signal = max(measured, key=measured.__getitem__)

@@ -165,7 +165,7 @@ class Autoscaling(Spec):
         None,
         ge=1,
         description="prefill: prompt tokens one replica prefills per second; default: the planner's estimate from"
-        " the GPUs' compute (none on CPU node groups: then prefill scales on TTFT alone)",
+        " the GPUs' compute (none on CPU node groups: prefill then scales on its engines' sequences)",
     )
     scale_up_at: float = Field(1.0, ge=0.05, le=4, description="add replicas when demand exceeds this share of them")
     scale_down_at: float = Field(

@@ -111,7 +111,7 @@ class ServeAppArgs(Spec):
 def pool_targets(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolLayoutStatus) -> PoolTargets | None:
     """What one autoscaled pool scales on: its `autoscaling` targets, the unset ones from the plan
     (a decode replica runs the maxConcurrency sequences its KV cache was sized for; a prefill
-    replica prefills what its GPUs' compute allows). None: a fixed replica count."""
+    replica prefills what its GPUs' compute allows; on CPU none is known). None: a fixed count."""
     pool = spec.pools()[role]
     scaling = pool.autoscaling
     if scaling is None:

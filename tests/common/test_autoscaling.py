@@ -83,6 +83,17 @@ def test_missing_signals_stop_scale_down_but_not_scale_up() -> None:
     assert run(DECODE, [idle_unknown] * 1000, current=4)[-1] == 4
     unknown_but_slow = PoolSignals(ready=4, itl_s=0.1)
     assert run(DECODE, [unknown_but_slow] * 20, current=4)[-1] == 8
+    # KV use only adds to the sequences: without it (no Prometheus) the sequences still decide.
+    counted = PoolSignals(ready=4, running=20, queued_requests=0)
+    assert run(DECODE, [counted] * 400, current=4)[-1] == 1
+
+
+def test_a_prefill_pool_of_unknown_rate_scales_on_its_sequences() -> None:
+    """CPU node groups and `glmserve up` know no prefill rate: the engines' sequences stand in."""
+    unknown = replace(PREFILL, prefill_tokens_per_s=None)
+    need = demand(PoolSignals(ready=2, running=100, queued_requests=28), unknown)
+    assert (need.signal, need.replicas, need.complete) == ("sequences", 2.0, True)
+    assert not demand(PoolSignals(ready=2, prompt_tokens_per_s=1e6), unknown).complete
 
 
 def test_scale_up_waits_for_its_delay_and_then_goes_straight_to_the_demand() -> None:
