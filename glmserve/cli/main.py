@@ -40,6 +40,11 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--max-replicas", type=int, help="autoscale the engines up to this many (colocated mode)")
     up.add_argument("--ttft-slo-s", type=float, help="time to first token autoscaled pools defend (default 2.5)")
     up.add_argument("--itl-slo-s", type=float, help="inter-token latency autoscaled pools defend (default 0.05)")
+    up.add_argument(
+        "--autoscaling-policy",
+        choices=["serve", "glmserve"],
+        help="autoscaled pools: Ray Serve's default (ongoing requests) or glmserve's per-pool policy (default serve)",
+    )
     up.add_argument("--max-model-len", type=int, help="context window (default: the model's)")
     up.add_argument("--kv-cache-gib", type=float, help="KV cache per CPU engine replica in GiB (default 1)")
     up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")

@@ -79,6 +79,11 @@ class ServeConfig(BaseModel):
     itl_slo_s: float = Field(
         DEFAULT_ITL_SLO_S, gt=0, le=10, description="inter-token latency the autoscaled pools defend"
     )
+    autoscaling_policy: Literal["serve", "glmserve"] = Field(
+        "serve",
+        description="how autoscaled pools scale: Ray Serve's default (ongoing requests vs target_ongoing_requests) or "
+        "glmserve's per-pool policy (prefill on prompt tokens and TTFT, decode on sequences, KV use and ITL)",
+    )
     disaggregated: bool = Field(False, description="separate prefill and decode pools with KV transfer")
     prefill: PoolConfig = Field(default_factory=PoolConfig, description="the prefill pool (disaggregated mode)")
     decode: PoolConfig = Field(default_factory=PoolConfig, description="the decode pool (disaggregated mode)")

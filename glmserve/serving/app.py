@@ -50,11 +50,11 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
 
 
 def pool_targets(cfg: ServeConfig, role: Role) -> PoolTargets | None:
-    """glmserve's scaling policy for an autoscaled pool: an engine's sequences are its
+    """glmserve's scaling policy for an autoscaled pool, where chosen: an engine's sequences are its
     --max-ongoing-requests; no prefill rate is known for a local device, so prefill scales on its
     sequences too."""
     pool = pool_of(cfg, role)
-    if not pool.autoscaling or pool.max_replicas is None:
+    if cfg.autoscaling_policy != "glmserve" or not pool.autoscaling or pool.max_replicas is None:
         return None
     return PoolTargets(
         role=role,

@@ -91,7 +91,13 @@ def test_signals_pick_the_pools_sample_and_treat_absent_series_as_unmeasured() -
 
 
 def test_serve_builds_the_policy_from_the_deployment_config_and_it_scales_on_the_context() -> None:
-    cfg = ServeConfig(disaggregated=True, decode=PoolConfig(replicas=1, max_replicas=4), max_ongoing_requests=8)
+    cfg = ServeConfig(
+        disaggregated=True,
+        decode=PoolConfig(replicas=1, max_replicas=4),
+        max_ongoing_requests=8,
+        autoscaling_policy="glmserve",
+    )
+    assert app.pool_targets(cfg.model_copy(update={"autoscaling_policy": "serve"}), "decode") is None
     targets = app.pool_targets(cfg, "decode")
     assert targets is not None and (targets.running_per_replica, targets.max_replicas) == (8, 4)
     assert app.pool_targets(cfg, "prefill") is None  # a fixed count keeps Serve's num_replicas
@@ -131,7 +137,8 @@ def plan_config(targets: PoolTargets) -> dict[str, Any]:
 def test_up_flags_reach_the_pool(flag: str) -> None:
     from glmserve.cli.main import parser, serve_config
 
-    argv = ["up", flag, "3", "--itl-slo-s", "0.04"] + (["--disaggregated"] if "decode" in flag else [])
+    argv = ["up", flag, "3", "--itl-slo-s", "0.04", "--autoscaling-policy", "glmserve"]
+    argv += ["--disaggregated"] if "decode" in flag else []
     cfg = serve_config(parser().parse_args(argv))
     role = "decode" if "decode" in flag else "colocated"
     targets = app.pool_targets(cfg, role)

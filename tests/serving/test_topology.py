@@ -48,6 +48,7 @@ def local(router: str | None, **overrides: Any) -> Topology:
         decode=PoolConfig(replicas=1, max_replicas=2),
         max_ongoing_requests=8,
         max_queued_requests=16,
+        autoscaling_policy="glmserve",  # what the RayService always runs
         **overrides,
     )
     resolved = ModelDeploymentSpec.model_validate(RAYSERVICE).model.resolve()
