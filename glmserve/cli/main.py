@@ -36,7 +36,15 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, help="listen port (default 8000)")
     up.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate (needs --tls-keyfile)")
     up.add_argument("--tls-keyfile", type=Path, help="private key of --tls-certfile")
-    up.add_argument("--replicas", type=int, help="engine replicas (default 1)")
+    up.add_argument("--replicas", type=int, help="engine replicas (default 1; the minimum with --max-replicas)")
+    up.add_argument("--max-replicas", type=int, help="autoscale the engines up to this many (colocated mode)")
+    up.add_argument("--ttft-slo-s", type=float, help="time to first token autoscaled pools defend (default 2.5)")
+    up.add_argument("--itl-slo-s", type=float, help="inter-token latency autoscaled pools defend (default 0.05)")
+    up.add_argument(
+        "--autoscaling-policy",
+        choices=["serve", "glmserve"],
+        help="autoscaled pools: Ray Serve's default (ongoing requests) or glmserve's per-pool policy (default serve)",
+    )
     up.add_argument("--max-model-len", type=int, help="context window (default: the model's)")
     up.add_argument("--kv-cache-gib", type=float, help="KV cache per CPU engine replica in GiB (default 1)")
     up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")
@@ -55,6 +63,7 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--kv-connector", choices=["NixlConnector", "ExampleConnector"], help="default NixlConnector")
     for pool in ("prefill", "decode"):
         up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
+        up.add_argument(f"--{pool}-max-replicas", type=int, help=f"autoscale the {pool} pool up to this many")
         up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
     up.add_argument("--tenants-file", type=Path, help="plans and tenants YAML (default: open access, one tenant)")
     up.add_argument("--redis-url", help="keep rate-limit state in this Redis (redis://host:port/db)")
@@ -155,7 +164,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         if value is not None:
             settings[field] = value
     for pool in ("prefill", "decode"):
-        for key in ("replicas", "cpus"):
+        for key in ("replicas", "max_replicas", "cpus"):
             value = getattr(args, f"{pool}_{key}", None)
             if value is not None:
                 settings[pool] = {**settings.get(pool, {}), key: value}

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from glmserve.common.autoscaling import DEFAULT_ITL_SLO_S, DEFAULT_TTFT_SLO_S
 from glmserve.common.catalogue import TINY_MODEL
 from glmserve.common.tenancy import Name
 
@@ -73,7 +74,19 @@ class ServeConfig(BaseModel):
     port: Port = 8000
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
-    replicas: int = Field(1, ge=1, le=64, description="engine replicas (colocated mode)")
+    replicas: int = Field(1, ge=1, le=64, description="engine replicas (colocated mode; the minimum when autoscaling)")
+    max_replicas: int | None = Field(None, ge=1, le=64, description="colocated mode: autoscale up to this many")
+    ttft_slo_s: float = Field(
+        DEFAULT_TTFT_SLO_S, gt=0, le=600, description="time to first token the autoscaled pools defend"
+    )
+    itl_slo_s: float = Field(
+        DEFAULT_ITL_SLO_S, gt=0, le=10, description="inter-token latency the autoscaled pools defend"
+    )
+    autoscaling_policy: Literal["serve", "glmserve"] = Field(
+        "serve",
+        description="how autoscaled pools scale: Ray Serve's default (ongoing requests vs target_ongoing_requests) or "
+        "glmserve's per-pool policy (prefill on prompt tokens and TTFT, decode on sequences, KV use and ITL)",
+    )
     disaggregated: bool = Field(False, description="separate prefill and decode pools with KV transfer")
     prefill: PoolConfig = Field(default_factory=PoolConfig, description="the prefill pool (disaggregated mode)")
     decode: PoolConfig = Field(default_factory=PoolConfig, description="the decode pool (disaggregated mode)")
@@ -133,6 +146,12 @@ class ServeConfig(BaseModel):
     def _pools(self) -> Self:
         if self.disaggregated and (self.prefill.replicas < 1 or self.decode.replicas < 1):
             raise ValueError("disaggregated mode needs at least one prefill and one decode replica at start")
+        return self
+
+    @model_validator(mode="after")
+    def _max_replicas(self) -> Self:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas ({self.replicas})")
         return self
 
     @model_validator(mode="after")

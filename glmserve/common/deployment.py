@@ -11,6 +11,12 @@ from typing import Annotated, Literal, Self
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from glmserve.common.autoscaling import (
+    DEFAULT_ITL_SLO_S,
+    DEFAULT_KV_CACHE_USAGE,
+    DEFAULT_LEAD_S,
+    DEFAULT_TTFT_SLO_S,
+)
 from glmserve.common.capacity import DEFAULT_CONCURRENCY, Layout
 from glmserve.common.catalogue import CATALOGUE, ModelSpec, Precision, UnknownModelError, get_model
 from glmserve.common.observability import ObservabilitySpec, SecretKeySelector, SecretName
@@ -28,6 +34,7 @@ MSG_DEPLOYMENT_NAME = "metadata.name must start with a letter and have at most 4
 MSG_EXPERT = "expert must be 1 (experts tensor-sharded) or tensor x data (expert parallelism over every rank)"
 MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
 MSG_AUTOSCALING = "minReplicas must not exceed maxReplicas"
+MSG_BAND = "scaleDownAt must be below scaleUpAt (the band between them keeps a steady load from flapping)"
 MSG_PLANS_UNIQUE = "plans must not repeat"
 # Catalogue entries without published weights (glm-4.6-tiny): the checkpoint is made with
 # `glmserve model create-tiny DIR`, so a deployment must say where it put it.
@@ -131,19 +138,54 @@ class Parallelism(Spec):
 
 
 class Autoscaling(Spec):
-    """Replica bounds; Ray Serve scales between them, KubeRay adds and removes worker pods."""
+    """Replica bounds and the targets each pool scales on (glmserve.common.autoscaling): Ray Serve
+    scales between the bounds with glmserve's policy, KubeRay adds and removes worker pods.
+    Unset targets come from the capacity plan and the SLOs (docs/autoscaling.md)."""
 
     model_config = ConfigDict(
-        json_schema_extra=validations(cel("self.minReplicas <= self.maxReplicas", MSG_AUTOSCALING))
+        json_schema_extra=validations(
+            cel("self.minReplicas <= self.maxReplicas", MSG_AUTOSCALING),
+            cel("!has(self.scaleDownAt) || !has(self.scaleUpAt) || self.scaleDownAt < self.scaleUpAt", MSG_BAND),
+        )
     )
 
-    min_replicas: int = Field(1, ge=1, le=64, description="replicas kept when idle")
+    min_replicas: int = Field(
+        1, ge=0, le=64, description="replicas kept when idle; 0: scale to zero (requests wait in the router's queue)"
+    )
     max_replicas: int = Field(ge=1, le=64, description="most replicas; the planner reserves nodes for this many")
+    ttft_slo_seconds: float = Field(DEFAULT_TTFT_SLO_S, ge=0.01, le=600, description="time to first token to defend")
+    itl_slo_seconds: float = Field(DEFAULT_ITL_SLO_S, ge=0.001, le=10, description="inter-token latency to defend")
+    running_per_replica: int | None = Field(
+        None, ge=1, le=4096, description="decode: sequences one replica should run; default: maxConcurrency"
+    )
+    kv_cache_usage: float = Field(
+        DEFAULT_KV_CACHE_USAGE, ge=0.01, le=1, description="decode: KV-cache share one replica should fill at most"
+    )
+    prefill_tokens_per_second: float | None = Field(
+        None,
+        ge=1,
+        description="prefill: prompt tokens one replica prefills per second; default: the planner's estimate from"
+        " the GPUs' compute (none on CPU node groups: prefill then scales on its engines' sequences)",
+    )
+    scale_up_at: float = Field(1.0, ge=0.05, le=4, description="add replicas when demand exceeds this share of them")
+    scale_down_at: float = Field(
+        0.6, ge=0.05, le=4, description="remove replicas when demand stays below this share of them (< scaleUpAt)"
+    )
+    upscale_delay_seconds: float = Field(10, ge=0, le=3600, description="demand must stay high this long to add")
+    downscale_delay_seconds: float = Field(300, ge=0, le=86400, description="demand must stay low this long to remove")
+    lead_seconds: float = Field(
+        DEFAULT_LEAD_S,
+        ge=0,
+        le=3600,
+        description="how far ahead a rising demand is met: a replica's cold start (loading its weights); 0: none",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
         if self.min_replicas > self.max_replicas:
             raise ValueError(MSG_AUTOSCALING)
+        if self.scale_down_at >= self.scale_up_at:
+            raise ValueError(MSG_BAND)
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from glmserve.common.autoscaling import PoolTargets, prefill_tokens_per_s
 from glmserve.common.capacity import Layout, MemoryPerGpu, Workload, kv_tokens_held, pool_nodes
 from glmserve.common.deployment import ModelDeploymentSpec, Parallelism
 from glmserve.common.errors import ConfigError
@@ -55,7 +56,7 @@ class PoolLayoutStatus(Spec):
     gpus_per_replica: int = Field(ge=1, description="GPUs (CPU groups: engine ranks) one replica uses")
     nodes_per_replica: int = Field(ge=1, description="nodes one replica spans")
     parallelism: Parallelism = Field(description="tensor, data and expert sizes of one replica")
-    min_replicas: int = Field(ge=1, description="replicas kept when idle")
+    min_replicas: int = Field(ge=0, description="replicas kept when idle (0: scaled to zero)")
     max_replicas: int = Field(ge=1, description="replicas the node group must be able to hold")
     memory_per_gpu_gb: MemoryStatus = Field(alias="memoryPerGpuGB", description="per-GPU memory of one replica")
     cpu: CpuRankStatus | None = Field(None, description="CPU node groups: cores and KV cache of each engine rank")
@@ -105,6 +106,34 @@ class ServeAppArgs(Spec):
 
     deployment: ModelDeploymentSpec = Field(description="the ModelDeployment's spec")
     planner: PlanStatus = Field(description="the capacity plan the operator chose")
+
+
+def pool_targets(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolLayoutStatus) -> PoolTargets | None:
+    """What one autoscaled pool scales on: its `autoscaling` targets, the unset ones from the plan
+    (a decode replica runs the maxConcurrency sequences its KV cache was sized for; a prefill
+    replica prefills what its GPUs' compute allows; on CPU none is known). None: a fixed count."""
+    pool = spec.pools()[role]
+    scaling = pool.autoscaling
+    if scaling is None:
+        return None
+    rate = scaling.prefill_tokens_per_second
+    if rate is None and layout.gpu != "CPU":
+        rate = prefill_tokens_per_s(spec.model.resolve(), get_gpu(layout.gpu), layout.gpus_per_replica)
+    return PoolTargets(
+        role=role,
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        ttft_slo_s=scaling.ttft_slo_seconds,
+        itl_slo_s=scaling.itl_slo_seconds,
+        prefill_tokens_per_s=rate,
+        running_per_replica=scaling.running_per_replica or pool.max_concurrency,
+        kv_cache_usage=scaling.kv_cache_usage,
+        scale_up_at=scaling.scale_up_at,
+        scale_down_at=scaling.scale_down_at,
+        upscale_delay_s=scaling.upscale_delay_seconds,
+        downscale_delay_s=scaling.downscale_delay_seconds,
+        lead_s=scaling.lead_seconds,
+    )
 
 
 def plan_for(spec: ModelDeploymentSpec, groups: dict[str, NodeGroupSpec]) -> DeploymentPlan:

@@ -20,6 +20,7 @@ class GpuSpec:
     name: DeviceType
     memory_bytes: int
     bandwidth_bytes_per_s: float
+    bf16_flops: float = 0.0  # dense BF16 FLOP/s (0: no figure, CPU ranks)
     resource: str = "nvidia.com/gpu"  # the device plugin's extended resource
 
     @property
@@ -34,8 +35,8 @@ class GpuSpec:
 GPUS: dict[str, GpuSpec] = {
     gpu.name: gpu
     for gpu in (
-        GpuSpec("H100", 80 * GB, 3.35 * TB),
-        GpuSpec("H200", 141 * GB, 4.8 * TB),
+        GpuSpec("H100", 80 * GB, 3.35 * TB, 989e12),
+        GpuSpec("H200", 141 * GB, 4.8 * TB, 989e12),
     )
 }
 

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Sequence
 
+from glmserve.common.autoscaling import DEFAULT_KV_CACHE_USAGE, PoolTargets
 from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
 from glmserve.common.ports import free_ports
@@ -48,6 +49,25 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
     )  # fmt: skip
 
 
+def pool_targets(cfg: ServeConfig, role: Role) -> PoolTargets | None:
+    """glmserve's scaling policy for an autoscaled pool, where chosen: an engine's sequences are its
+    --max-ongoing-requests; no prefill rate is known for a local device, so prefill scales on its
+    sequences too."""
+    pool = pool_of(cfg, role)
+    if cfg.autoscaling_policy != "glmserve" or not pool.autoscaling or pool.max_replicas is None:
+        return None
+    return PoolTargets(
+        role=role,
+        min_replicas=pool.replicas,
+        max_replicas=pool.max_replicas,
+        ttft_slo_s=cfg.ttft_slo_s,
+        itl_slo_s=cfg.itl_slo_s,
+        prefill_tokens_per_s=None,
+        running_per_replica=cfg.max_ongoing_requests,
+        kv_cache_usage=DEFAULT_KV_CACHE_USAGE,
+    )
+
+
 def pool_spec(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role, binds: Sequence[str]) -> PoolSpec:
     pool = pool_of(cfg, role)
     return PoolSpec(
@@ -59,6 +79,7 @@ def pool_spec(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role
         engine_kwargs=engine_kwargs(model, cfg, device, role),
         accelerator=CPU if device == "cpu" else None,
         target_ongoing_requests=pool.target_ongoing_requests,
+        scaling=pool_targets(cfg, role),
         cpu_binds=tuple(binds),
     )
 

@@ -18,7 +18,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from glmserve.common.config import STREAM_INTERVAL_MS
 from glmserve.common.deployment import MODELS_DIR, ModelDeploymentSpec
-from glmserve.common.deployment_plan import PlanStatus, PoolLayoutStatus, ServeAppArgs
+from glmserve.common.deployment_plan import PlanStatus, PoolLayoutStatus, ServeAppArgs, pool_targets
 from glmserve.common.errors import ConfigError
 from glmserve.common.placement import pool_placement, pool_resource
 from glmserve.common.roles import WorkerRole
@@ -58,6 +58,9 @@ def pool_spec(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolLayoutSta
         accelerator=CPU if layout.cpu else layout.gpu,
         placement=pool_placement(role, layout.node_group, layout.parallelism.layout(), cores).group,
         engine_cls=engine_class(layout),
+        # A data-parallel replica is a gang of Serve replicas, one per rank, which Serve scales
+        # as a whole: its count is not the pool's, so the gang keeps Serve's default policy.
+        scaling=pool_targets(spec, role, layout) if layout.parallelism.data == 1 else None,
     )
 
 

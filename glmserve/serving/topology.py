@@ -16,8 +16,10 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
+from glmserve.common.autoscaling import PoolTargets
 from glmserve.common.placement import RankGroup
 from glmserve.common.roles import Role, WorkerRole, worker_role
+from glmserve.serving.autoscaling import POLICY
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
@@ -46,6 +48,7 @@ class PoolSpec:
     engine_kwargs: Mapping[str, Any]
     accelerator: str | None  # CPU, a GPU type, or None: any GPU
     target_ongoing_requests: float | None = None  # autoscaling target per replica; None: Serve's default
+    scaling: PoolTargets | None = None  # glmserve's policy (Serve's custom policy); None: Serve's default
     placement: RankGroup | None = None  # None: Ray Serve LLM's default bundles
     engine_cls: type[LLMServer] = EngineServer
     cpu_binds: tuple[str, ...] = ()  # per-replica core bindings; (): vLLM's own
@@ -112,7 +115,7 @@ def experimental_configs(role: Role, stream_interval_ms: int) -> dict[str, Any]:
     return {"NIXL_SIDE_CHANNEL_PORT_BASE": NIXL_PORT_BASE[role], "stream_batching_interval_ms": stream_interval_ms}
 
 
-def _deployment_config(pool: PoolSpec, routed: bool, serve_router: str) -> dict[str, Any]:
+def _deployment_config(model: str, pool: PoolSpec, routed: bool, serve_router: str) -> dict[str, Any]:
     deployment: dict[str, Any] = {
         # The replica actor only relays; vLLM's engine processes hold the CPUs/GPUs (placement bundles).
         "ray_actor_options": {"num_cpus": 0},
@@ -127,6 +130,12 @@ def _deployment_config(pool: PoolSpec, routed: bool, serve_router: str) -> dict[
         }
         if pool.target_ongoing_requests is not None:
             scaling["target_ongoing_requests"] = pool.target_ongoing_requests
+        if pool.scaling is not None:
+            pool_name = DEPLOYMENT_PREFIX[pool.role].removesuffix(":")
+            kwargs = {"targets": pool.scaling.wire(), "model": model, "pool": pool_name}
+            scaling["policy"] = {"policy_function": POLICY, "policy_kwargs": kwargs}
+            # The policy keeps its own delays; Serve's would only add to them.
+            scaling |= {"upscale_delay_s": 0, "downscale_delay_s": 0, "downscale_to_zero_delay_s": 0}
         deployment["autoscaling_config"] = scaling
     else:
         deployment["num_replicas"] = pool.replicas
@@ -157,7 +166,7 @@ def llm_config(
         extra["placement_group_config"] = {"bundles": list(pool.placement.bundles), "strategy": pool.placement.strategy}
     return LLMConfig(
         model_loading_config={"model_id": model, "model_source": source},
-        deployment_config=_deployment_config(pool, routed, serve_router),
+        deployment_config=_deployment_config(model, pool, routed, serve_router),
         engine_kwargs=dict(pool.engine_kwargs),
         experimental_configs=experimental_configs(pool.role, stream_interval_ms),
         log_engine_metrics=True,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from glmserve.common.deployment import ModelDeploymentSpec
-from glmserve.common.deployment_plan import PlanStatus, plan_for
+from glmserve.common.deployment_plan import PlanStatus, plan_for, pool_targets
 from glmserve.common.errors import ConfigError
 from glmserve.common.nodegroup import GIB, NodeGroupSpec
 
@@ -81,3 +81,21 @@ def test_a_set_parallelism_is_kept_on_cpu_groups() -> None:
     parallel = {"parallelism": {"tensor": 1, "data": 2, "expert": 2}}
     status = PlanStatus.of(plan_for(_tiny(decode=parallel), groups), groups)
     assert (status.decode.gpus_per_replica, status.decode.nodes_per_replica) == (2, 2)
+
+
+def test_autoscaled_pools_take_unset_targets_from_the_plan() -> None:
+    """A decode replica runs the maxConcurrency sequences its KV cache was sized for; a CPU group has
+    no compute figure, so prefill scales on its TTFT alone unless its rate is set; a pool may start at 0."""
+    groups = {"cpu": _group(kvCacheGiB=0.25)}
+    spec = _tiny(
+        prefill={"replicas": None, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}},
+        decode={"replicas": None, "maxConcurrency": 6, "autoscaling": {"maxReplicas": 2, "downscaleDelaySeconds": 60}},
+    )
+    plan = PlanStatus.of(plan_for(spec, groups), groups)
+    assert plan.prefill.min_replicas == 0 and plan.prefill.nodes(0) == 0
+    prefill = pool_targets(spec, "prefill", plan.prefill)
+    decode = pool_targets(spec, "decode", plan.decode)
+    assert prefill is not None and decode is not None
+    assert (prefill.role, prefill.min_replicas, prefill.prefill_tokens_per_s) == ("prefill", 0, None)
+    assert (decode.running_per_replica, decode.downscale_delay_s, decode.itl_slo_s) == (6, 60, 0.05)
+    assert pool_targets(_tiny(), "decode", plan.decode) is None

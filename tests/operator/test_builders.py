@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FIL
 from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
 from glmserve.serving.entrypoint import model_source
-from tests.operator.conftest import example_inputs, load_examples
+from tests.operator.conftest import example_inputs, load_examples, planned_inputs
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 KEY = "sk-live-0123456789abcdef"
@@ -340,3 +341,34 @@ def test_the_gcs_declares_a_silent_node_dead_within_seconds() -> None:
     env = _env(cluster["headGroupSpec"]["template"]["spec"]["containers"][0])
     period, timeout = int(env["RAY_health_check_period_ms"]), int(env["RAY_health_check_timeout_ms"])
     assert int(env["RAY_health_check_failure_threshold"]) * (period + timeout) <= 6000
+
+
+def test_autoscaled_pools_let_kuberay_add_and_remove_their_worker_pods(schemas: CustomResourceSchemas) -> None:
+    """Serve replicas -> Ray worker pods -> nodes: each pool's group spans the pods its replica
+    bounds need (0 for a pool that scales to zero), the in-tree autoscaler runs only when some pool
+    autoscales, and the NodePool's limit holds the group's maximum."""
+    objs = load_examples()
+    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
+    raw["spec"]["prefill"] = {
+        "nodeGroup": "h100",
+        "maxConcurrency": 2,
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 2},
+    }
+    inputs = planned_inputs(objs, raw, "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11")
+    rayservice = build_rayservice(inputs, None)
+    assert manifest_problems(rayservice, schemas) == []
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["autoscalerOptions"] == {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 60}
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert [groups[p][k] for p in ("prefill", "decode") for k in ("replicas", "minReplicas", "maxReplicas")] == [
+        0, 0, 2, 1, 1, 2
+    ]  # fmt: skip
+    h100 = NodeGroupSpec.model_validate(objs["NodeGroup/h100"]["spec"])
+    pool = build_nodepool("h100", h100, Owner("NodeGroup", "h100", "u"))
+    assert int(pool["spec"]["limits"]["nvidia.com/gpu"]) >= 8 * groups["prefill"]["maxReplicas"]
+    fixed = copy.deepcopy(raw)
+    fixed["spec"]["prefill"] = {"nodeGroup": "h100", "replicas": 1}
+    fixed["spec"]["decode"] = {"nodeGroup": "h200", "replicas": 1}
+    static = build_rayservice(planned_inputs(objs, fixed, "u"), None)["spec"]["rayClusterConfig"]
+    assert static["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in static

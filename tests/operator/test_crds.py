@@ -125,6 +125,11 @@ INVALID = [
     ),
     (
         "ModelDeployment/glm-46",
+        _set("spec.decode.autoscaling", {"maxReplicas": 4, "scaleUpAt": 0.8, "scaleDownAt": 0.8}),
+        "scaleDownAt must be below scaleUpAt",
+    ),
+    (
+        "ModelDeployment/glm-46",
         _set("spec.prefill.parallelism", {"tensor": 8, "data": 2, "expert": 8}),
         "expert must be 1 (experts tensor-sharded) or tensor x data",
     ),
@@ -183,6 +188,18 @@ SCHEMA_ONLY = [
         _set("spec.gcsFaultTolerance", {"redisAddress": "redis-without-port"}),
         "'redis-without-port' does not match",
         "String should match pattern",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.decode.autoscaling", {"minReplicas": -1, "maxReplicas": 2}),
+        "-1 is less than the minimum of 0",
+        "greater than or equal to 0",
+    ),
+    (
+        "ModelDeployment/glm-46",
+        _set("spec.decode.autoscaling", {"maxReplicas": 2, "itlSloSeconds": 0}),
+        "0 is less than the minimum of 0.001",
+        "greater than or equal to 0.001",
     ),
     ("Plan/free", _set("spec.priority", "gold"), "'gold' is not one of", "Input should be 'batch'"),
     ("Tenant/acme", _set("spec.apiKeys", []), "should be non-empty", "at least 1 item"),
@@ -243,3 +260,16 @@ def test_deployment_names_must_fit_in_service_names(schemas: CustomResourceSchem
     obj = copy.deepcopy(load_examples()["ModelDeployment/glm-46"])
     obj["metadata"]["name"] = "4" + "x" * 45
     assert any("metadata.name must start with a letter" in p for p in manifest_problems(obj, schemas))
+
+
+def test_a_pool_may_scale_to_zero_with_its_own_targets(schemas: CustomResourceSchemas) -> None:
+    """minReplicas 0 is opt-in per pool; targets left out come from the plan and the SLOs."""
+    obj = copy.deepcopy(load_examples()["ModelDeployment/glm-46"])
+    scaling = {"minReplicas": 0, "maxReplicas": 4, "ttftSloSeconds": 1.5, "scaleDownAt": 0.5}
+    obj["spec"]["prefill"] = {k: v for k, v in obj["spec"]["prefill"].items() if k != "replicas"} | {
+        "autoscaling": scaling
+    }
+    assert manifest_problems(obj, schemas) == []
+    pool = ModelDeploymentSpec.model_validate(obj["spec"]).prefill
+    assert pool.autoscaling is not None and pool.min_replicas == 0
+    assert (pool.autoscaling.ttft_slo_seconds, pool.autoscaling.itl_slo_seconds) == (1.5, 0.05)

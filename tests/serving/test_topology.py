@@ -13,6 +13,7 @@ from glmserve.common.deployment_plan import PlanStatus, plan_for
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.placement import pool_resource
 from glmserve.serving import app, entrypoint
+from glmserve.serving.autoscaling import POLICY
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.models import ResolvedModel
@@ -47,6 +48,7 @@ def local(router: str | None, **overrides: Any) -> Topology:
         decode=PoolConfig(replicas=1, max_replicas=2),
         max_ongoing_requests=8,
         max_queued_requests=16,
+        autoscaling_policy="glmserve",  # what the RayService always runs
         **overrides,
     )
     resolved = ModelDeploymentSpec.model_validate(RAYSERVICE).model.resolve()
@@ -75,12 +77,19 @@ def test_both_paths_deploy_the_same_pools_for_the_same_inputs() -> None:
     assert deployments(ours) == deployments(theirs)
     prefix, cls, config, link = deployments(ours)["decode"]
     assert (prefix, cls, link) == ("Decode:", EngineServer, RouterLink((ROUTER,), "decode", "glm-4.6-tiny"))
+    scaling = config.pop("autoscaling_config")
     assert config == {
         "ray_actor_options": {"num_cpus": 0},
         "max_ongoing_requests": 2 * (8 + 16),
-        "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2},
         "request_router_config": {"request_router_class": PINNED_ROUTER},
     }
+    # glmserve's policy, with the same targets from the CRD (maxConcurrency) and the flags (8 running).
+    policy = scaling.pop("policy")
+    assert scaling == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 2} | dict.fromkeys(
+        ("upscale_delay_s", "downscale_delay_s", "downscale_to_zero_delay_s"), 0
+    )
+    assert (policy["policy_function"], policy["policy_kwargs"]["pool"]) == (POLICY, "Decode")
+    assert policy["policy_kwargs"]["targets"]["running_per_replica"] == 8
     assert deployments(ours)["prefill"][2]["num_replicas"] == 1
     # The ingress counts the decode pool's largest size: 2 replicas x 8 running, x 16 waiting.
     for topology in (ours, theirs):

@@ -14,6 +14,12 @@ from glmserve.operator.build.meta import deployment_labels, metadata
 from glmserve.operator.build.raypods import head_template, ingress_template, worker_template
 from glmserve.operator.build.serveconfig import build_serve_config
 
+# KubeRay's in-tree autoscaler (v2: it sees each group's pending Serve replicas as resource
+# demand) removes a worker pod idle this long. Serve removes a replica only after the policy's
+# downscale delay, so the pod is really unused by then; a minute more lets a quick return of the
+# load reuse the pod (its image pulled, its node up) instead of waiting for a new one.
+AUTOSCALER_IDLE_TIMEOUT_S = 60
+AUTOSCALER_OPTIONS = {"version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": AUTOSCALER_IDLE_TIMEOUT_S}
 # A CPU engine's ranks talk over NIXL and Serve's RPCs, not Ray's object store: keep it small.
 CPU_OBJECT_STORE_BYTES = 256 * 2**20
 
@@ -78,6 +84,9 @@ def build_rayservice(inputs: DeploymentInputs, redis_url: str | None) -> dict[st
             *(_pool_group(inputs, role, layout) for role, layout in pools.items()),
         ],
     }
+    if autoscaling:
+        # Pods are added for Serve replicas that fit nowhere, within each group's min/maxReplicas.
+        cluster["autoscalerOptions"] = dict(AUTOSCALER_OPTIONS)
     if ft := inputs.spec.gcs_fault_tolerance:
         cluster["gcsFaultToleranceOptions"] = _gcs_fault_tolerance(ft)
     return {

@@ -19,7 +19,9 @@ GIB = 2**30
 
 
 def pool_of(cfg: ServeConfig, role: Role) -> PoolConfig:
-    return {"prefill": cfg.prefill, "decode": cfg.decode}.get(role) or PoolConfig(replicas=cfg.replicas)
+    return {"prefill": cfg.prefill, "decode": cfg.decode}.get(role) or PoolConfig(
+        replicas=cfg.replicas, max_replicas=cfg.max_replicas
+    )
 
 
 def kv_transfer_config(cfg: ServeConfig, role: Role) -> dict[str, Any] | None:

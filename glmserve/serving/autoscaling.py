@@ -1,0 +1,119 @@
+"""glmserve's per-pool scaling policy (glmserve.common.autoscaling) as Ray Serve's custom policy.
+
+Ray 2.60's hook: a deployment's `autoscaling_config.policy` names a class
+(`policy_function: "glmserve.serving.autoscaling:PoolPolicy"`) that Serve's controller builds once
+from `policy_kwargs` (JSON) and calls every control-loop tick with an `AutoscalingContext`: the
+replicas running and targeted, Serve's own count of requests at the deployment's handles, metrics
+the replicas report (`record_autoscaling_stats`), the policy's state and the time. Serve then
+applies the bounds; its own delays are set to 0 (`autoscaling_config`), since `decide` keeps them.
+
+What the context cannot carry is the router's queue: with late binding a request waits in
+glmserve's router until an engine slot frees and reaches no Serve handle, so Serve's count misses
+it, and no replica holds it to report it. The signals therefore come from Prometheus through Ray's
+`PrometheusQueryMixin` (Ray's hook for signals from outside Serve: a daemon thread in the
+controller refreshes the queries, a read never blocks; the address is `RAY_PROMETHEUS_HOST`): the
+router's queue and prompt tokens, the engines' vLLM gauges by pool, the ingress's TTFT and ITL.
+Without Prometheus the policy falls back on Serve's count as the pool's running sequences and,
+missing the rest, never scales down on them (missing is not idle).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ray.serve.autoscaling_policy import PrometheusQueryMixin, PrometheusQueryResult, PrometheusScalar
+from ray.serve.config import AutoscalingContext
+
+from glmserve.common.autoscaling import PoolSignals, PoolTargets, ScalingState, decide
+from glmserve.common.metrics import (
+    INGRESS_ITL,
+    INGRESS_TTFT,
+    ROUTER_FLOW_QUEUED,
+    ROUTER_PROMPT_TOKENS,
+    ROUTER_ROUTES,
+    VLLM_KV_CACHE_USAGE,
+    VLLM_REQUESTS_RUNNING,
+    MetricSpec,
+)
+from glmserve.common.promql import Query
+
+POLICY = "glmserve.serving.autoscaling:PoolPolicy"
+STATE_KEY = "glmserve"  # our part of Serve's policy_state (Serve keeps its own keys beside it)
+WINDOW = "1m"  # short enough to follow a ramp, long enough to average a few scrapes
+QUANTILE = 0.9
+UNCACHED = 'cached="false"'
+
+
+def queries(model: str, pool: str) -> dict[str, str]:
+    """PromQL per signal for the engines of deployment prefix `pool` (Engine, Prefill or Decode)
+    serving `model`. Engine gauges are summed `by (pool)`: the pool's sample is picked by label."""
+
+    def scope(spec: MetricSpec) -> str:
+        return f'model="{model}"' if "model" in spec.labels else ""
+
+    q = Query(scope)
+    routes = f"clamp_min(sum({q.rate(ROUTER_ROUTES, window=WINDOW)}), 1e-9)"
+    uncached = f"sum({q.rate(ROUTER_PROMPT_TOKENS, UNCACHED, window=WINDOW)})"
+    queued = f"sum({q.series(ROUTER_FLOW_QUEUED)})"
+
+    def quantile(spec: MetricSpec) -> str:
+        return f"histogram_quantile({QUANTILE}, sum by (le) ({q.rate(spec, suffix='_bucket', window=WINDOW)}))"
+
+    return {
+        "queued_requests": queued,
+        "queued_prompt_tokens": f"{queued} * {uncached} / {routes}",
+        "prompt_tokens_per_s": uncached,
+        "running": f"sum by (pool) ({q.pooled(q.series(VLLM_REQUESTS_RUNNING))})",
+        "kv_cache_usage": f"avg by (pool) ({q.pooled(q.series(VLLM_KV_CACHE_USAGE))})",
+        "ttft_s": quantile(INGRESS_TTFT),
+        "itl_s": quantile(INGRESS_ITL),
+    }
+
+
+def value(result: PrometheusQueryResult | None, pool: str) -> float | None:
+    """A scalar, a one-sample vector, or the sample labelled with `pool`; None: no data."""
+    if result is None:
+        return None
+    if isinstance(result, PrometheusScalar):
+        return result.value
+    samples = result.samples
+    if len(samples) == 1 and "pool" not in samples[0].labels:
+        return samples[0].value
+    return next((s.value for s in samples if s.labels.get("pool") == pool), None)
+
+
+def signals_of(
+    ctx: AutoscalingContext,
+    results: Mapping[str, PrometheusQueryResult] | None,
+    by_signal: Mapping[str, str],
+    pool: str,
+) -> PoolSignals:
+    """The pool's signals from Prometheus `results` (query -> result), Serve's count standing in
+    for the running sequences and the handles' queue where Prometheus has none."""
+    found = {name: value((results or {}).get(query), pool) for name, query in by_signal.items()}
+    signals = PoolSignals(ready=ctx.current_num_replicas, **found)
+    if signals.running is None:
+        signals = replace(signals, running=max(0.0, ctx.total_num_requests - ctx.total_queued_requests))
+    if signals.queued_requests is None and results is None:
+        signals = replace(signals, queued_requests=ctx.total_queued_requests)
+    return signals
+
+
+class PoolPolicy(PrometheusQueryMixin):
+    """Serve's autoscaling policy of one engine pool (`policy_kwargs`: targets, model, pool)."""
+
+    def __init__(self, *, targets: dict[str, Any], model: str, pool: str, **kwargs: Any) -> None:
+        self._targets = PoolTargets.of_wire(targets)
+        self._pool = pool
+        self._queries = queries(model, pool)
+        super().__init__(prometheus_queries=list(self._queries.values()), **kwargs)
+
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+        signals = signals_of(ctx, self.prometheus_results, self._queries, self._pool)
+        state = ScalingState.of_wire(ctx.policy_state.get(STATE_KEY, {}))
+        now = ctx.current_time if ctx.current_time is not None else time.time()
+        decision = decide(signals, self._targets, ctx.target_num_replicas, state, now)
+        return decision.replicas, {**ctx.policy_state, STATE_KEY: decision.state.wire()}
