@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.baseline import ROOT, baseline_tree
 from benchmarks.routing_scale import report
 
-ROOT = Path(__file__).resolve().parents[2]
 # The cache per engine of the issue's measurement of today's code (benchmarks/routing's corpus:
 # 61 conversations of 256 blocks), and the GLM-4.6 goal: ~100 GB of FP8 KV per 8-GPU engine.
 SWEEP_BLOCKS = 15_616
@@ -29,18 +28,6 @@ SMALL_CACHE_ENGINES, SMALL_CACHE_BLOCKS = 4_096, 8_192
 
 def _log(message: str) -> None:
     print(f"[routing_scale] {message}", file=sys.stderr, flush=True)
-
-
-def _baseline_tree(ref: str, into: Path) -> Path | None:
-    """A copy of `ref`'s glmserve package beside this tree's benchmarks, so measure.py runs
-    unchanged against today's router; None where git has no such ref (e.g. a shallow clone)."""
-    archive = subprocess.run(["git", "archive", ref, "glmserve"], cwd=ROOT, capture_output=True, check=False)
-    if archive.returncode:
-        _log(f"no baseline: git archive {ref} failed: {archive.stderr.decode().strip()}")
-        return None
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    shutil.copytree(ROOT / "benchmarks", into / "benchmarks", ignore=shutil.ignore_patterns("results"))
-    return into
 
 
 def _measure(tree: Path, args: list[str]) -> dict[str, Any]:
@@ -92,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "points": [],
     }
     with tempfile.TemporaryDirectory(prefix="routing-scale-") as tmp:
-        baseline = _baseline_tree(args.baseline_ref, Path(tmp))
+        baseline = baseline_tree(args.baseline_ref, Path(tmp))
         for engines, blocks in sweep:
             point = ["sweep", "--engines", str(engines), "--blocks", str(blocks), "--decisions", str(decisions)]
             trees = [("new", ROOT)]
