@@ -1,30 +1,49 @@
-"""Route latency and throughput of the real router process, with 64 workers' worth of KV index.
+"""Admit + queue + route latency and throughput of the real router process, with 64 workers' worth
+of KV index, for today's router (the `main` branch, run from a copy of its tree) and this tree's in
+the same run.
 
-The router runs as `glmserve router serve` in its own process. 64 simulated engines register over
-gRPC and publish vLLM-format KV events over ZMQ until the index holds every block they hold
-(corpus.py), then Route + Complete calls arrive open-loop at a fixed rate.
+Each router runs as `glmserve router serve` in its own process, with 16 tenants (limits high enough
+never to bind) and a real redis-server: every Route is admitted against its tenant's plan in Redis,
+takes a flow-control slot and is routed; every Complete settles its admission. 64 simulated
+engines register over gRPC and publish vLLM-format KV events over ZMQ until the index holds every
+block they hold (corpus.py), then Route + Complete calls arrive open-loop at a fixed rate.
 
 Reported: the latency the caller sees (gRPC round trip, on the same machine), the router's own
 decision time (its route-duration histogram, bucketed), an exact in-process distribution of the
-same decisions without gRPC, and closed-loop throughput.
+same decisions without gRPC (this tree's code), and closed-loop throughput.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import redis
+import yaml
 
-from benchmarks.routing.corpus import BLOCK, PROMPT_TOKENS, WORKERS, Batches, corpus, requests, worker_events
+from benchmarks.baseline import ROOT, baseline_tree
+from benchmarks.routing.corpus import (
+    BLOCK,
+    PROMPT_TOKENS,
+    TENANTS,
+    WORKERS,
+    Batches,
+    corpus,
+    requests,
+    worker_events,
+)
 from benchmarks.routing.load import closed_loop, open_loop
 from benchmarks.routing.router_process import RouterProcess, bucket_quantile, histogram, metric, percentiles, scrape
 from benchmarks.sim.publisher import EnginePublisher
 from benchmarks.sim.vllm_events import encode_batch
+from glmserve.common.tenancy import hash_api_key
 from glmserve.router import convert
 from glmserve.router.config import RouterConfig
 from glmserve.router.events import decode_batch
@@ -33,6 +52,7 @@ from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
 from glmserve.router.router import Router
 from glmserve.router.types import Load, RouteQuery, Usage, WorkerInfo
+from tests.admission.redis_server import RedisServer
 
 MODEL = "glm-4.6"
 Log = Callable[[str], None]
@@ -91,10 +111,12 @@ def in_process(events: list[Batches], prompts: list[np.ndarray]) -> list[float]:
     return timings
 
 
-def _at_rate(router: RouterProcess, prompts: list[np.ndarray], first: list[bool], rate: float) -> dict[str, Any]:
+def _at_rate(
+    router: RouterProcess, prompts: list[np.ndarray], first: list[bool], rate: float, tenants: list[str]
+) -> dict[str, Any]:
     histogram_name = "glmserve_router_route_duration_seconds"
     before, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s()
-    latencies, sent, failures = open_loop(router.port, prompts, rate, MODEL)
+    latencies, sent, failures = open_loop(router.port, prompts, rate, MODEL, tenants)
     after, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s() - cpu
     by_first = {f: [lat for lat, g in zip(latencies, first, strict=False) if g == f] for f in (True, False)}
     return {
@@ -109,34 +131,90 @@ def _at_rate(router: RouterProcess, prompts: list[np.ndarray], first: list[bool]
     }
 
 
-def run(rate: float, seconds: float, sessions_per_worker: int, log: Log, seed: int = 0) -> dict[str, Any]:
-    """Open-loop runs at rate / 5, rate / 2 and rate (fresh requests each), closed-loop
-    throughput, and the exact in-process decision latency."""
+def tenants_file(directory: Path) -> Path:
+    """TENANTS tenants on one plan whose limits never bind here: admission does all its work (a
+    Redis script per request, a concurrency lease, a settlement) and refuses nothing."""
+    plan = {
+        "name": "bench",
+        "priority": "standard",
+        "requestsPerMinute": 10_000_000,
+        "inputTokensPerMinute": 100_000_000_000,
+        "maxConcurrentRequests": 100_000,
+    }
+    tenants = [
+        {"id": f"t{t}", "plan": "bench", "apiKeys": [{"sha256": hash_api_key(f"sk-bench-{t:02d}-0123456789")}]}
+        for t in range(TENANTS)
+    ]
+    path = directory / "tenants.yaml"
+    path.write_text(yaml.safe_dump({"plans": [plan], "tenants": tenants}))
+    return path
+
+
+def _one_router(
+    tree: Path,
+    admission: dict[str, Any],
+    events: list[Batches],
+    loads: list[tuple[list[np.ndarray], list[bool]]],
+    *,
+    rates: tuple[float, ...],
+    log: Log,
+) -> dict[str, Any]:
+    tenants = [f"t{t}" for t in range(TENANTS)]
+    router = RouterProcess(tree, admission)
+    try:
+        entries = fill_index(router, events, log)
+        sweep = []
+        for r, (prompts, first) in zip(rates, loads, strict=True):
+            log(f"index holds {entries:,} entries; {len(prompts)} Route + Complete at {r:.0f}/s")
+            sweep.append(_at_rate(router, prompts, first, r, tenants))
+        log("closed loop: Route + Complete throughput with 16 callers")
+        prompts = loads[-1][0][:2000]
+        throughput = closed_loop(router.port, prompts, callers=16, seconds=5, model=MODEL, tenants=tenants)
+    finally:
+        router.close()
+    return {"index_entries": entries, "open_loop": sweep, "closed_loop_per_s": throughput}
+
+
+def run(
+    rate: float, seconds: float, sessions_per_worker: int, log: Log, *, seed: int = 0, baseline_ref: str = "main"
+) -> dict[str, Any]:
+    """For today's router and this tree's: open-loop runs at rate / 5, rate / 2 and rate (fresh
+    requests each) and closed-loop throughput, admission on; then this tree's exact in-process
+    decision latency."""
     c = corpus(sessions_per_worker, seed)
     hasher = BlockHasher()
     log(f"hashing {WORKERS} workers' caches ({WORKERS * (sessions_per_worker + 1)} conversations)")
     events = [worker_events(c, w, hasher) for w in range(WORKERS)]
     rates = (rate / 5, rate / 2, rate)
     loads = [requests(c, int(r * seconds), seed + i) for i, r in enumerate(rates)]
-    router = RouterProcess()
-    try:
-        entries = fill_index(router, events, log)
-        sweep = []
-        for r, (prompts, first) in zip(rates, loads, strict=True):
-            log(f"index holds {entries:,} entries; {len(prompts)} Route + Complete at {r:.0f}/s")
-            sweep.append(_at_rate(router, prompts, first, r))
-        log("closed loop: Route + Complete throughput with 16 callers")
-        throughput = closed_loop(router.port, loads[-1][0][:2000], callers=16, seconds=5, model=MODEL)
-    finally:
-        router.close()
+    codes: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="routing-latency-") as tmp:
+        work = Path(tmp)
+        (work / "redis").mkdir()
+        (work / "baseline").mkdir()
+        trees = [("new", ROOT)]
+        baseline = baseline_tree(baseline_ref, work / "baseline")
+        if baseline is not None:
+            trees.insert(0, ("today", baseline))
+        server = RedisServer(work / "redis")
+        server.start()
+        try:
+            admission = {"tenants_file": str(tenants_file(work)), "redis_url": server.url}
+            for name, tree in trees:
+                with redis.Redis.from_url(server.url) as client:
+                    client.flushall()
+                log(f"{name}'s router ({tree})")
+                codes[name] = _one_router(tree, admission, events, loads, rates=rates, log=log)
+        finally:
+            server.stop()
     log("the same decisions in-process, without gRPC")
     return {
         "workers": WORKERS,
-        "index_entries": entries,
+        "tenants": TENANTS,
         "prompt_tokens": PROMPT_TOKENS,
         "block_size": BLOCK,
-        "open_loop": sweep,
-        "closed_loop_per_s": throughput,
+        "baseline_ref": baseline_ref,
+        "codes": codes,
         "in_process_decision": percentiles(in_process(events, loads[-1][0])),
         "cpu_cores": os.cpu_count(),
         "load_average": os.getloadavg(),

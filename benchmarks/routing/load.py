@@ -2,7 +2,8 @@
 about as much CPU per call as the router does, which on a small machine measures the client.
 
 Requests are serialized up front; replies are not decoded. Each Route is followed by its Complete,
-as the ingress does, so the router carries both.
+as the ingress does, so the router carries both. Requests speak protocol v2 and name a tenant, so a
+router that loads tenants admits each one (and its Complete settles the admission).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import grpc
 import numpy as np
 
+from glmserve.router import convert
 from glmserve.router.proto import router_pb2 as pb
 
 ROUTE = "/glmserve.router.v1.Router/Route"
@@ -20,22 +22,30 @@ COMPLETE = "/glmserve.router.v1.Router/Complete"
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", 2**26), ("grpc.max_receive_message_length", 2**26)]
 
 
-def _payloads(prompts: list[np.ndarray], prefix: str, model: str) -> list[tuple[bytes, bytes]]:
+def _payloads(prompts: list[np.ndarray], prefix: str, model: str, tenants: list[str]) -> list[tuple[bytes, bytes]]:
     return [
         (
             pb.RouteRequest(
-                request_id=f"{prefix}{i}", tenant="t", model=model, prompt_token_ids=p.tolist()
+                request_id=f"{prefix}{i}",
+                tenant=tenants[i % len(tenants)],
+                model=model,
+                prompt_token_ids=p.tolist(),
+                protocol_version=convert.PROTOCOL_VERSION,
             ).SerializeToString(),
-            pb.CompleteRequest(request_id=f"{prefix}{i}").SerializeToString(),
+            pb.CompleteRequest(
+                request_id=f"{prefix}{i}", prompt_tokens=len(p), outcome=pb.OUTCOME_OK
+            ).SerializeToString(),
         )
         for i, p in enumerate(prompts)
     ]
 
 
-def open_loop(port: int, prompts: list[np.ndarray], rate: float, model: str) -> tuple[list[float], float, list[str]]:
+def open_loop(
+    port: int, prompts: list[np.ndarray], rate: float, model: str, tenants: list[str]
+) -> tuple[list[float], float, list[str]]:
     """Sends request i at i / rate seconds whatever the replies; returns the latency of each Route
     that succeeded, the rate actually sent, and the status codes of the ones that failed."""
-    payloads = _payloads(prompts, "r", model)
+    payloads = _payloads(prompts, "r", model, tenants)
     latencies: list[float] = [0.0] * len(prompts)
     failures: list[str] = []
     pending = threading.Semaphore(0)
@@ -64,9 +74,11 @@ def open_loop(port: int, prompts: list[np.ndarray], rate: float, model: str) -> 
     return [x for x in latencies if x], sent_rate, failures
 
 
-def closed_loop(port: int, prompts: list[np.ndarray], callers: int, seconds: float, model: str) -> float:
+def closed_loop(
+    port: int, prompts: list[np.ndarray], *, callers: int, seconds: float, model: str, tenants: list[str]
+) -> float:
     """Route + Complete pairs per second with `callers` threads calling back to back."""
-    payloads = _payloads(prompts, "c", model)
+    payloads = _payloads(prompts, "c", model, tenants)
     done = [0] * callers
     deadline = time.perf_counter() + seconds
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=_CHANNEL_OPTIONS) as channel:

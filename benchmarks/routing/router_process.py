@@ -10,10 +10,13 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import yaml
 
+from benchmarks.baseline import ROOT
 from glmserve.common.ports import free_port
 
 
@@ -60,15 +63,20 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 class RouterProcess:
-    def __init__(self) -> None:
+    """`tree`: the directory whose glmserve package runs (default this one; a baseline's copy for
+    today's code). `admission`: the config's admission section (default none: routing only)."""
+
+    def __init__(self, tree: Path = ROOT, admission: dict[str, Any] | None = None) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self._dir = tempfile.TemporaryDirectory()
         config = Path(self._dir.name) / "router.yaml"
-        config.write_text(
-            f"host: 127.0.0.1\nmetrics_port: {self.metrics_port}\n"
-            "workers: {heartbeat_interval_s: 60, lease_s: 3600, forget_after_s: 7200}\n"
-        )
-        env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        settings = {
+            "host": "127.0.0.1",
+            "metrics_port": self.metrics_port,
+            "workers": {"heartbeat_interval_s": 60, "lease_s": 3600, "forget_after_s": 7200},
+        }
+        config.write_text(yaml.safe_dump(settings | ({"admission": admission} if admission else {})))
+        env = os.environ | {"PYTHONPATH": str(tree)}
         command = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(config)]
         self.proc = subprocess.Popen([*command, "--port", str(self.port)], env=env, stderr=subprocess.DEVNULL)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:

@@ -1,7 +1,8 @@
-"""`python -m benchmarks.routing_scale [--quick]`: the router's KV index and decision from 64 to
-4,096 engines, today's code (the `main` branch, run from a copy of its tree) and this tree's in the
-same run, each point in its own process (measure.py), plus the KV event fan-in of 1,250 engines
-into one replica. Results: benchmarks/results/routing_scale.{json,md,png}.
+"""`python -m benchmarks.routing_scale [--quick | --goal-only]`: the router's KV index and decision
+from 64 to 4,096 engines, today's code (the `main` branch, run from a copy of its tree) and this
+tree's in the same run, each point in its own process (measure.py), plus the KV event fan-in of
+1,250 engines into one replica. Results: benchmarks/results/routing_scale.{json,md,png}
+(--goal-only: the goal point alone, both codes, into routing_scale_goal.*).
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.baseline import ROOT, baseline_tree
 from benchmarks.routing_scale import report
 
-ROOT = Path(__file__).resolve().parents[2]
 # The cache per engine of the issue's measurement of today's code (benchmarks/routing's corpus:
 # 61 conversations of 256 blocks), and the GLM-4.6 goal: ~100 GB of FP8 KV per 8-GPU engine.
 SWEEP_BLOCKS = 15_616
@@ -28,18 +28,6 @@ SMALL_CACHE_ENGINES, SMALL_CACHE_BLOCKS = 4_096, 8_192
 
 def _log(message: str) -> None:
     print(f"[routing_scale] {message}", file=sys.stderr, flush=True)
-
-
-def _baseline_tree(ref: str, into: Path) -> Path | None:
-    """A copy of `ref`'s glmserve package beside this tree's benchmarks, so measure.py runs
-    unchanged against today's router; None where git has no such ref (e.g. a shallow clone)."""
-    archive = subprocess.run(["git", "archive", ref, "glmserve"], cwd=ROOT, capture_output=True, check=False)
-    if archive.returncode:
-        _log(f"no baseline: git archive {ref} failed: {archive.stderr.decode().strip()}")
-        return None
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    shutil.copytree(ROOT / "benchmarks", into / "benchmarks", ignore=shutil.ignore_patterns("results"))
-    return into
 
 
 def _measure(tree: Path, args: list[str]) -> dict[str, Any]:
@@ -56,6 +44,9 @@ def _measure(tree: Path, args: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.routing_scale", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small caches, 64-1,250 engines, 300 decisions")
+    parser.add_argument(
+        "--goal-only", action="store_true", help="only 1,250 engines x 33,000 blocks (both codes) and the fan-in"
+    )
     parser.add_argument("--baseline-ref", default="main", help="git ref of today's code (default main)")
     parser.add_argument(
         "--baseline-max-engines",
@@ -74,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         sweep = [(64, 4_000), (256, 4_000), (1_250, 4_000)]
         goal, fan = (1_250, 4_000), (1_250, 2_000, 10.0)
+    elif args.goal_only:
+        sweep = [(GOAL_ENGINES, GOAL_BLOCKS)]
+        goal, fan = (GOAL_ENGINES, GOAL_BLOCKS), (GOAL_ENGINES, GOAL_BLOCKS, 30.0)
     else:
         sweep = [(e, SWEEP_BLOCKS) for e in (64, 256, 1024, 2048)]
         sweep += [(GOAL_ENGINES, GOAL_BLOCKS), (SMALL_CACHE_ENGINES, SMALL_CACHE_BLOCKS)]
@@ -85,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "points": [],
     }
     with tempfile.TemporaryDirectory(prefix="routing-scale-") as tmp:
-        baseline = _baseline_tree(args.baseline_ref, Path(tmp))
+        baseline = baseline_tree(args.baseline_ref, Path(tmp))
         for engines, blocks in sweep:
             point = ["sweep", "--engines", str(engines), "--blocks", str(blocks), "--decisions", str(decisions)]
             trees = [("new", ROOT)]
@@ -102,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     results["goal_point"] = {"engines": goal[0], "blocks_per_engine": goal[1]}
     results["fleet_updates_per_s"] = fleet_updates(goal[0], args.kv_tokens_per_engine_s)
     results["shards_for_ingest"] = math.ceil(results["fleet_updates_per_s"] / results["fanin"]["entry_updates_per_s"])
-    for path in report.write(results):
+    for path in report.write(results, "routing_scale_goal" if args.goal_only else "routing_scale"):
         _log(f"wrote {path}")
     print(report.markdown(results))
 

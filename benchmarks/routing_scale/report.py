@@ -1,4 +1,4 @@
-"""benchmarks/results/routing_scale.{json,md,png} from one run's results."""
+"""benchmarks/results/routing_scale[_goal].{json,md,png} from one run's results."""
 
 from __future__ import annotations
 
@@ -144,5 +144,5 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: dict[str, Any]) -> list[Path]:
-    return results_io.write("routing_scale", results, markdown(results), lambda path: plot(results, path))
+def write(results: dict[str, Any], name: str = "routing_scale") -> list[Path]:
+    return results_io.write(name, results, markdown(results), lambda path: plot(results, path))

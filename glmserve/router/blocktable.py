@@ -82,6 +82,14 @@ class BlockTable:
             todo = todo[going]
         return found
 
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each key (uint64, from `as_keys`), MISSING where the table lacks it. Not
+        `values[find(keys)]`: MISSING (-1) as an index reads the last slot, a live key's value."""
+        found = self.find(keys)
+        values = self.values[found]
+        values[found == MISSING] = MISSING
+        return values
+
     def insert(self, keys: np.ndarray) -> np.ndarray:
         """The slot of each of these distinct keys, adding (with value MISSING) those the table
         lacks."""

@@ -15,6 +15,7 @@ when routing reads that far.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 
@@ -32,6 +33,7 @@ _TRIPLE_AND_PARENT = b"\x83\x58\x20"  # array(3), then byte string(32): the pare
 _NULL = b"\xf6"
 _MEMO_GENERATION = 1 << 16
 RUN_BLOCKS = 16  # blocks hashed, memoised and handed out together
+_MAX_SPAN_RUNS = 16  # runs CBOR-encoded at once, at most
 
 
 def to_index_hash(block_hash: bytes | int) -> int:
@@ -57,11 +59,13 @@ def cbor_uints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     return rows[keep].tobytes(), offsets
 
 
+@functools.cache
 def _array_header(length: int) -> bytes:
     """CBOR's header of an array of `length` (>= 1) items."""
     return cbor2.dumps([None] * length)[:-length]
 
 
+@functools.lru_cache(maxsize=4096)
 def _salt_keys(cache_salt: str) -> bytes:
     return cbor2.dumps([["cache_salt", cache_salt]], canonical=True)
 
@@ -105,12 +109,16 @@ class BlockHasher:
     def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[list[int]]:
         """The same keys in runs of up to RUN_BLOCKS blocks, each run computed only when asked for:
         routing stops at the first block no candidate holds, so an uncached tail is not hashed. A
-        run seen before (the prefix of an earlier turn) costs one memo lookup."""
+        run seen before (the prefix of an earlier turn) costs one memo lookup. Runs not memoised
+        are CBOR-encoded several at a time, twice as many at each encoding: one numpy encoding per
+        run cost more than hashing its blocks."""
         n_blocks = len(tokens) // block_size
         memo = self._memos.setdefault(block_size, _Memo())
         raw = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32).tobytes()
         step = 4 * block_size
+        head = _array_header(block_size)
         parent = self.root
+        encoded, bounds, encoded_from, encoded_to, span = b"", [0], 0, 0, 1  # blocks encoded_from:encoded_to
         for start in range(0, n_blocks, RUN_BLOCKS):
             stop = min(n_blocks, start + RUN_BLOCKS)
             memo_key = parent + raw[start * step : stop * step]
@@ -118,9 +126,15 @@ class BlockHasher:
                 memo_key += cache_salt.encode()
             hit = memo.get(memo_key)
             if hit is None:
-                encoded, offsets = cbor_uints(np.asarray(tokens[start * block_size : stop * block_size], np.uint64))
+                if stop > encoded_to:
+                    encoded_from, encoded_to = start, min(n_blocks, start + span * RUN_BLOCKS)
+                    span = min(2 * span, _MAX_SPAN_RUNS)
+                    chunk = np.asarray(tokens[start * block_size : encoded_to * block_size], np.uint64)
+                    encoded, offsets = cbor_uints(chunk)
+                    bounds = offsets[::block_size].tolist()
+                first = start - encoded_from
                 hit = _hash_run(
-                    encoded, offsets[::block_size].tolist(), block_size, cache_salt if start == 0 else "", parent
+                    encoded, bounds[first : first + stop - start + 1], head, cache_salt if start == 0 else "", parent
                 )
                 memo.put(memo_key, hit)
             parent = hit[0]
@@ -128,17 +142,18 @@ class BlockHasher:
 
 
 def _hash_run(
-    encoded: bytes, bounds: list[int], block_size: int, cache_salt: str, parent: bytes
+    encoded: bytes, bounds: list[int], head: bytes, cache_salt: str, parent: bytes
 ) -> tuple[bytes, list[int]]:
-    """Chains the blocks whose CBOR token arrays are encoded[bounds[j]:bounds[j + 1]] onto
+    """Chains the blocks whose CBOR token arrays are `head` + encoded[bounds[j]:bounds[j + 1]] onto
     `parent`; `cache_salt` (block 0 of a salted request only) goes into the first block."""
-    head = _array_header(block_size)
-    keys = []
+    digests = []
+    sha256, prefix = hashlib.sha256, _TRIPLE_AND_PARENT
+    tail = _salt_keys(cache_salt) if cache_salt else _NULL
     for j in range(len(bounds) - 1):
-        tail = _salt_keys(cache_salt) if j == 0 and cache_salt else _NULL
-        parent = hashlib.sha256(_TRIPLE_AND_PARENT + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail).digest()
-        keys.append(int.from_bytes(parent[-8:], "big"))
-    return parent, keys
+        parent = sha256(prefix + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail).digest()
+        digests.append(parent)
+        tail = _NULL
+    return parent, [int.from_bytes(d[-8:], "big") for d in digests]
 
 
 class PromptHashes:

@@ -232,27 +232,39 @@ class KVIndex:
 
     def _walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
         """(slots, prefix blocks) in increasing prefix length: the workers of `active` whose match
-        ends at each length, the last entry those that hold the whole prompt."""
+        ends at each length, the last entry those that hold the whole prompt.
+
+        Consecutive blocks with the same holders (a shared context, then a conversation on one
+        engine) are one step: once `active` is within a block's holders, the blocks after it with
+        the same holder code match too without looking at them one by one."""
         ends: list[tuple[int, int]] = []
-        values, shared, expected = self._table.values, self._shared, self._expected
+        shared, expected = self._shared, self._expected
         matched = 0
         for hashes in _chunks(runs) if active else ():
-            codes = values[self._table.find(as_keys(hashes))].tolist()
-            for h, code in zip(hashes, codes, strict=True):
+            codes = self._table.lookup(as_keys(hashes))
+            changes = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+            bounds = [0, *changes.tolist(), len(hashes)]
+            for first, stop, code in zip(bounds[:-1], bounds[1:], codes[bounds[:-1]].tolist(), strict=True):
                 if code >= 0:
-                    held = (1 << code) & active
+                    holders = 1 << code
                 elif code == MISSING:
-                    held = 0
+                    holders = 0
                 else:
-                    held = shared[_SHARED - code] & active
-                if held != active:
-                    held |= expected.get(h, 0) & active  # only where reports fall short: half the lookups
-                if held != active:
-                    ends.append((active & ~held, matched))
-                    active = held
-                    if not active:
+                    holders = shared[_SHARED - code]
+                for i in range(first, stop):
+                    held = holders & active
+                    if held == active:  # so are the rest of this segment's
+                        matched += stop - i
                         break
-                matched += 1
+                    held |= expected.get(hashes[i], 0) & active  # only where reports fall short
+                    if held != active:
+                        ends.append((active & ~held, matched))
+                        active = held
+                        if not active:
+                            break
+                    matched += 1
+                if not active:
+                    break
             if not active:
                 break
         ends.append((active, matched))

@@ -39,3 +39,19 @@ def test_hashes_0_and_1_are_keys_too() -> None:
     slots = table.insert(as_keys([0, 1, 5]))
     table.values[slots] = [10, 11, 15]
     assert table.values[table.find(as_keys([0, 1, 5]))].tolist() == [10, 11, 15]
+
+
+def last_bucket_keys(table: BlockTable) -> list[int]:
+    """Keys whose home is the table's last bucket, as many as it has ways: stored, they fill its
+    last slot, the one a MISSING (-1) index reads."""
+    candidates = np.random.default_rng(11).integers(2, 1 << 64, 200 * len(table.keys) // 16, dtype=np.uint64)
+    last = candidates[table._home(candidates) == len(table.keys) // 16 - 1]
+    return [int(k) for k in last[:16]]
+
+
+def test_lookup_of_a_missing_key_is_missing_whatever_the_last_slot_holds() -> None:
+    table = BlockTable()
+    table.values[table.insert(np.array(last_bucket_keys(table), dtype=np.uint64))] = 7
+    assert table.keys[-1] > 1
+    assert table.lookup(as_keys([12345, 67890])).tolist() == [MISSING, MISSING]
+    assert table.lookup(table.keys[-1:]).tolist() == [7]

@@ -6,6 +6,7 @@ import numpy as np
 
 from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored
 from glmserve.router.index import KVIndex
+from tests.router.test_blocktable import last_bucket_keys
 
 CHAIN = [101, 102, 103, 104, 105]
 
@@ -142,3 +143,11 @@ def test_attaching_reserves_room_for_the_engines_caches() -> None:
     assert index.nbytes() == before  # no growth while their caches fill
     assert index.size() == 100_000
     assert before / index.size() < 20
+
+
+def test_a_prompt_nobody_holds_matches_nobody_whatever_the_tables_last_slot_holds() -> None:
+    index = _index("a", "b")
+    index.store("a", last_bucket_keys(index._table))
+    assert index._table.keys[-1] > 1
+    assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 0, "b": 0}
+    assert index.longest([CHAIN], index.mask(["a", "b"]), limit=1) == {}
