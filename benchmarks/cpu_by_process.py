@@ -1,7 +1,7 @@
 """Where the CPU goes: seconds of CPU each process on this machine used while a running server
 served the serving-overhead load (64 requests, concurrency 8, 64 output tokens).
 
-    python -m benchmarks.cpu_by_process --port 8000 [--top 12]
+    python -m benchmarks.cpu_by_process --port 8000 [--top 12] [--api-key KEY]
 
 Start the server first (`glmserve up --port 8000`, or bare vLLM). On a machine with as few cores
 as this one the relays' CPU comes out of the engine's share, so this explains throughput ratios.
@@ -43,12 +43,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="glm-4.6-tiny")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--api-key", help="a tenant's key, for a server with a tenants file")
     args = parser.parse_args()
     base = f"http://127.0.0.1:{args.port}/v1"
     texts = prompts(64, 200, seed=0)
-    asyncio.run(run_load(base, args.model, texts[:8], concurrency=8, max_tokens=8))  # warm-up
+    asyncio.run(run_load(base, args.model, texts[:8], concurrency=8, max_tokens=8, api_key=args.api_key))  # warm-up
     before, started = cpu_seconds(), time.monotonic()
-    result = asyncio.run(run_load(base, args.model, texts, concurrency=8, max_tokens=64))
+    result = asyncio.run(run_load(base, args.model, texts, concurrency=8, max_tokens=64, api_key=args.api_key))
     wall, after = time.monotonic() - started, cpu_seconds()
     summary = result.summary()
     print(f"{summary['ok']}/{summary['requests']} ok, {summary['throughput_tok_s']:.1f} tok/s, {wall:.1f} s wall")

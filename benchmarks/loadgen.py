@@ -111,6 +111,7 @@ async def run_load(
     concurrency: int,
     max_tokens: int,
     verify: str | bool = True,
+    api_key: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     url = f"{base_url}/chat/completions"
@@ -136,7 +137,8 @@ async def run_load(
             if progress:
                 progress(len(result.requests), len(texts))
 
-    async with httpx.AsyncClient(timeout=600, limits=limits, verify=verify) as client:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(timeout=600, limits=limits, verify=verify, headers=headers) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         result.wall_s = time.perf_counter() - start

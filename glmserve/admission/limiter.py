@@ -28,6 +28,7 @@ from glmserve.admission.memory import MemoryBackend
 from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.model import US_PER_S, Bucket, Cost, Decision, Rates
 from glmserve.admission.outcome import Admission, Source
+from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.request import budget
 from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import OverloadedError
@@ -93,6 +94,16 @@ class Limiter:
         # lease ids: unique across replicas by a random prefix, cheap by a counter (no syscall each)
         self._lease_prefix = os.urandom(8).hex() + "-"
         self._lease_numbers = itertools.count()
+
+    @classmethod
+    def from_settings(
+        cls, redis_url: str | None, outage: str, fail_open_share: float, *, metrics: AdmissionMetrics
+    ) -> Limiter:
+        """Limits in the Redis at `redis_url`, shared by every router and ingress using it, or (None)
+        in this process's memory; `outage` and `fail_open_share` as LimiterConfig's."""
+        store = RedisBackend.from_url(redis_url) if redis_url else MemoryBackend()
+        config = LimiterConfig(outage=OutagePolicy(outage), fail_open_share=fail_open_share)
+        return cls(store, config, metrics=metrics)
 
     @property
     def metrics(self) -> AdmissionMetrics:

@@ -42,23 +42,19 @@ def _bindable(host: str, port: int) -> bool:
 
 
 def free_ports(count: int, host: str = "0.0.0.0") -> int:
-    """The first of `count` consecutive ports all free on `host` now, below the ephemeral range
-    (`LOW` upwards when none is found: the caller's bind then names the port that clashed)."""
-    high = _ephemeral_start()
-    for base in random.sample(range(LOW, max(LOW + 1, high - count)), min(_TRIES, max(1, high - count - LOW))):
+    """The first of `count` consecutive ports all free on `host` now, below the ephemeral range.
+
+    Where no block below it is free (a machine tuned to leave no room there), the kernel picks the
+    first port; the caller's bind then names any port of the block that clashed."""
+    room = _ephemeral_start() - count - LOW + 1  # where a block can start and end below the range
+    for base in random.sample(range(LOW, LOW + max(room, 0)), min(_TRIES, max(room, 0))):
         if all(_bindable(host, port) for port in range(base, base + count)):
             return base
-    return LOW
+    with probe(host) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on `host` now, outside the range the kernel hands out on its own."""
-    high = _ephemeral_start()
-    if high > LOW:
-        for port in random.sample(range(LOW, high), min(_TRIES, high - LOW)):
-            if _bindable(host, port):
-                return port
-    # No room below the ephemeral range (a machine tuned so): fall back to the kernel's pick.
-    with probe(host) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)

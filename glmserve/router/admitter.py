@@ -17,11 +17,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from glmserve.admission.limiter import Limiter, LimiterConfig, OutagePolicy
-from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.limiter import Limiter
 from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.outcome import Admission
-from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common.errors import AuthenticationError
@@ -59,9 +57,7 @@ class Admitter:
             return None
         metrics = AdmissionMetrics(registry)
         tenants = WatchedTenants(Path(config.tenants_file), metrics)
-        store = RedisBackend.from_url(config.redis_url) if config.redis_url else MemoryBackend()
-        limiter_config = LimiterConfig(outage=OutagePolicy(config.outage), fail_open_share=config.fail_open_share)
-        limiter = Limiter(store, limiter_config, metrics=metrics)
+        limiter = Limiter.from_settings(config.redis_url, config.outage, config.fail_open_share, metrics=metrics)
         log.info(
             "admitting requests: tenants from %s, limits in %s (%s)",
             config.tenants_file,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Generic, TypeVar, Unpack
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar, Unpack
 
 import grpc
 
@@ -33,7 +33,14 @@ Resolve = Callable[[], Awaitable[Collection[str]]]
 REFRESH_S = 5.0  # how often the ingress looks the replicas up again (router pods come and go)
 MAX_OWNED = 1 << 16  # requests routed and not finished that the client remembers the replica of
 
-T = TypeVar("T")
+
+class _Completes(Protocol):
+    async def complete(
+        self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
+    ) -> bool: ...
+
+
+T = TypeVar("T", bound=_Completes)
 
 
 class Owners(Generic[T]):
@@ -54,6 +61,30 @@ class Owners(Generic[T]):
 
     def values(self) -> list[T]:
         return list(self._by_request.values())
+
+    async def route_on_first(
+        self, request_id: str, candidates: Iterable[T], route: Callable[[T], Awaitable[Decision]]
+    ) -> Decision:
+        """The decision of the first of `candidates` that answers, which becomes the request's owner;
+        the last failure when none does."""
+        failure: RouterUnavailableError | None = None
+        for candidate in candidates:
+            try:
+                decision = await route(candidate)
+            except RouterUnavailableError as exc:
+                failure = exc
+                continue
+            self.remember(request_id, candidate)
+            return decision
+        assert failure is not None
+        raise failure
+
+    async def complete(self, request_id: str, usage: Usage | None, *, stage: Stage, outcome: Outcome) -> bool:
+        """Complete on the request's owner; False, without a call, for a request none routed."""
+        owner = self.owner(request_id, stage)
+        if owner is None:
+            return False
+        return await owner.complete(request_id, usage, stage=stage, outcome=outcome)
 
     def clear(self) -> None:
         self._by_request.clear()
@@ -143,27 +174,18 @@ class RouterReplicas:
         clients = await self._replicas()
         if not clients:
             raise RouterUnavailableError(f"router address {self.target} resolves to no replica")
-        failure: RouterUnavailableError | None = None
-        for client in self._order(clients):
-            try:
-                decision = await client.route(request_id, model, prompt_token_ids, **options)
-            except RouterUnavailableError as exc:
-                failure = exc
-                continue
-            self._owners.remember(request_id, client)
-            return decision
-        assert failure is not None
-        raise failure
+        return await self._owners.route_on_first(
+            request_id,
+            self._order(clients),
+            lambda client: client.route(request_id, model, prompt_token_ids, **options),
+        )
 
     async def complete(
         self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
     ) -> bool:
         """RouterClient.complete on the replica that routed the request; False, without a call, for
         a request no replica routed through this client."""
-        client = self._owners.owner(request_id, stage)
-        if client is None:
-            return False
-        return await client.complete(request_id, usage, stage=stage, outcome=outcome)
+        return await self._owners.complete(request_id, usage, stage=stage, outcome=outcome)
 
     async def close(self) -> None:
         if self._resolving is not None:
@@ -194,25 +216,15 @@ class RouterShards:
     async def route(
         self, request_id: str, model: str, prompt_token_ids: Sequence[int], **options: Unpack[RouteOptions]
     ) -> Decision:
-        failure: RouterUnavailableError | None = None
-        for shard in shard_order(options.get("tenant", ""), len(self.shards)):
-            try:
-                decision = await self.shards[shard].route(request_id, model, prompt_token_ids, **options)
-            except RouterUnavailableError as exc:
-                failure = exc
-                continue
-            self._owners.remember(request_id, self.shards[shard])
-            return decision
-        assert failure is not None
-        raise failure
+        shards = (self.shards[i] for i in shard_order(options.get("tenant", ""), len(self.shards)))
+        return await self._owners.route_on_first(
+            request_id, shards, lambda shard: shard.route(request_id, model, prompt_token_ids, **options)
+        )
 
     async def complete(
         self, request_id: str, usage: Usage | None = None, *, stage: Stage = "finished", outcome: Outcome = "ok"
     ) -> bool:
-        shard = self._owners.owner(request_id, stage)
-        if shard is None:
-            return False
-        return await shard.complete(request_id, usage, stage=stage, outcome=outcome)
+        return await self._owners.complete(request_id, usage, stage=stage, outcome=outcome)
 
     async def close(self) -> None:
         for shard in self.shards:

@@ -30,11 +30,12 @@ def test_a_port_in_use_is_not_picked(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert {ports.free_port() for _ in range(10)} == {ports.LOW + 1}
 
 
+@pytest.mark.parametrize("count", [1, 3])
 def test_with_no_room_below_the_ephemeral_range_the_kernel_picks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
 ) -> None:
     _ephemeral_range(tmp_path, monkeypatch, 1024, 65535)
-    port = ports.free_port()
+    port = ports.free_ports(count, "127.0.0.1")
     assert 1024 <= port <= 65535
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from glmserve.serving.tiny.create import default_cache_dir
-from tests.helpers.offline_vllm import run_offline
+from tests.helpers.greedy import offline_greedy, served_chats
 from tests.serving.conftest import Stack, run_stack
 
 pytestmark = pytest.mark.slow
@@ -38,31 +36,12 @@ def pd_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from run_stack(tmp_path_factory.mktemp("pd"), ["--disaggregated", "--decode-replicas", "2"])
 
 
-def _generate(client: OpenAI) -> tuple[list[list[int]], list[list[int]]]:
-    prompts, outputs = [], []
-    for messages in CHATS:
-        r = client.chat.completions.create(
-            model=MODEL,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=MAX_TOKENS,
-            temperature=0,
-            extra_body={"return_token_ids": True},
-        )
-        prompts.append(r.model_extra["prompt_token_ids"])  # type: ignore[index]
-        outputs.append(r.choices[0].model_extra["token_ids"])  # type: ignore[index]
-    return prompts, outputs
-
-
 def test_disaggregated_equals_colocated_and_offline(pd_stack: Stack, stack: Stack, tmp_path: Path) -> None:
-    prompts, disaggregated = _generate(pd_stack.client())
-    colocated_prompts, colocated = _generate(stack.client())
+    prompts, disaggregated = served_chats(pd_stack.client(), MODEL, CHATS, MAX_TOKENS)
+    colocated_prompts, colocated = served_chats(stack.client(), MODEL, CHATS, MAX_TOKENS)
     assert prompts == colocated_prompts
     assert disaggregated == colocated
-    offline = run_offline(
-        {"model": str(default_cache_dir()), "greedy": prompts, "max_tokens": MAX_TOKENS, "max_model_len": 8192},
-        tmp_path,
-    )
-    assert disaggregated == offline["greedy"]
+    assert disaggregated == offline_greedy(prompts, MAX_TOKENS, tmp_path)
 
 
 def _engine_counters(stack: Stack, name: str, **labels: str) -> dict[str, float]:

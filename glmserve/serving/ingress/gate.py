@@ -11,10 +11,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from glmserve.admission.cache_salt import CacheSalter
-from glmserve.admission.limiter import Limiter, LimiterConfig, OutagePolicy
-from glmserve.admission.memory import MemoryBackend
+from glmserve.admission.limiter import Limiter
 from glmserve.admission.metrics import AdmissionMetrics
-from glmserve.admission.redis_backend import RedisBackend
 from glmserve.admission.slots import PrioritySlots
 from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import ResolvedTenant
@@ -26,9 +24,9 @@ class Gate:
         metrics = AdmissionMetrics(registry)
         tenants = Path(settings.tenants_file) if settings.tenants_file else None
         self.tenants = WatchedTenants(tenants, metrics)
-        store = RedisBackend.from_url(settings.redis_url) if settings.redis_url else MemoryBackend()
-        config = LimiterConfig(outage=OutagePolicy(settings.outage), fail_open_share=settings.fail_open_share)
-        self.limiter = Limiter(store, config, metrics=metrics)
+        self.limiter = Limiter.from_settings(
+            settings.redis_url, settings.outage, settings.fail_open_share, metrics=metrics
+        )
         secret = settings.cache_salt_secret
         self.salter = CacheSalter(bytes.fromhex(secret)) if secret else CacheSalter.ephemeral()
         self._slots: dict[str, PrioritySlots] = {}

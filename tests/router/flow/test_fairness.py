@@ -3,73 +3,84 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 
-from glmserve.router.router import Router
 from glmserve.router.types import Decision
 from tests.router.flow.conftest import admit, finish, make_router, settle, ticket
 
-
-async def serve_in_turn(router: Router, tasks: dict[str, asyncio.Task[Decision]], first: str, n: int) -> list[str]:
-    """Completes one request at a time, `n` times; returns the ids granted, in order."""
-    granted: list[str] = []
-    before = {rid for rid, task in tasks.items() if task.done()}
-    previous = first
-    for _ in range(n):
-        finish(router, previous)
-        await settle()
-        done = [rid for rid, task in tasks.items() if task.done() and rid not in granted and rid not in before]
-        assert len(done) == 1, done
-        granted += done
-        previous = done[0]
-    return granted
+# weight (the plan's) and cost (tokens) of each tenant's requests; tenants not named: 1.0 and 100
+TENANTS = {"light": (1.0, 100.0), "heavy": (3.0, 100.0), "big": (3.0, 300.0)}
 
 
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """Requests that join the queue (`tenant: count`, queued one of each tenant in turn), then
+    `grants` slots freed one at a time."""
+
+    queued: dict[str, int]
+    grants: int
+
+
+@pytest.mark.parametrize(
+    ("waves", "granted"),
+    [
+        pytest.param(
+            [Wave({"a": 20}, 0), Wave({"b": 2}, 2), Wave({}, 2), Wave({}, 1)],
+            [{}, {"a": 1, "b": 1}, {"a": 1, "b": 1}, {"a": 1}],
+            id="a flooding tenant does not starve its neighbour: b, behind 20 of a's, alternates with a at once",
+        ),
+        pytest.param(
+            [Wave({"light": 12, "heavy": 12, "big": 12}, 15)],
+            [{"light": 3, "heavy": 9, "big": 3}],
+            id="grants follow plan weights and costs: heavy 3x light's; big's cost 3x, so 1x",
+        ),
+        pytest.param(
+            [Wave({"a": 10}, 6), Wave({"b": 6}, 4)],
+            [{"a": 6}, {"a": 2, "b": 2}],
+            id="an idle tenant banks no credit: b, back after a's 6 grants, shares instead of taking 6 in a row",
+        ),
+    ],
+)
 @pytest.mark.asyncio
-async def test_a_flooding_tenant_does_not_starve_its_neighbour() -> None:
-    router = make_router(slots=1)
-    await admit(router, ticket("hold"))
-    tasks = {f"a{i}": asyncio.create_task(admit(router, ticket(f"a{i}", tenant="a"))) for i in range(20)}
-    await settle()
-    tasks |= {f"b{i}": asyncio.create_task(admit(router, ticket(f"b{i}", tenant="b"))) for i in range(2)}
-    await settle()
-    granted = await serve_in_turn(router, tasks, "hold", 5)
-    # b arrived behind 20 of a's and still alternates with a from the first grant on.
-    assert granted == ["a0", "b0", "a1", "b1", "a2"]
-    for task in tasks.values():
-        task.cancel()
-
-
-@pytest.mark.asyncio
-async def test_grants_follow_plan_weights_and_costs() -> None:
+async def test_grants_between_the_tenants_of_one_band(waves: list[Wave], granted: list[dict[str, int]]) -> None:
+    """One slot, held; each wave's requests queue behind it, then each finish grants the next.
+    `granted`: how many of each wave's grants went to each tenant."""
     router = make_router(slots=1)
     await admit(router, ticket("hold"))
     tasks: dict[str, asyncio.Task[Decision]] = {}
-    for i in range(12):
-        for tenant, weight, cost in (("light", 1.0, 100.0), ("heavy", 3.0, 100.0), ("big", 3.0, 300.0)):
-            rid = f"{tenant}{i}"
-            tasks[rid] = asyncio.create_task(admit(router, ticket(rid, tenant=tenant, weight=weight, cost=cost)))
-    await settle()
-    granted = await serve_in_turn(router, tasks, "hold", 15)
-    counts = {t: sum(r.startswith(t) for r in granted) for t in ("light", "heavy", "big")}
-    # Service per weight evens out: heavy gets 3x light's grants; big's are 3x as costly, so 1x.
-    assert counts == {"light": 3, "heavy": 9, "big": 3}
-    for task in tasks.values():
-        task.cancel()
-
-
-@pytest.mark.asyncio
-async def test_an_idle_tenant_banks_no_credit() -> None:
-    router = make_router(slots=1)
-    await admit(router, ticket("hold"))
-    tasks = {f"a{i}": asyncio.create_task(admit(router, ticket(f"a{i}", tenant="a"))) for i in range(10)}
-    await settle()
-    granted = await serve_in_turn(router, tasks, "hold", 6)
-    # b was idle while a got 6 grants; back now, it shares from here on instead of taking 6 in a row.
-    tasks |= {f"b{i}": asyncio.create_task(admit(router, ticket(f"b{i}", tenant="b"))) for i in range(6)}
-    await settle()
-    granted = await serve_in_turn(router, tasks, granted[-1], 4)
-    assert sorted(granted) == ["a6", "a7", "b0", "b1"]
-    for task in tasks.values():
-        task.cancel()
+    queued: Counter[str] = Counter()
+    order, previous = ["hold"], "hold"
+    by_wave: list[Counter[str]] = []
+    try:
+        for wave in waves:
+            for turn in range(max(wave.queued.values(), default=0)):
+                for tenant, count in wave.queued.items():
+                    if turn < count:
+                        weight, cost = TENANTS.get(tenant, (1.0, 100.0))
+                        rid = f"{tenant}{queued[tenant]}"
+                        queued[tenant] += 1
+                        tasks[rid] = asyncio.create_task(
+                            admit(router, ticket(rid, tenant=tenant, weight=weight, cost=cost))
+                        )
+            await settle()
+            grants: Counter[str] = Counter()
+            for _ in range(wave.grants):
+                finish(router, previous)
+                await settle()
+                done = [rid for rid, task in tasks.items() if task.done() and rid not in order]
+                assert len(done) == 1, done
+                previous = done[0]
+                order.append(previous)
+                grants[previous.rstrip("0123456789")] += 1
+            by_wave.append(grants)
+        assert by_wave == [Counter(g) for g in granted]
+        # within a tenant, requests are granted in the order they came
+        for tenant in queued:
+            mine = [int(rid.removeprefix(tenant)) for rid in order if rid.rstrip("0123456789") == tenant]
+            assert mine == sorted(mine)
+    finally:
+        for task in tasks.values():
+            task.cancel()
