@@ -201,11 +201,25 @@ class Cluster:
 
     def _resubmit(self, head: Running) -> None:
         """KubeRay submits serveConfigV2 again when the head's GET shows no application (a new head
-        without GCS fault tolerance has lost them)."""
+        without GCS fault tolerance has lost them). With fault tolerance the GET waits for the
+        restarted Serve controller and may time out or answer 503 meanwhile: ask again, as
+        KubeRay's next reconcile would."""
         self._wait_ready(head)
-        if not self.dashboard.applications():
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                apps = self.dashboard.applications()
+                break
+            except OSError as exc:  # URLError, HTTPError and timeouts
+                if time.monotonic() > deadline:
+                    self.progress(f"the new head's Serve applications are unknown ({exc}); not submitting")
+                    return
+                time.sleep(2)
+        if not apps:
             self.progress("the new head has no Serve application: submitting serveConfigV2 again")
             self.dashboard.submit(self.topology.serve_config)
+        else:
+            self.progress("the new head kept the Serve applications (GCS fault tolerance)")
 
     # --- teardown
 

@@ -32,12 +32,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from glmserve.cluster import netns
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
+from tests.helpers.offline_vllm import run_offline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cluster-tiny"
 GLMSERVE = [sys.executable, "-m", "glmserve.cli.main"]
 MODELS_CLAIM = "glmserve-models"  # the example's model claim: the tiny checkpoint's parent directory here
 MODELS = default_cache_dir().parent
+# Completions (no chat template) whose greedy tokens the cluster must reproduce; the long one spans
+# several KV blocks, so that its KV crosses the bridge block by block.
+GREEDY_PROMPTS = ("Once upon a time", "hello", "List three colours. " * 20)
+GREEDY_MAX_TOKENS = 24
 
 
 def glmserve(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -65,6 +70,7 @@ class RunningCluster:
     process: subprocess.Popen[str]
     log: Path  # `cluster up`'s progress (stderr)
     started_s: float  # seconds from `cluster up` to RUNNING
+    offline: dict[str, Any]  # vLLM offline's greedy tokens of GREEDY_PROMPTS (tests.helpers.offline_vllm)
     model: str = field(default="glm-4.6-tiny")
 
     @property
@@ -144,6 +150,12 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
     if os.geteuid() != 0:
         pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
     create_tiny(default_cache_dir())  # nothing to do when it is built already
+    # Before the cluster starts: this machine cannot hold its engines and another one.
+    offline = run_offline(
+        {"model": str(default_cache_dir()), "greedy": list(GREEDY_PROMPTS), "max_tokens": GREEDY_MAX_TOKENS,
+         "max_model_len": 8192},
+        tmp_path_factory.mktemp("offline"),
+    )  # fmt: skip
     shm_before = _shm()
     log = tmp_path_factory.mktemp("cluster") / "up.log"
     started = time.monotonic()
@@ -160,7 +172,9 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
         if not line.startswith("http://"):
             process.wait(timeout=60)
             pytest.fail(f"cluster up failed (exit {process.returncode}):\n{log.read_text()[-6000:]}")
-        cluster = RunningCluster(line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started)
+        cluster = RunningCluster(
+            line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started, offline
+        )
         print(f"\ncluster up: RUNNING after {cluster.started_s:.0f} s at {cluster.base_url} (log {log})")
         yield cluster
     finally:

@@ -52,8 +52,10 @@ def _main(request_path: str, result_path: str) -> None:
     result: dict[str, Any] = {}
     if prompts := request.get("greedy"):
         params = SamplingParams(temperature=0, max_tokens=request["max_tokens"], ignore_eos=False)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+        # A prompt is token ids, or text that vLLM tokenizes as its completions API does.
+        outs = llm.generate([{"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p} for p in prompts], params)
         result["greedy"] = [list(o.outputs[0].token_ids) for o in outs]
+        result["greedy_prompt_token_ids"] = [list(o.prompt_token_ids or []) for o in outs]
     if prompts := request.get("logits"):
         params = SamplingParams(temperature=0, max_tokens=request["logit_steps"], logprobs=-1)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
