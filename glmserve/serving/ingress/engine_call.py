@@ -88,7 +88,7 @@ class EngineCall:
                 break
             except EngineFault as fault:
                 # Nothing was delivered: the request starts over on another replica (its prefill too).
-                body = self._move(progress, body, fault).engine_body(target=None)
+                body = self._move(progress, body, fault, life).engine_body(target=None)
         item = first[0] if isinstance(first, list) else first
         if isinstance(item, ErrorResponse):
             return Failed.engine(item.error, self._retry_after_s)
@@ -131,10 +131,12 @@ class EngineCall:
             stream.cancel()
             raise
 
-    def _move(self, progress: Progress, body: EngineBody, fault: EngineFault) -> EngineRequest:
+    def _move(self, progress: Progress, body: EngineBody, fault: EngineFault, life: RequestLife) -> EngineRequest:
         """The request for the next replica, or the error that ends it."""
         model = progress.request.model
-        if blocker := progress.blocker():
+        blocker = progress.blocker()
+        life.timer.migrated(moved=blocker is None)
+        if blocker:
             log.error("engine for %s failed (%s); not moved: %s", model, fault.reason, blocker)
             raise fault_error(f"{fault.reason}; {blocker}", model) from fault
         failed = body.glmserve_target
@@ -184,7 +186,7 @@ class EngineCall:
                     if progress.finished:  # all its tokens were out; only the stream's tail was lost
                         yield ["data: [DONE]\n\n"]
                         return
-                    body = self._move(progress, body, fault).engine_body(target=None)
+                    body = self._move(progress, body, fault, life).engine_body(target=None)
                     try:
                         current[0], batch = await self._open(body, span)
                     except EngineFault as again:

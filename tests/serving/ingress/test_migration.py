@@ -27,6 +27,7 @@ from tests.serving.ingress.conftest import (
 
 pytestmark = pytest.mark.asyncio
 
+MIGRATIONS = "glmserve_ingress_migrations_total"
 TOOL_CALL = 4086  # `<tool_call>` in glm-4.6-tiny's tokenizer
 
 
@@ -118,6 +119,7 @@ async def test_a_stream_whose_replica_dies_continues_elsewhere_from_its_token_id
     assert _prompt(pool, 1) == [*prompt, 11, 12, 13]
     assert moved.max_tokens == 2 and moved.glmserve_avoid == (worker,) and moved.glmserve_target is None
     assert pool.streams[0].cancelled
+    assert sample(service.registry, MIGRATIONS, outcome="moved") == 1
     # Admitted once, completed once, billed for the 5 tokens the client got.
     await _ended_once(service, 200)
     [finished] = client.finished
@@ -169,6 +171,8 @@ async def test_with_no_replica_left_the_stream_ends_with_an_error_event(make_ser
     assert answer.events[-1] == "data: [DONE]"
     assert _content(_chunks(answer.events[:-2])) == "<11><12>"
     assert len(pool.calls) == 2
+    assert sample(service.registry, MIGRATIONS, outcome="moved") == 1
+    assert sample(service.registry, MIGRATIONS, outcome="refused") == 1
     await _ended_once(service, 500)
     [finished] = client.finished
     assert finished.outcome == "failed" and finished.usage is not None
