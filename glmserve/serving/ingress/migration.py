@@ -72,15 +72,15 @@ class Progress:
         """Why the request cannot continue on another replica now (None: it can)."""
         if self.moves >= self.settings.limit:
             return f"the engine failed {self.moves + 1} times"
-        if not self.generated:
-            return None  # nothing delivered yet: the request starts over
+        if self._first is None:
+            return None  # the client has seen nothing: the request starts over
         client = self.request.client
-        if self.tool_call_ids.intersection(self.generated):
-            return "a tool call was cut mid-way by an engine failure; retry the request"
-        if _constrained(client):
-            return "output under a grammar cannot resume on another engine; retry the request"
         if getattr(client, "include_reasoning", True) is False:
             return "the engine hid this stream's token ids (include_reasoning: false); retry the request"
+        if self.tool_call_ids.intersection(self.generated):
+            return "a tool call was cut mid-way by an engine failure; retry the request"
+        if self.generated and _constrained(client):
+            return "output under a grammar cannot resume on another engine; retry the request"
         return None
 
     def moved(self, failed_replica: str | None) -> EngineRequest:
@@ -136,6 +136,7 @@ class Progress:
         if first_chunk and choices and _is_role_chunk(choices[0]):
             return None  # the client had the role at the start
         for choice in choices:
+            choice.pop("prompt_token_ids", None)  # completions carry it here: the continued prompt
             ids = choice.get("token_ids") or []
             self.generated.extend(ids)
             if not self._client_wants_ids:

@@ -35,16 +35,25 @@ def _event(chunk: dict[str, Any]) -> str:
     return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n"  # as vLLM writes them
 
 
-def _chunk(prompt: int, done: int, delta: dict[str, Any], ids: list[int], finish: str | None = None) -> str:
-    """One chat chunk as the engine sends it when asked for token ids and the running usage."""
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, "token_ids": ids}
+def _chunk(prompt: int, done: int, delta: dict[str, Any], ids: list[int] | None, finish: str | None = None) -> str:
+    """One chat chunk as the engine sends it when asked for token ids (None: it hides them) and
+    the running usage."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    if ids is not None:
+        choice["token_ids"] = ids
     usage = {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
     return _event({"id": f"chatcmpl-{prompt}", "object": "chat.completion.chunk", "created": prompt, "model": MODEL,
                    "choices": [choice], "usage": usage})  # fmt: skip
 
 
 def leg(
-    prompt: list[int], ids: list[int], *, finish: bool = True, error: Exception | None = None, hang: bool = False
+    prompt: list[int],
+    ids: list[int],
+    *,
+    finish: bool = True,
+    error: Exception | None = None,
+    hang: bool = False,
+    hide_ids: bool = False,
 ) -> EngineStream:
     """What one engine streams for `prompt`: its role chunk (with the prompt's ids), a chunk per
     token (`ids`, text `<id>`), then, when it finishes, the finish, the usage event and [DONE]."""
@@ -53,7 +62,8 @@ def leg(
     batches = [[role]]
     for n, token in enumerate(ids, 1):
         last = finish and n == len(ids)
-        batches.append([_chunk(len(prompt), n, {"content": f"<{token}>"}, [token], "length" if last else None)])
+        shown = None if hide_ids else [token]
+        batches.append([_chunk(len(prompt), n, {"content": f"<{token}>"}, shown, "length" if last else None)])
     if finish:
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(ids), "total_tokens": len(prompt) + len(ids)}
         batches.append([_event({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
@@ -255,3 +265,14 @@ async def test_a_whole_answer_with_no_replica_left_is_a_500(make_service: Make) 
     with pytest.raises(Exception, match="failed 2 times"):
         await service.generate("chat", chat(max_tokens=4), {})
     await _ended_once(service, 500)
+
+
+async def test_a_stream_whose_token_ids_are_hidden_is_not_started_over(make_service: Make) -> None:
+    """With `include_reasoning: false` vLLM sends no token ids: what was delivered is unknown, and
+    starting over would send it twice."""
+    prompt = await _first_prompt(make_service)
+    pool = Pool()
+    pool.answer(leg(prompt, [11, 12], finish=False, error=RuntimeError("replica died"), hide_ids=True))
+    service = make_service(pool)
+    answer = await deliver(await service.generate("chat", chat(stream=True, include_reasoning=False), {}))
+    assert "include_reasoning" in answer.events[-2] and len(pool.calls) == 1
