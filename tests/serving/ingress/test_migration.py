@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -276,3 +277,21 @@ async def test_a_stream_whose_token_ids_are_hidden_is_not_started_over(make_serv
     service = make_service(pool)
     answer = await deliver(await service.generate("chat", chat(stream=True, include_reasoning=False), {}))
     assert "include_reasoning" in answer.events[-2] and len(pool.calls) == 1
+
+
+async def test_a_decode_replica_dying_mid_stream_continues_on_another_that_prefills_itself(make_service: Make) -> None:
+    """P/D: the KV the prefill replica made was pulled by the dead decode replica; the next one
+    computes the continued prompt itself (no second remote prefill)."""
+    prompt = await _first_prompt(make_service)
+    prefill, decode = Pool(), Pool()
+    prefill.answer(
+        EngineStream([SimpleNamespace(kv_transfer_params={"remote_engine_id": "p-1", "remote_block_ids": [1]})])
+    )
+    decode.answer(leg(prompt, [11, 12], finish=False, error=RuntimeError("died")), leg([*prompt, 11, 12], [13]))
+    service = make_service(decode, prefill)
+    answer = await deliver(await service.generate("chat", chat(stream=True, max_tokens=3), {}))
+    assert _content(_chunks(answer.events)) == "<11><12><13>"
+    assert decode.bodies[0].kv_transfer_params["remote_engine_id"] == "p-1"
+    assert decode.bodies[1].kv_transfer_params == {"prompt_token_ids": [*prompt, 11, 12]}
+    assert len(prefill.calls) == 1
+    await _ended_once(service, 200)
