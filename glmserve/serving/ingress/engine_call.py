@@ -191,6 +191,12 @@ class EngineCall:
                         current[0], batch = await self._open(body, span)
                     except EngineFault as again:
                         batch = [_fault_event(again)]  # relayed: it raises, and moves on, in the loop
+                    refusal = batch[0] if isinstance(batch, list) else batch
+                    if isinstance(refusal, ErrorResponse):  # e.g. 503: the other replicas are full
+                        message = refusal.error.message
+                        raise BackendError(
+                            f"the {request.model} engine failed; no replica took it over: {message}"
+                        ) from fault
 
         async def relay() -> AsyncIterator[bytes]:
             status = CLIENT_CLOSED  # if the client goes away first

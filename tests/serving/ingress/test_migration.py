@@ -295,3 +295,13 @@ async def test_a_decode_replica_dying_mid_stream_continues_on_another_that_prefi
     assert decode.bodies[1].kv_transfer_params == {"prompt_token_ids": [*prompt, 11, 12]}
     assert len(prefill.calls) == 1
     await _ended_once(service, 200)
+
+
+async def test_a_move_the_next_replica_refuses_ends_the_stream_with_its_reason(make_service: Make) -> None:
+    prompt = await _first_prompt(make_service)
+    pool = Pool()
+    pool.answer(leg(prompt, [11], finish=False, error=RuntimeError("died")), engine_error(503, "queue full"))
+    service = make_service(pool)
+    answer = await deliver(await service.generate("chat", chat(stream=True, max_tokens=3), {}))
+    assert "no replica took it over: queue full" in answer.events[-2] and answer.events[-1] == "data: [DONE]"
+    await _ended_once(service, 500)
