@@ -106,7 +106,6 @@ def test_a_frozen_engine_is_left_after_the_stall_limit_and_its_streams_complete(
         os.kill(frozen, signal.SIGCONT)
     elapsed = time.monotonic() - started
     assert [ids for ids, _, _ in runs] == [ids for ids, _, _ in reference]
-    assert [content for _, content, _ in runs] == [content for _, content, _ in reference]
     assert all(usage.completion_tokens == MAX_TOKENS for _, _, usage in runs)
     moved = _migrations(pair).get("moved", 0) - before
     assert moved >= 1  # the frozen replica served at least one of them
@@ -128,7 +127,6 @@ def test_streams_and_a_whole_answer_survive_their_engine_being_killed(pair: Stac
         runs = _faulted(pair, kill)
         assert whole.result(timeout=300) == whole_reference
     assert [ids for ids, _, _ in runs] == [ids for ids, _, _ in reference]
-    assert [content for _, content, _ in runs] == [content for _, content, _ in reference]
     assert all(usage.completion_tokens == MAX_TOKENS for _, _, usage in runs)
     after = _migrations(pair)
     assert after.get("moved", 0) - before.get("moved", 0) >= 1

@@ -34,11 +34,13 @@ def register() -> None:
         cpu_nixl,
         cpu_polite_readers,
         glm_resume,
+        resume_detokenizer,
         tool_grammar,
     )
 
     tool_grammar.apply()
     glm_resume.apply()
+    resume_detokenizer.apply()
     cpu_expert_parallel.apply()
     cpu_nixl.apply()
     cpu_polite_readers.apply()
