@@ -55,6 +55,16 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         help="after a stream's first token, send batched tokens at most this often (default 50; 0: each at once)",
     )
     up.add_argument(
+        "--migration-limit",
+        type=int,
+        help="times a request moves to another engine replica when its own dies or stalls (default 3; 0: never)",
+    )
+    up.add_argument(
+        "--stall-timeout-s",
+        type=float,
+        help="a streamed request whose engine sends nothing this long has stalled and moves (default 60; 0: never)",
+    )
+    up.add_argument(
         "--disaggregated",
         action="store_true",
         default=None,

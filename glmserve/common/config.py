@@ -103,6 +103,12 @@ class ServeConfig(BaseModel):
         description="after a stream's first chunk, at most one batch of chunks per interval (0: each chunk at once)",
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded")
+    migration_limit: int = Field(
+        3, ge=0, le=16, description="times a request moves to another engine when its own fails (0: never)"
+    )
+    stall_timeout_s: float = Field(
+        60, ge=0, le=3600, description="a streamed request whose engine sends nothing this long moves (0: never)"
+    )
     tenants_file: Path | None = Field(None, description="plans and tenants (YAML); default: one open tenant, no keys")
     redis_url: str | None = Field(
         None, pattern=r"^rediss?://", description="limits shared in Redis; default: in memory"

@@ -82,6 +82,13 @@ INGRESS_ROUTER_FALLBACKS = MetricSpec(
     "Requests the ingress sent without a router decision (the router was unreachable or too slow).",
     ("reason",),
 )
+INGRESS_MIGRATIONS = MetricSpec(
+    "glmserve_ingress_migrations_total",
+    "counter",
+    "Requests whose engine died, failed or stalled: moved to another replica (outcome=moved), or ended "
+    "with an error because they could not move (outcome=refused: limit reached, tool call or grammar cut).",
+    ("model", "outcome"),
+)
 INGRESS_IN_FLIGHT = MetricSpec(
     "glmserve_ingress_requests_in_flight",
     "gauge",

@@ -16,7 +16,7 @@ from glmserve.common.roles import Role
 from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.ingress.discovery import ScrapeTarget
-from glmserve.serving.ingress.settings import LimitsSettings
+from glmserve.serving.ingress.settings import LimitsSettings, MigrationSettings
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
 from glmserve.serving.topology import CPU, PoolSpec, TopologySpec
@@ -122,6 +122,7 @@ def topology_spec(
             outage=cfg.limits_outage,
         ),
         retry_after_s=cfg.retry_after_s,
+        migration=MigrationSettings(cfg.migration_limit, cfg.stall_timeout_s),
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
     )

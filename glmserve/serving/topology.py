@@ -24,7 +24,7 @@ from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.discovery import ScrapeTarget
-from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, MigrationSettings, ServedModel
 
 # NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
 NIXL_PORT_BASE: Mapping[Role, int] = {"colocated": 20000, "prefill": 20000, "decode": 21000}
@@ -77,6 +77,7 @@ class TopologySpec:
     ingress_actor_options: Mapping[str, Any] = field(default_factory=lambda: {"num_cpus": 0})
     limits: LimitsSettings | None = None  # None: each ingress replica reads them from its pod's environment
     retry_after_s: float = 1.0
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
     scrape_targets: tuple[ScrapeTarget, ...] = ()
     metrics_tenants: tuple[str, ...] = ()
 
@@ -210,6 +211,7 @@ def plan(spec: TopologySpec) -> Topology:
     settings = IngressSettings(
         models=(served,),
         retry_after_s=spec.retry_after_s,
+        migration=spec.migration,
         limits=spec.limits,
         router_address=spec.router,
         scrape_targets=spec.scrape_targets,

@@ -23,6 +23,8 @@ def test_flags_override_config_file(tmp_path: Path) -> None:
         (["--port", "70000"], "port"),
         (["--replicas", "0"], "replicas"),
         (["--stream-interval-ms", "-1"], "stream_interval_ms"),
+        (["--migration-limit", "-1"], "migration_limit"),
+        (["--stall-timeout-s", "-5"], "stall_timeout_s"),
         (["--tls-certfile", "/nonexistent.pem"], "not a readable file"),
     ],
 )

@@ -1,4 +1,5 @@
-"""The engines' Serve deployment: which of Ray Serve's request routers spreads the calls."""
+"""The Serve application from a ServeConfig: which of Ray Serve's request routers spreads the calls,
+and what the ingress is told."""
 
 from __future__ import annotations
 
@@ -27,3 +28,9 @@ def test_without_glmserves_router_serve_uses_its_default_or_the_prefix_affinity_
 def test_with_glmserves_router_calls_go_where_it_chose() -> None:
     cfg = ServeConfig(replicas=4)
     assert _router_class(cfg, "127.0.0.1:50051") == "glmserve.serving.routing.pinned:PinnedRouter"
+
+
+def test_the_migration_settings_reach_the_ingress() -> None:
+    cfg = ServeConfig(migration_limit=0, stall_timeout_s=7.5)
+    migration = plan(app.topology_spec(MODEL, cfg, "cpu")).settings.migration
+    assert (migration.limit, migration.stall_timeout_s) == (0, 7.5)

@@ -149,3 +149,10 @@ def test_with_the_operators_router_engines_register_and_the_ingress_routes(monke
     unrouted = app_builder(wire)._bound_deployment.init_kwargs
     assert unrouted["settings"].router_address is None
     assert all(p._bound_deployment.init_kwargs["router"] is None for p in unrouted["engines"]["glm-4.6"].values())
+
+
+def test_the_deployments_ingress_settings_reach_the_ingress() -> None:
+    spec, plan = _planned("H200", "fp8", 32768)
+    spec = spec.model_copy(update={"ingress": spec.ingress.model_copy(update={"migration_limit": 0})})
+    settings = app_builder(ServeAppArgs(deployment=spec, planner=plan).wire())._bound_deployment.init_kwargs["settings"]
+    assert (settings.migration.limit, settings.migration.stall_timeout_s) == (0, 60)

@@ -3,8 +3,11 @@ decode (or colocated) engine, its answer shaped into a reply: an error, a body o
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry import trace
@@ -16,12 +19,14 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from glmserve.common import tracing
 from glmserve.common.errors import BackendError, GlmserveError, OverloadedError
 from glmserve.router.types import Decision
-from glmserve.serving.ingress.engine_request import EngineRequest
+from glmserve.serving.ingress.engine_request import EngineBody, EngineChatRequest, EngineRequest
 from glmserve.serving.ingress.errors import error_event
 from glmserve.serving.ingress.life import CLIENT_CLOSED, RequestLife
+from glmserve.serving.ingress.migration import EngineFault, Progress, fault_error
 from glmserve.serving.ingress.pd import PrefillRejected, remote_prefill
 from glmserve.serving.ingress.reply import Completed, Failed, Reply, Streaming
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
+from glmserve.serving.ingress.settings import MigrationSettings
 
 log = logging.getLogger("glmserve.ingress")
 
@@ -33,10 +38,21 @@ def _traced(span: trace.Span) -> RawRequestInfo | None:
 
 
 class EngineCall:
-    def __init__(self, decode: DeploymentHandle, prefill: DeploymentHandle | None, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        decode: DeploymentHandle,
+        prefill: DeploymentHandle | None,
+        retry_after_s: float,
+        migration: MigrationSettings | None = None,
+        tool_call_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        """`migration`: how requests move off a failed engine; `tool_call_ids`: the tokenizer's
+        `<tool_call>`, which ends that (migration.py)."""
         self._decode = decode.options(stream=True)
         self._prefill = prefill.options(stream=True) if prefill is not None else None
         self._retry_after_s = retry_after_s
+        self._migration = migration or MigrationSettings()
+        self._tool_call_ids = tool_call_ids
 
     async def check_health(self) -> None:
         for pool in (self._decode, self._prefill):
@@ -60,17 +76,19 @@ class EngineCall:
             kv_transfer_params = prefilled.kv_transfer_params
         span = life.timer.begin("generate" if self._prefill is None else "decode")
         target = decision.decode.worker_id if decision else None
-        body = request.engine_body(target=target, kv_transfer_params=kv_transfer_params)
-        stream: DeploymentResponseGenerator = getattr(self._decode, request.endpoint).remote(body, _traced(span))
-        try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            raise BackendError("the engine ended the request without a response") from None
-        except Exception as exc:
-            raise self._engine_exception(exc, request.model) from exc
-        except BaseException:  # the client went away while the engine worked: its work stops too
-            stream.cancel()
-            raise
+        progress = Progress(
+            replace(request, token_ids=request.stream and self._migration.limit > 0),
+            self._migration,
+            self._tool_call_ids,
+        )
+        body = progress.request.engine_body(target=target, kv_transfer_params=kv_transfer_params)
+        while True:
+            try:
+                stream, first = await self._open(body, span)
+                break
+            except EngineFault as fault:
+                # Nothing was delivered: the request starts over on another replica (its prefill too).
+                body = self._move(progress, body, fault, life).engine_body(target=None)
         item = first[0] if isinstance(first, list) else first
         if isinstance(item, ErrorResponse):
             return Failed.engine(item.error, self._retry_after_s)
@@ -79,24 +97,106 @@ class EngineCall:
             life.timer.tokens_sent(1)
             return Completed(content, Usage.from_dict(content.get("usage")))
         life.prefill_done()
-        return self._streamed(request, stream, first, life)
+        return self._streamed(progress, body=body, stream=stream, first=first, life=life, span=span)
+
+    async def _open(self, body: EngineBody, span: trace.Span) -> tuple[DeploymentResponseGenerator, Any]:
+        """The engine's stream and its first item. Raises EngineFault when another replica may
+        do better (the call failed, stalled, or the engine answered with a server error)."""
+        stream: DeploymentResponseGenerator = getattr(self._decode, _endpoint(body)).remote(body, _traced(span))
+        try:
+            first = await self._next(stream, body)
+        except StopAsyncIteration:
+            raise BackendError("the engine ended the request without a response") from None
+        item = first[0] if isinstance(first, list) else first
+        if isinstance(item, ErrorResponse) and Failed.engine(item.error, 0).status in _SERVER_ERRORS:
+            raise EngineFault(str(item.error.message))
+        return stream, first
+
+    async def _next(self, stream: DeploymentResponseGenerator, body: EngineBody) -> Any:
+        """The stream's next batch, within the stall limit. StopAsyncIteration at its end."""
+        try:
+            # A whole answer (not streamed) takes as long as its generation: no stall limit there.
+            async with asyncio.timeout((self._migration.stall_timeout_s or None) if body.stream else None):
+                return await stream.__anext__()
+        except StopAsyncIteration:
+            raise
+        except TimeoutError:
+            stream.cancel()  # an engine that wakes up must not finish it twice
+            raise EngineFault(f"no output for {self._migration.stall_timeout_s:g} s") from None
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise self._engine_exception(exc, body.model or "") from exc
+        except Exception as exc:
+            raise EngineFault(_cause(exc)) from exc
+        except BaseException:  # the client went away while the engine worked: its work stops too
+            stream.cancel()
+            raise
+
+    def _move(self, progress: Progress, body: EngineBody, fault: EngineFault, life: RequestLife) -> EngineRequest:
+        """The request for the next replica, or the error that ends it."""
+        model = progress.request.model
+        blocker = progress.blocker()
+        life.timer.migrated(moved=blocker is None)
+        if blocker:
+            log.error("engine for %s failed (%s); not moved: %s", model, fault.reason, blocker)
+            raise fault_error(f"{fault.reason}; {blocker}", model) from fault
+        failed = body.glmserve_target
+        log.warning(
+            "engine %s failed %s (%s); moving it with %d tokens generated (move %d of %d)",
+            failed or "(unknown)", progress.request.request_id, fault.reason, len(progress.generated),
+            progress.moves + 1, self._migration.limit,
+        )  # fmt: skip
+        return progress.moved(failed)
 
     def _streamed(
-        self, request: EngineRequest, stream: DeploymentResponseGenerator, first: Any, life: RequestLife
+        self,
+        progress: Progress,
+        *,
+        body: EngineBody,
+        stream: DeploymentResponseGenerator,
+        first: Any,
+        life: RequestLife,
+        span: trace.Span,
     ) -> Streaming:
-        """The engine's SSE events relayed to the client; what was delivered is billed from the
-        running usage on each chunk until the engine's final usage event."""
+        """The engine's SSE events relayed to the client, continued on another replica when the
+        engine fails; what was delivered is billed from the running usage on each chunk until the
+        engine's final usage event."""
+        request = progress.request
         usage = Usage(prompt_tokens=len(request.prompt))
+        current = [stream]
 
         def end(status: int) -> None:
             if not life.ended:
-                stream.cancel()
+                current[0].cancel()
                 life.end(status, usage)
 
         async def batches() -> AsyncIterator[list[str]]:
-            yield first
-            async for batch in stream:
-                yield batch
+            nonlocal body
+            batch = first
+            while True:
+                try:
+                    yield progress.relay(batch)
+                    while True:
+                        try:
+                            batch = await self._next(current[0], body)
+                        except StopAsyncIteration:
+                            return
+                        yield progress.relay(batch)
+                except EngineFault as fault:
+                    current[0].cancel()
+                    if progress.finished:  # all its tokens were out; only the stream's tail was lost
+                        yield ["data: [DONE]\n\n"]
+                        return
+                    body = self._move(progress, body, fault, life).engine_body(target=None)
+                    try:
+                        current[0], batch = await self._open(body, span)
+                    except EngineFault as again:
+                        batch = [_fault_event(again)]  # relayed: it raises, and moves on, in the loop
+                    refusal = batch[0] if isinstance(batch, list) else batch
+                    if isinstance(refusal, ErrorResponse):  # e.g. 503: the other replicas are full
+                        message = refusal.error.message
+                        raise BackendError(
+                            f"the {request.model} engine failed; no replica took it over: {message}"
+                        ) from fault
 
         async def relay() -> AsyncIterator[bytes]:
             status = CLIENT_CLOSED  # if the client goes away first
@@ -113,8 +213,8 @@ class EngineCall:
                         status = 200  # all was sent; a client closing now has not cut the answer short
                     yield chunk
                 status = 200
-            except Exception as exc:  # the engine's replica died or failed mid-stream
-                error = self._engine_exception(exc, request.model)
+            except Exception as exc:  # no replica could finish it, or the call itself failed
+                error = exc if isinstance(exc, GlmserveError) else self._engine_exception(exc, request.model)
                 status = error.kind.http_status
                 yield error_event(error)
             finally:
@@ -131,3 +231,20 @@ class EngineCall:
         cause = getattr(exc, "cause", None) or exc
         log.error("engine call for %s failed: %r", model, cause)
         return BackendError(f"the {model} engine failed ({type(cause).__name__}); the request was not completed")
+
+
+_SERVER_ERRORS = (500, 502, 504)  # 503 is overload: every replica would answer it
+
+
+def _endpoint(body: EngineBody) -> str:
+    return "chat" if isinstance(body, EngineChatRequest) else "completions"
+
+
+def _cause(exc: Exception) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return type(cause).__name__
+
+
+def _fault_event(fault: EngineFault) -> str:
+    """A failed move's first attempt, as the engine's own server-error event would read."""
+    return f"data: {json.dumps({'error': {'message': fault.reason, 'code': 500}})}\n\n"

@@ -5,7 +5,7 @@ engine call gets a body of its own, with the platform's fields filled in."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from ray.llm._internal.serve.engines.vllm.kv_transfer.base import DefaultPDProtocolMixin
@@ -25,12 +25,14 @@ class EngineChatRequest(ChatCompletionRequest):
     """vLLM's chat request plus the engine replica the router chose (glmserve.serving.routing.pinned)."""
 
     glmserve_target: str | None = None
+    glmserve_avoid: tuple[str, ...] = ()
 
 
 class EngineCompletionRequest(CompletionRequest):
     """vLLM's completion request plus the engine replica the router chose."""
 
     glmserve_target: str | None = None
+    glmserve_avoid: tuple[str, ...] = ()
 
 
 EngineBody = EngineChatRequest | EngineCompletionRequest
@@ -47,6 +49,14 @@ class EngineRequest:
     priority: PriorityClass
     cache_salt: str
     max_tokens: int | None  # the client's, else its plan's cap (None: the engine's default)
+    # A migrated request (migration.py): the output tokens earlier engines delivered, which continue
+    # the prompt, and the replicas that failed it (routing.pinned avoids them).
+    generated: tuple[int, ...] = ()
+    avoid: tuple[str, ...] = ()
+    token_ids: bool = False  # the engines return the token ids they generate
+
+    def continued(self, generated: tuple[int, ...], avoid: tuple[str, ...]) -> EngineRequest:
+        return replace(self, generated=generated, avoid=avoid)
 
     @property
     def stream(self) -> bool:
@@ -65,7 +75,8 @@ class EngineRequest:
     def engine_body(self, *, target: str | None, kv_transfer_params: Mapping[str, Any] | None = None) -> EngineBody:
         """The decode (or colocated) engine's body. `target`: the replica the router chose (None:
         Serve balances); `kv_transfer_params`: where the prompt's KV was prefilled, if it was."""
-        return self._body(target, {**(kv_transfer_params or {}), "prompt_token_ids": list(self.prompt)})
+        prompt = [*self.prompt, *self.generated]
+        return self._body(target, {**(kv_transfer_params or {}), "prompt_token_ids": prompt})
 
     def prefill_body(self, *, target: str | None) -> EngineBody:
         """The remote prefill's body: Ray Serve LLM's default P/D shaping (one token, not streamed,
@@ -88,8 +99,27 @@ class EngineRequest:
             "stream_options": StreamOptions(include_usage=True, continuous_usage_stats=True) if self.stream else None,
             "kv_transfer_params": kv_transfer_params,
             "glmserve_target": target,
+            "glmserve_avoid": self.avoid,
         }
+        if self.token_ids:
+            platform["return_token_ids"] = True
         if fields.get("max_tokens") is None:
             platform["max_tokens"] = self.max_tokens
+        if self.generated:
+            platform |= self._continuation(fields)
         # Every field was validated on the client's model, which shares vLLM's validators.
         return cls.model_construct(_fields_set=self.client.model_fields_set | platform.keys(), **fields | platform)
+
+    def _continuation(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """What a migrated request's next engine is told besides its longer prompt: the budget
+        left (its prompt carries the rest), and no echo of that prompt."""
+        done = len(self.generated)
+        budget: dict[str, Any] = {"echo": False}
+        limit = fields.get("max_completion_tokens") or fields.get("max_tokens") or self.max_tokens
+        if limit is not None:
+            budget["max_tokens"] = max(1, limit - done)
+            if "max_completion_tokens" in fields:
+                budget["max_completion_tokens"] = None
+        if min_tokens := fields.get("min_tokens"):
+            budget["min_tokens"] = max(0, min_tokens - done)
+        return budget

@@ -50,6 +50,7 @@ class IngressMetrics:
         self.remote_prefill = m.histogram(m.INGRESS_REMOTE_PREFILL, self.registry)
         self.prefill_fallbacks = m.counter(m.INGRESS_PREFILL_FALLBACKS, self.registry)
         self.router_fallbacks = m.counter(m.INGRESS_ROUTER_FALLBACKS, self.registry)
+        self.migrations = m.counter(m.INGRESS_MIGRATIONS, self.registry)
         # Read as 0, not as nothing, until the router first fails.
         self.router_fallbacks.labels(ROUTER_UNAVAILABLE)
 
@@ -124,6 +125,11 @@ class RequestTimer:
             self.stage.set_attributes(
                 {t.PREFILL_FALLBACK: fallback} if fallback else {t.KV_SOURCE_ENGINE: kv_engine} if kv_engine else {}
             )
+
+    def migrated(self, moved: bool) -> None:
+        """Its engine failed it: it moved to another replica, or could not."""
+        self.metrics.migrations.labels(self.model, "moved" if moved else "refused").inc()
+        self.span.add_event("migrated" if moved else "migration refused")
 
     def tokens_sent(self, events: int) -> None:
         """`events` streamed chunks left together; spread the gap since the last batch over them."""

@@ -40,9 +40,10 @@ class PromptRenderer:
         vllm_config = VllmConfig(
             model_config=model_config, structured_outputs_config=args.create_structured_outputs_config()
         )
+        self._renderer = renderer_from_config(vllm_config)
         self._online = OnlineRenderer(
             model_config=model_config,
-            renderer=renderer_from_config(vllm_config),
+            renderer=self._renderer,
             request_logger=None,
             chat_template=None,
             chat_template_content_format="auto",
@@ -65,6 +66,11 @@ class PromptRenderer:
             return self._tokens(await self._online.render_completion(request.model_copy(deep=True)))
         except (ValueError, TypeError, VLLMClientError) as exc:
             raise _invalid(exc) from None
+
+    def token_ids(self, special: str) -> frozenset[int]:
+        """The ids of one special token of the model's tokenizer (empty when it has none)."""
+        token_id = self._renderer.get_tokenizer().get_vocab().get(special)
+        return frozenset() if token_id is None else frozenset({token_id})
 
     @staticmethod
     def _tokens(result: Any) -> list[int]:

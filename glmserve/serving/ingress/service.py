@@ -55,7 +55,13 @@ class IngressService:
             router = connect(settings.router_address)
         self._admitter = Admitter(self.gate, router, self.metrics)
         self.calls = {
-            name: EngineCall(pools["decode"], pools.get("prefill"), settings.retry_after_s)
+            name: EngineCall(
+                pools["decode"],
+                pools.get("prefill"),
+                settings.retry_after_s,
+                settings.migration,
+                self._renderers[name].token_ids("<tool_call>"),
+            )
             for name, pools in engines.items()
         }
         self.background = Background()

@@ -31,6 +31,14 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MigrationSettings:
+    """How requests move off an engine that fails them (migration.py)."""
+
+    limit: int = 3  # moves per request; 0: a failed engine fails its requests
+    stall_timeout_s: float = 60.0  # an engine silent this long on a streamed request has stalled; 0: never
+
+
+@dataclass(frozen=True, slots=True)
 class IngressSettings:
     models: tuple[ServedModel, ...]
     retry_after_s: float = 1.0
@@ -39,6 +47,7 @@ class IngressSettings:
     router_address: str | None = None  # glmserve's router (gRPC target; shards' separated by ';'); None: Serve alone
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
 
 
 def limits_from_environment() -> LimitsSettings:

@@ -29,9 +29,18 @@ def register() -> None:
     import vllm
 
     check_version(vllm.__version__)
-    from glmserve.serving.vllm_plugin import cpu_expert_parallel, cpu_nixl, cpu_polite_readers, tool_grammar
+    from glmserve.serving.vllm_plugin import (
+        cpu_expert_parallel,
+        cpu_nixl,
+        cpu_polite_readers,
+        glm_resume,
+        resume_detokenizer,
+        tool_grammar,
+    )
 
     tool_grammar.apply()
+    glm_resume.apply()
+    resume_detokenizer.apply()
     cpu_expert_parallel.apply()
     cpu_nixl.apply()
     cpu_polite_readers.apply()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,14 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRespo
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
 from glmserve.common.catalogue import TINY_MODEL
+from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.replicas import RouterReplicas
 from glmserve.router.types import Outcome, Stage, Usage
 from glmserve.serving.ingress.protocol import ChatRequest, parse_body
 from glmserve.serving.ingress.service import IngressService
-from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
+from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, MigrationSettings, ServedModel
 from glmserve.serving.models import resolve_model
+from tests.router.harness import ServerThread, SimEngine, config, register
 from tests.serving.tenants import write_tenants
 
 MODEL = TINY_MODEL
@@ -202,11 +204,14 @@ def make_service(checkpoint: Path) -> Make:
         router: RouterReplicas | None = None,
         capacity: int = 0,
         max_waiting: int = 0,
+        migration: MigrationSettings | None = None,
     ) -> IngressService:
         model = ServedModel(MODEL, MAX_CONTEXT, False, 0, str(checkpoint), capacity=capacity, max_waiting=max_waiting)
         pools: dict[str, Any] = {"decode": decode} | ({"prefill": prefill} if prefill is not None else {})
         settings = IngressSettings(
-            models=(model,), limits=LimitsSettings(tenants_file=str(tenants) if tenants else None)
+            models=(model,),
+            limits=LimitsSettings(tenants_file=str(tenants) if tenants else None),
+            migration=migration or MigrationSettings(),
         )
         return IngressService({MODEL: pools}, settings, router=router)
 
@@ -269,3 +274,27 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def auth(key: str) -> Mapping[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def router() -> Iterator[Callable[..., tuple[RecordingRouter, str]]]:
+    """A real router with a registered decode worker (and a prefill worker, which it always
+    prefers for prefill, when `disaggregated`); the ingress's client records its Completes."""
+    started: list[tuple[ServerThread, list[SimEngine]]] = []
+
+    def start(*, disaggregated: bool = False, admits: Path | None = None) -> tuple[RecordingRouter, str]:
+        """`admits`: the tenants file the router admits with (limits in its memory)."""
+        admission = {"tenants_file": str(admits)} if admits else {}
+        server = ServerThread(config(disaggregation={"min_remote_prefill_tokens": 0}, admission=admission))
+        engines = [SimEngine("decode-0")] + ([SimEngine("prefill-0")] if disaggregated else [])
+        started.append((server, engines))
+        register(server.stub, engines[0])
+        if disaggregated:
+            register(server.stub, engines[1], role=pb.ROLE_PREFILL)
+        return RecordingRouter(server.target), engines[0].worker_id
+
+    yield start
+    for server, engines in started:
+        server.stop()
+        for engine in engines:
+            engine.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 
 import pytest
 
@@ -75,3 +76,15 @@ def test_the_pinned_router_reads_the_target_of_the_engine_body() -> None:
     body = parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', ChatRequest)
     assert pinned_target(Pending(_request(body).engine_body(target="decode-5"))) == "decode-5"  # type: ignore[arg-type]
     assert pinned_target(Pending(_request(body).engine_body(target=None))) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("budget", [{"max_tokens": 10}, {"max_completion_tokens": 10}])
+def test_a_moved_request_continues_its_prompt_with_the_budget_left(budget: dict[str, int]) -> None:
+    client = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "min_tokens": 5, **budget}
+    body = parse_body(json.dumps(client).encode(), ChatRequest)
+    request = replace(_request(body, max_tokens=10), token_ids=True)
+    sent = request.continued((21, 22, 23), ("decode-1",)).engine_body(target=None)
+    assert sent.kv_transfer_params == {"prompt_token_ids": [*PROMPT, 21, 22, 23]}
+    assert vars(sent)["max_tokens"] == 7 and sent.max_completion_tokens is None and sent.min_tokens == 2
+    assert sent.return_token_ids and sent.glmserve_avoid == ("decode-1",) and not sent.echo
+    assert request.engine_body(target=None).kv_transfer_params == {"prompt_token_ids": list(PROMPT)}  # unchanged

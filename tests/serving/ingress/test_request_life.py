@@ -5,7 +5,6 @@ one Complete) and is counted once with its status."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,8 @@ from ray.serve.exceptions import BackPressureError
 
 from glmserve.common.errors import GlmserveError, InvalidRequestError, OverloadedError
 from glmserve.common.ports import free_port
-from glmserve.router.proto import router_pb2 as pb
 from glmserve.serving.ingress.service import IngressService
-from tests.router.harness import ServerThread, SimEngine, config, register
+from glmserve.serving.ingress.settings import MigrationSettings
 from tests.serving.ingress.conftest import (
     MODEL,
     EngineStream,
@@ -50,30 +48,6 @@ def _ended_once(service: IngressService, status: int, requests: int = 1) -> None
 async def _settled(service: IngressService) -> None:
     await service.background.drain()
     await asyncio.sleep(0.05)  # the limiter settles in a task of its own
-
-
-@pytest.fixture
-def router() -> Iterator[Callable[..., tuple[RecordingRouter, str]]]:
-    """A real router with a registered decode worker (and a prefill worker, which it always
-    prefers for prefill, when `disaggregated`); the ingress's client records its Completes."""
-    started: list[tuple[ServerThread, list[SimEngine]]] = []
-
-    def start(*, disaggregated: bool = False, admits: Path | None = None) -> tuple[RecordingRouter, str]:
-        """`admits`: the tenants file the router admits with (limits in its memory)."""
-        admission = {"tenants_file": str(admits)} if admits else {}
-        server = ServerThread(config(disaggregation={"min_remote_prefill_tokens": 0}, admission=admission))
-        engines = [SimEngine("decode-0")] + ([SimEngine("prefill-0")] if disaggregated else [])
-        started.append((server, engines))
-        register(server.stub, engines[0])
-        if disaggregated:
-            register(server.stub, engines[1], role=pb.ROLE_PREFILL)
-        return RecordingRouter(server.target), engines[0].worker_id
-
-    yield start
-    for server, engines in started:
-        server.stop()
-        for engine in engines:
-            engine.close()
 
 
 async def test_a_completed_request_ends_once_with_its_usage(make_service: Make, tenants_file) -> None:
@@ -334,7 +308,7 @@ async def test_an_engine_call_that_fails_before_answering_is_an_error(
     client, _ = router()
     pool = Pool()
     pool.answer(EngineStream([], error=error))
-    service = make_service(pool, router=client)
+    service = make_service(pool, router=client, migration=MigrationSettings(limit=0))
     with pytest.raises(GlmserveError) as failed:
         await service.generate("chat", chat(), {})
     assert failed.value.kind.http_status == status
@@ -343,11 +317,13 @@ async def test_an_engine_call_that_fails_before_answering_is_an_error(
     _ended_once(service, status)
 
 
-async def test_an_engine_failing_mid_stream_ends_it_with_an_error_event(make_service: Make, router) -> None:
+async def test_without_migration_an_engine_failing_mid_stream_ends_it_with_an_error_event(
+    make_service: Make, router
+) -> None:
     client, _ = router()
     pool = Pool()
     pool.answer(streamed(2, finish=False, error=RuntimeError("replica died")))
-    service = make_service(pool, router=client, capacity=2, max_waiting=2)
+    service = make_service(pool, router=client, capacity=2, max_waiting=2, migration=MigrationSettings(limit=0))
     answer = await deliver(await service.generate("chat", chat(stream=True), {}))
     assert answer.status == 200  # the status line left with the first chunk
     assert '"type": "server_error"' in answer.events[-2] and answer.events[-1] == "data: [DONE]"
