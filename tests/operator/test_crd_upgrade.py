@@ -19,7 +19,7 @@ from glmserve.operator.crds import MODEL_DEPLOYMENT, build_crd
 from tests.operator.conftest import CHART
 from tests.operator.k8s_checks import CustomResourceSchemas, manifest_problems
 from tests.operator.kube import KmockCluster
-from tests.operator.test_chart import NAMESPACE, render
+from tests.operator.test_chart import NAMESPACE, render_chart
 
 CRDS = CHART / "crds"
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
@@ -31,7 +31,7 @@ def _hooks(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_hook_applies_exactly_the_charts_crds_before_the_upgrade(chart_schemas: CustomResourceSchemas) -> None:
-    hooks = _hooks(render())
+    hooks = _hooks(render_chart())
     assert set(hooks) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Job"}
     assert [p for doc in hooks.values() for p in manifest_problems(doc, chart_schemas)] == []
     for doc in hooks.values():
@@ -62,7 +62,7 @@ def test_hook_applies_exactly_the_charts_crds_before_the_upgrade(chart_schemas: 
 
 
 def test_hook_is_optional() -> None:
-    assert _hooks(render("--set", "crds.upgrade=false")) == {}
+    assert _hooks(render_chart("--set", "crds.upgrade=false")) == {}
 
 
 @pytest.fixture
