@@ -15,6 +15,7 @@ from glmserve.common.roles import Role
 from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import MIB, RequestLimits
 from glmserve.serving.ingress.settings import LimitsSettings
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
@@ -103,4 +104,5 @@ def topology_spec(
         retry_after_s=cfg.retry_after_s,
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
+        request_limits=RequestLimits(max_body_bytes=cfg.max_body_mib * MIB),
     )

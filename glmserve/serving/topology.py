@@ -22,6 +22,7 @@ from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import RequestLimits
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, ServedModel
 
 # NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
@@ -76,6 +77,7 @@ class TopologySpec:
     retry_after_s: float = 1.0
     scrape_targets: tuple[ScrapeTarget, ...] = ()
     metrics_tenants: tuple[str, ...] = ()
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def decode(self) -> PoolSpec:
@@ -205,6 +207,7 @@ def plan(spec: TopologySpec) -> Topology:
         router_address=spec.router,
         scrape_targets=spec.scrape_targets,
         metrics_tenants=spec.metrics_tenants,
+        request_limits=spec.request_limits,
     )
     options = {"num_replicas": spec.ingress_replicas, "ray_actor_options": dict(spec.ingress_actor_options)}
     return Topology(spec.model, engines, options, settings)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import RequestLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class IngressSettings:
     router_address: str | None = None  # glmserve's router (gRPC target; shards' separated by ';'); None: Serve alone
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 def limits_from_environment() -> LimitsSettings:
