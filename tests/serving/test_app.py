@@ -27,3 +27,9 @@ def test_without_glmserves_router_serve_uses_its_default_or_the_prefix_affinity_
 def test_with_glmserves_router_calls_go_where_it_chose() -> None:
     cfg = ServeConfig(replicas=4)
     assert _router_class(cfg, "127.0.0.1:50051") == "glmserve.serving.routing.pinned:PinnedRouter"
+
+
+def test_the_body_limit_reaches_the_ingress_in_bytes() -> None:
+    settings = plan(app.topology_spec(MODEL, ServeConfig(max_body_mib=2), "cpu")).settings
+    assert settings.request_limits.max_body_bytes == 2 << 20
+    assert plan(app.topology_spec(MODEL, ServeConfig(), "cpu")).settings.request_limits.max_body_bytes == 16 << 20
