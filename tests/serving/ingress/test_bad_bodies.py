@@ -86,7 +86,7 @@ json_values = st.recursive(
 FIELDS = sorted(ChatRequest.model_fields)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=256))
 def test_random_bytes_never_escape_as_another_exception(raw: bytes) -> None:
     for model in (ChatRequest, TextCompletionRequest):
@@ -94,7 +94,7 @@ def test_random_bytes_never_escape_as_another_exception(raw: bytes) -> None:
             parse_body(raw, model)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=8))
 def test_random_fields_of_the_real_models_never_escape_as_another_exception(body: dict[str, Any]) -> None:
     raw = json.dumps({"model": "m", "messages": USER, "prompt": "x", **body}).encode()
