@@ -28,9 +28,24 @@ def _replica_limits() -> RequestLimits:
     return limits
 
 
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+# Everything the routes below use is defined above them: serve.ingress freezes the app (its
+# routes' functions and the globals they name) when the class is decorated.
 app = FastAPI(title="glmserve", docs_url=None, redoc_url=None)
 install_handlers(app)
 app.add_middleware(RequestLimitsMiddleware, limits=_replica_limits)
+
+
+def _openapi() -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = with_components(FastAPI.openapi(app), (ChatRequest, TextCompletionRequest))
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
@@ -92,16 +107,3 @@ class Ingress:
             "owned_by": "glmserve",
             "max_model_len": model.max_context,
         }
-
-
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _openapi() -> dict[str, Any]:
-    if app.openapi_schema is None:
-        app.openapi_schema = with_components(FastAPI.openapi(app), (ChatRequest, TextCompletionRequest))
-    return app.openapi_schema
-
-
-app.openapi = _openapi  # type: ignore[method-assign]
