@@ -87,6 +87,11 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         "--router-address",
         help="use a running router (host:port; several replicas: ipv4:host:port,host:port) instead of a local one",
     )
+    up.add_argument(
+        "--max-body-mib",
+        type=int,
+        help="largest request body the API reads, in MiB (default 16; larger: 413); other limits: docs/limits.md",
+    )
     up.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray node (default max(8, cores))")
 

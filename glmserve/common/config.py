@@ -129,6 +129,9 @@ class ServeConfig(BaseModel):
     )
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local Ray node")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting one")
+    max_body_mib: int = Field(
+        16, ge=1, le=1024, description="largest request body the API reads, in MiB; larger ones get 413"
+    )
     metrics_tenants: tuple[Name, ...] = Field(
         (),
         max_length=100,

@@ -247,6 +247,9 @@ class IngressSpec(Spec):
     """The OpenAI-compatible HTTP ingress (a Ray Serve deployment)."""
 
     replicas: int = Field(2, ge=1, le=64, description="ingress replicas in the Serve application")
+    max_body_mib: int = Field(
+        16, ge=1, le=1024, description="largest request body the API reads, in MiB; larger ones get 413"
+    )
     tls_secret_name: SecretName | None = Field(
         None, description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP"
     )

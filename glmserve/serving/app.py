@@ -16,6 +16,7 @@ from glmserve.common.roles import Role
 from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import MIB, RequestLimits
 from glmserve.serving.ingress.settings import LimitsSettings, MigrationSettings
 from glmserve.serving.models import ResolvedModel
 from glmserve.serving.placement import check_fits
@@ -125,4 +126,5 @@ def topology_spec(
         migration=MigrationSettings(cfg.migration_limit, cfg.stall_timeout_s),
         scrape_targets=tuple(scrape_targets),
         metrics_tenants=cfg.metrics_tenants,
+        request_limits=RequestLimits(max_body_bytes=cfg.max_body_mib * MIB),
     )

@@ -24,6 +24,7 @@ from glmserve.common.placement import pool_placement, pool_resource
 from glmserve.common.roles import WorkerRole
 from glmserve.serving.engine.gpu_args import QUEUE_PER_SEQUENCE, gpu_engine_kwargs
 from glmserve.serving.engine.server import DataParallelEngineServer, EngineServer
+from glmserve.serving.ingress.limits import MIB, RequestLimits
 from glmserve.serving.ingress.settings import MigrationSettings
 from glmserve.serving.topology import CPU, PoolSpec, TopologySpec, application, llm_config, plan
 
@@ -91,6 +92,7 @@ def topology_spec(spec: ModelDeploymentSpec, planner: PlanStatus, router: str | 
         ingress_actor_options={"num_cpus": 0, "resources": {pool_resource("ingress"): 1}},
         limits=None,  # each ingress replica reads them from its own pod's environment
         migration=MigrationSettings(spec.ingress.migration_limit, spec.ingress.stall_timeout_seconds),
+        request_limits=RequestLimits(max_body_bytes=spec.ingress.max_body_mib * MIB),
     )
 
 

@@ -24,6 +24,7 @@ from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import RequestLimits
 from glmserve.serving.ingress.settings import IngressSettings, LimitsSettings, MigrationSettings, ServedModel
 
 # NIXL's side channel listens on base + replica rank; pools on one node need disjoint ranges.
@@ -80,6 +81,7 @@ class TopologySpec:
     migration: MigrationSettings = field(default_factory=MigrationSettings)
     scrape_targets: tuple[ScrapeTarget, ...] = ()
     metrics_tenants: tuple[str, ...] = ()
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def decode(self) -> PoolSpec:
@@ -216,6 +218,7 @@ def plan(spec: TopologySpec) -> Topology:
         router_address=spec.router,
         scrape_targets=spec.scrape_targets,
         metrics_tenants=spec.metrics_tenants,
+        request_limits=spec.request_limits,
     )
     options = {"num_replicas": spec.ingress_replicas, "ray_actor_options": dict(spec.ingress_actor_options)}
     return Topology(spec.model, engines, options, settings)

@@ -15,6 +15,7 @@ def test_flags_override_config_file(tmp_path: Path) -> None:
     f.write_text("port: 9000\nreplicas: 2\n")
     cfg = _cfg(["--config", str(f), "--port", "9100"])
     assert (cfg.port, cfg.replicas) == (9100, 2)
+    assert _cfg(["--max-body-mib", "64"]).max_body_mib == 64
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,7 @@ def test_flags_override_config_file(tmp_path: Path) -> None:
         (["--stream-interval-ms", "-1"], "stream_interval_ms"),
         (["--migration-limit", "-1"], "migration_limit"),
         (["--stall-timeout-s", "-5"], "stall_timeout_s"),
+        (["--max-body-mib", "0"], "max_body_mib"),
         (["--tls-certfile", "/nonexistent.pem"], "not a readable file"),
     ],
 )

@@ -34,3 +34,9 @@ def test_the_migration_settings_reach_the_ingress() -> None:
     cfg = ServeConfig(migration_limit=0, stall_timeout_s=7.5)
     migration = plan(app.topology_spec(MODEL, cfg, "cpu")).settings.migration
     assert (migration.limit, migration.stall_timeout_s) == (0, 7.5)
+
+
+def test_the_body_limit_reaches_the_ingress_in_bytes() -> None:
+    settings = plan(app.topology_spec(MODEL, ServeConfig(max_body_mib=2), "cpu")).settings
+    assert settings.request_limits.max_body_bytes == 2 << 20
+    assert plan(app.topology_spec(MODEL, ServeConfig(), "cpu")).settings.request_limits.max_body_bytes == 16 << 20

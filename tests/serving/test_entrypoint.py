@@ -148,6 +148,7 @@ def test_with_the_operators_router_engines_register_and_the_ingress_routes(monke
     monkeypatch.delenv("GLMSERVE_ROUTER_ADDRESS")
     unrouted = app_builder(wire)._bound_deployment.init_kwargs
     assert unrouted["settings"].router_address is None
+    assert unrouted["settings"].request_limits.max_body_bytes == spec.ingress.max_body_mib << 20
     assert all(p._bound_deployment.init_kwargs["router"] is None for p in unrouted["engines"]["glm-4.6"].values())
 
 

@@ -12,12 +12,40 @@ from starlette.responses import JSONResponse, Response
 
 from glmserve.serving.ingress.discovery import http_sd
 from glmserve.serving.ingress.errors import install_handlers
+from glmserve.serving.ingress.limits import RequestLimits
+from glmserve.serving.ingress.middleware import RequestLimitsMiddleware
+from glmserve.serving.ingress.openapi import request_body, with_components
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, parse_body
 from glmserve.serving.ingress.service import IngressService
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel
 
+
+def _replica_limits() -> RequestLimits:
+    # Serve serves a frozen copy of `app`, built before any replica knew its settings; Serve's own
+    # class-based views find the replica the same way.
+    ingress: Any = serve.get_replica_context().servable_object
+    limits: RequestLimits = ingress.request_limits
+    return limits
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+# Everything the routes below use is defined above them: serve.ingress freezes the app (its
+# routes' functions and the globals they name) when the class is decorated.
 app = FastAPI(title="glmserve", docs_url=None, redoc_url=None)
 install_handlers(app)
+app.add_middleware(RequestLimitsMiddleware, limits=_replica_limits)
+
+
+def _openapi() -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = with_components(FastAPI.openapi(app), (ChatRequest, TextCompletionRequest))
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
@@ -28,18 +56,21 @@ class Ingress:
         disaggregated, a "prefill" pool."""
         self._service = IngressService(engines, settings)
         self._settings = settings
+        self.request_limits = settings.request_limits
 
     # -- OpenAI API -------------------------------------------------------------------------
 
-    @app.post("/v1/chat/completions")
+    # The bodies are parsed by parse_body (OpenAI-shaped errors, depth limit), not by FastAPI, so
+    # the OpenAPI document is told what they are.
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatRequest))
     async def chat_completions(self, request: Request) -> Response:
-        body = parse_body(await request.body(), ChatRequest)
-        return await self._service.generate("chat", body, request.headers)
+        body = parse_body(await request.body(), ChatRequest, self.request_limits.max_json_depth)
+        return await self._service.generate("chat", body, request.headers, _client(request))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(TextCompletionRequest))
     async def completions(self, request: Request) -> Response:
-        body = parse_body(await request.body(), TextCompletionRequest)
-        return await self._service.generate("completions", body, request.headers)
+        body = parse_body(await request.body(), TextCompletionRequest, self.request_limits.max_json_depth)
+        return await self._service.generate("completions", body, request.headers, _client(request))
 
     @app.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:

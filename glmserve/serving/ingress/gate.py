@@ -16,11 +16,20 @@ from glmserve.admission.metrics import AdmissionMetrics
 from glmserve.admission.slots import PrioritySlots
 from glmserve.admission.tenant_source import WatchedTenants
 from glmserve.admission.tenants import ResolvedTenant
+from glmserve.common.errors import AuthenticationError
 from glmserve.serving.ingress.settings import LimitsSettings
+from glmserve.serving.ingress.throttle import FailedKeyThrottle
 
 
 class Gate:
-    def __init__(self, settings: LimitsSettings, registry: CollectorRegistry, retry_after_s: float) -> None:
+    def __init__(
+        self,
+        settings: LimitsSettings,
+        registry: CollectorRegistry,
+        retry_after_s: float,
+        throttle: FailedKeyThrottle | None = None,
+    ) -> None:
+        """`throttle`: refuses clients that keep sending wrong keys (None: never)."""
         metrics = AdmissionMetrics(registry)
         tenants = Path(settings.tenants_file) if settings.tenants_file else None
         self.tenants = WatchedTenants(tenants, metrics)
@@ -31,9 +40,18 @@ class Gate:
         self.salter = CacheSalter(bytes.fromhex(secret)) if secret else CacheSalter.ephemeral()
         self._slots: dict[str, PrioritySlots] = {}
         self._retry_after_s = retry_after_s
+        self._throttle = throttle
 
-    def authenticate(self, authorization: str | None) -> ResolvedTenant:
-        return self.tenants.authenticate(authorization)
+    def authenticate(self, authorization: str | None, client: str | None = None) -> ResolvedTenant:
+        """`client`: the caller's address, whose failed keys are counted (None: unknown, not counted)."""
+        if self._throttle is None or client is None:
+            return self.tenants.authenticate(authorization)
+        self._throttle.check(client)
+        try:
+            return self.tenants.authenticate(authorization)
+        except AuthenticationError:
+            self._throttle.failed(client)
+            raise
 
     def slots(self, model: str, capacity: int, max_waiting: int) -> PrioritySlots:
         """The model's engine slots; admitted requests wait there in plan-priority order."""

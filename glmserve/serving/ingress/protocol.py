@@ -12,8 +12,15 @@ from typing import Any, ClassVar, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.exceptions import VLLMValidationError
 
 from glmserve.common.errors import InvalidRequestError
+from glmserve.serving.ingress.limits import MAX_JSON_DEPTH, check_depth
+
+# vLLM's default max_logprobs: the engines refuse more, but only once the request reached them.
+MAX_LOGPROBS = 20
+# Each entry is checked against every generated token; OpenAI allows 300 logit_bias entries.
+MAX_TOKEN_LIST = 1024
 
 
 class Thinking(BaseModel):
@@ -37,6 +44,28 @@ class _Limits:
         if value is not None and value < 1:
             raise ValueError(f"must be at least 1, got {value}")
         return value
+
+    @field_validator("top_logprobs", "logprobs", "prompt_logprobs", check_fields=False)
+    @classmethod
+    def _logprobs(cls, value: int | bool | None) -> int | bool | None:
+        # Chat's `logprobs` is a switch (bool, an int subclass); the counts are ints. -1 (vLLM:
+        # the whole vocabulary) would return ~150k floats per token.
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_LOGPROBS:
+            raise ValueError(f"must be between 0 and {MAX_LOGPROBS}, got {value}")
+        return value
+
+    @field_validator("stop_token_ids", "bad_words", "logit_bias", check_fields=False)
+    @classmethod
+    def _bounded(cls, value: list[Any] | dict[str, Any] | None) -> list[Any] | dict[str, Any] | None:
+        if value is not None and len(value) > MAX_TOKEN_LIST:
+            raise ValueError(f"at most {MAX_TOKEN_LIST} entries are allowed, got {len(value)}")
+        return value
+
+    @field_validator("prompt_embeds", check_fields=False)
+    @classmethod
+    def _no_embeds(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError("prompt embeddings are not supported; send text or token ids")
 
     @field_validator("n", check_fields=False)
     @classmethod
@@ -76,9 +105,15 @@ class TextCompletionRequest(_Limits, CompletionRequest):
     pass
 
 
+# pydantic names the branch of a union it tried ("stop.list[str]"); the client's field is "stop".
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict"}
+
+
 def _param(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
+        if isinstance(part, str) and (part in _UNION_BRANCHES or "[" in part):
+            continue
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
@@ -86,23 +121,38 @@ def _param(loc: tuple[int | str, ...]) -> str:
 R = TypeVar("R", bound=BaseModel)
 
 
-def parse_body(raw: bytes, model: type[R]) -> R:
+def parse_body(raw: bytes, model: type[R], max_depth: int = MAX_JSON_DEPTH) -> R:
     """JSON bytes -> validated request, or an InvalidRequestError naming the offending field."""
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise InvalidRequestError(
+            f"request body nests arrays and objects more than {max_depth} levels deep", code="body_too_deep"
+        ) from None
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     except ValueError as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(f"request body must be a JSON object, got {type(data).__name__}")
+    check_depth(data, max_depth)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # A union's mismatched branches ("stop.str: Input should be a valid string") hide the
+        # branch that says what is wrong ("stop: List should have at most 4 items").
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
         param = _param(first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequestError(f"{param}: {message}" if param else message, param=param) from None
+    except VLLMValidationError as exc:  # vLLM's cross-field checks raise their own
+        message = exc.args[0] if exc.args else str(exc)
+        raise InvalidRequestError(message, param=exc.parameter) from None
+    except (TypeError, AttributeError) as exc:
+        # vLLM's before-validators read the raw dict and trip over values of the wrong shape
+        # (`tools: [1]`, `messages: [null]`) before pydantic's own checks say so.
+        raise InvalidRequestError(f"request body does not have the shape of the API: {exc}") from None
 
 
 def client_max_tokens(body: ChatRequest | TextCompletionRequest) -> int | None:

@@ -25,6 +25,7 @@ from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest
 from glmserve.serving.ingress.render import PromptRenderer
 from glmserve.serving.ingress.reply import Failed, Reply
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel, limits_from_environment
+from glmserve.serving.ingress.throttle import FailedKeyThrottle
 
 Body = ChatRequest | TextCompletionRequest
 
@@ -50,7 +51,9 @@ class IngressService:
         self.models = {m.name: m for m in settings.models}
         self._renderers = {m.name: PromptRenderer(m.checkpoint, m.engine_kwargs) for m in settings.models}
         limits = settings.limits if settings.limits is not None else limits_from_environment()
-        self.gate = Gate(limits, self.registry, settings.retry_after_s)
+        bounds = settings.request_limits
+        throttle = FailedKeyThrottle(bounds.max_failed_keys, bounds.failed_keys_window_s)
+        self.gate = Gate(limits, self.registry, settings.retry_after_s, throttle)
         if router is None and settings.router_address:
             router = connect(settings.router_address)
         self._admitter = Admitter(self.gate, router, self.metrics)
@@ -66,9 +69,12 @@ class IngressService:
         }
         self.background = Background()
 
-    async def generate(self, endpoint: Endpoint, body: Body, headers: Mapping[str, str]) -> Response:
-        """One request, answered; it has ended (or ends with its stream) whatever happened."""
-        tenant = self.gate.authenticate(headers.get("authorization"))
+    async def generate(
+        self, endpoint: Endpoint, body: Body, headers: Mapping[str, str], client: str | None = None
+    ) -> Response:
+        """One request, answered; it has ended (or ends with its stream) whatever happened.
+        `client`: the caller's address (its failed API keys are throttled)."""
+        tenant = self.gate.authenticate(headers.get("authorization"), client)
         served = self.served(body.model)
         timer = self.metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id, headers=headers)
         life = RequestLife(uuid.uuid4().hex, timer, self.background)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from glmserve.serving.ingress.discovery import ScrapeTarget
+from glmserve.serving.ingress.limits import RequestLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class IngressSettings:
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
     migration: MigrationSettings = field(default_factory=MigrationSettings)
+    request_limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 def limits_from_environment() -> LimitsSettings:
