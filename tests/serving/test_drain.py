@@ -1,0 +1,136 @@
+"""Scale-down that loses nothing: Serve's autoscaler removes one of two decode replicas while
+streams run on both, and streams outlast Serve's default graceful shutdown timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serving.conftest import Stack, run_stack
+
+pytestmark = pytest.mark.slow
+
+MODEL = "glm-4.6-tiny"
+SERVE_DEFAULT_DRAIN_S = 20.0  # Ray Serve's graceful_shutdown_timeout_s default
+STREAMS = 4
+STREAM_S = 75.0  # each stream's intended length: past the scale-down (~20 s in) plus Serve's default drain
+DOWNSCALE_DELAY_S = 15
+
+
+@pytest.fixture(scope="module")
+def scaling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("drain")
+    # Decode starts at its maximum of two; with a few streams against a target of 8 per replica,
+    # Serve's autoscaler wants one, and removes the other DOWNSCALE_DELAY_S after the start.
+    config = {
+        "disaggregated": True,
+        "router": "on",
+        "decode": {"replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": DOWNSCALE_DELAY_S},
+    }
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    yield from run_stack(tmp, ["--config", str(path)])
+
+
+def _router_metrics_url(stack: Stack) -> str:
+    line = next(x for x in stack.log.read_text().splitlines() if "glmserve: router: " in x)
+    return line.split("(metrics ", 1)[1].rstrip(")").strip()
+
+
+def _decode_workers(url: str) -> int:
+    text = httpx.get(url, timeout=10).text
+    return int(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "glmserve_router_workers" and s.labels.get("role") == "decode"
+        )
+    )
+
+
+@dataclass
+class StreamResult:
+    started: float = 0.0
+    ended: float = 0.0
+    tokens: int = 0
+    finish: str | None = None
+    error: str | None = None
+    chunks: list[float] = field(default_factory=list)
+
+
+def _stream(stack: Stack, prompt: str, max_tokens: int, out: StreamResult) -> None:
+    out.started = time.monotonic()
+    try:
+        stream = stack.client().chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                out.finish = chunk.choices[0].finish_reason
+            if chunk.usage is not None:
+                out.tokens = chunk.usage.completion_tokens
+    except Exception as exc:  # recorded: the test reports every failed stream
+        out.error = repr(exc)
+    out.ended = time.monotonic()
+
+
+def _tokens_per_second(stack: Stack) -> float:
+    started = time.monotonic()
+    r = stack.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "warm up"}], max_tokens=128, extra_body={"ignore_eos": True}
+    )
+    assert r.usage is not None
+    return r.usage.completion_tokens / (time.monotonic() - started)
+
+
+def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, tmp_path: Path) -> None:
+    url = _router_metrics_url(scaling_stack)
+    assert _decode_workers(url) == 2
+    # Several streams share two cores: each runs slower than one alone, so this errs long.
+    max_tokens = min(6000, int(_tokens_per_second(scaling_stack) * STREAM_S / 2))
+    results = [StreamResult() for _ in range(STREAMS)]
+    threads = [
+        threading.Thread(target=_stream, args=(scaling_stack, f"Stream {i}: tell a long story.", max_tokens, out))
+        for i, out in enumerate(results)
+    ]
+    for t in threads:
+        t.start()
+    drain_started = None
+    late: list[StreamResult] = []  # requests sent while the removed replica drains
+    late_threads = []
+    while any(t.is_alive() for t in threads):
+        if drain_started is None and _decode_workers(url) == 1:
+            drain_started = time.monotonic()
+            in_flight = sum(r.ended == 0.0 for r in results)
+            for _ in range(2):
+                late.append(StreamResult())
+                late_threads.append(threading.Thread(target=_stream, args=(scaling_stack, "A late one.", 32, late[-1])))
+                late_threads[-1].start()
+        time.sleep(0.5)
+    for t in late_threads:
+        t.join()
+    assert drain_started is not None, "the router never saw the decode pool scale from 2 to 1"
+    assert in_flight == STREAMS, "the scale-down came after the streams ended; nothing was drained"
+    failed = [r for r in results + late if r.error or r.finish != "length"]
+    assert failed == [], failed
+    assert all(r.tokens == max_tokens for r in results), [r.tokens for r in results]
+    assert all(r.tokens == 32 for r in late), [r.tokens for r in late]
+    # The streams ran past the drain's start by more than Serve's default timeout allows.
+    outlived = max(r.ended for r in results) - drain_started
+    assert outlived > SERVE_DEFAULT_DRAIN_S, outlived
+    assert _decode_workers(url) == 1
