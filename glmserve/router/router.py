@@ -23,7 +23,7 @@ from glmserve.router.metrics import RouterMetrics
 from glmserve.router.pipeline import Pick, Profile, Rejected
 from glmserve.router.plugins.base import PrefixEstimate, RouteContext
 from glmserve.router.shards import shard_of
-from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
+from glmserve.router.types import Decision, Load, Role, RouteQuery, Stage, Target, Usage, WorkerInfo
 from glmserve.router.workers import Registry, Worker
 
 RETRY_AFTER_S = 1.0
@@ -68,6 +68,7 @@ class Router:
         self._ordered: list[Worker] | None = None
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
+        self._pools: set[tuple[str, Role]] = set()  # (model, role) of every worker ever registered
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
         self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
         for static in config.workers.static:
@@ -157,6 +158,25 @@ class Router:
             self.metrics.workers.labels(role, state).set(n)
         self.metrics.index_blocks.set(self.index.size())
         self.metrics.in_flight.set(len(self._bookings))
+        self._refresh_pool_signals(now)
+
+    def _refresh_pool_signals(self, now: float) -> None:
+        """Every pool ever seen is written each time, at 0 once idle or empty: a policy or an alert
+        reading a missing series could not tell "no load" from "no data"."""
+        pools = dict.fromkeys(self._pools, (0, 0, 0))
+        for w in self.registry.workers.values():
+            running, waiting, owed = pools.get((w.info.model, w.info.role), (0, 0, 0))
+            if self.registry.healthy(w, now):
+                running, waiting = running + w.load.running, waiting + w.load.waiting
+            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog)
+        self._pools.update(pools)
+        requests, tokens = self.metrics.pool_requests, self.metrics.pool_prompt_tokens
+        for (model, role), (running, waiting, owed) in pools.items():
+            requests.labels(model, role, "running").set(running)
+            requests.labels(model, role, "waiting").set(waiting)
+            # Flow control queues for decode slots (free()): a request waiting there needs one.
+            requests.labels(model, role, "queued").set(self.flow.queued(model) if role == "decode" else 0)
+            tokens.labels(model, role).set(owed)
 
     # -- capacity (flow control's) --------------------------------------------------------
 
