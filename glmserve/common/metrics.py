@@ -321,12 +321,6 @@ SERVE_REPLICA_HEALTHY = MetricSpec(
     ("application", "deployment", "replica"),
 )
 
-SERVE_TARGET_REPLICAS = MetricSpec(
-    "ray_serve_autoscaling_target_replicas",
-    "gauge",
-    "The replicas Serve's autoscaler wants for a deployment (within its bounds).",
-    ("application", "deployment"),
-)
 SERVE_REPLICA_STARTUP = MetricSpec(
     "ray_serve_replica_startup_latency_ms",
     "histogram",
