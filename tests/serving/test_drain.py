@@ -45,16 +45,21 @@ def _router_metrics_url(stack: Stack) -> str:
     return line.split("(metrics ", 1)[1].rstrip(")").strip()
 
 
-def _decode_workers(url: str) -> int:
+def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
     text = httpx.get(url, timeout=10).text
-    return int(
-        sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "glmserve_router_workers" and s.labels.get("role") == "decode"
-        )
-    )
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def _decode_workers(url: str) -> int:
+    return int(sum(v for labels, v in _samples(url, "glmserve_router_workers") if labels.get("role") == "decode"))
+
+
+def _busy_decode_replicas(stack: Stack) -> set[str]:
+    """Decode replicas whose engine runs requests, as vLLM last reported (Ray's export lags ~10 s)."""
+    healthy = _samples(stack.metrics_url, "ray_serve_deployment_replica_healthy")
+    decode = {labels["replica"] for labels, _ in healthy if labels.get("deployment", "").startswith("Decode:")}
+    running = _samples(stack.metrics_url, "ray_vllm_num_requests_running")
+    return {labels["ReplicaId"] for labels, value in running if value > 0} & decode
 
 
 @dataclass
@@ -100,6 +105,9 @@ def _tokens_per_second(stack: Stack) -> float:
 
 def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, tmp_path: Path) -> None:
     url = _router_metrics_url(scaling_stack)
+    deadline = time.monotonic() + 10
+    while _decode_workers(url) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # registration follows the replica's start by a heartbeat
     assert _decode_workers(url) == 2
     # Several streams share two cores: each runs slower than one alone, so this errs long.
     max_tokens = min(6000, int(_tokens_per_second(scaling_stack) * STREAM_S / 2))
@@ -111,9 +119,12 @@ def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, t
     for t in threads:
         t.start()
     drain_started = None
+    busy: set[str] = set()  # decode replicas running the streams, last seen before the scale-down
     late: list[StreamResult] = []  # requests sent while the removed replica drains
     late_threads = []
     while any(t.is_alive() for t in threads):
+        if drain_started is None:
+            busy = _busy_decode_replicas(scaling_stack) or busy
         if drain_started is None and _decode_workers(url) == 1:
             drain_started = time.monotonic()
             in_flight = sum(r.ended == 0.0 for r in results)
@@ -126,6 +137,8 @@ def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, t
         t.join()
     assert drain_started is not None, "the router never saw the decode pool scale from 2 to 1"
     assert in_flight == STREAMS, "the scale-down came after the streams ended; nothing was drained"
+    # Both replicas ran streams, so the one Serve removed (its choice) had some to drain.
+    assert len(busy) == 2, busy
     failed = [r for r in results + late if r.error or r.finish != "length"]
     assert failed == [], failed
     assert all(r.tokens == max_tokens for r in results), [r.tokens for r in results]
