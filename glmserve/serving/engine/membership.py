@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import ray
 from ray.serve._private.common import DeploymentID, DeploymentTargetInfo, ReplicaID
@@ -22,32 +23,38 @@ from ray.serve._private.long_poll import LongPollClient, LongPollNamespace
 log = logging.getLogger("glmserve.engine")
 
 
+Change = Literal["left", "back"]
+
+
 @dataclass(slots=True)
 class RunningSet:
-    """Whether one replica, having been running, has left its deployment's running set."""
+    """Whether one replica is in its deployment's running set, and when that changes."""
 
     replica: str
     seen: bool = False  # a starting replica is not in the set yet: only leaving after it counts
-    left: bool = False
+    inside: bool = False
 
-    def update(self, running: set[str], available: bool) -> bool:
-        """True once: on the first update without the replica after one with it."""
-        if self.replica in running and available:
+    def update(self, running: set[str], available: bool) -> Change | None:
+        now_inside = self.replica in running and available
+        if now_inside == self.inside:
+            return None
+        self.inside = now_inside
+        if now_inside:
+            change: Change | None = "back" if self.seen else None
             self.seen = True
-            return False
-        if self.seen and not self.left:
-            self.left = True
-            return True
-        return False
+            return change
+        return "left"
 
 
 class Membership:
-    """Calls `on_leave` once, when the replica leaves its deployment's running replicas (scaled
-    down, replaced, or the deployment deleted)."""
+    """Calls `on_leave` when the replica leaves its deployment's running replicas (scaled down,
+    replaced, or the deployment deleted), and `on_back` if it returns: a Serve controller that
+    restarts recovers its replicas before it counts them running again, and a replica it keeps
+    must not stay out of the router."""
 
-    def __init__(self, replica_id: ReplicaID, on_leave: Callable[[], None]) -> None:
+    def __init__(self, replica_id: ReplicaID, on_leave: Callable[[], None], on_back: Callable[[], None]) -> None:
         self._replica_id = replica_id
-        self._on_leave = on_leave
+        self._handlers = {"left": on_leave, "back": on_back}
         self.running = RunningSet(replica_id.unique_id)
         deployment: DeploymentID = replica_id.deployment_id
         self._client = LongPollClient(
@@ -59,10 +66,10 @@ class Membership:
 
     def update(self, targets: DeploymentTargetInfo) -> None:
         running = {info.replica_id.unique_id for info in targets.running_replicas}
-        if self.running.update(running, targets.is_available):
-            self._client.stop()
-            log.info("replica %s leaves the running set: draining", self._replica_id.unique_id)
-            self._on_leave()
+        change = self.running.update(running, targets.is_available)
+        if change is not None:
+            log.info("replica %s: %s the running set", self._replica_id.unique_id, change)
+            self._handlers[change]()
 
     def stop(self) -> None:
         self._client.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -72,10 +73,14 @@ class EngineServer(LLMServer):
         self._agent: asyncio.Task[None] | None = None
         self._membership: Membership | None = None
         if router is not None:
-            self._agent = asyncio.create_task(self._announce(router, context.replica_id.unique_id, rank))
+            self._announcement = functools.partial(self._announce, router, context.replica_id.unique_id, rank)
+            self._join_router()
             # Serve stops a replica by draining it, then calling __del__: leaving the router when
             # the drain starts keeps new requests off it while its streams finish.
-            self._membership = Membership(context.replica_id, self._leave_router)
+            self._membership = Membership(context.replica_id, self._leave_router, self._join_router)
+
+    def _join_router(self) -> None:
+        self._agent = asyncio.create_task(self._announcement())
 
     def _leave_router(self) -> None:
         if self._agent is not None:
