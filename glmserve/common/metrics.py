@@ -188,6 +188,14 @@ ROUTER_POOL_PROMPT_TOKENS = MetricSpec(
     "Uncached prompt tokens routed to a pool's engines and not prefilled yet: the prefill work they owe.",
     ("model", "role"),
 )
+ROUTER_COLD_START = MetricSpec(
+    "glmserve_router_cold_start_seconds",
+    "histogram",
+    "Scale from zero: from the first request that found a model's decode pool empty to the first "
+    "replica registering with the router (flow.scale_from_zero models).",
+    ("model",),
+    (5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1200.0),
+)
 ROUTER_IN_FLIGHT = MetricSpec(
     "glmserve_router_requests_in_flight",
     "gauge",

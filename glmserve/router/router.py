@@ -68,7 +68,9 @@ class Router:
         self._ordered: list[Worker] | None = None
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
-        self._pools: set[tuple[str, Role]] = set()  # (model, role) of every worker ever registered
+        # (model, role) of every worker ever registered, and the decode pools that may be empty
+        self._pools: set[tuple[str, Role]] = {(model, "decode") for model in config.flow.scale_from_zero}
+        self._cold_since: dict[str, float] = {}  # model -> when a request first found its pool empty
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
         self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
         for static in config.workers.static:
@@ -87,6 +89,8 @@ class Router:
         if not self.owns(info.worker_id):
             return False
         changed = self.registry.register(info, load, static=static)
+        if info.role == "decode" and (since := self._cold_since.pop(info.model, None)) is not None:
+            self.metrics.cold_start.labels(info.model).observe(self._clock() - since)
         if changed:
             self.index.detach(info.worker_id)
             self.index.attach(info.worker_id, info.kv_cache_blocks)
@@ -184,9 +188,13 @@ class Router:
         """Slots this replica may hand out for `model` now: its share (1/flow.replicas, at least
         one) of the healthy decode workers' max_running_requests, minus the requests it routed
         there and has not seen complete. A model no worker serves gets one slot, so that routing it answers at
-        once why (no endpoints) instead of after queue_ttl_s."""
+        once why (no endpoints) instead of after queue_ttl_s, unless its pool scales from zero: then
+        none, and its requests wait for a replica (a worker registering pokes the queue)."""
         group = self.registry.group(model, "decode")
         if not group.workers:
+            if model in self.config.flow.scale_from_zero:  # requests wait for a replica to start
+                self._cold_since.setdefault(model, self._clock())
+                return 0
             return 1
         board, slots = self.registry.board, group.slots
         healthy = board.static[slots] | (self._clock() - board.last_seen[slots] <= self.registry.lease_s)
