@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -20,20 +19,29 @@ pytestmark = pytest.mark.slow
 
 MODEL = "glm-4.6-tiny"
 SERVE_DEFAULT_DRAIN_S = 20.0  # Ray Serve's graceful_shutdown_timeout_s default
-STREAMS = 4
-STREAM_S = 75.0  # each stream's intended length: past the scale-down (~20 s in) plus Serve's default drain
-DOWNSCALE_DELAY_S = 15
+STREAMS = 8  # four per replica: each stream slow enough to last STREAM_S within the context window
+# Serve's autoscaler wants one decode replica from the first one's start (no load against a target
+# of 64): it removes the other DOWNSCALE_DELAY_S later, which must leave the second replica time to
+# start and the streams time to begin. The streams run past that by more than Serve's default drain.
+DOWNSCALE_DELAY_S = 60
+STREAM_S = 90.0
+MAX_TOKENS = 7500  # the tiny model's 8192-token context, less the prompt
 
 
 @pytest.fixture(scope="module")
 def scaling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("drain")
-    # Decode starts at its maximum of two; with a few streams against a target of 8 per replica,
-    # Serve's autoscaler wants one, and removes the other DOWNSCALE_DELAY_S after the start.
+    # Decode starts at its maximum of two and may shrink to one.
     config = {
         "disaggregated": True,
         "router": "on",
-        "decode": {"replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": DOWNSCALE_DELAY_S},
+        "decode": {
+            "replicas": 1,
+            "initial_replicas": 2,
+            "max_replicas": 2,
+            "target_ongoing_requests": 64,
+            "downscale_delay_s": DOWNSCALE_DELAY_S,
+        },
     }
     path = tmp / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -69,7 +77,6 @@ class StreamResult:
     tokens: int = 0
     finish: str | None = None
     error: str | None = None
-    chunks: list[float] = field(default_factory=list)
 
 
 def _stream(stack: Stack, prompt: str, max_tokens: int, out: StreamResult) -> None:
@@ -94,44 +101,45 @@ def _stream(stack: Stack, prompt: str, max_tokens: int, out: StreamResult) -> No
     out.ended = time.monotonic()
 
 
-def _tokens_per_second(stack: Stack) -> float:
-    started = time.monotonic()
-    r = stack.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "warm up"}], max_tokens=128, extra_body={"ignore_eos": True}
-    )
-    assert r.usage is not None
-    return r.usage.completion_tokens / (time.monotonic() - started)
+def _start(stack: Stack, prompts: list[str], max_tokens: int) -> tuple[list[StreamResult], list[threading.Thread]]:
+    results = [StreamResult() for _ in prompts]
+    threads = [
+        threading.Thread(target=_stream, args=(stack, p, max_tokens, r)) for p, r in zip(prompts, results, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    return results, threads
 
 
-def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, tmp_path: Path) -> None:
+def _tokens_per_second(stack: Stack, prompts: list[str]) -> float:
+    """One stream's rate while all of them run at once, the slowest's."""
+    results, threads = _start(stack, prompts, 64)
+    for t in threads:
+        t.join()
+    assert all(r.tokens == 64 for r in results), results
+    return min(r.tokens / (r.ended - r.started) for r in results)
+
+
+def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack) -> None:
     url = _router_metrics_url(scaling_stack)
     deadline = time.monotonic() + 10
     while _decode_workers(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)  # registration follows the replica's start by a heartbeat
     assert _decode_workers(url) == 2
-    # Several streams share two cores: each runs slower than one alone, so this errs long.
-    max_tokens = min(6000, int(_tokens_per_second(scaling_stack) * STREAM_S / 2))
-    results = [StreamResult() for _ in range(STREAMS)]
-    threads = [
-        threading.Thread(target=_stream, args=(scaling_stack, f"Stream {i}: tell a long story.", max_tokens, out))
-        for i, out in enumerate(results)
-    ]
-    for t in threads:
-        t.start()
+    prompts = [f"{i}: tell a long story." for i in range(STREAMS)]
+    max_tokens = min(MAX_TOKENS, int(_tokens_per_second(scaling_stack, prompts) * STREAM_S))
+    results, threads = _start(scaling_stack, prompts, max_tokens)
     drain_started = None
     busy: set[str] = set()  # decode replicas running the streams, last seen before the scale-down
     late: list[StreamResult] = []  # requests sent while the removed replica drains
-    late_threads = []
+    late_threads: list[threading.Thread] = []
     while any(t.is_alive() for t in threads):
         if drain_started is None:
             busy = _busy_decode_replicas(scaling_stack) or busy
-        if drain_started is None and _decode_workers(url) == 1:
-            drain_started = time.monotonic()
-            in_flight = sum(r.ended == 0.0 for r in results)
-            for _ in range(2):
-                late.append(StreamResult())
-                late_threads.append(threading.Thread(target=_stream, args=(scaling_stack, "A late one.", 32, late[-1])))
-                late_threads[-1].start()
+            if _decode_workers(url) == 1:
+                drain_started = time.monotonic()
+                in_flight = sum(r.ended == 0.0 for r in results)
+                late, late_threads = _start(scaling_stack, ["A late one.", "Another late one."], 32)
         time.sleep(0.5)
     for t in late_threads:
         t.join()
@@ -145,5 +153,6 @@ def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack, t
     assert all(r.tokens == 32 for r in late), [r.tokens for r in late]
     # The streams ran past the drain's start by more than Serve's default timeout allows.
     outlived = max(r.ended for r in results) - drain_started
+    print(f"drain: {max_tokens} tokens per stream, streams ran {outlived:.1f} s past the scale-down")
     assert outlived > SERVE_DEFAULT_DRAIN_S, outlived
     assert _decode_workers(url) == 1
