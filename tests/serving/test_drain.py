@@ -19,13 +19,16 @@ pytestmark = pytest.mark.slow
 
 MODEL = "glm-4.6-tiny"
 SERVE_DEFAULT_DRAIN_S = 20.0  # Ray Serve's graceful_shutdown_timeout_s default
-STREAMS = 8  # four per replica: each stream slow enough to last STREAM_S within the context window
 # Serve's autoscaler wants one decode replica from the first one's start (no load against a target
-# of 64): it removes the other DOWNSCALE_DELAY_S later, which must leave the second replica time to
-# start and the streams time to begin. The streams run past that by more than Serve's default drain.
-DOWNSCALE_DELAY_S = 60
-STREAM_S = 90.0
-MAX_TOKENS = 7500  # the tiny model's 8192-token context, less the prompt
+# of 64) and removes the other DOWNSCALE_DELAY_S later, whenever the second one started: the test
+# cannot know when. So streams start in waves until the router sees the pool shrink; those in
+# flight then run on for up to STREAM_S, more than Serve's default drain.
+DOWNSCALE_DELAY_S = 75
+WAVE = 4  # streams per wave, two per replica
+WAVE_EVERY_S = 10.0
+STREAM_S = 80.0  # as sized at OVERLAP streams at once; fewer overlap at first, so they end sooner
+OVERLAP = 16  # streams running at once, which sets their pace
+EXPORT_LAG_S = 12.0  # vLLM's gauges reach Ray's metrics export ~10 s late
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +114,9 @@ def _start(stack: Stack, prompts: list[str], max_tokens: int) -> tuple[list[Stre
     return results, threads
 
 
-def _tokens_per_second(stack: Stack, prompts: list[str]) -> float:
-    """One stream's rate while all of them run at once, the slowest's."""
-    results, threads = _start(stack, prompts, 64)
+def _tokens_per_second(stack: Stack) -> float:
+    """One stream's rate while OVERLAP of them run at once, the slowest's."""
+    results, threads = _start(stack, [f"{i}: count." for i in range(OVERLAP)], 64)
     for t in threads:
         t.join()
     assert all(r.tokens == 64 for r in results), results
@@ -126,33 +129,43 @@ def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack) -
     while _decode_workers(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)  # registration follows the replica's start by a heartbeat
     assert _decode_workers(url) == 2
-    prompts = [f"{i}: tell a long story." for i in range(STREAMS)]
-    max_tokens = min(MAX_TOKENS, int(_tokens_per_second(scaling_stack, prompts) * STREAM_S))
-    results, threads = _start(scaling_stack, prompts, max_tokens)
+    max_tokens = int(_tokens_per_second(scaling_stack) * STREAM_S)
+    results: list[StreamResult] = []
+    threads: list[threading.Thread] = []
     drain_started = None
-    busy: set[str] = set()  # decode replicas running the streams, last seen before the scale-down
+    busy: set[str] = set()  # decode replicas running streams, last seen before the scale-down
     late: list[StreamResult] = []  # requests sent while the removed replica drains
     late_threads: list[threading.Thread] = []
-    while any(t.is_alive() for t in threads):
-        if drain_started is None:
+    next_wave = time.monotonic()
+    deadline = time.monotonic() + DOWNSCALE_DELAY_S + 60
+    while drain_started is None and time.monotonic() < deadline:
+        if time.monotonic() >= next_wave:
+            wave, wave_threads = _start(
+                scaling_stack, [f"{len(results) + i}: a story." for i in range(WAVE)], max_tokens
+            )
+            results, threads, next_wave = results + wave, threads + wave_threads, next_wave + WAVE_EVERY_S
+        if time.monotonic() - results[0].started > EXPORT_LAG_S:  # vLLM's gauges now show the waves
             busy = _busy_decode_replicas(scaling_stack) or busy
-            if _decode_workers(url) == 1:
-                drain_started = time.monotonic()
-                in_flight = sum(r.ended == 0.0 for r in results)
-                late, late_threads = _start(scaling_stack, ["A late one.", "Another late one."], 32)
+        if _decode_workers(url) == 1:
+            drain_started = time.monotonic()
+            in_flight = [r for r in results if r.ended == 0.0]
+            late, late_threads = _start(scaling_stack, ["A late one.", "Another late one."], 32)
         time.sleep(0.5)
-    for t in late_threads:
+    for t in threads + late_threads:
         t.join()
     assert drain_started is not None, "the router never saw the decode pool scale from 2 to 1"
-    assert in_flight == STREAMS, "the scale-down came after the streams ended; nothing was drained"
-    # Both replicas ran streams, so the one Serve removed (its choice) had some to drain.
+    assert in_flight, "no stream was in flight at the scale-down; nothing was drained"
+    # Both replicas ran the waves' streams, so the one Serve removed (its choice) had some to drain.
     assert len(busy) == 2, busy
     failed = [r for r in results + late if r.error or r.finish != "length"]
     assert failed == [], failed
     assert all(r.tokens == max_tokens for r in results), [r.tokens for r in results]
     assert all(r.tokens == 32 for r in late), [r.tokens for r in late]
-    # The streams ran past the drain's start by more than Serve's default timeout allows.
-    outlived = max(r.ended for r in results) - drain_started
-    print(f"drain: {max_tokens} tokens per stream, streams ran {outlived:.1f} s past the scale-down")
+    # Streams in flight at the scale-down ran past it by more than Serve's default timeout allows.
+    outlived = max(r.ended for r in in_flight) - drain_started
+    print(
+        f"drain: {len(results)} streams of {max_tokens} tokens, {len(in_flight)} in flight at the scale-down, "
+        f"the last ending {outlived:.1f} s after it"
+    )
     assert outlived > SERVE_DEFAULT_DRAIN_S, outlived
     assert _decode_workers(url) == 1
