@@ -25,6 +25,9 @@ ROUTER_TOKEN_ENV = "GLMSERVE_ROUTER_TOKEN"
 # to the client whatever its size, so batching cuts the relays' CPU (`benchmarks.cpu_by_process`
 # against `glmserve up --stream-interval-ms 0` and 50). A first token is never held back.
 STREAM_INTERVAL_MS = 50
+# Serve's default (20 s) would cut off the streams of a replica being scaled down: a long answer
+# streams for minutes.
+DRAIN_TIMEOUT_S = 600.0
 _CPU_BIND = r"^(\d+(-\d+)?(,\d+(-\d+)?)*)(\|\d+(-\d+)?(,\d+(-\d+)?)*)*$"
 
 
@@ -36,6 +39,12 @@ class PoolConfig(BaseModel):
     replicas: int = Field(1, ge=0, le=256, description="replicas at start (and the minimum when autoscaling)")
     max_replicas: int | None = Field(None, ge=1, le=256, description="autoscale up to this many replicas")
     target_ongoing_requests: float = Field(8, gt=0, description="autoscaling target per replica")
+    initial_replicas: int | None = Field(
+        None, ge=0, le=256, description="autoscaling: replicas at start, between replicas and max_replicas"
+    )
+    downscale_delay_s: float | None = Field(
+        None, ge=0, le=86400, description="autoscaling: how long demand must stay low before a replica goes"
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     expert_parallel: bool = Field(False, description="spread the routed experts over the tensor-parallel ranks")
     cpus: str | None = Field(
@@ -46,6 +55,13 @@ class PoolConfig(BaseModel):
     def _bounds(self) -> Self:
         if self.max_replicas is not None and self.max_replicas < max(self.replicas, 1):
             raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas ({self.replicas}) and >= 1")
+        if self.initial_replicas is not None and not (
+            self.replicas <= self.initial_replicas <= (self.max_replicas or self.replicas)
+        ):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie between replicas ({self.replicas}) "
+                f"and max_replicas ({self.max_replicas or self.replicas})"
+            )
         if self.cpus is not None and len(self.cpus.split("|")) != self.tensor_parallel_size:
             raise ValueError(
                 f"cpus {self.cpus!r} binds {len(self.cpus.split('|'))} ranks but tensor_parallel_size is "
@@ -58,6 +74,10 @@ class PoolConfig(BaseModel):
     @property
     def autoscaling(self) -> bool:
         return self.max_replicas is not None and self.max_replicas > self.replicas
+
+    @property
+    def start_replicas(self) -> int:
+        return self.replicas if self.initial_replicas is None else self.initial_replicas
 
 
 class ServeConfig(BaseModel):
@@ -115,6 +135,12 @@ class ServeConfig(BaseModel):
     )
     limits_outage: Literal["fail-open", "fail-closed"] = Field(
         "fail-open", description="when Redis is unreachable: local approximate limits, or 503"
+    )
+    drain_timeout_s: float = Field(
+        DRAIN_TIMEOUT_S,
+        gt=0,
+        le=86400,
+        description="an engine replica Serve removes finishes its requests for up to this long before it is killed",
     )
     seed: int = 0
     router: Literal["auto", "on", "off"] = Field(

@@ -179,6 +179,30 @@ ROUTER_WORKERS = MetricSpec(
     "Registered workers by pool role and state (healthy, unhealthy).",
     ("role", "state"),
 )
+# The pools' scaling signals as the router holds them: current (refreshed every second) and 0 when
+# idle, where the engines' own gauges, re-exported by Ray, lag ~10 s and vanish ~20 s after the last
+# request. A pool whose replicas all left keeps reading 0.
+ROUTER_POOL_REQUESTS = MetricSpec(
+    "glmserve_router_pool_requests",
+    "gauge",
+    "Requests of a pool by state: running and waiting in its engines (their heartbeats), queued in the "
+    "router's flow control for a free slot (decode pool: every request needs one there).",
+    ("model", "role", "state"),
+)
+ROUTER_POOL_PROMPT_TOKENS = MetricSpec(
+    "glmserve_router_pool_uncached_prompt_tokens",
+    "gauge",
+    "Uncached prompt tokens routed to a pool's engines and not prefilled yet: the prefill work they owe.",
+    ("model", "role"),
+)
+ROUTER_COLD_START = MetricSpec(
+    "glmserve_router_cold_start_seconds",
+    "histogram",
+    "Scale from zero: from the first request that found a model's decode pool empty to the first "
+    "replica registering with the router (flow.scale_from_zero models).",
+    ("model",),
+    (5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1200.0),
+)
 ROUTER_IN_FLIGHT = MetricSpec(
     "glmserve_router_requests_in_flight",
     "gauge",
@@ -310,6 +334,13 @@ SERVE_REPLICA_HEALTHY = MetricSpec(
     "gauge",
     "1 while a Serve replica passes its health check.",
     ("application", "deployment", "replica"),
+)
+
+SERVE_REPLICA_STARTUP = MetricSpec(
+    "ray_serve_replica_startup_latency_ms",
+    "histogram",
+    "A replica's cold start: from its creation to ready (an engine's includes loading the weights), ms.",
+    ("application", "deployment"),
 )
 
 _COMPONENTS: dict[str, Component] = {

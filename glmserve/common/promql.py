@@ -15,12 +15,19 @@ MODEL_DEPLOYMENT = "model_deployment"
 RATE_WINDOW = "5m"
 # Ray Serve deployment names of the engine pools (glmserve.serving.topology.DEPLOYMENT_PREFIX).
 POOL_DEPLOYMENTS = "(Engine|Prefill|Decode):.*"
+ENGINE_DEPLOYMENTS = f'deployment=~"{POOL_DEPLOYMENTS}"'
 
 Scope = Callable[[MetricSpec], str]
 
 
 def by(labels: Sequence[str]) -> str:
     return f" by ({', '.join(labels)})" if labels else ""
+
+
+def pool_label(expr: str) -> str:
+    """`expr`, a series of Ray Serve's engine deployments, labelled `pool` (Engine: colocated, Prefill
+    or Decode) from its `deployment`."""
+    return f'label_replace({expr}, "pool", "$1", "deployment", "([A-Za-z]+):.*")'
 
 
 def share(part: str, whole: str) -> str:
@@ -54,9 +61,12 @@ class Query:
     def engine_replicas(self) -> str:
         """Ray Serve's health (1 or 0) of each engine replica, labelled `pool` (Engine: colocated,
         Prefill or Decode, from the replica's deployment) and `ReplicaId` (vLLM's label for it)."""
-        healthy = self.series(SERVE_REPLICA_HEALTHY, f'deployment=~"{POOL_DEPLOYMENTS}"')
-        with_id = f'label_replace({healthy}, "ReplicaId", "$1", "replica", "(.+)")'
-        return f'label_replace({with_id}, "pool", "$1", "deployment", "([A-Za-z]+):.*")'
+        healthy = self.series(SERVE_REPLICA_HEALTHY, ENGINE_DEPLOYMENTS)
+        return pool_label(f'label_replace({healthy}, "ReplicaId", "$1", "replica", "(.+)")')
+
+    def serve_pools(self, spec: MetricSpec, suffix: str = "") -> str:
+        """A Ray Serve series of the engine deployments, labelled `pool`."""
+        return pool_label(self.series(spec, ENGINE_DEPLOYMENTS, suffix=suffix))
 
     def pools(self) -> str:
         """One series per engine replica, value 1, labelled ReplicaId and pool."""

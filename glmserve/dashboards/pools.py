@@ -7,6 +7,9 @@ from glmserve.common import slo
 from glmserve.dashboards.grafana import Dashboard, Panel, Q, Target
 
 _POOL = ("pool",)
+_HEALTHY = 'state="healthy"'
+_QUEUED = 'state="queued"'
+_IN_ENGINES = 'state!="queued"'
 
 DASHBOARD = Dashboard(
     uid="glmserve-pools",
@@ -88,6 +91,48 @@ DASHBOARD = Dashboard(
                 for q in (0.5, 0.95)
             ),
             (("green", None), ("red", slo.TTFT_THRESHOLD_S)),
+        ),
+        Panel(
+            "Autoscaling: replicas registered with the router by pool",
+            "The engine replicas the router routes to, refreshed every second; a replica leaves it when "
+            "Serve starts draining it, not when the drain ends.",
+            "short",
+            (Target(f"max by (role) ({Q.series(m.ROUTER_WORKERS, _HEALTHY)})", "{{role}}"),),
+        ),
+        Panel(
+            "Autoscaling: requests by pool (router, current)",
+            "The scaling signals as the router holds them, 0 when idle: running and waiting in the engines, "
+            "queued in the router for a slot (never reaching Serve, so its own request count misses them).",
+            "short",
+            (
+                Target(
+                    f"max by (role, state) ({Q.series(m.ROUTER_POOL_REQUESTS, _IN_ENGINES)})",
+                    "{{role}} {{state}}",
+                ),
+                # Each router replica queues its own requests: they add up.
+                Target(f"sum by (role) ({Q.series(m.ROUTER_POOL_REQUESTS, _QUEUED)})", "{{role}} queued"),
+            ),
+        ),
+        Panel(
+            "Autoscaling: uncached prompt tokens owed by pool",
+            "Prompt tokens routed to a pool and not prefilled yet: prefill's scaling signal.",
+            "short",
+            (Target(f"sum by (role) ({Q.series(m.ROUTER_POOL_PROMPT_TOKENS)})", "{{role}}"),),
+        ),
+        Panel(
+            "Autoscaling: cold starts by pool",
+            "Time from a replica's creation to ready, weights loaded (Ray Serve), over every start since "
+            "Serve's controller started: median and slowest bucket. A replica added for a burst serves "
+            "only after this.",
+            "ms",
+            tuple(
+                Target(
+                    f"histogram_quantile({q}, sum by (le, pool) "
+                    f"({Q.serve_pools(m.SERVE_REPLICA_STARTUP, suffix='_bucket')}))",
+                    f"{{{{pool}}}} p{q * 100:g}",
+                )
+                for q in (0.5, 1.0)
+            ),
         ),
         Panel(
             "Prefill fallbacks per second",

@@ -23,7 +23,7 @@ from glmserve.router.metrics import RouterMetrics
 from glmserve.router.pipeline import Pick, Profile, Rejected
 from glmserve.router.plugins.base import PrefixEstimate, RouteContext
 from glmserve.router.shards import shard_of
-from glmserve.router.types import Decision, Load, RouteQuery, Stage, Target, Usage, WorkerInfo
+from glmserve.router.types import Decision, Load, Role, RouteQuery, Stage, Target, Usage, WorkerInfo
 from glmserve.router.workers import Registry, Worker
 
 RETRY_AFTER_S = 1.0
@@ -68,6 +68,9 @@ class Router:
         self._ordered: list[Worker] | None = None
         self._unready: set[str] = set()  # workers whose KV events are not replayed yet
         self._event_counters: dict[type, Counter] = {}
+        # (model, role) of every worker ever registered, and the decode pools that may be empty
+        self._pools: set[tuple[str, Role]] = {(model, "decode") for model in config.flow.scale_from_zero}
+        self._cold_since: dict[str, float] = {}  # model -> when a request first found its pool empty
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
         self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
         for static in config.workers.static:
@@ -86,6 +89,8 @@ class Router:
         if not self.owns(info.worker_id):
             return False
         changed = self.registry.register(info, load, static=static)
+        if info.role == "decode" and (since := self._cold_since.pop(info.model, None)) is not None:
+            self.metrics.cold_start.labels(info.model).observe(self._clock() - since)
         if changed:
             self.index.detach(info.worker_id)
             self.index.attach(info.worker_id, info.kv_cache_blocks)
@@ -157,6 +162,25 @@ class Router:
             self.metrics.workers.labels(role, state).set(n)
         self.metrics.index_blocks.set(self.index.size())
         self.metrics.in_flight.set(len(self._bookings))
+        self._refresh_pool_signals(now)
+
+    def _refresh_pool_signals(self, now: float) -> None:
+        """Every pool ever seen is written each time, at 0 once idle or empty: a policy or an alert
+        reading a missing series could not tell "no load" from "no data"."""
+        pools = dict.fromkeys(self._pools, (0, 0, 0))
+        for w in self.registry.workers.values():
+            running, waiting, owed = pools.get((w.info.model, w.info.role), (0, 0, 0))
+            if self.registry.healthy(w, now):
+                running, waiting = running + w.load.running, waiting + w.load.waiting
+            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog)
+        self._pools.update(pools)
+        requests, tokens = self.metrics.pool_requests, self.metrics.pool_prompt_tokens
+        for (model, role), (running, waiting, owed) in pools.items():
+            requests.labels(model, role, "running").set(running)
+            requests.labels(model, role, "waiting").set(waiting)
+            # Flow control queues for decode slots (free()): a request waiting there needs one.
+            requests.labels(model, role, "queued").set(self.flow.queued(model) if role == "decode" else 0)
+            tokens.labels(model, role).set(owed)
 
     # -- capacity (flow control's) --------------------------------------------------------
 
@@ -164,9 +188,13 @@ class Router:
         """Slots this replica may hand out for `model` now: its share (1/flow.replicas, at least
         one) of the healthy decode workers' max_running_requests, minus the requests it routed
         there and has not seen complete. A model no worker serves gets one slot, so that routing it answers at
-        once why (no endpoints) instead of after queue_ttl_s."""
+        once why (no endpoints) instead of after queue_ttl_s, unless its pool scales from zero: then
+        none, and its requests wait for a replica (a worker registering pokes the queue)."""
         group = self.registry.group(model, "decode")
         if not group.workers:
+            if model in self.config.flow.scale_from_zero:  # requests wait for a replica to start
+                self._cold_since.setdefault(model, self._clock())
+                return 0
             return 1
         board, slots = self.registry.board, group.slots
         healthy = board.static[slots] | (self._clock() - board.last_seen[slots] <= self.registry.lease_s)

@@ -30,7 +30,7 @@ def cpu_binds(cfg: ServeConfig, device: Device, roles: list[Role]) -> dict[Role,
     """Per-replica core bindings: the user's, or disjoint cores when engines share this machine."""
     auto: dict[str, list[str]] = {}
     if device == "cpu" and cfg.ray_address is None:
-        ranks = [PoolRanks(r, pool_of(cfg, r).replicas, pool_of(cfg, r).tensor_parallel_size) for r in roles]
+        ranks = [PoolRanks(r, pool_of(cfg, r).start_replicas, pool_of(cfg, r).tensor_parallel_size) for r in roles]
         auto = assign_cores(ranks, os.cpu_count() or 1)
     return {r: [cpus] if (cpus := pool_of(cfg, r).cpus) else auto.get(r, []) for r in roles}
 
@@ -44,7 +44,7 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
     check_fits(
         [
             (local_pool_placement(role, pool_of(cfg, role).tensor_parallel_size, "CPU" if device == "cpu" else "GPU"),
-             pool_of(cfg, role).replicas)
+             pool_of(cfg, role).start_replicas)
             for role in roles_of(cfg)
         ]
     )  # fmt: skip
@@ -81,6 +81,9 @@ def pool_spec(model: ResolvedModel, cfg: ServeConfig, device: Device, role: Role
         accelerator=CPU if device == "cpu" else None,
         target_ongoing_requests=pool.target_ongoing_requests,
         scaling=pool_targets(cfg, role),
+        initial_replicas=pool.initial_replicas,
+        downscale_delay_s=pool.downscale_delay_s,
+        drain_timeout_s=cfg.drain_timeout_s,
         cpu_binds=tuple(binds),
     )
 

@@ -17,6 +17,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 
 from glmserve.common.autoscaling import PoolTargets
+from glmserve.common.config import DRAIN_TIMEOUT_S
 from glmserve.common.placement import RankGroup
 from glmserve.common.roles import Role, WorkerRole, worker_role
 from glmserve.serving.autoscaling import POLICY
@@ -32,6 +33,7 @@ NIXL_PORT_BASE: Mapping[Role, int] = {"colocated": 20000, "prefill": 20000, "dec
 DEPLOYMENT_PREFIX: Mapping[Role, str] = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
 PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+DRAIN_CHECK_S = 1.0
 CPU = "cpu"  # PoolSpec.accelerator of vLLM's CPU backend
 # Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
 CPU_ACCELERATOR = {"kind": "cpu"}
@@ -50,6 +52,9 @@ class PoolSpec:
     accelerator: str | None  # CPU, a GPU type, or None: any GPU
     target_ongoing_requests: float | None = None  # autoscaling target per replica; None: Serve's default
     scaling: PoolTargets | None = None  # glmserve's policy (Serve's custom policy); None: Serve's default
+    initial_replicas: int | None = None  # autoscaling: replicas at start; None: `replicas`
+    downscale_delay_s: float | None = None  # autoscaling: None: Serve's default
+    drain_timeout_s: float = DRAIN_TIMEOUT_S  # a removed replica's in-flight requests finish within it
     placement: RankGroup | None = None  # None: Ray Serve LLM's default bundles
     engine_cls: type[LLMServer] = EngineServer
     cpu_binds: tuple[str, ...] = ()  # per-replica core bindings; (): vLLM's own
@@ -124,15 +129,21 @@ def _deployment_config(model: str, pool: PoolSpec, routed: bool, serve_router: s
         "ray_actor_options": {"num_cpus": 0},
         # Above vLLM's own admission limit, so vLLM (not Ray) decides when a replica is full.
         "max_ongoing_requests": 2 * (pool.max_running + pool.max_waiting),
+        # A replica Serve removes waits for its ongoing requests (its streams) up to this long; it
+        # checks every second, so an idle one goes at once.
+        "graceful_shutdown_timeout_s": pool.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": DRAIN_CHECK_S,
     }
     if pool.autoscaling:
         scaling: dict[str, Any] = {
             "min_replicas": pool.replicas,
-            "initial_replicas": pool.replicas,
+            "initial_replicas": pool.replicas if pool.initial_replicas is None else pool.initial_replicas,
             "max_replicas": pool.max_replicas,
         }
         if pool.target_ongoing_requests is not None:
             scaling["target_ongoing_requests"] = pool.target_ongoing_requests
+        if pool.downscale_delay_s is not None:
+            scaling["downscale_delay_s"] = pool.downscale_delay_s
         if pool.scaling is not None:
             pool_name = DEPLOYMENT_PREFIX[pool.role].removesuffix(":")
             kwargs = {"targets": pool.scaling.wire(), "model": model, "pool": pool_name}

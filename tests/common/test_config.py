@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from glmserve.common.config import ServeConfig
+from glmserve.common.config import PoolConfig, ServeConfig
 
 
 @pytest.mark.parametrize("router", [{"replicas": 2}, {"router": "on"}, {"router_address": "127.0.0.1:50051"}])
@@ -17,3 +17,14 @@ def test_serves_prefix_affinity_router_needs_glmserves_router_off(router: dict[s
 def test_serves_prefix_affinity_router_with_the_router_off() -> None:
     cfg = ServeConfig(replicas=2, router="off", serve_router="prefix-affinity")
     assert not cfg.runs_local_router
+
+
+@pytest.mark.parametrize("initial", [0, 3])
+def test_initial_replicas_lie_within_the_pools_bounds(initial: int) -> None:
+    with pytest.raises(ValidationError, match="initial_replicas"):
+        PoolConfig(replicas=1, max_replicas=2, initial_replicas=initial)
+
+
+def test_a_pool_starts_at_initial_replicas() -> None:
+    assert PoolConfig(replicas=1, max_replicas=3, initial_replicas=2).start_replicas == 2
+    assert PoolConfig(replicas=1, max_replicas=3).start_replicas == 1

@@ -253,6 +253,31 @@ COMPONENT_CASES = [
 ]
 
 
+# -- a pool at its maximum while the TTFT budget burns (decode: 2 replicas at most) ---------------
+
+TTFT_LABELS = f'{SCOPE},model="glm",plan="open"'
+
+
+def _pool_at_max(replicas: int, slow_pct: int, deployment: str = "Decode") -> dict[str, str]:
+    series = {
+        f'{m.INGRESS_TTFT.name}_bucket{{{TTFT_LABELS},le="{slo.TTFT_BUCKET}"}}': counter(1, (90, 100 - slow_pct)),
+        f"{m.INGRESS_TTFT.name}_count{{{TTFT_LABELS}}}": counter(1, (90, 100)),
+    }
+    for n in range(replicas):
+        replica = f'{SCOPE},application="glmserve",deployment="{deployment}:glm",replica="r{n}"'
+        series[f"{m.SERVE_REPLICA_HEALTHY.name}{{{replica}}}"] = gauge(1, (90, 1))
+    return series
+
+
+AT_MAX = "GlmservePoolAtMaxReplicasWhileBurning"
+COMPONENT_CASES += [
+    Case("decode-at-max-burning", AT_MAX, _pool_at_max(2, 50), 89, [{"pool": "decode", **WARNING}]),
+    Case("prefill-at-max-burning", AT_MAX, _pool_at_max(1, 50, "Prefill"), 89, [{"pool": "prefill", **WARNING}]),
+    Case("below-max-burning", AT_MAX, _pool_at_max(1, 50), 89, []),
+    Case("at-max-within-budget", AT_MAX, _pool_at_max(2, 2), 89, []),
+]
+
+
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(RULE_SPEC))

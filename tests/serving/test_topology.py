@@ -42,15 +42,15 @@ def rayservice(router: str | None, ingress_replicas: int = 1) -> Topology:
 
 
 def local(router: str | None, **overrides: Any) -> Topology:
-    cfg = ServeConfig(
-        disaggregated=True,
-        prefill=PoolConfig(replicas=1),
-        decode=PoolConfig(replicas=1, max_replicas=2),
-        max_ongoing_requests=8,
-        max_queued_requests=16,
-        autoscaling_policy="glmserve",  # what the RayService always runs
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "disaggregated": True,
+        "prefill": PoolConfig(replicas=1),
+        "decode": PoolConfig(replicas=1, max_replicas=2),
+        "max_ongoing_requests": 8,
+        "max_queued_requests": 16,
+        "autoscaling_policy": "glmserve",  # what the RayService always runs
+    }
+    cfg = ServeConfig(**(settings | overrides))
     resolved = ModelDeploymentSpec.model_validate(RAYSERVICE).model.resolve()
     model = ResolvedModel("glm-4.6-tiny", Path("/models/glm-4.6-tiny"), resolved.max_context, resolved.thinking_default)
     return plan(app.topology_spec(model, cfg, "cpu", router))
@@ -81,6 +81,8 @@ def test_both_paths_deploy_the_same_pools_for_the_same_inputs() -> None:
     assert config == {
         "ray_actor_options": {"num_cpus": 0},
         "max_ongoing_requests": 2 * (8 + 16),
+        "graceful_shutdown_timeout_s": 600.0,
+        "graceful_shutdown_wait_loop_s": 1.0,
         "request_router_config": {"request_router_class": PINNED_ROUTER},
     }
     # glmserve's policy, with the same targets from the CRD (maxConcurrency) and the flags (8 running).
@@ -130,3 +132,15 @@ def test_a_colocated_pool_is_the_routers_decode_pool() -> None:
     [served] = topology.settings.models
     assert (served.capacity, served.max_waiting) == (2 * 64, 2 * 64)
     assert topology.ingress_options["ray_actor_options"]["label_selector"] == {app.NODE_ID_LABEL: "!head"}
+
+
+def test_engines_drain_for_the_configured_time_and_start_where_asked() -> None:
+    """Serve's 20 s default would cut a removed replica's long streams off."""
+    topology = local(ROUTER, drain_timeout_s=300, decode=PoolConfig(replicas=1, initial_replicas=2, max_replicas=2))
+    for engine in topology.engines.values():
+        config = engine.llm_config.deployment_config
+        assert config["graceful_shutdown_timeout_s"] == 300
+        assert config["graceful_shutdown_wait_loop_s"] == 1.0
+    scaling = topology.engines["decode"].llm_config.deployment_config["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (1, 2, 2)
+    assert "downscale_delay_s" not in scaling  # Serve's default unless set

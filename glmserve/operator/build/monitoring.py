@@ -23,6 +23,8 @@ ROUTER_BYPASSED_SHARE = 0.05
 KV_CACHE_FULL = 0.95
 QUEUE_P95_SECONDS = 5
 LOST = 'outcome="lost"'
+# Ray Serve deployment names of the disaggregated pools (glmserve.serving.topology.DEPLOYMENT_PREFIX).
+DEPLOYMENT_PREFIX = {"prefill": "Prefill", "decode": "Decode"}
 
 
 def _meta(inputs: DeploymentInputs, name: str) -> dict[str, Any]:
@@ -125,6 +127,33 @@ def slo_alerts(scope: str, deployment: str) -> list[dict[str, Any]]:
     return alerts
 
 
+def pool_at_max_alerts(q: Query, inputs: DeploymentInputs, scope: str) -> list[dict[str, Any]]:
+    """A pool at its most replicas while an SLO burns: autoscaling can do nothing more, a person
+    must (raise maxReplicas, or the NodeGroup's nodes behind it). Burning: the 1-hour window over
+    the 6-hour page's rate, so it fires within minutes of the budget burning and stays quiet on a blip."""
+    burn = next(b for b in slo.BURN_WINDOWS if b.long == "6h")
+    burning = " or ".join(
+        f'{SLO_RATIO}1h{{slo="{key}",{scope}}} > {burn.rate * objective.budget:g}'
+        for key, objective in (("availability", slo.AVAILABILITY), ("ttft", slo.TTFT))
+    )
+    alerts = []
+    for role, pool in inputs.spec.pools().items():
+        deployments = f'deployment=~"{DEPLOYMENT_PREFIX[role]}:.*"'
+        healthy = f"sum({q.series(m.SERVE_REPLICA_HEALTHY, deployments)})"
+        alerts.append(
+            _alert(
+                "GlmservePoolAtMaxReplicasWhileBurning",
+                f"{healthy} >= {pool.max_replicas} and on () ({burning})",
+                "15m",
+                "warning",
+                f"{inputs.namespace}/{inputs.name}: the {role} pool runs its maximum of {pool.max_replicas} "
+                "replicas while an SLO's error budget burns; raise its maxReplicas (and its NodeGroup's maxNodes)",
+                pool=role,
+            )
+        )
+    return alerts
+
+
 def component_alerts(q: Query, inputs: DeploymentInputs) -> list[dict[str, Any]]:
     ns, name = inputs.namespace, inputs.name
     deployment = f"{ns}/{name}"
@@ -205,6 +234,7 @@ def build_prometheus_rule(inputs: DeploymentInputs) -> dict[str, Any]:
     q = Query(lambda _spec: scope)
     # One group: its rules run in order, so the burn-rate alerts read this evaluation's ratios.
     rules = slo_recording_rules(q) + slo_alerts(scope, f"{ns}/{name}") + component_alerts(q, inputs)
+    rules += pool_at_max_alerts(q, inputs, scope)
     return {
         "apiVersion": API_VERSION,
         "kind": "PrometheusRule",

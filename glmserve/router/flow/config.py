@@ -31,6 +31,12 @@ class FlowConfig(BaseModel):
         description="router replicas routing to the same engines (per shard): each hands out "
         "1/replicas of the engines' max_running_requests",
     )
+    scale_from_zero: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(),
+        max_length=100,
+        description="models whose decode pool may have no replica: their requests wait here (up to "
+        "queue_ttl_s) for one to start, instead of being refused with no_endpoints at once",
+    )
     plan_weights: dict[Name, Weight] = Field(
         default_factory=dict, description="fairness weight of each plan's tenants within their band"
     )

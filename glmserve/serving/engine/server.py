@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -21,6 +22,7 @@ from glmserve.router.agent import WorkerAgent
 from glmserve.router.replicas import router_replicas
 from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
+from glmserve.serving.engine.membership import Membership
 from glmserve.serving.engine.registration import RouterLink
 
 
@@ -69,8 +71,20 @@ class EngineServer(LLMServer):
         self._in_flight = [0]
         await super().__init__(llm_config, **kwargs)
         self._agent: asyncio.Task[None] | None = None
+        self._membership: Membership | None = None
         if router is not None:
-            self._agent = asyncio.create_task(self._announce(router, context.replica_id.unique_id, rank))
+            self._announcement = functools.partial(self._announce, router, context.replica_id.unique_id, rank)
+            self._join_router()
+            # Serve stops a replica by draining it, then calling __del__: leaving the router when
+            # the drain starts keeps new requests off it while its streams finish.
+            self._membership = Membership(context.replica_id, self._leave_router, self._join_router)
+
+    def _join_router(self) -> None:
+        self._agent = asyncio.create_task(self._announcement())
+
+    def _leave_router(self) -> None:
+        if self._agent is not None:
+            self._agent.cancel()  # the agent deregisters on its way out
 
     async def _announce(self, router: RouterLink, worker_id: str, rank: int) -> None:
         vllm_config = self.engine._engine_client.vllm_config  # type: ignore[union-attr]
@@ -92,7 +106,10 @@ class EngineServer(LLMServer):
         await WorkerAgent(lambda: router_replicas(router.routers), worker, load).run()
 
     async def __del__(self) -> None:
-        # Deregister first, so the router stops sending work to a replica that is going away.
+        # Deregister (if the drain's start did not already), so no work arrives while vLLM stops.
+        membership = getattr(self, "_membership", None)
+        if membership is not None:
+            membership.stop()
         agent = getattr(self, "_agent", None)
         if agent is not None:
             agent.cancel()

@@ -1,0 +1,50 @@
+"""The pools' scaling signals the router exports: current, and 0 (not absent) when idle or empty."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from glmserve.router.types import Load, Usage
+from tests.router.test_router_core import PROMPT, cache, make_router, query
+
+
+def signals(router: object) -> dict[tuple[str, ...], float]:
+    text = generate_latest(router.metrics.registry).decode()  # type: ignore[attr-defined]
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "glmserve_router_pool_requests":
+                out[s.labels["role"], s.labels["state"]] = s.value
+            elif s.name == "glmserve_router_pool_uncached_prompt_tokens":
+                out[s.labels["role"], "uncached_prompt_tokens"] = s.value
+    return out
+
+
+def test_signals_follow_heartbeats_and_routed_prompts_then_read_zero_when_idle() -> None:
+    router, _ = make_router([("p", "prefill"), ("a", "decode"), ("b", "decode")])
+    router.heartbeat("a", Load(running=3, waiting=1))
+    router.heartbeat("b", Load(running=2))
+    router.route(query("r1"))
+    router.sweep()
+    now = signals(router)
+    assert (now["decode", "running"], now["decode", "waiting"], now["decode", "queued"]) == (5, 1, 0)
+    assert now["prefill", "uncached_prompt_tokens"] + now["decode", "uncached_prompt_tokens"] == len(PROMPT)
+    router.complete("r1", "finished", Usage())
+    for worker in ("a", "b"):
+        router.heartbeat(worker, Load())
+    router.sweep()
+    assert set(signals(router).values()) == {0}
+    assert len(signals(router)) == 8  # 2 pools x (3 states + uncached tokens): all still there
+
+
+def test_a_pool_whose_replicas_all_left_reads_zero_and_their_index_entries_are_gone() -> None:
+    router, _ = make_router([("a", "decode")])
+    router.heartbeat("a", Load(running=2))
+    cache(router, "a", PROMPT)
+    router.sweep()
+    assert signals(router)["decode", "running"] == 2
+    assert router.deregister("a")
+    assert router.index.size() == 0
+    router.sweep()
+    assert signals(router)["decode", "running"] == 0
