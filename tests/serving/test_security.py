@@ -89,7 +89,12 @@ def test_no_api_key_reaches_a_log_a_span_a_metric_or_an_error_body(stack: Stack)
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
     statuses: dict[str, list[int]] = {}
     for name, key in probes.items():
-        with httpx.Client(verify=str(stack.cert), timeout=60) as http:
+        # From its own loopback address: these failed keys would get the other tests' client
+        # (127.0.0.1) throttled by the ingress's failed-key limit.
+        transport = httpx.HTTPTransport(
+            local_address="127.0.0.3", verify=ssl.create_default_context(cafile=str(stack.cert))
+        )
+        with httpx.Client(transport=transport, timeout=60) as http:
             attempts = [{"authorization": f"Bearer {key}"}, {"authorization": key}, {"x-api-key": key}]
             for headers in attempts * (4 if name == "over-limit" else 1):  # past its 3 requests a minute
                 reply = http.post(f"{stack.base_url}/completions", json=body, headers=headers)
