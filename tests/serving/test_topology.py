@@ -136,7 +136,9 @@ def test_a_colocated_pool_is_the_routers_decode_pool() -> None:
 
 def test_engines_drain_for_the_configured_time_and_start_where_asked() -> None:
     """Serve's 20 s default would cut a removed replica's long streams off."""
-    topology = local(ROUTER, drain_timeout_s=300, decode=PoolConfig(replicas=1, initial_replicas=2, max_replicas=2))
+    decode = PoolConfig(replicas=1, initial_replicas=2, max_replicas=2)
+    # Serve's own policy: glmserve's keeps its own delays (Serve's are 0 then).
+    topology = local(ROUTER, drain_timeout_s=300, decode=decode, autoscaling_policy="serve")
     for engine in topology.engines.values():
         config = engine.llm_config.deployment_config
         assert config["graceful_shutdown_timeout_s"] == 300
