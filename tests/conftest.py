@@ -50,3 +50,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     so their module-scoped fixtures still start once."""
     users = {item.module for item in items if isinstance(item, pytest.Function) and "stack" in item.fixturenames}
     items.sort(key=lambda item: isinstance(item, pytest.Function) and item.module in users)
+    _last_in_their_package(items)
+
+
+def _last_in_their_package(items: list[pytest.Item]) -> None:
+    """A module that sets `LAST_IN_PACKAGE = True` (it leaves a package-scoped fixture changed, as
+    a head loss leaves the cluster's engines replaced) runs after the rest of its package's tests,
+    so that they still get the fixture as it started."""
+    for module in {item.module for item in items if getattr(getattr(item, "module", None), "LAST_IN_PACKAGE", False)}:
+        moved = [item for item in items if getattr(item, "module", None) is module]
+        package = moved[0].path.parent
+        rest = [item for item in items if getattr(item, "module", None) is not module]
+        end = max((i for i, item in enumerate(rest) if item.path.parent == package), default=len(rest) - 1)
+        items[:] = rest[: end + 1] + moved + rest[end + 1 :]

@@ -488,4 +488,7 @@ def test_rbac_grants_every_call_the_operator_made_and_says_why_it_grants_more(
         (group, resource, verb) for (group, resource), verbs in rbac_rules(render_chart()).items() for verb in verbs
     }
     assert sorted(made - granted) == []
-    assert sorted(granted - made) == sorted(UNUSED_GRANTS)
+    # Whether a patch happens depends on timing (an object changed while the operator looked), so
+    # a listed grant may have been used; every unused one must be listed, and every listed one granted.
+    assert sorted(granted - made - UNUSED_GRANTS.keys()) == []
+    assert sorted(UNUSED_GRANTS.keys() - granted) == []

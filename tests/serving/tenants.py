@@ -9,7 +9,7 @@ import yaml
 
 from glmserve.common.tenancy import hash_api_key
 
-TENANTS = ("test", "rpm", "small", "nomodel", "tokens", "acme", "beta", "team-a1", "team-a2")
+TENANTS = ("test", "rpm", "rpm-probe", "small", "nomodel", "tokens", "acme", "beta", "team-a1", "team-a2")
 KEYS = {tenant: f"sk-{tenant}-{secrets.token_hex(12)}" for tenant in TENANTS}
 RPM = 3
 OUTPUT_TPM = 120
@@ -22,7 +22,8 @@ PLANS = [
     {"name": "tokens", "outputTokensPerMinute": OUTPUT_TPM},
     {"name": "team", "cacheSharingGroup": "team-a"},
 ]
-PLAN_OF = {"test": "unlimited", "rpm": "tiny-rpm", "small": "small", "nomodel": "other-model", "tokens": "tokens",
+PLAN_OF = {"test": "unlimited", "rpm": "tiny-rpm", "rpm-probe": "tiny-rpm", "small": "small", "nomodel": "other-model",
+           "tokens": "tokens",
            "acme": "unlimited", "beta": "unlimited", "team-a1": "team", "team-a2": "team"}  # fmt: skip
 
 

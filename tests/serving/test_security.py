@@ -77,7 +77,7 @@ def _stack_files(stack: Stack) -> list[Path]:
 def test_no_api_key_reaches_a_log_a_span_a_metric_or_an_error_body(stack: Stack) -> None:
     assert stack.traces is not None
     valid = KEYS["test"]
-    probes = {"valid": valid, "unknown": f"sk-test-{secrets.token_hex(12)}", "over-limit": KEYS["rpm"]}
+    probes = {"valid": valid, "unknown": f"sk-test-{secrets.token_hex(12)}", "over-limit": KEYS["rpm-probe"]}
     seen: list[str] = []  # every response body and metrics exposition
     spans_before = len(stack.traces.spans)
 
