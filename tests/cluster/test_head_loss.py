@@ -88,21 +88,20 @@ def _raylet_pid(netns_name: str) -> int:
     raise AssertionError(f"no raylet in {netns_name}")
 
 
-def _until(what: str, since: float, check: object) -> float:
-    assert callable(check)
-    while not check():
-        assert time.monotonic() - since < HEALTHY_WITHIN_S, f"{what}: not within {HEALTHY_WITHIN_S:.0f} s of the kill"
-        time.sleep(0.5)
-    return time.monotonic() - since
-
-
 def _until_or_none(since: float, check: object) -> float | None:
+    """Seconds from `since` until `check()` held; None: not within HEALTHY_WITHIN_S."""
     assert callable(check)
     while not check():
         if time.monotonic() - since >= HEALTHY_WITHIN_S:
             return None
         time.sleep(0.5)
     return time.monotonic() - since
+
+
+def _until(what: str, since: float, check: object) -> float:
+    took = _until_or_none(since, check)
+    assert took is not None, f"{what}: not within {HEALTHY_WITHIN_S:.0f} s of the kill"
+    return took
 
 
 def test_tenants_while_the_head_is_down_and_after_it_comes_back(tiny_cluster: RunningCluster) -> None:
