@@ -206,7 +206,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             continue
         subject = r["tenants"][r["subject"]]
         unloaded = results[f"{r['scenario']}/{r['replicas']}/unloaded"]["tenants"][r["subject"]]["ttft_p90_ms"]
-        others = ", ".join(f"{t}: {v['ttft_p90_ms']:.0f}" for t, v in r["tenants"].items() if t != r["subject"])
+        others = ", ".join(f"{t}: {v['ttft_p90_ms']:.0f}" if v["served"] else f"{t}: none served"
+                           for t, v in r["tenants"].items() if t != r["subject"])  # fmt: skip
         shed = ", ".join(f"{t}: {v['shed']}" for t, v in r["tenants"].items() if v["shed"]) or "none"
         rows.append([r["scenario"], r["replicas"], r["mode"], r["subject"], subject["ttft_p50_ms"],
                      subject["ttft_p90_ms"], f"{subject['ttft_p90_ms'] / unloaded:.2f}x", others or "-", shed,
@@ -219,9 +220,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         + "\nIn-process simulation through the real Router and FlowController (`python -m benchmarks.flow_control`): "
         "engines are sleeps holding a slot, TTFT is the wait for a slot plus a quarter of the service time. "
         "fifo: the same controller with every request in one band and one flow (today-like order); flow: bands "
-        "by plan priority, VTC fairness between tenants. priority: premium sends 0.2x capacity, standard and "
-        "batch bring the total to 3x. fairness: tenant a sends 10x its fair share (5x capacity), b half its share. "
-        "done/s: completions per second in the measured half. "
+        "by plan priority, VTC fairness between tenants (idle credit 3 requests), 1 slot per router replica "
+        "reserved for light tenants, times the replicas (docs/flow-control.md). priority: premium sends 0.2x "
+        "capacity, standard and batch bring the total to 3x. fairness: tenant a sends 10x its fair share (5x "
+        "capacity), b half its share. done/s: completions per second in the measured half (the reserve's "
+        "price: its slots idle while only floods wait). "
         f"Queues hold {MAX_QUEUED} requests across the replicas; with 2 replicas each hands out half the slots "
         "(max running never exceeds the engines' slots). Goal: subject P90 within 1.5x of unloaded.\n\n"
         f"Flow control's own cost, one acquire + release with a free slot (64 workers): "

@@ -185,17 +185,21 @@ class Router:
     # -- capacity (flow control's) --------------------------------------------------------
 
     def free(self, model: str) -> int:
-        """Slots this replica may hand out for `model` now: its share (1/flow.replicas, at least
-        one) of the healthy decode workers' max_running_requests, minus the requests it routed
-        there and has not seen complete. A model no worker serves gets one slot, so that routing it answers at
-        once why (no endpoints) instead of after queue_ttl_s, unless its pool scales from zero: then
-        none, and its requests wait for a replica (a worker registering pokes the queue)."""
+        return self.slots(model)[1]
+
+    def slots(self, model: str) -> tuple[int, int]:
+        """This replica's share of `model`'s slots (1/flow.replicas, at least one, of the healthy
+        decode workers' max_running_requests) and how many of them are free now (minus the requests
+        it routed there and has not seen complete). A model no worker serves gets one free slot, so
+        that routing it answers at once why (no endpoints) instead of after queue_ttl_s, unless its
+        pool scales from zero: then none, and its requests wait for a replica (a worker registering
+        pokes the queue)."""
         group = self.registry.group(model, "decode")
         if not group.workers:
             if model in self.config.flow.scale_from_zero:  # requests wait for a replica to start
                 self._cold_since.setdefault(model, self._clock())
-                return 0
-            return 1
+                return 0, 0
+            return 1, 1
         board, slots = self.registry.board, group.slots
         healthy = board.static[slots] | (self._clock() - board.last_seen[slots] <= self.registry.lease_s)
         limits = board.max_running[slots]
@@ -204,7 +208,7 @@ class Router:
         # At least one slot each: replicas outnumbering the slots oversubscribe the engines a
         # little (they queue the excess) rather than leave a replica that can never route.
         share = max(1, total // self.config.flow.replicas) if total else 0
-        return share - int(board.in_flight[slots][healthy].sum())
+        return share, share - int(board.in_flight[slots][healthy].sum())
 
     # -- requests -------------------------------------------------------------------------
 

@@ -31,6 +31,21 @@ class FlowConfig(BaseModel):
         description="router replicas routing to the same engines (per shard): each hands out "
         "1/replicas of the engines' max_running_requests",
     )
+    reserved_slots: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="slots that only a light tenant (one request waiting, or within its idle_credit) "
+        "of the highest band waiting may take, so it does not wait for a flood's slots to free; each "
+        "replica keeps reserved_slots x replicas of its share (at most a quarter of it); 0: none",
+    )
+    idle_credit: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="a tenant that was idle comes back this many of its requests behind its band's "
+        "virtual time: a short burst goes ahead of the band's backlogged tenants (0: plain VTC)",
+    )
     scale_from_zero: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
         default=(),
         max_length=100,

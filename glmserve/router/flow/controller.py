@@ -39,13 +39,13 @@ class FlowController:
         full and it is the lowest band's last to be served, or it waited past queue_ttl_s.
         Cancelled while waiting, it leaves the queue at once."""
         model = ticket.model
-        if not self.queued(model) and self._free(model) > 0:
+        if not self.queued(model) and self._free(model) > 0:  # alone, it is light: reserved slots too
             self._held[ticket.request_id] = model
             self.metrics.waited(ticket, 0.0)
             return
         loop = asyncio.get_running_loop()
         waiter = Waiter(ticket, next(self._seq), loop.time(), loop.create_future())
-        queue = self._queues.setdefault(model, ModelQueue())
+        queue = self._queues.setdefault(model, ModelQueue(self.config.idle_credit))
         if queue.size >= self.config.max_queued:
             shed = queue.shed_candidate(waiter)
             if shed is waiter:
@@ -75,16 +75,24 @@ class FlowController:
         self._dispatch(model)
 
     def _free(self, model: str) -> int:
-        return self._capacity.free(model) - self._in_transit[model]
+        return self._capacity.slots(model)[1] - self._in_transit[model]
 
     def _dispatch(self, model: str) -> None:
         queue = self._queues.get(model)
         if not queue or not queue.size:
             return
-        free = self._free(model)
+        share, free = self._capacity.slots(model)
+        free -= self._in_transit[model]
+        # Slots kept for light tenants: without them, once a flood holds every slot, a light tenant
+        # (or a higher band) waits for the next one to free, however little it sends. A replica's
+        # slots free `replicas` times less often than the engines' (its share is partitioned), so
+        # its reserve must last as many times longer.
+        reserved = min(self.config.reserved_slots * self.config.replicas, share // 4)
         now = asyncio.get_running_loop().time()
         while free > 0 and queue.size:
-            waiter = queue.pop()
+            waiter = queue.pop(light=free <= reserved)
+            if waiter is None:  # the head is a flood's and only reserved slots are free
+                return
             self._left(waiter)
             if waiter.granted.cancelled():  # its task was cancelled and has not run since
                 continue

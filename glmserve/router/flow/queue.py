@@ -8,8 +8,9 @@ from glmserve.router.flow.ticket import Waiter
 
 
 class ModelQueue:
-    def __init__(self) -> None:
+    def __init__(self, idle_credit: int) -> None:
         self.size = 0
+        self._idle_credit = idle_credit
         self._bands: dict[int, Band] = {}
         self._ranks: list[int] = []  # the bands' ranks, ascending: few (one per priority class)
 
@@ -17,17 +18,20 @@ class ModelQueue:
         rank = waiter.ticket.band
         band = self._bands.get(rank)
         if band is None:
-            band = self._bands[rank] = Band()
+            band = self._bands[rank] = Band(self._idle_credit)
             self._ranks = sorted(self._bands)
         band.push(waiter)
         self.size += 1
 
-    def pop(self) -> Waiter:
-        """The next waiter: the fairest choice of the highest band with waiters (must not be empty)."""
+    def pop(self, *, light: bool = False) -> Waiter | None:
+        """The next waiter: the fairest choice of the highest band with waiters (must not be empty).
+        `light`: only a light tenant's of that band (fairness.py), None if it has none; a
+        lower band's is never chosen, so the bands' order holds for reserved slots too."""
         band = next(self._bands[r] for r in self._ranks if self._bands[r].size)
-        self.size -= 1
-        waiter = band.pop()
-        waiter.queued = False
+        waiter = band.pop_light() if light else band.pop()
+        if waiter is not None:
+            self.size -= 1
+            waiter.queued = False
         return waiter
 
     def remove(self, waiter: Waiter) -> None:

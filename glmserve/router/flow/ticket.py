@@ -24,9 +24,9 @@ class Ticket:
 
 
 class Capacity(Protocol):
-    def free(self, model: str) -> int:
-        """Slots this router replica may hand out now (its share of the engines, minus what it has
-        routed and not seen complete)."""
+    def slots(self, model: str) -> tuple[int, int]:
+        """This router replica's share of the engines' slots, and how many of them it may hand out
+        now (the share minus what it has routed and not seen complete)."""
         ...
 
 

@@ -9,6 +9,7 @@ import pytest
 from glmserve.common.errors import OverloadedError
 from glmserve.common.tenancy import PRIORITY_RANK, PriorityClass
 from glmserve.router.router import Router
+from glmserve.router.types import Decision
 from tests.router.flow.conftest import admit, finish, make_router, settle, ticket
 
 
@@ -164,3 +165,53 @@ async def test_tenants_not_listed_in_metrics_tenants_count_as_other() -> None:
     await admit(router, ticket("r", tenant="unlisted"))
     labels = {"model": "m", "priority": "standard", "tenant": "other"}
     assert sample(router, "glmserve_router_flow_dispatched_total", **labels) == 1
+
+
+async def flood(router: Router, n: int, tenant: str = "a", band: int = 2) -> list[asyncio.Task[Decision]]:
+    """`n` requests of one tenant; those that find the queue empty are granted at once."""
+    tasks = [asyncio.create_task(admit(router, ticket(f"{tenant}{i}", tenant=tenant, band=band))) for i in range(n)]
+    await settle()
+    return tasks
+
+
+@pytest.mark.asyncio
+async def test_a_flood_leaves_the_reserved_slot_to_a_tenant_with_nothing_else_waiting() -> None:
+    router = make_router(slots=4)  # reserved_slots: 1 by default
+    a = await flood(router, 6)
+    assert sum(t.done() for t in a) == 4  # nothing was waiting: every slot goes
+    finish(router, "a0")
+    await settle()
+    assert sum(t.done() for t in a) == 4  # a has two waiting: the freed slot is kept
+    b = await asyncio.wait_for(admit(router, ticket("b0", tenant="b")), 1)  # b, alone, takes it
+    assert b.decode.worker_id == "w0" and router.registry.workers["w0"].in_flight == 4
+    finish(router, "b0")
+    await settle()
+    assert sum(t.done() for t in a) == 4
+    finish(router, "a1")  # two free: a4 takes the unreserved one, then a5, now alone, the reserve
+    await settle()
+    assert all(t.done() for t in a) and router.flow.queued("m") == 0
+
+
+@pytest.mark.asyncio
+async def test_reserved_slots_keep_the_bands_order() -> None:
+    router = make_router(slots=4)
+    premium = await flood(router, 6, band=PRIORITY_RANK["premium"])
+    finish(router, "a0")
+    standard = asyncio.create_task(admit(router, ticket("s0", tenant="b")))
+    await settle()
+    assert not standard.done()  # alone in its band, but a higher band waits: not its slot to take
+    finish(router, "a1")  # a4, then a5 (now alone in its band)
+    await settle()
+    assert all(t.done() for t in premium) and not standard.done()
+    finish(router, "a2")
+    await asyncio.wait_for(standard, 1)
+
+
+@pytest.mark.asyncio
+async def test_without_reserved_slots_a_flood_takes_every_slot_that_frees() -> None:
+    router = make_router(slots=4, reserved_slots=0)
+    a = await flood(router, 6)
+    finish(router, "a0")
+    await settle()
+    assert sum(t.done() for t in a) == 5
+    a[5].cancel()
