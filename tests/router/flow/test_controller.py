@@ -215,3 +215,16 @@ async def test_without_reserved_slots_a_flood_takes_every_slot_that_frees() -> N
     await settle()
     assert sum(t.done() for t in a) == 5
     a[5].cancel()
+
+
+@pytest.mark.asyncio
+async def test_each_replica_reserves_reserved_slots_times_the_replicas() -> None:
+    router = make_router(slots=16, replicas=2)  # a share of 8: reserves 1 x 2 (at most 8 // 4)
+    a = await flood(router, 11)
+    finish(router, "a0")
+    finish(router, "a1")
+    finish(router, "a2")  # three free: one for a's backlog, two kept
+    await settle()
+    assert sum(t.done() for t in a) == 9 and router.flow.queued("m") == 2
+    for task in a[9:]:
+        task.cancel()
