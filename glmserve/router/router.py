@@ -185,6 +185,7 @@ class Router:
     # -- capacity (flow control's) --------------------------------------------------------
 
     def free(self, model: str) -> int:
+        """The free part of `slots`."""
         return self.slots(model)[1]
 
     def slots(self, model: str) -> tuple[int, int]:
