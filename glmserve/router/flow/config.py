@@ -39,6 +39,12 @@ class FlowConfig(BaseModel):
         "of the highest band waiting may take, so it does not wait for a flood's slots to free; each "
         "replica keeps reserved_slots x replicas of its share (at most a quarter of it); 0: none",
     )
+    reserve_hold_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the reserved slots are kept while a light tenant was granted a slot within this "
+        "long: once only floods have waited that long, they get every slot until a light tenant is served",
+    )
     idle_credit: int = Field(
         default=3,
         ge=0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import Counter
 
 from glmserve.common.errors import OverloadedError
@@ -26,6 +27,7 @@ class FlowController:
         # routes it, after acquire returns, so until then capacity.free() still counts them free.
         self._in_transit: Counter[str] = Counter()
         self._held: dict[str, str] = {}  # request id -> model, from grant to release
+        self._light_at: dict[str, float] = {}  # model -> when a light tenant was last granted a slot
         self._seq = itertools.count()
 
     def queued(self, model: str) -> int:
@@ -41,6 +43,7 @@ class FlowController:
         model = ticket.model
         if not self.queued(model) and self._free(model) > 0:  # alone, it is light: reserved slots too
             self._held[ticket.request_id] = model
+            self._light_at[model] = asyncio.get_running_loop().time()
             self.metrics.waited(ticket, 0.0)
             return
         loop = asyncio.get_running_loop()
@@ -86,9 +89,12 @@ class FlowController:
         # Slots kept for light tenants: without them, once a flood holds every slot, a light tenant
         # (or a higher band) waits for the next one to free, however little it sends. A replica's
         # slots free `replicas` times less often than the engines' (its share is partitioned), so
-        # its reserve must last as many times longer.
-        reserved = min(self.config.reserved_slots * self.config.replicas, share // 4)
+        # its reserve must last as many times longer. While only floods have waited for
+        # reserve_hold_s, they get every slot.
         now = asyncio.get_running_loop().time()
+        reserved = min(self.config.reserved_slots * self.config.replicas, share // 4)
+        if now - self._light_at.get(model, -math.inf) > self.config.reserve_hold_s:
+            reserved = 0
         while free > 0 and queue.size:
             waiter = queue.pop(light=free <= reserved)
             if waiter is None:  # the head is a flood's and only reserved slots are free
@@ -97,6 +103,8 @@ class FlowController:
             if waiter.granted.cancelled():  # its task was cancelled and has not run since
                 continue
             self._in_transit[model] += 1
+            if waiter.light:
+                self._light_at[model] = now
             self._held[waiter.ticket.request_id] = model
             self.metrics.waited(waiter.ticket, now - waiter.since)
             waiter.granted.set_result(None)

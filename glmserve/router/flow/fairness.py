@@ -95,6 +95,7 @@ class Band:
     def _serve(self, counter: float, seq: int, tenant: str) -> Waiter:
         flow = self._flows[tenant]
         waiter = flow.pop(seq)
+        waiter.light = not flow or counter < self._vtime
         # max: a tenant served within its credit is behind the virtual time, which never goes back
         self._vtime = max(self._vtime, counter)
         self._counter[tenant] = counter + waiter.vcost

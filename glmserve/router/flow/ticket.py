@@ -40,6 +40,7 @@ class Waiter:
     granted: asyncio.Future[None]
     expiry: asyncio.TimerHandle | None = None
     queued: bool = True
+    light: bool = False  # set when it leaves the queue: its tenant was light (fairness.py)
 
     @property
     def vcost(self) -> float:

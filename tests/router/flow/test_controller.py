@@ -228,3 +228,22 @@ async def test_each_replica_reserves_reserved_slots_times_the_replicas() -> None
     assert sum(t.done() for t in a) == 9 and router.flow.queued("m") == 2
     for task in a[9:]:
         task.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_reserve_is_given_to_floods_while_no_light_tenant_is_served_and_comes_back_with_one() -> None:
+    router = make_router(slots=4, reserve_hold_s=0.05)
+    a = await flood(router, 7)  # four granted at once (light: nothing waiting), three wait
+    await asyncio.sleep(0.06)
+    finish(router, "a0")  # no light tenant served for reserve_hold_s: the flood gets the slot
+    await settle()
+    assert sum(t.done() for t in a) == 5
+    b = asyncio.create_task(admit(router, ticket("b0", tenant="b")))
+    await settle()
+    finish(router, "a1")  # b, back from idle, goes first: a light tenant served
+    await asyncio.wait_for(b, 1)
+    finish(router, "a2")  # so the reserve is kept again
+    await settle()
+    assert sum(t.done() for t in a) == 5
+    for task in a[5:]:
+        task.cancel()
