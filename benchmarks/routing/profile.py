@@ -23,16 +23,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-import redis
 
 from benchmarks import results_io
-from benchmarks.baseline import ROOT, baseline_tree
 from benchmarks.routing.corpus import TENANTS, WORKERS, corpus, requests, worker_events
-from benchmarks.routing.latency import MODEL, fill_index, tenants_file
+from benchmarks.routing.latency import MODEL, fill_index, routers
 from benchmarks.routing.load import closed_loop
 from benchmarks.routing.router_process import RouterProcess
 from glmserve.router.hashing import BlockHasher
-from tests.admission.redis_server import RedisServer
 
 CALLERS = 16
 # (component, frame substrings): a sample belongs to the first component one of whose substrings
@@ -119,24 +116,8 @@ def run(seconds: float, sessions_per_worker: int, baseline_ref: str) -> dict[str
     prompts, _ = requests(c, 4000, 1)
     codes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="routing-profile-") as tmp:
-        work = Path(tmp)
-        (work / "redis").mkdir()
-        (work / "baseline").mkdir()
-        trees = [("new", ROOT)]
-        baseline = baseline_tree(baseline_ref, work / "baseline")
-        if baseline is not None:
-            trees.insert(0, ("today", baseline))
-        server = RedisServer(work / "redis")
-        server.start()
-        try:
-            admission = {"tenants_file": str(tenants_file(work)), "redis_url": server.url}
-            for name, tree in trees:
-                with redis.Redis.from_url(server.url) as client:
-                    client.flushall()
-                _log(f"{name}'s router ({tree})")
-                codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=work)
-        finally:
-            server.stop()
+        for name, tree, admission in routers(baseline_ref, _log):
+            codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=Path(tmp))
     return {
         "workers": WORKERS,
         "tenants": TENANTS,
