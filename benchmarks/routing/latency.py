@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,20 +175,11 @@ def _one_router(
     return {"index_entries": entries, "open_loop": sweep, "closed_loop_per_s": throughput}
 
 
-def run(
-    rate: float, seconds: float, sessions_per_worker: int, log: Log, *, seed: int = 0, baseline_ref: str = "main"
-) -> dict[str, Any]:
-    """For today's router and this tree's: open-loop runs at rate / 5, rate / 2 and rate (fresh
-    requests each) and closed-loop throughput, admission on; then this tree's exact in-process
-    decision latency."""
-    c = corpus(sessions_per_worker, seed)
-    hasher = BlockHasher()
-    log(f"hashing {WORKERS} workers' caches ({WORKERS * (sessions_per_worker + 1)} conversations)")
-    events = [worker_events(c, w, hasher) for w in range(WORKERS)]
-    rates = (rate / 5, rate / 2, rate)
-    loads = [requests(c, int(r * seconds), seed + i) for i, r in enumerate(rates)]
-    codes: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="routing-latency-") as tmp:
+def routers(baseline_ref: str, log: Log) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+    """(name, tree, the config's admission section) of today's router (a copy of `baseline_ref`'s
+    tree, where git has it) and this tree's, one after the other, both admitting against one real
+    redis-server, emptied before each."""
+    with tempfile.TemporaryDirectory(prefix="routing-routers-") as tmp:
         work = Path(tmp)
         (work / "redis").mkdir()
         (work / "baseline").mkdir()
@@ -204,9 +195,26 @@ def run(
                 with redis.Redis.from_url(server.url) as client:
                     client.flushall()
                 log(f"{name}'s router ({tree})")
-                codes[name] = _one_router(tree, admission, events, loads, rates=rates, log=log)
+                yield name, tree, admission
         finally:
             server.stop()
+
+
+def run(
+    rate: float, seconds: float, sessions_per_worker: int, log: Log, *, seed: int = 0, baseline_ref: str = "main"
+) -> dict[str, Any]:
+    """For today's router and this tree's: open-loop runs at rate / 5, rate / 2 and rate (fresh
+    requests each) and closed-loop throughput, admission on; then this tree's exact in-process
+    decision latency."""
+    c = corpus(sessions_per_worker, seed)
+    hasher = BlockHasher()
+    log(f"hashing {WORKERS} workers' caches ({WORKERS * (sessions_per_worker + 1)} conversations)")
+    events = [worker_events(c, w, hasher) for w in range(WORKERS)]
+    rates = (rate / 5, rate / 2, rate)
+    loads = [requests(c, int(r * seconds), seed + i) for i, r in enumerate(rates)]
+    codes: dict[str, Any] = {}
+    for name, tree, admission in routers(baseline_ref, log):
+        codes[name] = _one_router(tree, admission, events, loads, rates=rates, log=log)
     log("the same decisions in-process, without gRPC")
     return {
         "workers": WORKERS,

@@ -30,13 +30,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import uvloop
+
     from glmserve.router.auth import token_from_environment
     from glmserve.router.config import load_config
 
     config = load_config(args.config, port=args.port, host=args.host)
     token = token_from_environment()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(config, token))
+    # uvloop: gRPC aio's callbacks and the limits store's socket cost less CPU per request on it
+    uvloop.run(_serve(config, token))
 
 
 async def _serve(config: RouterConfig, token: str | None) -> None:

@@ -173,7 +173,11 @@ class RouterService(pb_grpc.RouterServicer):
 
 class StrictDecoding(grpc.aio.ServerInterceptor):
     """Bytes that do not decode as the method's request message are INVALID_ARGUMENT. gRPC itself
-    decodes before any handler runs and answers UNKNOWN, which reads like a router fault."""
+    decodes before any handler runs and answers UNKNOWN, which reads like a router fault. Each
+    method's wrapped handler is built once: gRPC asks the interceptors for a handler on every call."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -183,16 +187,24 @@ class StrictDecoding(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
-        decode, behavior = handler.request_deserializer, handler.unary_unary
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, _strict(handler))
+        return known[1]
 
-        async def decode_then_call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                request = decode(raw)
-            except DecodeError as exc:
-                code, details, trailers = to_status(InvalidRequestError(f"undecodable request: {exc}"))
-                await context.abort(code, details, trailing_metadata=trailers)
-            return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            decode_then_call, request_deserializer=None, response_serializer=handler.response_serializer
-        )
+def _strict(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode, behavior = handler.request_deserializer, handler.unary_unary
+
+    async def decode_then_call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = decode(raw)
+        except DecodeError as exc:
+            code, details, trailers = to_status(InvalidRequestError(f"undecodable request: {exc}"))
+            await context.abort(code, details, trailing_metadata=trailers)
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        decode_then_call, request_deserializer=None, response_serializer=handler.response_serializer
+    )

@@ -127,3 +127,30 @@ async def test_an_admission_whose_caller_went_away_is_refunded(redis_url: str) -
     assert later.allowed  # the orphan's slot was released...
     assert later.decision.output_tokens.remaining >= 999  # ...and its reservation refunded
     await limiter.aclose()
+
+
+async def test_a_settlement_rides_along_with_the_next_admission(redis_url: str) -> None:
+    """A settlement waits (up to defer_s) for an admission and shares its round trip; it still
+    goes first, so the admission sees the slot it freed."""
+    limiter = Limiter(RedisBackend.from_url(redis_url, defer_s=10.0))
+    acme = tenant(rpm=1000, concurrent=1)
+    running = await limiter.admit(acme, model="m", prompt_tokens=1)
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_resetstat()
+    settled = limiter.settle(running, output_tokens=1)
+    await asyncio.sleep(0.05)
+    assert not settled.done()  # nothing urgent went to Redis yet
+    assert (await limiter.admit(acme, model="m", prompt_tokens=1)).allowed  # the slot was freed first
+    assert await settled
+    assert command_calls(redis_url)["evalsha"] == 1
+    await limiter.aclose()
+
+
+async def test_a_settlement_alone_is_sent_after_defer_s(redis_url: str) -> None:
+    limiter = Limiter(RedisBackend.from_url(redis_url, defer_s=0.05))
+    acme = tenant(rpm=1000, concurrent=1)
+    running = await limiter.admit(acme, model="m", prompt_tokens=1)
+    assert await asyncio.wait_for(limiter.settle(running, output_tokens=1), 1.0)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.zcard("glmserve:rl:{acme}:l") == 0  # its lease is gone from the store
+    await limiter.aclose()
