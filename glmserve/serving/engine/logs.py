@@ -1,5 +1,5 @@
 """An engine replica's logging, set up before Serve's: Ray runs `configure` in the replica's worker
-process before the replica actor exists (the deployment's `worker_process_setup_hook`).
+process before the replica actor exists (`RUNTIME_ENV`, the engine deployments' runtime env).
 
 vLLM and NIXL each set up logging with `logging.config.dictConfig`, which closes every handler the
 process has. Run inside the replica, that closes Serve's replica log handler: its `MemoryHandler`
@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import importlib
 
+from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+
 SETUP_HOOK = f"{__name__}.configure"
+# Ray 2.60 turns only ray.init's `worker_process_setup_hook` into this variable, which its worker
+# reads at start; an actor's own runtime env must set the variable itself.
+RUNTIME_ENV = {"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV_VAR: SETUP_HOOK}}
 
 
 def configure() -> None:

@@ -1,5 +1,5 @@
 """An engine replica keeps Serve's log handler through vLLM's and NIXL's logging setup when Ray runs
-`glmserve.serving.engine.logs.configure` first (the engine deployments' worker_process_setup_hook)."""
+`glmserve.serving.engine.logs.configure` first (Ray's worker setup hook, set in the engine deployments' runtime env)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
 
 from glmserve.serving.engine.logs import SETUP_HOOK
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
@@ -56,4 +57,4 @@ def test_the_setup_hook_keeps_serves_replica_log_handler() -> None:
 def test_both_paths_run_the_setup_hook_in_every_engine_replica() -> None:
     for topology in (rayservice(ROUTER), local(ROUTER)):
         for engine in topology.engines.values():
-            assert engine.llm_config.runtime_env == {"worker_process_setup_hook": SETUP_HOOK}
+            assert engine.llm_config.runtime_env == {"env_vars": {WORKER_PROCESS_SETUP_HOOK_ENV_VAR: SETUP_HOOK}}
