@@ -21,6 +21,7 @@ from glmserve.common.config import DRAIN_TIMEOUT_S
 from glmserve.common.placement import RankGroup
 from glmserve.common.roles import Role, WorkerRole, worker_role
 from glmserve.serving.autoscaling import POLICY
+from glmserve.serving.engine.logs import RUNTIME_ENV
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.ingress.app import Ingress
@@ -184,6 +185,8 @@ def llm_config(
         engine_kwargs=dict(pool.engine_kwargs),
         experimental_configs=experimental_configs(pool.role, stream_interval_ms),
         log_engine_metrics=True,
+        # Before the replica exists, so that vLLM's and NIXL's logging setup keep Serve's handlers.
+        runtime_env=RUNTIME_ENV,
         **extra,
     )
 

@@ -31,6 +31,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from glmserve.cluster import netns
+from glmserve.cluster.serve import Dashboard
+from glmserve.cluster.state import State
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
 from tests.helpers.offline_vllm import run_offline
 
@@ -88,6 +90,23 @@ class RunningCluster:
             for h in self.status()["hosts"]
             if (role is None or h["role"] == role) and (pool is None or h["pool"] == pool)
         ]
+
+    def dashboard(self) -> Dashboard:
+        """The live head's dashboard (a replaced head is a new host with a new IP)."""
+        state = State.read() or pytest.fail("no cluster state")
+        (head,) = [h for h in self.hosts(role="head") if h["pids"]]
+        return Dashboard(head["ip"], state.auth_token)
+
+    def replicas(self, dashboard: Dashboard | None = None) -> dict[str, str]:
+        """Every RUNNING Serve replica's actor name -> its deployment."""
+        found = (dashboard or self.dashboard()).call("GET", "/api/serve/applications/", timeout=10)
+        return {
+            replica["actor_name"]: deployment
+            for app in found["applications"].values()
+            for deployment, details in app["deployments"].items()
+            for replica in details["replicas"]
+            if replica["state"] == "RUNNING"
+        }
 
     def exec(self, host: str, *command: str) -> subprocess.CompletedProcess[str]:
         return glmserve("cluster", "exec", host, "--", *command)
