@@ -214,7 +214,7 @@ class KVIndex:
         missing block, so later blocks a worker happens to hold do not count, and no run is read
         past the first block that no worker holds."""
         result = dict.fromkeys(worker_ids, 0)
-        for mask, blocks in self._walk(runs, self.mask(result)):
+        for mask, blocks in self.walk(runs, self.mask(result)):
             result.update(dict.fromkeys(self._owners(mask), blocks))
         return result
 
@@ -223,16 +223,37 @@ class KVIndex:
         the prompt, with their prefix in blocks: at least `limit` of them if as many hold any of it
         (all tied with the last one taken). Workers holding none of it are left out, so this costs
         per prompt block and per worker returned, not per worker of `among`."""
+        return self.longest_of(self.walk(runs, among), limit)
+
+    def longest_of(self, ends: list[tuple[int, int]], limit: int) -> dict[str, int]:
+        """`longest` from a `walk` already made."""
         result: dict[str, int] = {}
-        for mask, blocks in reversed(self._walk(runs, among)):
+        for mask, blocks in reversed(ends):
             if len(result) >= limit or not blocks:
                 break
             result.update(dict.fromkeys(self._owners(mask), blocks))
         return result
 
-    def _walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
+    def blocks_of(self, ends: list[tuple[int, int]], worker_ids: Iterable[str]) -> dict[str, int]:
+        """The prefix in blocks of each of these workers that the `walk` made `ends` covered (the
+        others are left out): a decision walks the prompt once for its whole pool, then reads
+        any candidate's prefix from the walk instead of walking again for them."""
+        slots, result = self._slots, {}
+        for worker_id in worker_ids:
+            slot = slots.get(worker_id)
+            if slot is None:
+                continue
+            bit = 1 << slot
+            for mask, blocks in ends:
+                if mask & bit:
+                    result[worker_id] = blocks
+                    break
+        return result
+
+    def walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
         """(slots, prefix blocks) in increasing prefix length: the workers of `active` whose match
-        ends at each length, the last entry those that hold the whole prompt.
+        ends at each length, the last entry those that hold the whole prompt (each worker of
+        `active` is in exactly one entry).
 
         Consecutive blocks with the same holders (a shared context, then a conversation on one
         engine) are one step: once `active` is within a block's holders, the blocks after it with
