@@ -35,7 +35,12 @@ _MAX_CHUNK_RUNS = 16
 class KVIndex:
     def __init__(self) -> None:
         self._table = BlockTable()
-        self._shared: list[int] = []  # bitmasks of slots, for blocks several workers hold
+        # Bitmasks of slots, for blocks several workers hold: one entry per distinct set of holders,
+        # shared by every block it holds (with a count of them), so that a context many engines
+        # cached is one stretch of equal codes, which a walk passes in one step, not one per block.
+        self._shared: list[int] = []
+        self._refs: list[int] = []  # blocks whose code is each entry
+        self._interned: dict[int, int] = {}  # mask -> its entry
         self._free_shared: list[int] = []
         self._held: list[int] = []  # slot -> blocks it holds
         self._cache_blocks: list[int] = []  # slot -> blocks its engine can cache (0: unknown)
@@ -101,18 +106,31 @@ class KVIndex:
                 table.values[at] = self._share((1 << code) | bit)
                 added += 1
             elif not self._shared[_SHARED - code] & bit:
-                self._shared[_SHARED - code] |= bit
+                table.values[at] = self._share(self._shared[_SHARED - code] | bit)
+                self._unref(_SHARED - code)
                 added += 1
         self._held[slot] += added
 
     def _share(self, mask: int) -> int:
-        if self._free_shared:
-            i = self._free_shared.pop()
-            self._shared[i] = mask
-        else:
-            i = len(self._shared)
-            self._shared.append(mask)
+        """The code of the entry for this set of holders (made if new), counting one more block."""
+        i = self._interned.get(mask)
+        if i is None:
+            if self._free_shared:
+                i = self._free_shared.pop()
+                self._shared[i], self._refs[i] = mask, 0
+            else:
+                i = len(self._shared)
+                self._shared.append(mask)
+                self._refs.append(0)
+            self._interned[mask] = i
+        self._refs[i] += 1
         return _SHARED - i
+
+    def _unref(self, i: int) -> None:
+        self._refs[i] -= 1
+        if not self._refs[i]:
+            del self._interned[self._shared[i]]
+            self._free_shared.append(i)
 
     def remove(self, worker_id: str, hashes: Sequence[int]) -> None:
         slot = self._slots[worker_id]
@@ -143,11 +161,8 @@ class KVIndex:
             if mask & bit:
                 removed += 1
                 mask ^= bit
-                if mask & (mask - 1):
-                    self._shared[_SHARED - code] = mask
-                else:
-                    self._table.values[at] = mask.bit_length() - 1
-                    self._free_shared.append(_SHARED - code)
+                self._table.values[at] = self._share(mask) if mask & (mask - 1) else mask.bit_length() - 1
+                self._unref(_SHARED - code)
         return removed
 
     def clear(self, worker_id: str) -> None:
