@@ -32,15 +32,25 @@ class EngineEvents:
         self._index = index
         self._expect_s = expect_s
         self._masks: dict[tuple[int, str, str], list[tuple[int, int]]] = {}  # group key -> (block size, mask)
+        # The last decision's walks of the prompt over whole pools: (ctx, [(block size, ends)]).
+        self._walks: tuple[RouteContext | None, list[tuple[int, list[tuple[int, int]]]]] = (None, [])
 
     def cached_tokens(self, ctx: RouteContext, workers: list[Worker]) -> dict[str, int]:
         self._index.expire(ctx.now)
         by_block_size: dict[int, list[str]] = {}
         for w in workers:
             by_block_size.setdefault(w.info.block_size, []).append(w.worker_id)
+        walks = self._walks[1] if self._walks[0] is ctx else []
         cached: dict[str, int] = {}
         for block_size, ids in by_block_size.items():
-            blocks = self._index.prefix_blocks(ctx.block_hashes(block_size), ids)
+            blocks: dict[str, int] = {}
+            for size, ends in walks:  # the pool's walk covers the candidates holders() pruned to
+                if size == block_size:
+                    blocks.update(self._index.blocks_of(ends, ids))
+            if len(blocks) < len(ids):
+                blocks.update(
+                    self._index.prefix_blocks(ctx.block_hashes(block_size), [w for w in ids if w not in blocks])
+                )
             cached.update((w, n * block_size) for w, n in blocks.items())
         return cached
 
@@ -55,9 +65,13 @@ class EngineEvents:
                 by_block_size.setdefault(w.info.block_size, []).append(w.worker_id)
             masks = [(size, self._index.mask(ids)) for size, ids in by_block_size.items()]
             self._masks[group.key] = masks
+        if self._walks[0] is not ctx:
+            self._walks = (ctx, [])
         cached: dict[str, int] = {}
         for block_size, mask in masks:
-            blocks = self._index.longest(ctx.block_hashes(block_size), mask, limit)
+            ends = self._index.walk(ctx.block_hashes(block_size), mask)
+            self._walks[1].append((block_size, ends))
+            blocks = self._index.longest_of(ends, limit)
             cached.update((w, n * block_size) for w, n in blocks.items())
         return cached
 

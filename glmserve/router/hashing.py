@@ -25,10 +25,9 @@ import numpy as np
 DEFAULT_SEED = "vllm-none-hash"
 _LOW64 = (1 << 64) - 1
 # CBOR unsigned ints: values below 24 are the header byte; else a header then 1, 2, 4 or 8 bytes.
-_LIMITS = np.array([24, 1 << 8, 1 << 16, 1 << 32], dtype=np.uint64)
-_EXTRA_BYTES = np.array([0, 1, 2, 4, 8])
+_LIMITS = (24, 1 << 8, 1 << 16, 1 << 32)
 _HEADERS = np.array([0, 0x18, 0x19, 0x1A, 0x1B], dtype=np.uint8)
-_COLUMNS = np.arange(9)
+_SIZES = np.array([1, 2, 3, 5, 9])
 _TRIPLE_AND_PARENT = b"\x83\x58\x20"  # array(3), then byte string(32): the parent hash
 _NULL = b"\xf6"
 _MEMO_GENERATION = 1 << 16
@@ -44,19 +43,31 @@ def to_index_hash(block_hash: bytes | int) -> int:
 
 
 def cbor_uints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """Canonical CBOR of each value of a uint64[n] array, concatenated, and the n+1 offsets of
-    each value's encoding in it (value i is bytes offsets[i]:offsets[i+1])."""
+    """Canonical CBOR of each value of an unsigned int array, concatenated, and the n+1 offsets of
+    each value's encoding in it (value i is bytes offsets[i]:offsets[i+1]). A uint32 array (token
+    ids) is laid out 5 bytes a value instead of 9: the encoding is a pass over that layout."""
     n = len(values)
-    rows = np.empty((n, 9), dtype=np.uint8)
-    rows[:, 1:] = values.astype(">u8").view(np.uint8).reshape(n, 8)
-    size_class = np.searchsorted(_LIMITS, values, side="right")
-    extra = _EXTRA_BYTES[size_class]
-    rows[:, 0] = np.where(size_class == 0, rows[:, 8], _HEADERS[size_class])
-    keep = 9 - extra[:, None] <= _COLUMNS
-    keep[:, 0] = True
+    width = 4 if values.dtype.itemsize <= 4 else 8
+    rows = np.empty((n, 1 + width), dtype=np.uint8)
+    rows[:, 1:] = values.astype(f">u{width}").view(np.uint8).reshape(n, width)
+    size_class = np.zeros(n, dtype=np.uint8)
+    for limit in _LIMITS[: 3 if width == 4 else 4]:
+        size_class += values >= limit
+    rows[:, 0] = np.where(size_class == 0, rows[:, width], _HEADERS.take(size_class))
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(extra + 1, out=offsets[1:])
-    return rows[keep].tobytes(), offsets
+    np.cumsum(_SIZES.take(size_class), out=offsets[1:])
+    # take(), not fancy indexing: 5x faster for a row gather
+    return rows[_kept_bytes(width).take(size_class, axis=0)].tobytes(), offsets
+
+
+@functools.cache
+def _kept_bytes(width: int) -> np.ndarray:
+    """For each size class, which bytes of a (header, big-endian value) row its encoding keeps:
+    the header and the value's last size - 1 bytes."""
+    columns = np.arange(1 + width)
+    kept = columns >= 2 + width - _SIZES[:, None]
+    kept[:, 0] = True
+    return kept
 
 
 @functools.cache
@@ -114,7 +125,8 @@ class BlockHasher:
         run cost more than hashing its blocks."""
         n_blocks = len(tokens) // block_size
         memo = self._memos.setdefault(block_size, _Memo())
-        raw = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32).tobytes()
+        tokens = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32)
+        raw = tokens.tobytes()
         step = 4 * block_size
         head = _array_header(block_size)
         parent = self.root
@@ -129,8 +141,7 @@ class BlockHasher:
                 if stop > encoded_to:
                     encoded_from, encoded_to = start, min(n_blocks, start + span * RUN_BLOCKS)
                     span = min(2 * span, _MAX_SPAN_RUNS)
-                    chunk = np.asarray(tokens[start * block_size : encoded_to * block_size], np.uint64)
-                    encoded, offsets = cbor_uints(chunk)
+                    encoded, offsets = cbor_uints(tokens[start * block_size : encoded_to * block_size])
                     bounds = offsets[::block_size].tolist()
                 first = start - encoded_from
                 hit = _hash_run(
@@ -147,13 +158,16 @@ def _hash_run(
     """Chains the blocks whose CBOR token arrays are `head` + encoded[bounds[j]:bounds[j + 1]] onto
     `parent`; `cache_salt` (block 0 of a salted request only) goes into the first block."""
     digests = []
-    sha256, prefix = hashlib.sha256, _TRIPLE_AND_PARENT
-    tail = _salt_keys(cache_salt) if cache_salt else _NULL
-    for j in range(len(bounds) - 1):
-        parent = sha256(prefix + parent + head + encoded[bounds[j] : bounds[j + 1]] + tail).digest()
+    sha256, prefix, end = hashlib.sha256, _TRIPLE_AND_PARENT, _NULL
+    start = 0
+    if cache_salt:
+        parent = sha256(prefix + parent + head + encoded[bounds[0] : bounds[1]] + _salt_keys(cache_salt)).digest()
         digests.append(parent)
-        tail = _NULL
-    return parent, [int.from_bytes(d[-8:], "big") for d in digests]
+        start = 1
+    for j in range(start, len(bounds) - 1):
+        parent = sha256(prefix + parent + head + encoded[bounds[j] : bounds[j + 1]] + end).digest()
+        digests.append(parent)
+    return parent, np.frombuffer(b"".join(digests), dtype=">u8")[3::4].tolist()
 
 
 class PromptHashes:

@@ -35,7 +35,12 @@ _MAX_CHUNK_RUNS = 16
 class KVIndex:
     def __init__(self) -> None:
         self._table = BlockTable()
-        self._shared: list[int] = []  # bitmasks of slots, for blocks several workers hold
+        # Bitmasks of slots, for blocks several workers hold: one entry per distinct set of holders,
+        # shared by every block it holds (with a count of them), so that a context many engines
+        # cached is one stretch of equal codes, which a walk passes in one step, not one per block.
+        self._shared: list[int] = []
+        self._refs: list[int] = []  # blocks whose code is each entry
+        self._interned: dict[int, int] = {}  # mask -> its entry
         self._free_shared: list[int] = []
         self._held: list[int] = []  # slot -> blocks it holds
         self._cache_blocks: list[int] = []  # slot -> blocks its engine can cache (0: unknown)
@@ -101,18 +106,31 @@ class KVIndex:
                 table.values[at] = self._share((1 << code) | bit)
                 added += 1
             elif not self._shared[_SHARED - code] & bit:
-                self._shared[_SHARED - code] |= bit
+                table.values[at] = self._share(self._shared[_SHARED - code] | bit)
+                self._unref(_SHARED - code)
                 added += 1
         self._held[slot] += added
 
     def _share(self, mask: int) -> int:
-        if self._free_shared:
-            i = self._free_shared.pop()
-            self._shared[i] = mask
-        else:
-            i = len(self._shared)
-            self._shared.append(mask)
+        """The code of the entry for this set of holders (made if new), counting one more block."""
+        i = self._interned.get(mask)
+        if i is None:
+            if self._free_shared:
+                i = self._free_shared.pop()
+                self._shared[i], self._refs[i] = mask, 0
+            else:
+                i = len(self._shared)
+                self._shared.append(mask)
+                self._refs.append(0)
+            self._interned[mask] = i
+        self._refs[i] += 1
         return _SHARED - i
+
+    def _unref(self, i: int) -> None:
+        self._refs[i] -= 1
+        if not self._refs[i]:
+            del self._interned[self._shared[i]]
+            self._free_shared.append(i)
 
     def remove(self, worker_id: str, hashes: Sequence[int]) -> None:
         slot = self._slots[worker_id]
@@ -143,11 +161,8 @@ class KVIndex:
             if mask & bit:
                 removed += 1
                 mask ^= bit
-                if mask & (mask - 1):
-                    self._shared[_SHARED - code] = mask
-                else:
-                    self._table.values[at] = mask.bit_length() - 1
-                    self._free_shared.append(_SHARED - code)
+                self._table.values[at] = self._share(mask) if mask & (mask - 1) else mask.bit_length() - 1
+                self._unref(_SHARED - code)
         return removed
 
     def clear(self, worker_id: str) -> None:
@@ -214,7 +229,7 @@ class KVIndex:
         missing block, so later blocks a worker happens to hold do not count, and no run is read
         past the first block that no worker holds."""
         result = dict.fromkeys(worker_ids, 0)
-        for mask, blocks in self._walk(runs, self.mask(result)):
+        for mask, blocks in self.walk(runs, self.mask(result)):
             result.update(dict.fromkeys(self._owners(mask), blocks))
         return result
 
@@ -223,16 +238,37 @@ class KVIndex:
         the prompt, with their prefix in blocks: at least `limit` of them if as many hold any of it
         (all tied with the last one taken). Workers holding none of it are left out, so this costs
         per prompt block and per worker returned, not per worker of `among`."""
+        return self.longest_of(self.walk(runs, among), limit)
+
+    def longest_of(self, ends: list[tuple[int, int]], limit: int) -> dict[str, int]:
+        """`longest` from a `walk` already made."""
         result: dict[str, int] = {}
-        for mask, blocks in reversed(self._walk(runs, among)):
+        for mask, blocks in reversed(ends):
             if len(result) >= limit or not blocks:
                 break
             result.update(dict.fromkeys(self._owners(mask), blocks))
         return result
 
-    def _walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
+    def blocks_of(self, ends: list[tuple[int, int]], worker_ids: Iterable[str]) -> dict[str, int]:
+        """The prefix in blocks of each of these workers that the `walk` made `ends` covered (the
+        others are left out): a decision walks the prompt once for its whole pool, then reads
+        any candidate's prefix from the walk instead of walking again for them."""
+        slots, result = self._slots, {}
+        for worker_id in worker_ids:
+            slot = slots.get(worker_id)
+            if slot is None:
+                continue
+            bit = 1 << slot
+            for mask, blocks in ends:
+                if mask & bit:
+                    result[worker_id] = blocks
+                    break
+        return result
+
+    def walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
         """(slots, prefix blocks) in increasing prefix length: the workers of `active` whose match
-        ends at each length, the last entry those that hold the whole prompt.
+        ends at each length, the last entry those that hold the whole prompt (each worker of
+        `active` is in exactly one entry).
 
         Consecutive blocks with the same holders (a shared context, then a conversation on one
         engine) are one step: once `active` is within a block's holders, the blocks after it with

@@ -99,7 +99,8 @@ def test_clear_and_detach_drop_expectations() -> None:
 
 def test_index_matches_a_set_per_worker_through_sharing_eviction_and_restarts() -> None:
     """Blocks held by one worker and by several (the bitmask path), evicted, cleared, the worker
-    gone: prefix lengths, counts and the longest holders agree with plain sets."""
+    gone: prefix lengths, counts and the longest holders agree with plain sets (holder sets are
+    shared entries counted by their blocks: a miscount would hand one block's holders to another)."""
     rng = np.random.default_rng(3)
     workers = [f"w{i}" for i in range(40)]
     index, held = _index(*workers), {w: set() for w in workers}
@@ -125,6 +126,9 @@ def test_index_matches_a_set_per_worker_through_sharing_eviction_and_restarts() 
     for chain in chains:
         expected = {w: next((i for i, h in enumerate(chain) if h not in held[w]), len(chain)) for w in workers}
         assert index.prefix_blocks([chain[:10], chain[10:]], workers) == expected
+        assert (
+            index.blocks_of(index.walk([chain], index.mask(workers)), workers) == expected
+        )  # one walk, read per worker
         top = index.longest([chain], index.mask(workers), limit=3)
         ranked = sorted((n for n in expected.values() if n), reverse=True)
         assert sorted(top.values(), reverse=True)[: len(ranked[:3])] == ranked[:3]

@@ -42,6 +42,7 @@ class RouteContext:
     _hashes: dict[int, PromptHashes] = field(default_factory=dict)
     _cached: dict[str, int] = field(default_factory=dict)
     _rng: random.Random | None = None
+    _slots: tuple[list[Worker], np.ndarray] | None = None  # the last list `slots` was asked for
 
     @property
     def rng(self) -> random.Random:
@@ -77,8 +78,11 @@ class RouteContext:
         return list(holders)
 
     def slots(self, workers: list[Worker]) -> np.ndarray:
-        """The workers' rows in the registry's board, to read their load figures as arrays."""
-        return np.fromiter((w.slot for w in workers), dtype=np.intp, count=len(workers))
+        """The workers' rows in the registry's board, to read their load figures as arrays. Every
+        scorer asks for the same list (the filters' survivors): it is made once."""
+        if self._slots is None or self._slots[0] is not workers:
+            self._slots = (workers, np.fromiter((w.slot for w in workers), dtype=np.intp, count=len(workers)))
+        return self._slots[1]
 
 
 class Filter(Protocol):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from itertools import compress
+
+import numpy as np
+
 from glmserve.router.plugins.base import PluginArgs, RouteContext
 from glmserve.router.workers import Worker
 
@@ -24,7 +28,9 @@ class Healthy:
         pass
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
-        return [w for w in workers if ctx.registry.healthy(w, ctx.now)]
+        board, slots = ctx.registry.board, ctx.slots(workers)
+        healthy = board.static[slots] | (ctx.now - board.last_seen[slots] <= ctx.registry.lease_s)
+        return list(compress(workers, healthy.tolist()))
 
 
 class ModelMatch:
@@ -53,10 +59,8 @@ class NotOverloaded:
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
         limit = self._cfg.load_limit.get(ctx.query.priority, 1.0)
-        default = self._cfg.default_max_running_requests
-        max_kv = self._cfg.max_kv_cache_usage
-        return [
-            w
-            for w in workers
-            if w.busy() < limit * (w.info.max_running_requests or default) and w.load.kv_cache_usage < max_kv
-        ]
+        board, slots = ctx.registry.board, ctx.slots(workers)
+        capacity = board.max_running[slots]
+        capacity = np.where(capacity > 0, capacity, self._cfg.default_max_running_requests)
+        fits = (board.busy(slots) < limit * capacity) & (board.kv_usage[slots] < self._cfg.max_kv_cache_usage)
+        return list(compress(workers, fits.tolist()))
