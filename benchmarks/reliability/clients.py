@@ -91,12 +91,20 @@ async def probe(http: httpx.AsyncClient) -> tuple[int, int]:
 
 @dataclass(slots=True)
 class Probes:
-    """Short answers asked for every `every_s` until stopped: (sent at, status, token ids)."""
+    """Short answers asked one at a time, every `every_s` at most: (sent at, status, token ids)."""
 
     answers: list[tuple[float, int, int]] = field(default_factory=list)
 
-    async def run(self, http: httpx.AsyncClient, stop: asyncio.Event, every_s: float = 0.5) -> None:
-        while not stop.is_set():
+    async def run(
+        self, http: httpx.AsyncClient, stop: asyncio.Event, every_s: float = 0.5, settle_s: float = 90
+    ) -> None:
+        """Until `stop`, and then on (for up to `settle_s`) until one is answered: an outage's end is measured."""
+        stopped_at = None
+        while True:
+            if stop.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if not self.answers or self.answers[-1][1] == 200 or time.monotonic() - stopped_at > settle_s:
+                    return
             sent = time.monotonic()
             self.answers.append((sent, *await probe(http)))
             await asyncio.sleep(max(0.0, every_s - (time.monotonic() - sent)))

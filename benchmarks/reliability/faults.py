@@ -105,14 +105,20 @@ def engine_killed(stack: Stack, expected: list[list[int]]) -> Row:
     )
 
 
-def engine_frozen(stack: Stack, expected: list[list[int]]) -> Row:
+def engine_frozen(stack: Stack, expected: list[list[int]], frozen_s: float = 20.0) -> Row:
+    """An engine process frozen (SIGSTOP) for `frozen_s`, longer than the stall limit."""
     victim = engine_cores(stack.proc.pid)[0]
-    try:
-        faulted = asyncio.run(_faulted(stack, "sigstop", lambda: os.kill(victim, signal.SIGSTOP)))
-    finally:
-        os.kill(victim, signal.SIGCONT)
+
+    def fault() -> None:
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            time.sleep(frozen_s)
+        finally:
+            os.kill(victim, signal.SIGCONT)
+
+    faulted = asyncio.run(_faulted(stack, "sigstop", fault))
     stack.wait_for_engines()
-    return _row(stack, "engine SIGSTOP mid-stream", faulted, expected, note="SIGCONT once the streams ended")
+    return _row(stack, f"engine SIGSTOP for {frozen_s:g} s mid-stream", faulted, expected)
 
 
 def router_restarted(

@@ -26,24 +26,32 @@ def p99_ms(results: list[RequestResult]) -> float:
     return 1000 * percentile(sorted(r.ttft_s for r in results if r.status == 200), 99)
 
 
+# Each load: (tenant, closed-loop streams). The light load runs one stream per replica (nothing
+# waits); at capacity every slot is busy and nothing is refused; 3x is the overload.
+LOADS = {"light": ("light", LIGHT_CLIENTS), "at capacity": ("light", CAPACITY), "3x": ("overload", 3 * CAPACITY)}
+
+
 @dataclass
 class Overload:
-    light: list[RequestResult] = field(default_factory=list)
-    loaded: list[RequestResult] = field(default_factory=list)
-    ratio_per_round: list[float] = field(default_factory=list)
+    runs: dict[str, list[RequestResult]] = field(default_factory=lambda: {load: [] for load in LOADS})
+    per_round: list[dict[str, float]] = field(default_factory=list)  # p99 TTFT ms of each load
     rss_mib: dict[str, dict[str, int]] = field(default_factory=dict)  # "role pid" -> {before, after}
 
     @property
-    def ratio(self) -> float:
-        return p99_ms(self.loaded) / p99_ms(self.light)
+    def loaded(self) -> list[RequestResult]:
+        return self.runs["3x"]
+
+    def ratio(self, baseline: str) -> float:
+        """3x's p99 TTFT over `baseline`'s."""
+        return p99_ms(self.loaded) / p99_ms(self.runs[baseline])
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "capacity": CAPACITY, "clients": 3 * CAPACITY, "light_clients": LIGHT_CLIENTS,
-            "p99_ttft_ms": {"light": p99_ms(self.light), "3x": p99_ms(self.loaded)},
-            "p99_ratio": self.ratio, "p99_ratio_per_round": self.ratio_per_round, "rss_mib": self.rss_mib,
-            "ttft_ms": {"light": [1000 * r.ttft_s for r in self.light if r.status == 200],
-                        "3x": [1000 * r.ttft_s for r in self.loaded if r.status == 200]},
+            "capacity": CAPACITY, "loads": {load: clients for load, (_, clients) in LOADS.items()},
+            "p99_ttft_ms": {load: p99_ms(runs) for load, runs in self.runs.items()},
+            "p99_ratio_vs_light": self.ratio("light"), "p99_ratio_vs_capacity": self.ratio("at capacity"),
+            "p99_ttft_ms_per_round": self.per_round, "rss_mib": self.rss_mib,
+            "ttft_ms": {load: [1000 * r.ttft_s for r in runs if r.status == 200] for load, runs in self.runs.items()},
         }  # fmt: skip
 
 
@@ -52,21 +60,18 @@ def _rss(stack: Stack) -> dict[str, int]:
 
 
 def overload(stack: Stack, seconds: float, rounds: int, log: Any) -> tuple[Row, Overload]:
-    """`rounds` alternations of a light load (tenant "light") and 3x capacity (tenant "overload"),
-    `seconds` of each in all."""
+    """`rounds` alternations of the LOADS, `seconds` of each in all."""
     result = Overload()
     asyncio.run(closed_loop(stack.base, stack.keys["light"], CAPACITY, 5, 4))  # warm-up: every slot once
     before = _rss(stack)
     for k in range(1, rounds + 1):
-        log(f"overload round {k}/{rounds}: {LIGHT_CLIENTS} streams (light load)")
-        light = asyncio.run(closed_loop(stack.base, stack.keys["light"], LIGHT_CLIENTS, seconds / rounds, MAX_TOKENS))
-        log(f"overload round {k}/{rounds}: {3 * CAPACITY} streams (3x capacity {CAPACITY})")
-        loaded = asyncio.run(
-            closed_loop(stack.base, stack.keys["overload"], 3 * CAPACITY, seconds / rounds, MAX_TOKENS)
-        )
-        result.light += light
-        result.loaded += loaded
-        result.ratio_per_round.append(round(p99_ms(loaded) / p99_ms(light), 2))
+        p99: dict[str, float] = {}
+        for load, (tenant, clients) in LOADS.items():
+            log(f"overload round {k}/{rounds}: {load}, {clients} streams (capacity {CAPACITY})")
+            runs = asyncio.run(closed_loop(stack.base, stack.keys[tenant], clients, seconds / rounds, MAX_TOKENS))
+            result.runs[load] += runs
+            p99[load] = round(p99_ms(runs), 1)
+        result.per_round.append(p99)
     stopped = time.monotonic()
     status, _ = asyncio.run(_probe(stack))
     recovery = time.monotonic() - stopped if status == 200 else float("inf")

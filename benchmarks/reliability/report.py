@@ -59,7 +59,7 @@ def plot(rows: list[Row], ttft_ms: dict[str, list[float]], path: Path) -> None:
         ordered = sorted(values)
         if ordered:
             ttft.plot(ordered, [i / len(ordered) for i in range(len(ordered))], label=label)
-    ttft.set(xlabel="TTFT (ms)", ylabel="fraction of admitted requests", title="TTFT, light load vs 3x capacity")
+    ttft.set(xlabel="TTFT (ms)", ylabel="fraction of admitted requests", title="TTFT by load")
     ttft.set_xscale("log")
     ttft.legend()
     fig.tight_layout()
