@@ -32,6 +32,7 @@ class RequestResult:
     e2e_s: float
     output_tokens: int
     status: int
+    retry_after: str | None = None  # what a refusal asked the client to wait
 
 
 @dataclass(slots=True)
@@ -81,7 +82,8 @@ async def stream_request(client: httpx.AsyncClient, url: str, body: dict[str, An
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             await response.aread()
-            return RequestResult(0.0, [], time.perf_counter() - start, 0, response.status_code)
+            elapsed = time.perf_counter() - start
+            return RequestResult(0.0, [], elapsed, 0, response.status_code, response.headers.get("retry-after"))
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -143,3 +145,22 @@ async def run_load(
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         result.wall_s = time.perf_counter() - start
     return result
+
+
+async def closed_loop(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], *, clients: int, seconds: float, backoff_s: float = 0.2
+) -> list[RequestResult]:
+    """`clients` streams of `body` (streamed), each sending its next request as soon as its last
+    ended, or `backoff_s` after a refusal (an impatient client: the offered load stays put), for
+    `seconds`. `client` must allow `clients` connections."""
+    deadline = time.perf_counter() + seconds
+    results: list[RequestResult] = []
+
+    async def one_client() -> None:
+        while time.perf_counter() < deadline:
+            results.append(await stream_request(client, url, body))
+            if results[-1].status != 200:
+                await asyncio.sleep(backoff_s)
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return results

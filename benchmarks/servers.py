@@ -52,3 +52,8 @@ def samples(url: str, name: str) -> list[Sample]:
     """The samples of metric `name` (with labels) that a Prometheus endpoint exposes now."""
     text = httpx.get(url, timeout=10).text
     return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """The sum of metric `name`'s samples whose labels include `labels`."""
+    return sum(s.value for s in samples(url, name) if all(s.labels.get(k) == v for k, v in labels.items()))

@@ -29,7 +29,7 @@ import yaml
 
 from benchmarks.loadgen import LoadResult, prompts, run_load
 from benchmarks.results_io import markdown_table, write
-from benchmarks.servers import launch, samples, stop, wait_ready
+from benchmarks.servers import launch, metric_sum, stop, wait_ready
 from glmserve.common.config import STREAM_INTERVAL_MS, ServeConfig
 from glmserve.common.metrics import (
     ADMISSION_DECISIONS,
@@ -80,10 +80,6 @@ def tenants_file(directory: Path) -> Path:
     path = directory / "tenants.yaml"
     path.write_text(yaml.safe_dump({"plans": [PLAN], "tenants": [tenant]}))
     return path
-
-
-def metric_sum(url: str, name: str, **labels: str) -> float:
-    return sum(s.value for s in samples(url, name) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def production_path(port: int, up_log: Path) -> dict[str, float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.stack_processes import engine_cores
 from tests.serving.conftest import Stack, run_stack
 
 pytestmark = pytest.mark.slow
@@ -63,13 +63,6 @@ def _whole(stack: Stack, prompt: str) -> list[int]:
     return list(r.choices[0].model_extra["token_ids"])  # type: ignore[index]
 
 
-def _engine_cores(stack: Stack) -> list[int]:
-    """The stack's VLLM::EngineCore processes, one per replica."""
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in ps.splitlines()]
-    return sorted(int(pid) for pid, sid, args in rows if int(sid) == stack.sid and "EngineCore" in args)
-
-
 def _migrations(stack: Stack) -> dict[str, float]:
     with stack.http() as http:
         text = http.get(f"{stack.root}/metrics").text
@@ -95,7 +88,7 @@ def reference(pair: Stack) -> list[tuple[list[int], str, Any]]:
 
 
 def test_a_frozen_engine_is_left_after_the_stall_limit_and_its_streams_complete(pair: Stack, reference) -> None:
-    engines = _engine_cores(pair)
+    engines = engine_cores(pair.sid)
     assert len(engines) == 2
     before = _migrations(pair).get("moved", 0)
     frozen = engines[0]
@@ -114,7 +107,7 @@ def test_a_frozen_engine_is_left_after_the_stall_limit_and_its_streams_complete(
 
 
 def test_streams_and_a_whole_answer_survive_their_engine_being_killed(pair: Stack, reference) -> None:
-    engines = _engine_cores(pair)
+    engines = engine_cores(pair.sid)
     assert len(engines) == 2
     before = _migrations(pair)
     whole_reference = _whole(pair, PROMPTS[0])

@@ -1,0 +1,1 @@
+"""`python -m benchmarks.reliability`: the fault and abuse report (see __main__)."""

@@ -1,0 +1,124 @@
+"""`python -m benchmarks.reliability [--overload-seconds 40] [--rounds 2] [--port 8311]`.
+
+One `glmserve up` (glm-4.6-tiny on CPU, 2 engine replicas, `--migration-limit 2
+--stall-timeout-s 6`, glmserve's router admitting every request against plans in a real Redis)
+goes through each fault and abuse case in turn: engine SIGKILL and SIGSTOP mid-stream, the router
+killed and restarted, Redis stopped and restarted, clients hanging up, a 64 MiB body, 100,000-deep
+JSON, a flood of wrong API keys, and 3x the engines' capacity. Each case is one row: requests
+sent, completed, migrated, failed by status, recovery seconds, and whether a token was lost or
+billed wrongly (the tenant's billed output tokens against the tokens delivered). The overload
+case also measures admitted requests' p99 TTFT at 3x capacity against a light load's (goal:
+within 1.5x) and against exactly capacity's, in alternating rounds. Writes benchmarks/results/reliability.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reliability import faults, stack
+from benchmarks.reliability.abuse import abuse
+from benchmarks.reliability.overload import CAPACITY, LOADS, Overload, overload, p99_ms
+from benchmarks.reliability.report import Row, plot, table
+from benchmarks.results_io import markdown_table, write
+
+TENANTS = ["reference", "sigkill", "sigstop", "router", "redis", "disconnect", "oversized", "deep-json",
+           "failed-keys", "light", "overload"]  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[reliability] {msg}", file=sys.stderr, flush=True)
+
+
+def run_cases(up: stack.Stack, workdir: Path, args: argparse.Namespace) -> tuple[list[Row], Overload]:
+    """Every case on one stack; the overload first, on the stack as started (its TTFT and memory
+    are then not those of replicas that a fault replaced)."""
+    log("uninterrupted greedy runs (the reference for every migrated stream)")
+    expected = asyncio.run(faults.reference(up))
+    log(f"light, at-capacity and 3x loads: {args.rounds} rounds, {args.overload_seconds:g} s of each load in all")
+    overloaded, measured = overload(up, args.overload_seconds, args.rounds, log)
+    rows: list[Row] = []
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        log("engine SIGKILL mid-stream (waits for Serve to replace the replica)")
+        rows.append(faults.engine_killed(up, expected))
+        log("engine SIGSTOP mid-stream")
+        rows.append(faults.engine_frozen(up, expected))
+        log("router SIGKILL and restart")
+        row, restarted = faults.router_restarted(up, expected, workdir)
+        rows.append(row)
+        log("Redis stop and restart")
+        rows.append(faults.redis_restarted(up, expected))
+        log("clients hanging up (waits for Ray's metrics export)")
+        rows.append(faults.client_disconnects(up))
+        for tenant in ("oversized", "deep-json", "failed-keys"):
+            log(f"abuse: {tenant}")
+            rows.append(abuse(up, tenant))
+    finally:
+        if restarted is not None:
+            restarted.terminate()
+            restarted.wait(timeout=30)
+    return [*rows, overloaded], measured
+
+
+def markdown(rows: list[Row], measured: Overload, args: argparse.Namespace) -> str:
+    rss = [[name, mib["before"], mib["after"]] for name, mib in measured.rss_mib.items()]
+    return (
+        f"# Reliability: faults and abuse on one stack (glm-4.6-tiny on CPU, {stack.REPLICAS} engine replicas, "
+        f"migration limit {stack.MIGRATION_LIMIT}, stall limit {stack.STALL_S} s)\n\n"
+        + table(rows)
+        + "\nStreams: 4 greedy streams of 96 tokens per fault case, the fault injected once each holds 8 (SIGSTOP: "
+        "SIGCONT 20 s later); "
+        "probes: a short request every 0.5 s during each case. *Recovery*: the longest a client waited to be "
+        "served again after the fault (a stream's wait for its next token, or the probes' outage). *Lost*: "
+        "answers whose token ids differ from an uninterrupted run (or, under overload, fall short of "
+        "`max_tokens`). *Billed*: the output tokens the ingress settled for the case's tenant "
+        "(`glmserve_ingress_tokens_total`), against the token ids the clients received (for hang-ups: against "
+        "what the engines generated, `vllm:generation_tokens`).\n\n"
+        f"## 3x capacity ({3 * CAPACITY} streams; capacity {CAPACITY} = {stack.REPLICAS} replicas x "
+        f"{stack.MAX_ONGOING})\n\n"
+        f"Admitted requests' p99 TTFT at 3x: **{p99_ms(measured.loaded):.0f} ms**, against "
+        f"**{p99_ms(measured.runs['light']):.0f} ms** under a light load ({LOADS['light'][1]} streams): "
+        f"**{measured.ratio('light'):.2f}x** (goal <= 1.5x); against **{p99_ms(measured.runs['at capacity']):.0f} ms** "
+        f"at capacity ({CAPACITY} streams, every slot busy): **{measured.ratio('at capacity'):.2f}x**. Pooled over "
+        f"{args.rounds} alternating rounds of {args.overload_seconds / args.rounds:g} s per load; p99 ms per round: "
+        + "; ".join(", ".join(f"{load} {ms:.0f}" for load, ms in one.items()) for one in measured.per_round)
+        + ".\n\n"
+        + markdown_table(["process", "RSS MiB before", "RSS MiB after"], rss)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--overload-seconds", type=float, default=40, help="seconds of each load, over all rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the light, at-capacity and 3x loads")
+    parser.add_argument("--port", type=int, default=8311)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="glmserve-reliability-"))
+    log(f"starting glmserve up (logs in {workdir})")
+    up = stack.start(workdir, args.port, TENANTS)
+    try:
+        rows, measured = run_cases(up, workdir, args)
+    finally:
+        log("stopping the stack")
+        stack.shutdown(up)
+    md = markdown(rows, measured, args)
+    data: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.reliability", *(argv if argv is not None else sys.argv[1:])]),
+        "args": vars(args), "rows": [{**asdict(row), "failed": dict(row.failed)} for row in rows],
+        "overload": measured.to_json(),
+    }  # fmt: skip
+    ttft = measured.to_json()["ttft_ms"]
+    for path in write("reliability", data, md, lambda p: plot(rows, ttft, p)):
+        log(f"wrote {path}")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
