@@ -216,7 +216,7 @@ def make_service(checkpoint: Path) -> Make:
         settings = IngressSettings(
             models=(model,),
             limits=LimitsSettings(tenants_file=str(tenants) if tenants else None),
-            migration=migration or MigrationSettings(limit=3),  # on: it is opt-in in production
+            migration=migration or MigrationSettings(),
         )
         return IngressService({MODEL: pools}, settings, router=router, running={MODEL: decode})
 
