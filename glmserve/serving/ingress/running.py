@@ -27,18 +27,20 @@ class RunningReplicas(Protocol):
 
 
 class ServeRunning:
-    """One deployment's running replicas, followed from the first call of `running` on (it needs
-    the replica's event loop, which its constructor does not run in)."""
+    """One deployment's running replicas, followed from the first call of `running` on, in the
+    replica's event loop. The controller is looked up at once: a lookup blocks, and a first request
+    while the head is away must not block the ingress's loop."""
 
     def __init__(self, deployment: DeploymentID) -> None:
         self._deployment = deployment
+        self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         self._client: LongPollClient | None = None
         self._running: frozenset[str] | None = None
 
     def running(self) -> frozenset[str] | None:
         if self._client is None:
             self._client = LongPollClient(
-                ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE),
+                self._controller,
                 {(LongPollNamespace.DEPLOYMENT_TARGETS, self._deployment): self._update},  # type: ignore[dict-item]
                 call_in_event_loop=asyncio.get_running_loop(),
                 client_id=f"glmserve-ingress:{os.getpid()}:{self._deployment}",
