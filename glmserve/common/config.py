@@ -124,7 +124,7 @@ class ServeConfig(BaseModel):
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded")
     migration_limit: int = Field(
-        0, ge=0, le=16, description="times a request moves to another engine when its own fails (0: never)"
+        3, ge=0, le=16, description="times a request moves to another engine when its own fails (0: never)"
     )
     stall_timeout_s: float = Field(
         60, ge=0, le=3600, description="a streamed request whose engine sends nothing this long moves (0: never)"

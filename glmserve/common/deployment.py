@@ -254,7 +254,7 @@ class IngressSpec(Spec):
         None, description="kubernetes.io/tls Secret for HTTPS; default: plain HTTP"
     )
     migration_limit: int = Field(
-        0, ge=0, le=16, description="times a request moves to another engine replica when its own fails (0: never)"
+        3, ge=0, le=16, description="times a request moves to another engine replica when its own fails (0: never)"
     )
     stall_timeout_seconds: float = Field(
         60, ge=0, le=3600, description="a streamed request whose engine sends nothing this long moves (0: never)"

@@ -108,6 +108,8 @@ def test_streams_on_a_cut_decode_host_end_billed_and_the_cluster_recovers(tiny_c
         assert all(s.outcome != "open" for s in streams), "a stream still hangs on the cut host"
         assert max(s.ended_at - cut for s in streams) <= END_WITHIN_S
         assert all(s.outcome.startswith("error event") for s in streams), outcomes
+        # Migration is on, but the pool's only decode replica is on the cut host: no move is tried.
+        assert all("no other replica" in s.outcome for s in streams), outcomes
 
         while any(n > 0 for n in _healthy_decode_engines(tiny_cluster)):
             assert time.monotonic() - cut < ROUTER_DROPS_WITHIN_S, "a router still routes to the cut host's engine"

@@ -30,8 +30,9 @@ EXTRA: dict[str, Any] = {"ignore_eos": True, "return_token_ids": True, "thinking
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two colocated replicas (so the local router runs and pins each request) and a short stall limit."""
-    flags = ["--replicas", "2", "--migration-limit", "2", "--stall-timeout-s", str(STALL_S), "--max-model-len", "1024"]
+    """Two colocated replicas (so the local router runs and pins each request), migration as it is
+    by default, and a short stall limit."""
+    flags = ["--replicas", "2", "--stall-timeout-s", str(STALL_S), "--max-model-len", "1024"]
     yield from run_stack(tmp_path_factory.mktemp("migration"), flags)
 
 

@@ -16,6 +16,7 @@ from glmserve.serving.ingress.limits import RequestLimits
 from glmserve.serving.ingress.middleware import RequestLimitsMiddleware
 from glmserve.serving.ingress.openapi import request_body, with_components
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, parse_body
+from glmserve.serving.ingress.running import ServeRunning
 from glmserve.serving.ingress.service import IngressService
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel
 
@@ -54,7 +55,8 @@ class Ingress:
     def __init__(self, engines: dict[str, dict[str, DeploymentHandle]], settings: IngressSettings) -> None:
         """`engines[model]` holds a "decode" pool (colocated engines in colocated mode) and, when
         disaggregated, a "prefill" pool."""
-        self._service = IngressService(engines, settings)
+        running = {name: ServeRunning(pools["decode"].deployment_id) for name, pools in engines.items()}
+        self._service = IngressService(engines, settings, running=running)
         self._settings = settings
         self.request_limits = settings.request_limits
 

@@ -26,6 +26,7 @@ from glmserve.serving.ingress.migration import EngineFault, Progress, fault_erro
 from glmserve.serving.ingress.pd import PrefillRejected, remote_prefill
 from glmserve.serving.ingress.reply import Completed, Failed, Reply, Streaming
 from glmserve.serving.ingress.responses import Usage, glm_message_fields, sse_stream
+from glmserve.serving.ingress.running import RunningReplicas
 from glmserve.serving.ingress.settings import MigrationSettings
 
 log = logging.getLogger("glmserve.ingress")
@@ -44,15 +45,19 @@ class EngineCall:
         prefill: DeploymentHandle | None,
         retry_after_s: float,
         migration: MigrationSettings | None = None,
+        *,
         tool_call_ids: frozenset[int] = frozenset(),
+        running: RunningReplicas | None = None,
     ) -> None:
         """`migration`: how requests move off a failed engine; `tool_call_ids`: the tokenizer's
-        `<tool_call>`, which ends that (migration.py)."""
+        `<tool_call>`, which ends that; `running`: the decode pool's running replicas, which a
+        request moves to only if one it has not failed on is among them (migration.py)."""
         self._decode = decode.options(stream=True)
         self._prefill = prefill.options(stream=True) if prefill is not None else None
         self._retry_after_s = retry_after_s
         self._migration = migration or MigrationSettings()
         self._tool_call_ids = tool_call_ids
+        self._running = running
 
     async def check_health(self) -> None:
         for pool in (self._decode, self._prefill):
@@ -62,6 +67,8 @@ class EngineCall:
     async def run(self, request: EngineRequest, decision: Decision | None, life: RequestLife) -> Reply:
         """`decision`: the router's workers (None: Serve balances both legs). With one, the router
         also decided whether remote prefill is worth it (short uncached prompts prefill on decode)."""
+        if self._running is not None and self._migration.limit > 0:
+            self._running.running()  # followed from the first request on: known when one fails
         kv_transfer_params = None
         if self._prefill is not None and (decision is None or decision.prefill is not None):
             target = decision.prefill.worker_id if decision and decision.prefill else None
@@ -134,12 +141,12 @@ class EngineCall:
     def _move(self, progress: Progress, body: EngineBody, fault: EngineFault, life: RequestLife) -> EngineRequest:
         """The request for the next replica, or the error that ends it."""
         model = progress.request.model
-        blocker = progress.blocker()
+        failed = body.glmserve_target  # the router's pick, or the replica Serve chose (routing.pinned)
+        blocker = progress.blocker(failed, self._running.running() if self._running is not None else None)
         life.timer.migrated(moved=blocker is None)
         if blocker:
             log.error("engine for %s failed (%s); not moved: %s", model, fault.reason, blocker)
             raise fault_error(f"{fault.reason}; {blocker}", model) from fault
-        failed = body.glmserve_target
         log.warning(
             "engine %s failed %s (%s); moving it with %d tokens generated (move %d of %d)",
             failed or "(unknown)", progress.request.request_id, fault.reason, len(progress.generated),

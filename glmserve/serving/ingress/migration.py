@@ -13,7 +13,9 @@ What cannot continue exactly ends the stream with an error event instead:
   afresh and its grammar would restart mid-call;
 - output under a grammar (`response_format`, a required or named `tool_choice`): the grammar
   would restart mid-output;
-- a stream whose token ids the engine hides (`include_reasoning: false`).
+- a stream whose token ids the engine hides (`include_reasoning: false`);
+- a request with no other replica to go to (Serve's running set, running.py, less the replicas
+  that failed it): waiting for one would hang the client until a new engine has loaded.
 Reasoning continues: an engine resumes its GLM parser in content once the prompt's turn holds
 `</think>` (vllm_plugin/glm_resume.py), in reasoning otherwise.
 """
@@ -68,10 +70,14 @@ class Progress:
         """Whether the engines are asked for token ids: a streamed request that may move."""
         return self.settings.limit > 0 and self.request.stream
 
-    def blocker(self) -> str | None:
-        """Why the request cannot continue on another replica now (None: it can)."""
+    def blocker(self, failed: str | None, running: frozenset[str] | None) -> str | None:
+        """Why the request cannot continue on another replica now (None: it can). `failed`: the
+        replica that just failed it; `running`: the pool's running replicas (None: not known)."""
         if self.moves >= self.settings.limit:
             return f"the engine failed {self.moves + 1} times"
+        # When Serve chose the failed replica without saying which, it may be any running one.
+        if running is not None and len(running.difference(self.avoid, (failed,))) < (1 if failed else 2):
+            return "no other replica of its pool is running; retry the request"
         if self._first is None:
             return None  # the client has seen nothing: the request starts over
         client = self.request.client

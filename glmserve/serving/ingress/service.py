@@ -24,6 +24,7 @@ from glmserve.serving.ingress.metrics import IngressMetrics
 from glmserve.serving.ingress.protocol import ChatRequest, TextCompletionRequest, check_context, client_max_tokens
 from glmserve.serving.ingress.render import PromptRenderer
 from glmserve.serving.ingress.reply import Failed, Reply
+from glmserve.serving.ingress.running import RunningReplicas
 from glmserve.serving.ingress.settings import IngressSettings, ServedModel, limits_from_environment
 from glmserve.serving.ingress.throttle import FailedKeyThrottle
 
@@ -37,10 +38,11 @@ class IngressService:
         settings: IngressSettings,
         *,
         router: Router | None = None,
+        running: Mapping[str, RunningReplicas] | None = None,
     ) -> None:
         """`engines[model]` holds a "decode" pool (colocated engines in colocated mode) and, when
         disaggregated, a "prefill" pool. `router`: the client of settings.router_address (made
-        from it when not given)."""
+        from it when not given); `running[model]`: its decode pool's running replicas (running.py)."""
         self.registry = CollectorRegistry()
         self.metrics = IngressMetrics(
             self.registry,
@@ -63,7 +65,8 @@ class IngressService:
                 pools.get("prefill"),
                 settings.retry_after_s,
                 settings.migration,
-                self._renderers[name].token_ids("<tool_call>"),
+                tool_call_ids=self._renderers[name].token_ids("<tool_call>"),
+                running=(running or {}).get(name),
             )
             for name, pools in engines.items()
         }

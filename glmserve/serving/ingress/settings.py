@@ -35,9 +35,7 @@ class LimitsSettings:
 class MigrationSettings:
     """How requests move off an engine that fails them (migration.py)."""
 
-    # Opt-in: on a multi-host cluster whose only decode replica was lost, a move waited in Serve's
-    # handle for a replica instead of failing (docs/reliability.md).
-    limit: int = 0  # moves per request; 0: a failed engine fails its requests
+    limit: int = 3  # moves per request; 0: a failed engine fails its requests
     stall_timeout_s: float = 60.0  # an engine silent this long on a streamed request has stalled; 0: never
 
 

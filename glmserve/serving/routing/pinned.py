@@ -11,6 +11,8 @@ A migrated request (glmserve.serving.ingress.migration) names the replicas that 
 (`glmserve_avoid`): it goes to one of the others, picked here and written back on its body as its
 target, so that the ingress knows which replica to avoid should this one fail it too. When every
 replica is to be avoided it goes to any: failing fast again beats waiting for a replacement.
+Whichever way a call was routed, the replica that took it is written on its body, so that the
+ingress knows which one failed it even when Serve chose (no router, or the router's pick gone).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ray.serve.request_router import (
     LocalityMixin,
     MultiplexMixin,
     PendingRequest,
+    ReplicaID,
+    ReplicaResult,
     RequestRouter,
     RunningReplica,
 )
@@ -56,3 +60,7 @@ class PinnedRouter(LocalityMixin, MultiplexMixin, RequestRouter):
             return [[chosen]]
         # Two random candidates; Serve takes the one with the shorter queue.
         return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
+        if pending_request.args and hasattr(pending_request.args[0], "glmserve_target"):
+            pending_request.args[0].glmserve_target = replica_id.unique_id

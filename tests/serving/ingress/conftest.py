@@ -74,12 +74,17 @@ class _Method:
 
 @dataclass
 class Pool:
-    """A Serve DeploymentHandle double: scripted answers, and every call's body."""
+    """A Serve DeploymentHandle double: scripted answers, and every call's body; also the pool's
+    running replicas (running.py)."""
 
     answers: deque[EngineStream] = field(default_factory=deque)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     streams: list[EngineStream] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    replicas: frozenset[str] | None = None  # the pool's running replicas, as Serve's controller lists them
+
+    def running(self) -> frozenset[str] | None:
+        return self.replicas
 
     def answer(self, *streams: EngineStream) -> None:
         self.answers.extend(streams)
@@ -211,9 +216,9 @@ def make_service(checkpoint: Path) -> Make:
         settings = IngressSettings(
             models=(model,),
             limits=LimitsSettings(tenants_file=str(tenants) if tenants else None),
-            migration=migration or MigrationSettings(limit=3),  # on: it is opt-in in production
+            migration=migration or MigrationSettings(),
         )
-        return IngressService({MODEL: pools}, settings, router=router)
+        return IngressService({MODEL: pools}, settings, router=router, running={MODEL: decode})
 
     return make
 

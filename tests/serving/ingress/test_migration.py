@@ -190,6 +190,58 @@ async def test_with_no_replica_left_the_stream_ends_with_an_error_event(make_ser
     assert finished.usage.completion_tokens == 2  # what it delivered, across both engines
 
 
+async def test_a_move_with_no_other_running_replica_gives_up_at_once(make_service: Make, router) -> None:
+    """The only running replica is the one that failed (a host lost with the pool's only replica):
+    Serve's handle would hold the move until a new replica has loaded, so the stream ends now."""
+    client, worker = router()
+    prompt = await _first_prompt(make_service)
+    pool = Pool(replicas=frozenset({worker}))
+    pool.answer(leg(prompt, [11], finish=False, error=RuntimeError("replica died")))
+    service = make_service(pool, router=client)
+    answer = await asyncio.wait_for(
+        deliver(await service.generate("chat", chat(stream=True, max_tokens=9), {})), timeout=2
+    )
+    error = json.loads(answer.events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "no other replica of its pool is running" in error["message"]
+    assert answer.events[-1] == "data: [DONE]" and _content(_chunks(answer.events[:-2])) == "<11>"
+    assert len(pool.calls) == 1
+    assert sample(service.registry, MIGRATIONS, outcome="refused") == 1
+    await _ended_once(service, 500)
+    [finished] = client.finished
+    assert finished.usage is not None and finished.usage.completion_tokens == 1
+
+
+@pytest.mark.parametrize(
+    ("running", "moves"),
+    [
+        (frozenset(), False),  # the replacement is not running yet
+        (frozenset({"a"}), False),  # Serve chose the failed replica without saying which: maybe "a"
+        (frozenset({"a", "b"}), True),
+    ],
+)
+async def test_without_the_routers_pick_a_move_needs_a_running_replica_besides_the_failed_one(
+    make_service: Make, running: frozenset[str], moves: bool
+) -> None:
+    prompt = await _first_prompt(make_service)
+    pool = Pool(replicas=running)
+    pool.answer(leg(prompt, [11], finish=False, error=RuntimeError("replica died")), leg([*prompt, 11], [12]))
+    service = make_service(pool)
+    answer = await deliver(await service.generate("chat", chat(stream=True, max_tokens=2), {}))
+    assert len(pool.calls) == (2 if moves else 1)
+    assert (answer.events[-2].startswith('data: {"error"')) is not moves
+    assert _content(_chunks(answer.events)) == ("<11><12>" if moves else "<11>")
+
+
+async def test_a_whole_answer_with_no_other_running_replica_is_a_500_at_once(make_service: Make) -> None:
+    pool = Pool(replicas=frozenset())
+    pool.answer(engine_error(500))
+    service = make_service(pool)
+    with pytest.raises(Exception, match="no other replica"):
+        await service.generate("chat", chat(max_tokens=4), {})
+    assert len(pool.calls) == 1
+    await _ended_once(service, 500)
+
+
 async def test_a_tool_call_cut_mid_way_ends_the_stream_with_an_error(make_service: Make) -> None:
     """A new engine's parser would number the calls afresh and its grammar restart mid-call."""
     prompt = await _first_prompt(make_service)

@@ -44,3 +44,16 @@ def test_the_routers_pick_wins_and_otherwise_two_candidates() -> None:
     free = EngineChatRequest.model_construct(glmserve_target=None, glmserve_avoid=())
     [candidates] = _choose(free, _replicas("a", "b", "c"))
     assert len(candidates) == 2 and free.glmserve_target is None
+
+
+def test_the_replica_that_took_a_call_is_written_on_its_body() -> None:
+    """The ingress then knows which replica failed a request also when Serve chose it."""
+    body = EngineChatRequest.model_construct(glmserve_target=None, glmserve_avoid=())
+
+    async def route() -> None:
+        pending = PendingRequest(args=[body], kwargs={}, metadata=None)  # type: ignore[arg-type]
+        [replica] = _replicas("b")
+        PinnedRouter.__new__(PinnedRouter).on_request_routed(pending, replica.replica_id, None)  # type: ignore[arg-type]
+
+    asyncio.run(route())
+    assert body.glmserve_target == "b"
