@@ -78,6 +78,7 @@ def test_a_redis_outage_fails_open_and_the_limits_return_with_redis(stack: Stack
     assert down.status_code == 429 and seconds < OUTAGE_ANSWER_S, down.text
     assert scraped(router, "glmserve_admission_fail_open_decisions_total") == fail_open_before + RPM + 2
 
+    print(f"redis outage: frozen answers in {max(s for _, s in frozen):.2f} s at most, down {seconds:.2f} s")
     stack_redis.start()  # same port, empty: the buckets start over
     time.sleep(STORE_RETRY_S)
     back = [_post(stack, key)[0] for _ in range(RPM + 1)]
@@ -114,11 +115,17 @@ def _billed(stack: Stack, plan: str) -> float:
 
 HANGUP_MAX_TOKENS = 4000  # minutes of generation on this machine: only an abort ends it early
 HANGUP_AFTER = 24  # tokens the client reads before it goes away
-# An engine step is a few tokens of one sequence; the abort reaches the engine within a few steps.
+# The abort reaches the engine within a few of its steps (one token each for a lone sequence).
 ABORT_BOUND = 64
+# The engine sends a stream's tokens in batches (`stream_interval_ms`, 50); those it generated in the
+# batch it had not sent yet when the abort came never reach the ingress, which bills what it relayed.
+UNSENT_BOUND = 16
 
 
 def test_a_client_hanging_up_stops_its_engine_and_is_billed_the_tokens_generated(stack: Stack) -> None:
+    """The engine's own counters: it stops generating within a bound once the client went away
+    (vLLM aborts the request), and the tenant's plan is billed the tokens relayed to it, counted
+    from the engine's running usage (tokens, not SSE events), all but the engine's unsent last batch."""
     generated_before = _settled(lambda: _engines(stack, "generation_tokens_total"), quiet_s=6, timeout_s=60)
     billed_before = _billed(stack, "hangup")
     body = {
@@ -149,4 +156,4 @@ def test_a_client_hanging_up_stops_its_engine_and_is_billed_the_tokens_generated
     print(f"hang-up: delivered {delivered}, engine generated {generated:.0f}, billed {billed:.0f}, "
           f"engine idle {time.monotonic() - hung_up:.1f} s after")  # fmt: skip
     assert delivered <= generated <= delivered + ABORT_BOUND
-    assert billed == generated
+    assert delivered <= billed <= generated <= billed + UNSENT_BOUND
