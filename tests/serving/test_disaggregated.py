@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -122,6 +123,59 @@ def test_router_keeps_a_repeated_prefix_on_the_replica_that_caches_it(pd_stack: 
     assert _router_metric(pd_stack, "glmserve_router_routes_total") >= routed_before + 6
 
 
+def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) -> None:
+    """The prefill engine computes the prompt's KV and dies before the decode engine pulls it: the
+    pull fails, and with `kv_load_failure_policy: recompute` (glmserve's decode default) the decode
+    engine computes the prompt itself; the request completes instead of failing."""
+
+    def computed() -> float:
+        return _prompt_tokens(pd_stack, "local_compute")
+
+    def transferred() -> float:
+        return _prompt_tokens(pd_stack, "external_kv_transfer")
+
+    computed_before, transferred_before = computed(), transferred()
+    prefill, decode = _prefill_engine_pid(), _engine_pids("Decode")
+    assert len(decode) == 2, decode
+    text = "A prompt whose KV the decode engine will fail to pull, spanning several KV blocks. " * 60
+    client = pd_stack.client(timeout=180, max_retries=0)
+    for pid in decode:  # the decode engines take the request only once the prefill engine is gone
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                client.chat.completions.create,
+                model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=4, temperature=0,
+            )  # fmt: skip
+            deadline = time.monotonic() + 40  # Ray exports the prefill engine's counters every few seconds
+            while computed() < computed_before + 512:
+                assert time.monotonic() < deadline and not answer.done(), (
+                    "the prefill engine did not compute the prompt"
+                )
+                time.sleep(1)
+            os.kill(prefill, signal.SIGKILL)
+            while os.path.exists(f"/proc/{prefill}"):
+                time.sleep(0.1)
+            for pid in decode:
+                os.kill(pid, signal.SIGCONT)
+            r = answer.result(timeout=120)
+    finally:
+        for pid in decode:
+            os.kill(pid, signal.SIGCONT)
+    assert r.usage is not None and r.usage.completion_tokens == 4
+    prompt = r.usage.prompt_tokens
+    time.sleep(6)  # the decode engine's counters reach Ray's export
+    print(f"kv pull failed: prompt {prompt}, computed {computed() - computed_before:.0f} (prefill + decode), "
+          f"transferred {transferred() - transferred_before:.0f}")  # fmt: skip
+    assert computed() - computed_before >= 2 * prompt - 32  # once by the prefill engine, again by the decode engine
+    assert transferred() - transferred_before < prompt / 2
+    # the prefill pool comes back (Serve replaces the replica) before the next test kills its engine
+    deadline = time.monotonic() + 180
+    while [pid for pid in _engine_pids("Prefill") if pid != prefill] == []:
+        assert time.monotonic() < deadline, "the prefill replica was not replaced"
+        time.sleep(2)
+
+
 def test_requests_survive_the_router_going_away(pd_stack: Stack) -> None:
     """The ingress falls back to Serve's own balancing, and counts it."""
     ps = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
@@ -148,11 +202,20 @@ def test_prefill_replica_failure_never_hangs(pd_stack: Stack) -> None:
     assert time.monotonic() - started < 60
 
 
+def _prompt_tokens(stack: Stack, source: str) -> float:
+    """Prompt tokens the stack's engines computed (local_compute) or pulled (external_kv_transfer)."""
+    return sum(_engine_counters(stack, "prompt_tokens_by_source_total", source=source).values())
+
+
 def _prefill_engine_pid() -> int:
-    """The VLLM::EngineCore process whose parent is the prefill replica actor."""
+    engines = _engine_pids("Prefill")
+    assert len(engines) == 1, engines
+    return engines[0]
+
+
+def _engine_pids(pool: str) -> list[int]:
+    """The VLLM::EngineCore processes whose parents are the pool's replica actors."""
     ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 2) for line in ps.splitlines()]
-    prefill_actors = {pid for pid, _, args in rows if "ServeReplica:glmserve:Prefill" in args}
-    engines = [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in prefill_actors]
-    assert len(engines) == 1, rows
-    return engines[0]
+    actors = {pid for pid, _, args in rows if f"ServeReplica:glmserve:{pool}" in args}
+    return [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in actors]
