@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,7 +136,10 @@ def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) ->
     def transferred() -> float:
         return _prompt_tokens(pd_stack, "external_kv_transfer")
 
-    computed_before, transferred_before = computed(), transferred()
+    def failed_pulls() -> float:  # vLLM counts a failed handshake with the prefill engine as a failed transfer
+        return sum(_engine_counters(pd_stack, "nixl_num_failed_transfers_total").values())
+
+    computed_before, transferred_before, failed_before = computed(), transferred(), failed_pulls()
     prefill, decode = _prefill_engine_pid(), _engine_pids("Decode")
     assert len(decode) == 2, decode
     text = "A prompt whose KV the decode engine will fail to pull, spanning several KV blocks. " * 60
@@ -167,6 +172,7 @@ def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) ->
     time.sleep(6)  # the decode engine's counters reach Ray's export
     print(f"kv pull failed: prompt {prompt}, computed {computed() - computed_before:.0f} (prefill + decode), "
           f"transferred {transferred() - transferred_before:.0f}")  # fmt: skip
+    assert failed_pulls() > failed_before
     assert computed() - computed_before >= 2 * prompt - 32  # once by the prefill engine, again by the decode engine
     assert transferred() - transferred_before < prompt / 2
     # the prefill pool comes back (Serve replaces the replica) before the next test kills its engine
@@ -219,3 +225,58 @@ def _engine_pids(pool: str) -> list[int]:
     rows = [line.split(None, 2) for line in ps.splitlines()]
     actors = {pid for pid, _, args in rows if f"ServeReplica:glmserve:{pool}" in args}
     return [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in actors]
+
+
+SERVE_DEFAULT_GRACE_S = 20  # Ray Serve's graceful_shutdown_timeout_s, which the ingress had before
+
+
+def test_sigterm_drains_the_stack_and_in_flight_streams_finish(pd_stack: Stack) -> None:
+    """SIGTERM to `glmserve up`, as a supervisor stops or replaces it: Serve drains the ingress and
+    engine replicas; a stream in flight runs to its end (longer than Serve's default grace), a
+    request arriving meanwhile is refused at once instead of being taken and cut, and the stack
+    then exits cleanly (the fixture checks that nothing survives). Runs last: it ends the stack."""
+    client = pd_stack.client(timeout=300, max_retries=0)
+    messages = [{"role": "user", "content": "Write a long story about a lighthouse."}]
+    extra = {"ignore_eos": True, "thinking": {"type": "disabled"}}
+    # This machine's decode rate, first token excluded: the drained stream must outlast Serve's default grace.
+    calibration = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=129, temperature=0, stream=True, extra_body=extra
+    )
+    next(iter(calibration))
+    started = time.monotonic()
+    for _ in calibration:
+        pass
+    rate = 128 / (time.monotonic() - started)
+    max_tokens = min(7000, int(rate * (SERVE_DEFAULT_GRACE_S + 15)))
+
+    def stream(first: threading.Event) -> tuple[str | None, int, float]:
+        chunks = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body=extra,
+        )  # fmt: skip
+        finish, tokens = None, 0
+        for chunk in chunks:
+            first.set()
+            finish = next((c.finish_reason for c in chunk.choices if c.finish_reason), finish)
+            tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+        return finish, tokens, time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        first = threading.Event()
+        running = pool.submit(stream, first)
+        assert first.wait(60)
+        os.kill(pd_stack.sid, signal.SIGTERM)  # `glmserve up` leads its session
+        signalled = time.monotonic()
+        time.sleep(3)
+        late_started = time.monotonic()
+        with pytest.raises((openai.APIConnectionError, openai.APIStatusError)) as late:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+        refused_s = time.monotonic() - late_started
+        finish, tokens, ended = running.result(timeout=600)
+    print(f"drain: stream of {max_tokens} tokens ({rate:.0f}/s) ended {ended - signalled:.1f} s after SIGTERM; "
+          f"a late request refused in {refused_s:.1f} s ({late.value!r})")  # fmt: skip
+    assert (finish, tokens) == ("length", max_tokens)
+    assert ended - signalled > SERVE_DEFAULT_GRACE_S
+    assert refused_s < 10
+    if isinstance(late.value, openai.APIStatusError):
+        assert late.value.status_code == 503
