@@ -27,7 +27,8 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         "up",
         help="run the platform locally (Ray + vLLM engines + OpenAI ingress)",
         description="Starts local Ray, the vLLM engine replicas and the OpenAI-compatible ingress, "
-        "prints the base URL and serves until Ctrl-C or SIGTERM.",
+        "prints the base URL and serves until Ctrl-C or SIGTERM; then requests in flight finish (at most "
+        "drain_timeout_s, default 600 s) before it stops.",
     )
     up.add_argument("--config", type=Path, help="YAML file with any of the settings below (flags win)")
     up.add_argument("--model", help=f"catalogue name or checkpoint directory (default {TINY_MODEL}, built locally)")

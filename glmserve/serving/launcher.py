@@ -26,6 +26,7 @@ Progress = Callable[[str], None]
 # 2-core laptop has too few logical CPUs for an engine per replica plus Ray's own actors.
 MIN_LOGICAL_CPUS = 8
 START_TIMEOUT_S = 900
+DRAIN_MARGIN_S = 30  # Serve's own steps around a replica's drain (stopping it, the controller's loop)
 
 
 def serve_environment(port: int, proxy_port: int) -> dict[str, str]:
@@ -180,6 +181,27 @@ class Stack:
             time.sleep(1.0)
         raise ConfigError(f"the application did not start within {START_TIMEOUT_S} s")
 
+    def _drain(self, app_name: str) -> None:
+        """Deletes the application and waits while Serve drains it: every ingress and engine
+        replica finishes its in-flight requests (within the drain timeout) before it stops.
+        `serve.shutdown()` alone gives all of Serve 30 s, and then Ray's shutdown cuts the rest."""
+        from ray import serve
+
+        from glmserve.serving.ingress.app import Ingress
+
+        # Serve keeps a draining replica's listener open (it refuses only behind HAProxy), and a
+        # new request would wait for engine replicas that are going away: the ingress refuses them.
+        try:
+            ingress = serve.get_deployment_handle(Ingress.name, app_name)  # type: ignore[attr-defined]  # a Deployment
+            ingress.drain.remote().result(timeout_s=10)
+        except Exception as exc:  # a dead or unreachable ingress takes no new requests anyway
+            log.warning("could not switch the ingress to draining: %s", exc)
+        serve.delete(app_name, _blocking=False)
+        deadline = time.monotonic() + self.cfg.drain_timeout_s + DRAIN_MARGIN_S
+        self.progress(f"draining: in-flight requests finish (at most {self.cfg.drain_timeout_s:.0f} s)")
+        while app_name in serve.status().applications and time.monotonic() < deadline:
+            time.sleep(1.0)
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -192,8 +214,10 @@ class Stack:
             from glmserve.serving.app import APP_NAME
 
             try:
+                self._drain(APP_NAME)
                 # A joined cluster's Serve (its controller, proxies, other applications) is not ours.
-                serve.shutdown() if self._own_cluster else serve.delete(APP_NAME)
+                if self._own_cluster:
+                    serve.shutdown()
             except Exception as exc:  # still tear the cluster down below
                 log.warning("stopping Serve failed: %s", exc)
             ray.shutdown()

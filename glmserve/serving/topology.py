@@ -234,7 +234,15 @@ def plan(spec: TopologySpec) -> Topology:
         metrics_tenants=spec.metrics_tenants,
         request_limits=spec.request_limits,
     )
-    options = {"num_replicas": spec.ingress_replicas, "ray_actor_options": dict(spec.ingress_actor_options)}
+    options = {
+        "num_replicas": spec.ingress_replicas,
+        "ray_actor_options": dict(spec.ingress_actor_options),
+        # A stopping ingress replica (a rollout, a scale-down, `glmserve up` stopping) relays its
+        # streams to their end, as long as the engines behind it drain theirs; Serve's default
+        # (20 s) cut longer streams.
+        "graceful_shutdown_timeout_s": max(p.drain_timeout_s for p in spec.pools),
+        "graceful_shutdown_wait_loop_s": DRAIN_CHECK_S,
+    }
     return Topology(spec.model, engines, options, settings)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -122,6 +125,63 @@ def test_router_keeps_a_repeated_prefix_on_the_replica_that_caches_it(pd_stack: 
     assert _router_metric(pd_stack, "glmserve_router_routes_total") >= routed_before + 6
 
 
+def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) -> None:
+    """The prefill engine computes the prompt's KV and dies before the decode engine pulls it: the
+    pull fails, and with `kv_load_failure_policy: recompute` (glmserve's decode default) the decode
+    engine computes the prompt itself; the request completes instead of failing."""
+
+    def computed() -> float:
+        return _prompt_tokens(pd_stack, "local_compute")
+
+    def transferred() -> float:
+        return _prompt_tokens(pd_stack, "external_kv_transfer")
+
+    def failed_pulls() -> float:  # vLLM counts a failed handshake with the prefill engine as a failed transfer
+        return sum(_engine_counters(pd_stack, "nixl_num_failed_transfers_total").values())
+
+    computed_before, transferred_before, failed_before = computed(), transferred(), failed_pulls()
+    prefill, decode = _prefill_engine_pid(), _engine_pids("Decode")
+    assert len(decode) == 2, decode
+    text = "A prompt whose KV the decode engine will fail to pull, spanning several KV blocks. " * 60
+    client = pd_stack.client(timeout=180, max_retries=0)
+    for pid in decode:  # the decode engines take the request only once the prefill engine is gone
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(
+                client.chat.completions.create,
+                model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=4, temperature=0,
+            )  # fmt: skip
+            deadline = time.monotonic() + 40  # Ray exports the prefill engine's counters every few seconds
+            while computed() < computed_before + 512:
+                assert time.monotonic() < deadline and not answer.done(), (
+                    "the prefill engine did not compute the prompt"
+                )
+                time.sleep(1)
+            os.kill(prefill, signal.SIGKILL)
+            while os.path.exists(f"/proc/{prefill}"):
+                time.sleep(0.1)
+            for pid in decode:
+                os.kill(pid, signal.SIGCONT)
+            r = answer.result(timeout=120)
+    finally:
+        for pid in decode:
+            os.kill(pid, signal.SIGCONT)
+    assert r.usage is not None and r.usage.completion_tokens == 4
+    prompt = r.usage.prompt_tokens
+    time.sleep(6)  # the decode engine's counters reach Ray's export
+    print(f"kv pull failed: prompt {prompt}, computed {computed() - computed_before:.0f} (prefill + decode), "
+          f"transferred {transferred() - transferred_before:.0f}")  # fmt: skip
+    assert failed_pulls() > failed_before
+    assert computed() - computed_before >= 2 * prompt - 32  # once by the prefill engine, again by the decode engine
+    assert transferred() - transferred_before < prompt / 2
+    # the prefill pool comes back (Serve replaces the replica) before the next test kills its engine
+    deadline = time.monotonic() + 180
+    while [pid for pid in _engine_pids("Prefill") if pid != prefill] == []:
+        assert time.monotonic() < deadline, "the prefill replica was not replaced"
+        time.sleep(2)
+
+
 def test_requests_survive_the_router_going_away(pd_stack: Stack) -> None:
     """The ingress falls back to Serve's own balancing, and counts it."""
     ps = subprocess.run(["ps", "-ww", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
@@ -148,11 +208,75 @@ def test_prefill_replica_failure_never_hangs(pd_stack: Stack) -> None:
     assert time.monotonic() - started < 60
 
 
+def _prompt_tokens(stack: Stack, source: str) -> float:
+    """Prompt tokens the stack's engines computed (local_compute) or pulled (external_kv_transfer)."""
+    return sum(_engine_counters(stack, "prompt_tokens_by_source_total", source=source).values())
+
+
 def _prefill_engine_pid() -> int:
-    """The VLLM::EngineCore process whose parent is the prefill replica actor."""
+    engines = _engine_pids("Prefill")
+    assert len(engines) == 1, engines
+    return engines[0]
+
+
+def _engine_pids(pool: str) -> list[int]:
+    """The VLLM::EngineCore processes whose parents are the pool's replica actors."""
     ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 2) for line in ps.splitlines()]
-    prefill_actors = {pid for pid, _, args in rows if "ServeReplica:glmserve:Prefill" in args}
-    engines = [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in prefill_actors]
-    assert len(engines) == 1, rows
-    return engines[0]
+    actors = {pid for pid, _, args in rows if f"ServeReplica:glmserve:{pool}" in args}
+    return [int(pid) for pid, ppid, args in rows if "EngineCore" in args and ppid in actors]
+
+
+SERVE_DEFAULT_GRACE_S = 20  # Ray Serve's graceful_shutdown_timeout_s, which the ingress had before
+
+
+def test_sigterm_drains_the_stack_and_in_flight_streams_finish(pd_stack: Stack) -> None:
+    """SIGTERM to `glmserve up`, as a supervisor stops or replaces it: Serve drains the ingress and
+    engine replicas; a stream in flight runs to its end (longer than Serve's default grace), a
+    request arriving meanwhile is refused at once instead of being taken and cut, and the stack
+    then exits cleanly (the fixture checks that nothing survives). Runs last: it ends the stack."""
+    client = pd_stack.client(timeout=300, max_retries=0)
+    messages = [{"role": "user", "content": "Write a long story about a lighthouse."}]
+    extra = {"ignore_eos": True, "thinking": {"type": "disabled"}}
+    # This machine's decode rate, first token excluded: the drained stream must outlast Serve's default grace.
+    calibration = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=129, temperature=0, stream=True, extra_body=extra
+    )
+    next(iter(calibration))
+    started = time.monotonic()
+    for _ in calibration:
+        pass
+    rate = 128 / (time.monotonic() - started)
+    max_tokens = min(7000, int(rate * (SERVE_DEFAULT_GRACE_S + 15)))
+
+    def stream(first: threading.Event) -> tuple[str | None, int, float]:
+        chunks = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body=extra,
+        )  # fmt: skip
+        finish, tokens = None, 0
+        for chunk in chunks:
+            first.set()
+            finish = next((c.finish_reason for c in chunk.choices if c.finish_reason), finish)
+            tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+        return finish, tokens, time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        first = threading.Event()
+        running = pool.submit(stream, first)
+        assert first.wait(60)
+        os.kill(pd_stack.sid, signal.SIGTERM)  # `glmserve up` leads its session
+        signalled = time.monotonic()
+        time.sleep(3)
+        late_started = time.monotonic()
+        with pytest.raises((openai.APIConnectionError, openai.APIStatusError)) as late:
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+        refused_s = time.monotonic() - late_started
+        finish, tokens, ended = running.result(timeout=600)
+    print(f"drain: stream of {max_tokens} tokens ({rate:.0f}/s) ended {ended - signalled:.1f} s after SIGTERM; "
+          f"a late request refused in {refused_s:.1f} s ({late.value!r})")  # fmt: skip
+    assert (finish, tokens) == ("length", max_tokens)
+    assert ended - signalled > SERVE_DEFAULT_GRACE_S
+    assert refused_s < 10
+    if isinstance(late.value, openai.APIStatusError):
+        assert late.value.status_code == 503

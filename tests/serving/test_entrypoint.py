@@ -66,9 +66,10 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
         assert (kw["tensor_parallel_size"], kw["data_parallel_size"]) == (par.tensor, par.data)
         assert kw["max_model_len"] == context
         assert kw["gpu_memory_utilization"] == 0.90
+        consumer = {"kv_role": "kv_consumer", "kv_load_failure_policy": "recompute"}  # a failed pull recomputes
         assert kw["kv_transfer_config"] == {
             "kv_connector": "NixlConnector",
-            "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+            **({"kv_role": "kv_producer"} if role == "prefill" else consumer),
         }
         assert kw["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
         assert kw["tool_call_parser"] == kw["reasoning_parser"] == "glm45"

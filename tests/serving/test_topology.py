@@ -134,7 +134,7 @@ def test_a_colocated_pool_is_the_routers_decode_pool() -> None:
     assert topology.ingress_options["ray_actor_options"]["label_selector"] == {app.NODE_ID_LABEL: "!head"}
 
 
-def test_engines_drain_for_the_configured_time_and_start_where_asked() -> None:
+def test_engines_and_ingress_drain_for_the_configured_time_and_start_where_asked() -> None:
     """Serve's 20 s default would cut a removed replica's long streams off."""
     decode = PoolConfig(replicas=1, initial_replicas=2, max_replicas=2)
     # Serve's own policy: glmserve's keeps its own delays (Serve's are 0 then).
@@ -143,6 +143,9 @@ def test_engines_drain_for_the_configured_time_and_start_where_asked() -> None:
         config = engine.llm_config.deployment_config
         assert config["graceful_shutdown_timeout_s"] == 300
         assert config["graceful_shutdown_wait_loop_s"] == 1.0
+    # The ingress relays those streams: it drains as long.
+    assert topology.ingress_options["graceful_shutdown_timeout_s"] == 300
+    assert topology.ingress_options["graceful_shutdown_wait_loop_s"] == 1.0
     scaling = topology.engines["decode"].llm_config.deployment_config["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (1, 2, 2)
     assert "downscale_delay_s" not in scaling  # Serve's default unless set

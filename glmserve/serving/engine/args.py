@@ -28,14 +28,19 @@ def kv_transfer_config(cfg: ServeConfig, role: Role) -> dict[str, Any] | None:
     """vLLM's KV connector settings: prefill produces KV, decode consumes it."""
     if role == "colocated":
         return None
-    config: dict[str, Any] = {
-        "kv_connector": cfg.kv_connector,
-        "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
-    }
+    config = kv_roles(cfg.kv_connector, role)
     if cfg.kv_connector == "ExampleConnector":
         # ExampleConnector moves KV through files; both pools must see the same directory.
         config["kv_connector_extra_config"] = {"shared_storage_path": str(kv_exchange_dir())}
     return config
+
+
+def kv_roles(connector: str, role: Role) -> dict[str, Any]:
+    """The connector and the pool's side of it. A decode engine whose KV pull fails (its prefill
+    engine died, or freed the blocks) recomputes the prompt instead of failing the request."""
+    if role == "prefill":
+        return {"kv_connector": connector, "kv_role": "kv_producer"}
+    return {"kv_connector": connector, "kv_role": "kv_consumer", "kv_load_failure_policy": "recompute"}
 
 
 def kv_exchange_dir() -> Path:

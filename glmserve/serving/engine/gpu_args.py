@@ -13,7 +13,7 @@ from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import redundant_experts
 from glmserve.common.roles import WorkerRole
-from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs
+from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs, kv_roles
 
 # Requests one replica may hold waiting beyond those it runs, before vLLM answers 503.
 QUEUE_PER_SEQUENCE = 2
@@ -31,10 +31,7 @@ def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolL
     ) | {
         "tensor_parallel_size": par.tensor,
         "data_parallel_size": par.data,
-        "kv_transfer_config": {
-            "kv_connector": spec.kv_transfer.connector,
-            "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
-        },
+        "kv_transfer_config": kv_roles(spec.kv_transfer.connector, role),
     }
     # A CPU rank's KV cache is the node group's fixed size; a GPU's is what HBM leaves.
     kwargs |= (

@@ -84,6 +84,10 @@ class Ingress:
 
     # -- operations -----------------------------------------------------------------------
 
+    def drain(self) -> None:
+        """Called over a Serve handle by `glmserve up` as it stops, before Serve drains the replica."""
+        self._service.drain()
+
     @app.get("/health")
     async def health(self) -> Response:
         failed = await self._service.check_health()

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from glmserve.admission.tenants import ResolvedTenant
 from glmserve.common import tracing
-from glmserve.common.errors import NotFoundError
+from glmserve.common.errors import NotFoundError, OverloadedError
 from glmserve.router.replicas import connect
 from glmserve.serving.ingress.admit import Admitter
 from glmserve.serving.ingress.engine_call import EngineCall
@@ -71,12 +71,21 @@ class IngressService:
             for name, pools in engines.items()
         }
         self.background = Background()
+        self._retry_after_s = settings.retry_after_s
+        self.draining = False  # set when the stack stops: requests in flight finish, new ones get 503
+
+    def drain(self) -> None:
+        """Refuse new requests from now on (503 + Retry-After, so clients go elsewhere or retry);
+        those in flight run to their end while Serve drains this replica."""
+        self.draining = True
 
     async def generate(
         self, endpoint: Endpoint, body: Body, headers: Mapping[str, str], client: str | None = None
     ) -> Response:
         """One request, answered; it has ended (or ends with its stream) whatever happened.
         `client`: the caller's address (its failed API keys are throttled)."""
+        if self.draining:
+            raise OverloadedError("the server is shutting down; retry shortly", retry_after_s=self._retry_after_s)
         tenant = self.gate.authenticate(headers.get("authorization"), client)
         served = self.served(body.model)
         timer = self.metrics.start(endpoint, served.name, plan=tenant.plan, tenant=tenant.id, headers=headers)
