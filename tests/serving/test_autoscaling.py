@@ -64,27 +64,38 @@ def context(
     )
 
 
-def test_the_queries_read_the_routers_queue_the_engines_by_pool_and_the_ingress() -> None:
-    by_signal = queries("glm-4.6", "Decode")
-    assert 'glmserve_router_flow_queued_requests{model="glm-4.6"}' in by_signal["queued_requests"]
-    assert 'cached="false"' in by_signal["prompt_tokens_per_s"]
-    assert by_signal["running"].startswith("sum by (pool)") and "ray_vllm_num_requests_running" in by_signal["running"]
-    assert "glmserve_ingress_inter_token_latency_seconds_bucket" in by_signal["itl_s"]
+def test_the_queries_read_the_routers_pool_gauges_the_engines_kv_by_pool_and_the_ingress() -> None:
+    decode = queries("glm-4.6", "Decode", "decode")
+    pool = 'model="glm-4.6",role="decode"'
+    assert decode["queued_requests"] == (
+        f'sum(glmserve_router_pool_requests{{{pool},state="queued"}}) + '
+        f'max(glmserve_router_pool_requests{{{pool},state="waiting"}})'
+    )
+    assert decode["running"] == f'max(glmserve_router_pool_requests{{{pool},state="running"}})'
+    assert decode["queued_prompt_tokens"] == f"sum(glmserve_router_pool_uncached_prompt_tokens{{{pool}}})"
+    assert 'cached="false"' in decode["prompt_tokens_per_s"]
+    assert "ray_vllm_kv_cache_usage_perc" in decode["kv_cache_usage"]
+    assert "glmserve_ingress_inter_token_latency_seconds_bucket" in decode["itl_s"]
+    # The router knows a colocated engine as a decode worker; a prefill pool reads its own gauges.
+    assert queries("glm-4.6", "Engine", "colocated") == decode
+    assert 'role="prefill"' in queries("glm-4.6", "Prefill", "prefill")["queued_prompt_tokens"]
 
 
 def test_signals_pick_the_pools_sample_and_treat_absent_series_as_unmeasured() -> None:
-    by_signal = queries("m", "Decode")
+    by_signal = queries("m", "Decode", "decode")
 
     def vector(*samples: tuple[str, float]) -> PrometheusVector:
         return PrometheusVector(tuple(PrometheusSample({"pool": p}, v, 0.0) for p, v in samples))
 
     results = {
         by_signal["queued_requests"]: PrometheusScalar(5.0, 0.0),
-        by_signal["running"]: vector(("Prefill", 3.0), ("Decode", 20.0)),
+        by_signal["running"]: PrometheusVector((PrometheusSample({}, 20.0, 0.0),)),
         by_signal["kv_cache_usage"]: vector(("Prefill", 0.5)),  # the decode engines' gauge vanished
     }
     signals = signals_of(context(2, 2, ongoing=7), results, by_signal, "Decode")
     assert (signals.ready, signals.queued_requests, signals.running, signals.kv_cache_usage) == (2, 5.0, 20.0, None)
+    kv = {**results, by_signal["kv_cache_usage"]: vector(("Decode", 0.4))}
+    assert signals_of(context(2, 2), kv, by_signal, "Decode").kv_cache_usage == 0.4
     # No Prometheus at all: Serve's own count stands in for the running sequences and the queue.
     alone = signals_of(context(2, 2, ongoing=7), None, by_signal, "Decode")
     assert (alone.running, alone.queued_requests, alone.itl_s) == (7.0, 0.0, None)
