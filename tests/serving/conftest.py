@@ -118,11 +118,19 @@ def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
     yield from serve_redis(tmp_path_factory)
 
 
-def run_stack(tmp: Path, flags: list[str], env: dict[str, str] | None = None) -> Iterator[Stack]:
+def run_stack(
+    tmp: Path,
+    flags: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[Stack]:
     """`glmserve up FLAGS` over HTTPS (with `env` added to its environment) until the generator is
-    closed; then checks it left nothing."""
-    cert, key = self_signed(tmp)
-    port = free_port()
+    closed; then checks it left nothing. `port` and `tls` (certificate, key): chosen beforehand, for
+    a scraper started first; default: a free port, a throwaway certificate."""
+    cert, key = tls or self_signed(tmp)
+    port = port or free_port()
     log = tmp / "glmserve-up.log"
     started = time.time()
     cmd = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from glmserve.common.autoscaling import PoolTargets
 from glmserve.common.config import PoolConfig, ServeConfig
 from glmserve.serving import app
 from glmserve.serving.autoscaling import POLICY, STATE_KEY, PoolPolicy, queries, signals_of
+from glmserve.serving.models import ResolvedModel
 from glmserve.serving.topology import plan
 
 TARGETS = PoolTargets(
@@ -154,3 +156,23 @@ def test_up_flags_reach_the_pool(flag: str) -> None:
     role = "decode" if "decode" in flag else "colocated"
     targets = app.pool_targets(cfg, role)
     assert targets is not None and (targets.max_replicas, targets.itl_slo_s) == (3, 0.04)
+
+
+def test_up_flags_set_the_downscale_delay_scale_from_zero_and_the_queues_ttl() -> None:
+    from glmserve.cli.main import parser, serve_config
+    from glmserve.serving.local_router import local_flow
+
+    argv = ["up", "--replicas", "0", "--max-replicas", "2", "--autoscaling-policy", "glmserve", "--router", "on"]
+    cfg = serve_config(parser().parse_args([*argv, "--downscale-delay-s", "15", "--queue-ttl-s", "240"]))
+    targets = app.pool_targets(cfg, "colocated")
+    assert targets is not None and (targets.min_replicas, targets.downscale_delay_s) == (0, 15)
+    # The router holds the model's requests while its pool is empty, for up to the TTL; the ingress
+    # waits on the router a little longer than that.
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 240, "scale_from_zero": ["m"]}
+    model = ResolvedModel("m", Path("/m"), 1024, False)
+    assert plan(app.topology_spec(model, cfg, "cpu", "127.0.0.1:1")).settings.route_timeout_s == 245
+    disaggregated = ["up", "--disaggregated", "--decode-max-replicas", "3", "--decode-downscale-delay-s", "20"]
+    cfg = serve_config(parser().parse_args([*disaggregated, "--autoscaling-policy", "glmserve"]))
+    targets = app.pool_targets(cfg, "decode")
+    assert targets is not None and targets.downscale_delay_s == 20
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 30}
