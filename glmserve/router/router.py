@@ -204,7 +204,12 @@ class Router:
         # At least one slot each: replicas outnumbering the slots oversubscribe the engines a
         # little (they queue the excess) rather than leave a replica that can never route.
         share = max(1, total // self.config.flow.replicas) if total else 0
-        return share - int(board.in_flight[slots][healthy].sum())
+        # Count a worker as routing's overload filter does: the larger of this router's count and its
+        # last heartbeat, which still shows a request that just ended (a slot handed out on the first
+        # would be refused by the second: 503 instead of a wait). With several router replicas the
+        # heartbeat counts the others' requests too, so each counts its own only.
+        used = board.busy(slots) if self.config.flow.replicas == 1 else board.in_flight[slots]
+        return share - int(used[healthy].sum())
 
     # -- requests -------------------------------------------------------------------------
 

@@ -90,3 +90,21 @@ async def test_the_sweep_of_a_never_completed_request_frees_its_slot() -> None:
 async def test_a_model_no_worker_serves_is_routed_at_once_to_say_so() -> None:
     router = make_router(slots=1)
     assert router.free("unknown") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_heartbeat_still_showing_an_ended_request_holds_its_slot_until_the_next_one() -> None:
+    """Routing refuses a worker whose heartbeat shows it full even when this router saw a request end
+    there, so flow control must not hand that slot out yet: the request waits instead of a 503."""
+    router = make_router(slots=2)
+    for name in ("a", "b"):
+        await admit(router, ticket(name))
+    router.heartbeat("w0", Load(running=2))
+    finish(router, "a")
+    assert router.free("m") == 0
+    waiting = asyncio.create_task(admit(router, ticket("c")))
+    await settle()
+    assert not waiting.done()
+    router.heartbeat("w0", Load(running=1))  # the engine's next heartbeat frees it
+    decision = await asyncio.wait_for(waiting, 1)
+    assert decision.decode.worker_id == "w0"
