@@ -36,12 +36,17 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, help="listen port (default 8000)")
     up.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate (needs --tls-keyfile)")
     up.add_argument("--tls-keyfile", type=Path, help="private key of --tls-certfile")
-    up.add_argument("--replicas", type=int, help="engine replicas (default 1; the minimum with --max-replicas)")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        help="engine replicas (default 1; the minimum with --max-replicas; 0: scale from zero, with "
+        "--autoscaling-policy glmserve and the local router)",
+    )
     up.add_argument("--max-replicas", type=int, help="autoscale the engines up to this many (colocated mode)")
     up.add_argument(
         "--downscale-delay-s",
         type=float,
-        help="autoscaling: how long demand must stay low before a replica goes (colocated; default 300 with "
+        help="autoscaling: how long demand must stay low before a replica goes (colocated; default 120 with "
         "--autoscaling-policy glmserve, else Ray Serve's)",
     )
     up.add_argument("--ttft-slo-s", type=float, help="time to first token autoscaled pools defend (default 2.5)")
@@ -84,7 +89,12 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--kv-connector", choices=["NixlConnector", "ExampleConnector"], help="default NixlConnector")
     for pool in ("prefill", "decode"):
-        up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
+        up.add_argument(
+            f"--{pool}-replicas",
+            type=int,
+            help=f"{pool} replicas (disaggregated mode, default 1)"
+            + ("; 0: scale from zero" if pool == "decode" else ""),
+        )
         up.add_argument(f"--{pool}-max-replicas", type=int, help=f"autoscale the {pool} pool up to this many")
         up.add_argument(f"--{pool}-downscale-delay-s", type=float, help=f"--downscale-delay-s of the {pool} pool")
         up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
