@@ -49,6 +49,13 @@ class Stack:
                 return line.split("metrics: ", 1)[1].strip()
         raise AssertionError("glmserve up did not print its metrics endpoint")
 
+    @property
+    def router_metrics_url(self) -> str:
+        """The local router's metrics (its pool gauges, workers, cold starts)."""
+        line = next((x for x in self.log.read_text().splitlines() if "glmserve: router: " in x), None)
+        assert line is not None, "glmserve up started no router"
+        return line.split("(metrics ", 1)[1].rstrip(")").strip()
+
     def client(self, api_key: str | None = None, **kwargs: object) -> OpenAI:
         key = api_key or self.api_key
         return OpenAI(base_url=self.base_url, api_key=key, http_client=self.http(), **kwargs)  # type: ignore[arg-type]
