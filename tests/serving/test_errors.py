@@ -75,11 +75,12 @@ def test_unknown_route_is_an_openai_404(stack: Stack) -> None:
 
 
 def test_overload_answers_503_with_retry_after(stack: Stack) -> None:
-    """More concurrent requests than the engine admits: the excess is refused, not queued forever."""
+    """More concurrent requests than the engine admits: the excess is refused, not queued forever.
+    The router's queue holds it for its TTL (30 s): answers long enough that no slot frees by then."""
     n = 3 * (MAX_ONGOING + MAX_QUEUED)
 
     async def one(client: httpx.AsyncClient) -> httpx.Response:
-        body = {"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 400, "temperature": 0}
+        body = {"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 2000, "temperature": 0, "ignore_eos": True}
         return await client.post(f"{stack.base_url}/chat/completions", json=body)
 
     async def burst() -> list[httpx.Response]:
