@@ -37,8 +37,19 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, help="listen port (default 8000)")
     up.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate (needs --tls-keyfile)")
     up.add_argument("--tls-keyfile", type=Path, help="private key of --tls-certfile")
-    up.add_argument("--replicas", type=int, help="engine replicas (default 1; the minimum with --max-replicas)")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        help="engine replicas (default 1; the minimum with --max-replicas; 0: scale from zero, with "
+        "--autoscaling-policy glmserve and the local router)",
+    )
     up.add_argument("--max-replicas", type=int, help="autoscale the engines up to this many (colocated mode)")
+    up.add_argument(
+        "--downscale-delay-s",
+        type=float,
+        help="autoscaling: how long demand must stay low before a replica goes (colocated; default 120 with "
+        "--autoscaling-policy glmserve, else Ray Serve's)",
+    )
     up.add_argument("--ttft-slo-s", type=float, help="time to first token autoscaled pools defend (default 2.5)")
     up.add_argument("--itl-slo-s", type=float, help="inter-token latency autoscaled pools defend (default 0.05)")
     up.add_argument(
@@ -50,6 +61,12 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--kv-cache-gib", type=float, help="KV cache per CPU engine replica in GiB (default 1)")
     up.add_argument("--max-ongoing-requests", type=int, help="requests an engine replica runs at once (default 64)")
     up.add_argument("--max-queued-requests", type=int, help="requests waiting per replica before 503 (default 64)")
+    up.add_argument(
+        "--queue-ttl-s",
+        type=float,
+        help="the local router: a request waiting longer for an engine slot gets 503 (default 30; an autoscaled "
+        "pool's queue waits for a replica's cold start)",
+    )
     up.add_argument(
         "--stream-interval-ms",
         type=int,
@@ -73,8 +90,14 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--kv-connector", choices=["NixlConnector", "ExampleConnector"], help="default NixlConnector")
     for pool in ("prefill", "decode"):
-        up.add_argument(f"--{pool}-replicas", type=int, help=f"{pool} replicas (disaggregated mode, default 1)")
+        up.add_argument(
+            f"--{pool}-replicas",
+            type=int,
+            help=f"{pool} replicas (disaggregated mode, default 1)"
+            + ("; 0: scale from zero" if pool == "decode" else ""),
+        )
         up.add_argument(f"--{pool}-max-replicas", type=int, help=f"autoscale the {pool} pool up to this many")
+        up.add_argument(f"--{pool}-downscale-delay-s", type=float, help=f"--downscale-delay-s of the {pool} pool")
         up.add_argument(f"--{pool}-cpus", help=f"CPU cores of each {pool} engine, e.g. '0' or '0-1' (vLLM's OMP bind)")
     up.add_argument("--tenants-file", type=Path, help="plans and tenants YAML (default: open access, one tenant)")
     up.add_argument("--redis-url", help="keep rate-limit state in this Redis (redis://host:port/db)")
@@ -180,7 +203,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         if value is not None:
             settings[field] = value
     for pool in ("prefill", "decode"):
-        for key in ("replicas", "max_replicas", "cpus"):
+        for key in ("replicas", "max_replicas", "downscale_delay_s", "cpus"):
             value = getattr(args, f"{pool}_{key}", None)
             if value is not None:
                 settings[pool] = {**settings.get(pool, {}), key: value}

@@ -34,6 +34,10 @@ DEFAULT_KV_CACHE_USAGE = 0.8
 PREFILL_MFU = 0.3
 # A GLM-4.6 replica loads for minutes before it serves (docs/autoscaling.md).
 DEFAULT_LEAD_S = 180.0
+# Long against the noise of a steady load (its band holds it: no flapping), short against a ramp
+# down: at 300 s the pools held their ramp's peak long enough to use 65% of fixed-maximum
+# provisioning's replica-seconds in `benchmarks.autoscaling`, at 120 s 59% for the same SLO attainment.
+DEFAULT_DOWNSCALE_DELAY_S = 120.0
 # Time constants of the demand's smoothed level and slope: long enough to average Poisson noise
 # (a steady load must not look like a ramp), short against a ramp of minutes.
 LEVEL_TAU_S = 15.0
@@ -79,7 +83,7 @@ class PoolTargets:
     scale_up_at: float = 1.0  # grow when demand > scale_up_at x replicas
     scale_down_at: float = 0.6  # shrink when demand < scale_down_at x replicas for downscale_delay_s
     upscale_delay_s: float = 10.0
-    downscale_delay_s: float = 300.0
+    downscale_delay_s: float = DEFAULT_DOWNSCALE_DELAY_S
     # How far ahead a rising demand is met: a replica serves only after it starts (loads its
     # weights), so a ramp is extrapolated by this much. 0: scale on the demand of the moment.
     lead_s: float = DEFAULT_LEAD_S

@@ -94,8 +94,19 @@ class ServeConfig(BaseModel):
     port: Port = 8000
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
-    replicas: int = Field(1, ge=1, le=64, description="engine replicas (colocated mode; the minimum when autoscaling)")
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="engine replicas (colocated mode; the minimum when autoscaling; 0: scale from zero)",
+    )
     max_replicas: int | None = Field(None, ge=1, le=64, description="colocated mode: autoscale up to this many")
+    downscale_delay_s: float | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="colocated mode, autoscaling: how long demand stays low before a replica goes",
+    )
     ttft_slo_s: float = Field(
         DEFAULT_TTFT_SLO_S, gt=0, le=600, description="time to first token the autoscaled pools defend"
     )
@@ -123,6 +134,13 @@ class ServeConfig(BaseModel):
         description="after a stream's first chunk, at most one batch of chunks per interval (0: each chunk at once)",
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503 when overloaded")
+    queue_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="the local router: a request waiting longer for an engine slot is refused with 503 (an "
+        "autoscaled pool's queued requests wait for a replica's cold start)",
+    )
     migration_limit: int = Field(
         3, ge=0, le=16, description="times a request moves to another engine when its own fails (0: never)"
     )
@@ -179,8 +197,26 @@ class ServeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _pools(self) -> Self:
-        if self.disaggregated and (self.prefill.replicas < 1 or self.decode.replicas < 1):
-            raise ValueError("disaggregated mode needs at least one prefill and one decode replica at start")
+        if self.disaggregated and self.prefill.replicas < 1:
+            raise ValueError("disaggregated mode needs at least one prefill replica at start (prefill.replicas)")
+        return self
+
+    @model_validator(mode="after")
+    def _from_zero(self) -> Self:
+        """A pool of 0 starts a replica when requests wait for it: only glmserve's policy reads the
+        local router's queue, where they wait (they never reach a Serve handle)."""
+        if not self.scales_from_zero:
+            return self
+        field = "decode.replicas" if self.disaggregated else "replicas"
+        if (self.decode.max_replicas if self.disaggregated else self.max_replicas) is None:
+            raise ValueError(
+                f"{field} 0 (scale from zero) needs a maximum: set {field.replace('replicas', 'max_replicas')}"
+            )
+        if self.autoscaling_policy != "glmserve" or not self.runs_local_router:
+            raise ValueError(
+                f"{field} 0 (scale from zero) needs autoscaling_policy glmserve and the local router (router on, "
+                "no router_address): requests wait for the first replica in the router's queue"
+            )
         return self
 
     @model_validator(mode="after")
@@ -198,6 +234,11 @@ class ServeConfig(BaseModel):
     @property
     def engine_replicas(self) -> int:
         return self.prefill.replicas + self.decode.replicas if self.disaggregated else self.replicas
+
+    @property
+    def scales_from_zero(self) -> bool:
+        """The pool that runs requests to their end (decode, or colocated) may have no replica."""
+        return (self.decode.replicas if self.disaggregated else self.replicas) == 0
 
     @property
     def runs_local_router(self) -> bool:

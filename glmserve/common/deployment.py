@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Self
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from glmserve.common.autoscaling import (
+    DEFAULT_DOWNSCALE_DELAY_S,
     DEFAULT_ITL_SLO_S,
     DEFAULT_KV_CACHE_USAGE,
     DEFAULT_LEAD_S,
@@ -172,7 +173,9 @@ class Autoscaling(Spec):
         0.6, ge=0.05, le=4, description="remove replicas when demand stays below this share of them (< scaleUpAt)"
     )
     upscale_delay_seconds: float = Field(10, ge=0, le=3600, description="demand must stay high this long to add")
-    downscale_delay_seconds: float = Field(300, ge=0, le=86400, description="demand must stay low this long to remove")
+    downscale_delay_seconds: float = Field(
+        DEFAULT_DOWNSCALE_DELAY_S, ge=0, le=86400, description="demand must stay low this long to remove"
+    )
     lead_seconds: float = Field(
         DEFAULT_LEAD_S,
         ge=0,

@@ -36,7 +36,8 @@ from glmserve.router.types import Decision, Load, Outcome, Stage, Usage, WorkerI
 # refused, within the router's flow.queue_ttl_s (30 s by default): the deadline must outlast it, or
 # the ingress would abandon queued requests and admit them again on its own. An unreachable router
 # still fails at once (connection refused, or a channel gRPC knows to be down).
-DEFAULT_ROUTE_TIMEOUT_S = 35.0
+ROUTE_TIMEOUT_MARGIN_S = 5.0
+DEFAULT_ROUTE_TIMEOUT_S = 30.0 + ROUTE_TIMEOUT_MARGIN_S
 DEFAULT_TIMEOUT_S = 2.0
 
 

@@ -209,7 +209,12 @@ class Router:
         # At least one slot each: replicas outnumbering the slots oversubscribe the engines a
         # little (they queue the excess) rather than leave a replica that can never route.
         share = max(1, total // self.config.flow.replicas) if total else 0
-        return share, share - int(board.in_flight[slots][healthy].sum())
+        # Count a worker as routing's overload filter does: the larger of this router's count and its
+        # last heartbeat (a slot handed out on the first would be refused by the second: 503 instead
+        # of a wait). With several router replicas the heartbeat counts the others' requests too, so
+        # each counts its own only.
+        used = board.busy(slots) if self.config.flow.replicas == 1 else board.in_flight[slots]
+        return share, share - int(used[healthy].sum())
 
     # -- requests -------------------------------------------------------------------------
 
@@ -299,7 +304,7 @@ class Router:
         for worker_id in worker_ids:
             worker = self.registry.workers.get(worker_id) if worker_id else None
             if worker is not None:
-                worker.in_flight = max(0, worker.in_flight - 1)
+                worker.release()
 
     def complete(self, request_id: str, stage: Stage, usage: Usage) -> bool:
         """Releases the request's load; False when the router has no record of it."""

@@ -95,6 +95,14 @@ class Worker:
     def in_flight(self, n: int) -> None:
         self._board.in_flight[self.slot] = n
 
+    def release(self) -> None:
+        """One of this router's requests left the engine: out of the in-flight count, and out of the
+        last heartbeat's, which still counts it until the next one (routing would see the worker
+        fuller than it is and refuse a slot flow control just handed out)."""
+        board = self._board
+        board.in_flight[self.slot] = max(0, board.in_flight[self.slot] - 1)
+        board.reported[self.slot] = max(0, board.reported[self.slot] - 1)
+
     @property
     def prefill_backlog(self) -> int:
         """Uncached prompt tokens of those requests, until their first token."""

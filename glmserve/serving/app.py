@@ -13,6 +13,7 @@ from glmserve.common.config import ServeConfig
 from glmserve.common.placement import local_pool_placement
 from glmserve.common.ports import free_ports
 from glmserve.common.roles import Role
+from glmserve.router.client import ROUTE_TIMEOUT_MARGIN_S
 from glmserve.serving.engine.args import Device, engine_kwargs, pool_of
 from glmserve.serving.engine.cpus import PoolRanks, assign_cores
 from glmserve.serving.ingress.discovery import ScrapeTarget
@@ -53,7 +54,7 @@ def check_placement(cfg: ServeConfig, device: Device) -> None:
 def pool_targets(cfg: ServeConfig, role: Role) -> PoolTargets | None:
     """glmserve's scaling policy for an autoscaled pool, where chosen: an engine's sequences are its
     --max-ongoing-requests; no prefill rate is known for a local device, so prefill scales on its
-    sequences too."""
+    sequences too. The pool's downscale delay replaces the policy's default where set."""
     pool = pool_of(cfg, role)
     if cfg.autoscaling_policy != "glmserve" or not pool.autoscaling or pool.max_replicas is None:
         return None
@@ -66,6 +67,7 @@ def pool_targets(cfg: ServeConfig, role: Role) -> PoolTargets | None:
         prefill_tokens_per_s=None,
         running_per_replica=cfg.max_ongoing_requests,
         kv_cache_usage=DEFAULT_KV_CACHE_USAGE,
+        **({} if pool.downscale_delay_s is None else {"downscale_delay_s": pool.downscale_delay_s}),
     )
 
 
@@ -117,6 +119,7 @@ def topology_spec(
         pools=pools,
         stream_interval_ms=cfg.stream_interval_ms,
         router=router,
+        route_timeout_s=cfg.queue_ttl_s + ROUTE_TIMEOUT_MARGIN_S,
         serve_router=cfg.serve_router,
         events_ports={p.role: free_ports(2 * p.max_replicas) for p in pools} if router else {},
         ingress_actor_options=ingress_options,

@@ -11,8 +11,10 @@ What the context cannot carry is the router's queue: with late binding a request
 glmserve's router until an engine slot frees and reaches no Serve handle, so Serve's count misses
 it, and no replica holds it to report it. The signals therefore come from Prometheus through Ray's
 `PrometheusQueryMixin` (Ray's hook for signals from outside Serve: a daemon thread in the
-controller refreshes the queries, a read never blocks; the address is `RAY_PROMETHEUS_HOST`): the
-router's queue and prompt tokens, the engines' vLLM gauges by pool, the ingress's TTFT and ITL.
+controller refreshes the queries, a read never blocks; the address is `RAY_PROMETHEUS_HOST` or the
+`prometheus_address` policy kwarg): the router's per-pool gauges (requests running, waiting and
+queued, prompt tokens owed; current, and 0 when idle), the rate of prompt tokens routed, the
+engines' KV use by pool, the ingress's TTFT and ITL.
 Without Prometheus the policy falls back on Serve's count as the pool's running sequences and,
 missing the rest, never scales down on them (missing is not idle).
 """
@@ -31,14 +33,14 @@ from glmserve.common.autoscaling import PoolSignals, PoolTargets, ScalingState, 
 from glmserve.common.metrics import (
     INGRESS_ITL,
     INGRESS_TTFT,
-    ROUTER_FLOW_QUEUED,
+    ROUTER_POOL_PROMPT_TOKENS,
+    ROUTER_POOL_REQUESTS,
     ROUTER_PROMPT_TOKENS,
-    ROUTER_ROUTES,
     VLLM_KV_CACHE_USAGE,
-    VLLM_REQUESTS_RUNNING,
     MetricSpec,
 )
 from glmserve.common.promql import Query
+from glmserve.common.roles import Role, worker_role
 
 POLICY = "glmserve.serving.autoscaling:PoolPolicy"
 STATE_KEY = "glmserve"  # our part of Serve's policy_state (Serve keeps its own keys beside it)
@@ -47,26 +49,33 @@ QUANTILE = 0.9
 UNCACHED = 'cached="false"'
 
 
-def queries(model: str, pool: str) -> dict[str, str]:
+def queries(model: str, pool: str, role: Role) -> dict[str, str]:
     """PromQL per signal for the engines of deployment prefix `pool` (Engine, Prefill or Decode)
-    serving `model`. Engine gauges are summed `by (pool)`: the pool's sample is picked by label."""
+    of `role` serving `model`.
+
+    The router's pool gauges are its view of the pool, labelled by the router's role (a colocated
+    engine is a decode worker there). Every router replica hears every engine's heartbeats, so
+    running and waiting are the same on each (max); each holds its own queue and owes the prompts it
+    routed itself (sum). Requests queued in the router wait for a decode slot: they count for the
+    decode (or colocated) pool only. vLLM's KV gauge is summed by pool: its sample is picked by label."""
 
     def scope(spec: MetricSpec) -> str:
         return f'model="{model}"' if "model" in spec.labels else ""
 
     q = Query(scope)
-    routes = f"clamp_min(sum({q.rate(ROUTER_ROUTES, window=WINDOW)}), 1e-9)"
-    uncached = f"sum({q.rate(ROUTER_PROMPT_TOKENS, UNCACHED, window=WINDOW)})"
-    queued = f"sum({q.series(ROUTER_FLOW_QUEUED)})"
+    in_pool = f'role="{worker_role(role)}"'
+
+    def requests(state: str) -> str:
+        return q.series(ROUTER_POOL_REQUESTS, in_pool, f'state="{state}"')
 
     def quantile(spec: MetricSpec) -> str:
         return f"histogram_quantile({QUANTILE}, sum by (le) ({q.rate(spec, suffix='_bucket', window=WINDOW)}))"
 
     return {
-        "queued_requests": queued,
-        "queued_prompt_tokens": f"{queued} * {uncached} / {routes}",
-        "prompt_tokens_per_s": uncached,
-        "running": f"sum by (pool) ({q.pooled(q.series(VLLM_REQUESTS_RUNNING))})",
+        "queued_requests": f"sum({requests('queued')}) + max({requests('waiting')})",
+        "queued_prompt_tokens": f"sum({q.series(ROUTER_POOL_PROMPT_TOKENS, in_pool)})",
+        "prompt_tokens_per_s": f"sum({q.rate(ROUTER_PROMPT_TOKENS, UNCACHED, window=WINDOW)})",
+        "running": f"max({requests('running')})",
         "kv_cache_usage": f"avg by (pool) ({q.pooled(q.series(VLLM_KV_CACHE_USAGE))})",
         "ttft_s": quantile(INGRESS_TTFT),
         "itl_s": quantile(INGRESS_ITL),
@@ -108,7 +117,7 @@ class PoolPolicy(PrometheusQueryMixin):
     def __init__(self, *, targets: dict[str, Any], model: str, pool: str, **kwargs: Any) -> None:
         self._targets = PoolTargets.of_wire(targets)
         self._pool = pool
-        self._queries = queries(model, pool)
+        self._queries = queries(model, pool, self._targets.role)
         super().__init__(prometheus_queries=list(self._queries.values()), **kwargs)
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:

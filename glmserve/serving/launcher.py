@@ -15,7 +15,7 @@ from glmserve.common.config import ENGINE_HASH_SEED, ROUTER_TOKEN_ENV, ServeConf
 from glmserve.common.errors import ConfigError
 from glmserve.common.signals import until_signal
 from glmserve.serving import reaper
-from glmserve.serving.local_router import LocalRouter
+from glmserve.serving.local_router import LocalRouter, local_flow
 from glmserve.serving.tls import check_tls
 
 log = logging.getLogger("glmserve.up")
@@ -126,6 +126,7 @@ class Stack:
                 tenants_file=self.cfg.tenants_file,
                 redis_url=self.cfg.redis_url,
                 outage=self.cfg.limits_outage,
+                flow=local_flow(self.cfg, model.name),
             )
             router_target = self.router.start()
             # Inherited by the ingress and the engines, the router's callers.

@@ -23,11 +23,20 @@ from typing import Any, Literal
 
 import yaml
 
-from glmserve.common.config import ROUTER_HASHING, ROUTER_TOKEN_ENV
+from glmserve.common.config import ROUTER_HASHING, ROUTER_TOKEN_ENV, ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
 
 START_TIMEOUT_S = 60
+
+
+def local_flow(cfg: ServeConfig, model: str) -> dict[str, Any]:
+    """The local router's flow settings from `glmserve up`'s for the served `model`: the queue's
+    TTL, and a decode pool of 0 replicas whose requests wait for one to start."""
+    flow: dict[str, Any] = {"queue_ttl_s": cfg.queue_ttl_s}
+    if cfg.scales_from_zero:
+        flow["scale_from_zero"] = [model]
+    return flow
 
 
 class LocalRouter:
@@ -38,10 +47,13 @@ class LocalRouter:
         tenants_file: Path | None = None,
         redis_url: str | None = None,
         outage: Literal["fail-open", "fail-closed"] = "fail-open",
+        flow: dict[str, Any] | None = None,
     ) -> None:
         """`tenants_file`: the router admits against these plans, with limits in `redis_url`
-        (None: in the router's memory) and `outage` while Redis is unreachable."""
+        (None: in the router's memory) and `outage` while Redis is unreachable; `flow`: its flow
+        config's settings (glmserve.router.flow.config)."""
         self._workdir = workdir
+        self._flow = flow or {}
         self._admission: dict[str, Any] | None = None
         if tenants_file is not None:
             self._admission = {"tenants_file": str(tenants_file.resolve()), "redis_url": redis_url, "outage": outage}
@@ -64,6 +76,8 @@ class LocalRouter:
         }
         if self._admission is not None:
             config["admission"] = self._admission
+        if self._flow:
+            config["flow"] = self._flow
         path = self._workdir / "router.yaml"
         path.write_text(yaml.safe_dump(config))
         log = (self._workdir / "router.log").open("ab")

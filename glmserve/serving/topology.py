@@ -20,6 +20,7 @@ from glmserve.common.autoscaling import PoolTargets
 from glmserve.common.config import DRAIN_TIMEOUT_S
 from glmserve.common.placement import RankGroup
 from glmserve.common.roles import Role, WorkerRole, worker_role
+from glmserve.router.client import DEFAULT_ROUTE_TIMEOUT_S
 from glmserve.serving.autoscaling import POLICY
 from glmserve.serving.engine.logs import RUNTIME_ENV
 from glmserve.serving.engine.registration import RouterLink
@@ -75,6 +76,7 @@ class TopologySpec:
     pools: tuple[PoolSpec, ...]  # colocated, or prefill and decode
     stream_interval_ms: int
     router: str | None = None  # gRPC target of glmserve's router; None: Serve balances alone
+    route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S  # the ingress's Route deadline: queue TTL + margin
     # How Serve balances when glmserve's router does not: its power-of-two choices, or Ray Serve
     # LLM's PrefixCacheAffinityRouter (a peer the routing benchmark compares against).
     serve_router: Literal["power-of-two", "prefix-affinity"] = "power-of-two"
@@ -230,6 +232,7 @@ def plan(spec: TopologySpec) -> Topology:
         migration=spec.migration,
         limits=spec.limits,
         router_address=spec.router,
+        route_timeout_s=spec.route_timeout_s,
         scrape_targets=spec.scrape_targets,
         metrics_tenants=spec.metrics_tenants,
         request_limits=spec.request_limits,

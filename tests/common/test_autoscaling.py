@@ -21,8 +21,7 @@ DECODE = PoolTargets(
     running_per_replica=64,
     kv_cache_usage=0.8,
     upscale_delay_s=10,
-    downscale_delay_s=300,
-)
+)  # the delays and the band at their defaults: the flapping test judges those
 PREFILL = replace(DECODE, role="prefill", prefill_tokens_per_s=30_000)
 COLOCATED = replace(PREFILL, role="colocated")
 
@@ -103,13 +102,14 @@ def test_scale_up_waits_for_its_delay_and_then_goes_straight_to_the_demand() -> 
 
 def test_a_dip_shorter_than_the_downscale_delay_keeps_the_replicas() -> None:
     busy, quiet = decode_signals(4, running=240), decode_signals(4, running=60)
-    assert run(DECODE, [busy] * 10 + [quiet] * 299 + [busy] * 10, current=4) == [4] * 319
+    assert DECODE.downscale_delay_s == 120
+    assert run(DECODE, [busy] * 10 + [quiet] * 119 + [busy] * 10, current=4) == [4] * 139
 
 
 def test_scale_down_lands_inside_the_band_so_it_does_not_come_back_up() -> None:
     counts = run(DECODE, [decode_signals(8, running=128)] * 400, current=8)
-    # 2 replicas of demand: down to ceil(2 / 0.8) = 3, the middle of the 0.6-1.0 band, after 300 s.
-    assert counts[299] == 8 and counts[300] == 3 and set(counts[300:]) == {3}
+    # 2 replicas of demand: down to ceil(2 / 0.8) = 3, the middle of the 0.6-1.0 band, after 120 s.
+    assert counts[119] == 8 and counts[120] == 3 and set(counts[120:]) == {3}
 
 
 def test_steady_noisy_load_does_not_flap() -> None:
@@ -142,7 +142,8 @@ def test_bounds_hold_whatever_the_demand() -> None:
 
 def test_scale_to_zero_after_the_delay_and_back_at_once_when_requests_queue() -> None:
     to_zero = replace(DECODE, min_replicas=0)
-    assert run(to_zero, [decode_signals(1, running=0, kv=0)] * 301, current=1)[-1] == 0
+    counts = run(to_zero, [decode_signals(1, running=0, kv=0)] * 121, current=1)
+    assert counts[-2:] == [1, 0]
     queued = PoolSignals(ready=0, queued_requests=1)  # no engine: only the router's queue is measured
     assert decide(queued, to_zero, 0, ScalingState(), 0.0).replicas == 1
     assert decide(PoolSignals(ready=0, queued_requests=0), to_zero, 0, ScalingState(), 0.0).replicas == 0

@@ -28,3 +28,33 @@ def test_initial_replicas_lie_within_the_pools_bounds(initial: int) -> None:
 def test_a_pool_starts_at_initial_replicas() -> None:
     assert PoolConfig(replicas=1, max_replicas=3, initial_replicas=2).start_replicas == 2
     assert PoolConfig(replicas=1, max_replicas=3).start_replicas == 1
+
+
+SCALE = {"autoscaling_policy": "glmserve", "router": "on"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"replicas": 0, **SCALE}, "replicas 0 .* needs a maximum: set max_replicas"),
+        ({"replicas": 0, "max_replicas": 2, "router": "on"}, "needs autoscaling_policy glmserve and the local router"),
+        ({"replicas": 0, "max_replicas": 2, **SCALE, "router": "off"}, "needs autoscaling_policy glmserve"),
+        ({"disaggregated": True, "decode": {"replicas": 0}, **SCALE}, "set decode.max_replicas"),
+        ({"disaggregated": True, "prefill": {"replicas": 0, "max_replicas": 2}, **SCALE}, "prefill.replicas"),
+    ],
+)
+def test_scale_from_zero_needs_a_maximum_glmserves_policy_and_the_local_router(
+    settings: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        ServeConfig.model_validate(settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"replicas": 0, "max_replicas": 2}, {"disaggregated": True, "decode": {"replicas": 0, "max_replicas": 2}}],
+)
+def test_the_pool_that_decodes_may_scale_from_zero(settings: dict[str, object]) -> None:
+    cfg = ServeConfig.model_validate({**settings, **SCALE})
+    assert cfg.scales_from_zero
+    assert not ServeConfig.model_validate({**SCALE, "replicas": 1, "max_replicas": 2}).scales_from_zero

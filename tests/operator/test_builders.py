@@ -372,3 +372,15 @@ def test_autoscaled_pools_let_kuberay_add_and_remove_their_worker_pods(schemas: 
     fixed["spec"]["decode"] = {"nodeGroup": "h200", "replicas": 1}
     static = build_rayservice(planned_inputs(objs, fixed, "u"), None)["spec"]["rayClusterConfig"]
     assert static["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in static
+
+
+def test_a_decode_pool_at_min_replicas_0_has_the_router_hold_its_requests(tmp_path: Path) -> None:
+    objs = load_examples()
+    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
+    raw["spec"]["decode"]["autoscaling"]["minReplicas"] = 0
+    inputs = planned_inputs(objs, raw, "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11")
+    for spec, expected in ((inputs.spec, (raw["spec"]["model"]["name"],)), (example_inputs().spec, ())):
+        children = build_children(replace(inputs, spec=spec), TENANCY, None)
+        configmap = next(c for c in children if c["kind"] == "ConfigMap")
+        (tmp_path / CONFIG_FILE).write_text(configmap["data"][CONFIG_FILE])
+        assert load_config(tmp_path / CONFIG_FILE).flow.scale_from_zero == expected

@@ -90,3 +90,20 @@ async def test_the_sweep_of_a_never_completed_request_frees_its_slot() -> None:
 async def test_a_model_no_worker_serves_is_routed_at_once_to_say_so() -> None:
     router = make_router(slots=1)
     assert router.free("unknown") == 1
+
+
+@pytest.mark.asyncio
+async def test_a_slot_freed_by_a_request_ending_is_routable_before_the_engines_next_heartbeat() -> None:
+    """The last heartbeat still counts a request that just ended. Flow control hands its slot out at
+    once; routing's overload filter, which reads that heartbeat, must take it (not answer 503)."""
+    router = make_router(slots=2)
+    for name in ("a", "b"):
+        await admit(router, ticket(name))
+    router.heartbeat("w0", Load(running=2))
+    finish(router, "a")
+    assert router.free("m") == 1
+    decision = await asyncio.wait_for(admit(router, ticket("c")), 1)
+    assert decision.decode.worker_id == "w0"
+    assert router.free("m") == 0
+    router.heartbeat("w0", Load(running=2))  # b and c: the engine's count is the truth again
+    assert router.free("m") == 0

@@ -49,6 +49,13 @@ class Stack:
                 return line.split("metrics: ", 1)[1].strip()
         raise AssertionError("glmserve up did not print its metrics endpoint")
 
+    @property
+    def router_metrics_url(self) -> str:
+        """The local router's metrics (its pool gauges, workers, cold starts)."""
+        line = next((x for x in self.log.read_text().splitlines() if "glmserve: router: " in x), None)
+        assert line is not None, "glmserve up started no router"
+        return line.split("(metrics ", 1)[1].rstrip(")").strip()
+
     def client(self, api_key: str | None = None, **kwargs: object) -> OpenAI:
         key = api_key or self.api_key
         return OpenAI(base_url=self.base_url, api_key=key, http_client=self.http(), **kwargs)  # type: ignore[arg-type]
@@ -118,11 +125,19 @@ def stack_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
     yield from serve_redis(tmp_path_factory)
 
 
-def run_stack(tmp: Path, flags: list[str], env: dict[str, str] | None = None) -> Iterator[Stack]:
+def run_stack(
+    tmp: Path,
+    flags: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[Stack]:
     """`glmserve up FLAGS` over HTTPS (with `env` added to its environment) until the generator is
-    closed; then checks it left nothing."""
-    cert, key = self_signed(tmp)
-    port = free_port()
+    closed; then checks it left nothing. `port` and `tls` (certificate, key): chosen beforehand, for
+    a scraper started first; default: a free port, a throwaway certificate."""
+    cert, key = tls or self_signed(tmp)
+    port = port or free_port()
     log = tmp / "glmserve-up.log"
     started = time.time()
     cmd = [

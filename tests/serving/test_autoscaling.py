@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from glmserve.common.autoscaling import PoolTargets
 from glmserve.common.config import PoolConfig, ServeConfig
 from glmserve.serving import app
 from glmserve.serving.autoscaling import POLICY, STATE_KEY, PoolPolicy, queries, signals_of
+from glmserve.serving.models import ResolvedModel
 from glmserve.serving.topology import plan
 
 TARGETS = PoolTargets(
@@ -64,27 +66,38 @@ def context(
     )
 
 
-def test_the_queries_read_the_routers_queue_the_engines_by_pool_and_the_ingress() -> None:
-    by_signal = queries("glm-4.6", "Decode")
-    assert 'glmserve_router_flow_queued_requests{model="glm-4.6"}' in by_signal["queued_requests"]
-    assert 'cached="false"' in by_signal["prompt_tokens_per_s"]
-    assert by_signal["running"].startswith("sum by (pool)") and "ray_vllm_num_requests_running" in by_signal["running"]
-    assert "glmserve_ingress_inter_token_latency_seconds_bucket" in by_signal["itl_s"]
+def test_the_queries_read_the_routers_pool_gauges_the_engines_kv_by_pool_and_the_ingress() -> None:
+    decode = queries("glm-4.6", "Decode", "decode")
+    pool = 'model="glm-4.6",role="decode"'
+    assert decode["queued_requests"] == (
+        f'sum(glmserve_router_pool_requests{{{pool},state="queued"}}) + '
+        f'max(glmserve_router_pool_requests{{{pool},state="waiting"}})'
+    )
+    assert decode["running"] == f'max(glmserve_router_pool_requests{{{pool},state="running"}})'
+    assert decode["queued_prompt_tokens"] == f"sum(glmserve_router_pool_uncached_prompt_tokens{{{pool}}})"
+    assert 'cached="false"' in decode["prompt_tokens_per_s"]
+    assert "ray_vllm_kv_cache_usage_perc" in decode["kv_cache_usage"]
+    assert "glmserve_ingress_inter_token_latency_seconds_bucket" in decode["itl_s"]
+    # The router knows a colocated engine as a decode worker; a prefill pool reads its own gauges.
+    assert queries("glm-4.6", "Engine", "colocated") == decode
+    assert 'role="prefill"' in queries("glm-4.6", "Prefill", "prefill")["queued_prompt_tokens"]
 
 
 def test_signals_pick_the_pools_sample_and_treat_absent_series_as_unmeasured() -> None:
-    by_signal = queries("m", "Decode")
+    by_signal = queries("m", "Decode", "decode")
 
     def vector(*samples: tuple[str, float]) -> PrometheusVector:
         return PrometheusVector(tuple(PrometheusSample({"pool": p}, v, 0.0) for p, v in samples))
 
     results = {
         by_signal["queued_requests"]: PrometheusScalar(5.0, 0.0),
-        by_signal["running"]: vector(("Prefill", 3.0), ("Decode", 20.0)),
+        by_signal["running"]: PrometheusVector((PrometheusSample({}, 20.0, 0.0),)),
         by_signal["kv_cache_usage"]: vector(("Prefill", 0.5)),  # the decode engines' gauge vanished
     }
     signals = signals_of(context(2, 2, ongoing=7), results, by_signal, "Decode")
     assert (signals.ready, signals.queued_requests, signals.running, signals.kv_cache_usage) == (2, 5.0, 20.0, None)
+    kv = {**results, by_signal["kv_cache_usage"]: vector(("Decode", 0.4))}
+    assert signals_of(context(2, 2), kv, by_signal, "Decode").kv_cache_usage == 0.4
     # No Prometheus at all: Serve's own count stands in for the running sequences and the queue.
     alone = signals_of(context(2, 2, ongoing=7), None, by_signal, "Decode")
     assert (alone.running, alone.queued_requests, alone.itl_s) == (7.0, 0.0, None)
@@ -143,3 +156,23 @@ def test_up_flags_reach_the_pool(flag: str) -> None:
     role = "decode" if "decode" in flag else "colocated"
     targets = app.pool_targets(cfg, role)
     assert targets is not None and (targets.max_replicas, targets.itl_slo_s) == (3, 0.04)
+
+
+def test_up_flags_set_the_downscale_delay_scale_from_zero_and_the_queues_ttl() -> None:
+    from glmserve.cli.main import parser, serve_config
+    from glmserve.serving.local_router import local_flow
+
+    argv = ["up", "--replicas", "0", "--max-replicas", "2", "--autoscaling-policy", "glmserve", "--router", "on"]
+    cfg = serve_config(parser().parse_args([*argv, "--downscale-delay-s", "15", "--queue-ttl-s", "240"]))
+    targets = app.pool_targets(cfg, "colocated")
+    assert targets is not None and (targets.min_replicas, targets.downscale_delay_s) == (0, 15)
+    # The router holds the model's requests while its pool is empty, for up to the TTL; the ingress
+    # waits on the router a little longer than that.
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 240, "scale_from_zero": ["m"]}
+    model = ResolvedModel("m", Path("/m"), 1024, False)
+    assert plan(app.topology_spec(model, cfg, "cpu", "127.0.0.1:1")).settings.route_timeout_s == 245
+    disaggregated = ["up", "--disaggregated", "--decode-max-replicas", "3", "--decode-downscale-delay-s", "20"]
+    cfg = serve_config(parser().parse_args([*disaggregated, "--autoscaling-policy", "glmserve"]))
+    targets = app.pool_targets(cfg, "decode")
+    assert targets is not None and targets.downscale_delay_s == 20
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 30}

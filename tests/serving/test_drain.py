@@ -51,11 +51,6 @@ def scaling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from run_stack(tmp, ["--config", str(path)])
 
 
-def _router_metrics_url(stack: Stack) -> str:
-    line = next(x for x in stack.log.read_text().splitlines() if "glmserve: router: " in x)
-    return line.split("(metrics ", 1)[1].rstrip(")").strip()
-
-
 def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
     text = httpx.get(url, timeout=10).text
     return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
@@ -124,7 +119,7 @@ def _tokens_per_second(stack: Stack) -> float:
 
 
 def test_scale_down_under_streaming_load_loses_no_stream(scaling_stack: Stack) -> None:
-    url = _router_metrics_url(scaling_stack)
+    url = scaling_stack.router_metrics_url
     deadline = time.monotonic() + 10
     while _decode_workers(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)  # registration follows the replica's start by a heartbeat

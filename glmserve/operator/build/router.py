@@ -26,18 +26,23 @@ TENANTS_FILE = "tenants.yaml"
 CONFIG_HASH = "glmserve.io/config-hash"
 
 
-def router_config(redis_url: str | None, replicas: int) -> dict[str, Any]:
+def router_config(redis_url: str | None, replicas: int, from_zero: str | None = None) -> dict[str, Any]:
     """`glmserve router serve --config`'s settings: its ports, the engines' block hashing,
     admission from the tenants file beside it (absent until a Plan applies: nobody is admitted)
     with limits in `redis_url` (None: each router replica limits alone, in memory), and flow
-    control's share: each of the Deployment's `replicas` hands out its part of the engines' slots."""
+    control's share: each of the Deployment's `replicas` hands out its part of the engines' slots.
+    `from_zero`: the served model whose decode pool may have no replica (`minReplicas: 0`): its
+    requests wait in the queue for one to start instead of being refused."""
     admission = {"tenants_file": f"{CONFIG_DIR}/{TENANTS_FILE}", "redis_url": redis_url}
+    flow: dict[str, Any] = {"replicas": replicas}
+    if from_zero is not None:
+        flow["scale_from_zero"] = [from_zero]
     return {
         "port": ROUTER_PORT,
         "metrics_port": ROUTER_METRICS_PORT,
         "hashing": ROUTER_HASHING,
         "admission": admission,
-        "flow": {"replicas": replicas},
+        "flow": flow,
     }
 
 
@@ -45,7 +50,9 @@ def build_router_configmap(
     inputs: DeploymentInputs, tenancy: TenantsFile | None, redis_url: str | None
 ) -> dict[str, Any]:
     """`tenancy` None (no Plan applies yet): no tenants file, so neither router nor ingress admits anybody."""
-    config = router_config(redis_url, inputs.spec.router.replicas)
+    spec = inputs.spec
+    from_zero = (spec.model.served_name or spec.model.name) if spec.decode.min_replicas == 0 else None
+    config = router_config(redis_url, spec.router.replicas, from_zero)
     data = {CONFIG_FILE: yaml.safe_dump(config, sort_keys=False)}
     if tenancy is not None:
         dumped = tenancy.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -20,7 +20,7 @@ GIB = 2**30
 
 def pool_of(cfg: ServeConfig, role: Role) -> PoolConfig:
     return {"prefill": cfg.prefill, "decode": cfg.decode}.get(role) or PoolConfig(
-        replicas=cfg.replicas, max_replicas=cfg.max_replicas
+        replicas=cfg.replicas, max_replicas=cfg.max_replicas, downscale_delay_s=cfg.downscale_delay_s
     )
 
 

@@ -57,7 +57,7 @@ class IngressService:
         throttle = FailedKeyThrottle(bounds.max_failed_keys, bounds.failed_keys_window_s)
         self.gate = Gate(limits, self.registry, settings.retry_after_s, throttle)
         if router is None and settings.router_address:
-            router = connect(settings.router_address)
+            router = connect(settings.router_address, route_timeout_s=settings.route_timeout_s)
         self._admitter = Admitter(self.gate, router, self.metrics)
         self.calls = {
             name: EngineCall(

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from glmserve.router.client import DEFAULT_ROUTE_TIMEOUT_S
 from glmserve.serving.ingress.discovery import ScrapeTarget
 from glmserve.serving.ingress.limits import RequestLimits
 
@@ -46,6 +47,7 @@ class IngressSettings:
     # None: each replica reads them from its own pod's environment (limits_from_environment).
     limits: LimitsSettings | None = field(default_factory=LimitsSettings)
     router_address: str | None = None  # glmserve's router (gRPC target; shards' separated by ';'); None: Serve alone
+    route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S  # must outlast the router's flow.queue_ttl_s
     scrape_targets: tuple[ScrapeTarget, ...] = ()  # every metrics endpoint of the stack, for /metrics/sd
     metrics_tenants: tuple[str, ...] = ()  # tenant ids the metrics name; the rest count as "other"
     migration: MigrationSettings = field(default_factory=MigrationSettings)
