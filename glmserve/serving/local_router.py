@@ -32,8 +32,11 @@ START_TIMEOUT_S = 60
 
 def local_flow(cfg: ServeConfig, model: str) -> dict[str, Any]:
     """The local router's flow settings from `glmserve up`'s for the served `model`: the queue's
-    TTL, and a decode pool of 0 replicas whose requests wait for one to start."""
-    flow: dict[str, Any] = {"queue_ttl_s": cfg.queue_ttl_s}
+    TTL and bound (`max_queued_requests` per replica of the pool the queue waits for, at its
+    largest), and a decode pool of 0 replicas whose requests wait for one to start."""
+    pool = cfg.decode if cfg.disaggregated else cfg
+    replicas = max(1, pool.max_replicas or pool.replicas)
+    flow: dict[str, Any] = {"queue_ttl_s": cfg.queue_ttl_s, "max_queued": cfg.max_queued_requests * replicas}
     if cfg.scales_from_zero:
         flow["scale_from_zero"] = [model]
     return flow

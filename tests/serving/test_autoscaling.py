@@ -168,11 +168,11 @@ def test_up_flags_set_the_downscale_delay_scale_from_zero_and_the_queues_ttl() -
     assert targets is not None and (targets.min_replicas, targets.downscale_delay_s) == (0, 15)
     # The router holds the model's requests while its pool is empty, for up to the TTL; the ingress
     # waits on the router a little longer than that.
-    assert local_flow(cfg, "m") == {"queue_ttl_s": 240, "scale_from_zero": ["m"]}
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 240, "max_queued": 128, "scale_from_zero": ["m"]}
     model = ResolvedModel("m", Path("/m"), 1024, False)
     assert plan(app.topology_spec(model, cfg, "cpu", "127.0.0.1:1")).settings.route_timeout_s == 245
     disaggregated = ["up", "--disaggregated", "--decode-max-replicas", "3", "--decode-downscale-delay-s", "20"]
     cfg = serve_config(parser().parse_args([*disaggregated, "--autoscaling-policy", "glmserve"]))
     targets = app.pool_targets(cfg, "decode")
     assert targets is not None and targets.downscale_delay_s == 20
-    assert local_flow(cfg, "m") == {"queue_ttl_s": 30}
+    assert local_flow(cfg, "m") == {"queue_ttl_s": 30, "max_queued": 3 * 64}
