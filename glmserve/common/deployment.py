@@ -7,9 +7,17 @@ serving side's app builder, which validates it with this same model.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from glmserve.common.autoscaling import (
     DEFAULT_ITL_SLO_S,
@@ -264,6 +272,15 @@ class RouterSpec(Spec):
         description="router shards, each a Deployment of `replicas` pods indexing and routing to its part of the"
         " engines for its part of the tenants (docs/router-sizing.md); at most each pool's replicas",
     )
+
+    @model_serializer(mode="wrap")
+    def _unsharded_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unsharded router leaves `shards` out (its default), so the Serve application's args of
+        a deployment from before shards existed stay the same and an operator upgrade redeploys nothing."""
+        data: dict[str, Any] = handler(self)
+        if self.shards == 1:
+            data.pop("shards", None)
+        return data
 
 
 class IngressSpec(Spec):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from glmserve import __version__
-from glmserve.common.deployment import Images
+from glmserve.common.deployment import Images, ModelDeploymentSpec
 from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
@@ -404,6 +404,13 @@ def test_one_shard_renders_the_unsharded_router() -> None:
     configmap = next(c for c in children if c["kind"] == "ConfigMap")
     assert sorted(configmap["data"]) == [CONFIG_FILE, TENANTS_FILE]
     assert "shard" not in yaml.safe_load(configmap["data"][CONFIG_FILE])
+    # nor does the Serve application's args change (an operator upgrade would redeploy it)
+    assert "shards" not in _sharded_inputs(1).spec.wire()["router"]
+
+
+def test_the_serve_application_reads_the_shards_back() -> None:
+    spec = _sharded_inputs(3).spec
+    assert ModelDeploymentSpec.model_validate(spec.wire()).router.shards == 3
 
 
 def test_each_shard_gets_its_deployment_service_and_budget(schemas: CustomResourceSchemas, tmp_path: Path) -> None:
