@@ -19,7 +19,7 @@ from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
 from glmserve.operator.build.children import build_children
-from glmserve.operator.build.inputs import SHARD_LABEL, DeploymentInputs
+from glmserve.operator.build.inputs import SHARD_LABEL
 from glmserve.operator.build.meta import COMPONENT_LABEL, Owner
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.random_secrets import SALT_KEY, build_cache_salt_secret
@@ -29,7 +29,7 @@ from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
 from glmserve.router.replicas import RouterShards, connect, router_replicas
 from glmserve.serving.entrypoint import model_source
-from tests.operator.conftest import example_inputs, load_examples, planned_inputs
+from tests.operator.conftest import example_inputs, load_examples, planned_inputs, sharded_inputs
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 KEY = "sk-live-0123456789abcdef"
@@ -377,15 +377,6 @@ def test_autoscaled_pools_let_kuberay_add_and_remove_their_worker_pods(schemas: 
     assert static["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in static
 
 
-def _sharded_inputs(shards: int) -> DeploymentInputs:
-    objs = load_examples()
-    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
-    raw["spec"]["router"]["shards"] = shards
-    raw["spec"]["prefill"]["replicas"] = 3
-    raw["spec"]["decode"]["autoscaling"]["maxReplicas"] = 3
-    return planned_inputs(objs, raw, "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11")
-
-
 def _router_objects(children: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {
         c["metadata"]["name"]: c
@@ -396,7 +387,7 @@ def _router_objects(children: list[dict[str, Any]], kind: str) -> dict[str, dict
 
 def test_one_shard_renders_the_unsharded_router() -> None:
     """Names, selectors and config of a router from before shards existed: nothing is replaced."""
-    children = build_children(_sharded_inputs(1), TENANCY, None)
+    children = build_children(sharded_inputs(1), TENANCY, None)
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"):
         [(name, obj)] = _router_objects(children, kind).items()
         assert name == "glm-46-router"
@@ -405,16 +396,16 @@ def test_one_shard_renders_the_unsharded_router() -> None:
     assert sorted(configmap["data"]) == [CONFIG_FILE, TENANTS_FILE]
     assert "shard" not in yaml.safe_load(configmap["data"][CONFIG_FILE])
     # nor does the Serve application's args change (an operator upgrade would redeploy it)
-    assert "shards" not in _sharded_inputs(1).spec.wire()["router"]
+    assert "shards" not in sharded_inputs(1).spec.wire()["router"]
 
 
 def test_the_serve_application_reads_the_shards_back() -> None:
-    spec = _sharded_inputs(3).spec
+    spec = sharded_inputs(3).spec
     assert ModelDeploymentSpec.model_validate(spec.wire()).router.shards == 3
 
 
 def test_each_shard_gets_its_deployment_service_and_budget(schemas: CustomResourceSchemas, tmp_path: Path) -> None:
-    children = build_children(_sharded_inputs(3), TENANCY, "redis://glmserve-redis:6379/0")
+    children = build_children(sharded_inputs(3), TENANCY, "redis://glmserve-redis:6379/0")
     assert [p for child in children for p in manifest_problems(child, schemas)] == []
     names = [f"glm-46-router-{i}" for i in range(3)]
     deployments = _router_objects(children, "Deployment")
@@ -443,7 +434,7 @@ def test_each_shard_gets_its_deployment_service_and_budget(schemas: CustomResour
 def test_the_ingress_and_the_engines_dial_every_shard_in_shard_order() -> None:
     """The address the ingress and engines get is parsed by the ingress's client (one
     RouterReplicas per shard, in shard order) and the engines' registration (every shard)."""
-    inputs = _sharded_inputs(3)
+    inputs = sharded_inputs(3)
     cluster = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     [address] = {_env(c)["GLMSERVE_ROUTER_ADDRESS"] for pod in pods for c in pod["spec"]["containers"]}
