@@ -7,9 +7,17 @@ serving side's app builder, which validates it with this same model.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from glmserve.common.autoscaling import (
     DEFAULT_DOWNSCALE_DELAY_S,
@@ -37,6 +45,22 @@ MSG_REPLICAS_XOR = "set replicas or autoscaling, not both"
 MSG_AUTOSCALING = "minReplicas must not exceed maxReplicas"
 MSG_BAND = "scaleDownAt must be below scaleUpAt (the band between them keeps a steady load from flapping)"
 MSG_PLANS_UNIQUE = "plans must not repeat"
+MSG_SHARDS = (
+    "router.shards must not exceed the replicas (autoscaling.maxReplicas) of prefill or decode: a shard"
+    " owning no engine of a pool cannot serve its tenants"
+)
+
+
+def _max_replicas_cel(pool: str) -> str:
+    return (
+        f"(has(self.{pool}.autoscaling) ? self.{pool}.autoscaling.maxReplicas"
+        f" : has(self.{pool}.replicas) ? self.{pool}.replicas : 1)"
+    )
+
+
+SHARDS_CEL = "!has(self.router) || !has(self.router.shards) || " + " && ".join(
+    f"self.router.shards <= {_max_replicas_cel(pool)}" for pool in ("prefill", "decode")
+)
 # Catalogue entries without published weights (glm-4.6-tiny): the checkpoint is made with
 # `glmserve model create-tiny DIR`, so a deployment must say where it put it.
 LOCAL_ONLY = sorted(name for name, entry in CATALOGUE.items() if entry.source.startswith("builtin://"))
@@ -243,7 +267,23 @@ class Mtp(Spec):
 class RouterSpec(Spec):
     """The KV-aware gRPC router in front of the pools."""
 
-    replicas: int = Field(2, ge=1, le=32, description="router pods")
+    replicas: int = Field(2, ge=1, le=32, description="router pods (of each shard)")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="router shards, each a Deployment of `replicas` pods indexing and routing to its part of the"
+        " engines for its part of the tenants (docs/router-sizing.md); at most each pool's replicas",
+    )
+
+    @model_serializer(mode="wrap")
+    def _unsharded_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unsharded router leaves `shards` out (its default), so the Serve application's args of
+        a deployment from before shards existed stay the same and an operator upgrade redeploys nothing."""
+        data: dict[str, Any] = handler(self)
+        if self.shards == 1:
+            data.pop("shards", None)
+        return data
 
 
 class IngressSpec(Spec):
@@ -307,6 +347,8 @@ PlanName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
 class ModelDeploymentSpec(Spec):
     """GLM-4.6 served by disaggregated prefill and decode pools behind a router and an ingress."""
 
+    model_config = ConfigDict(json_schema_extra=validations(cel(SHARDS_CEL, MSG_SHARDS)))
+
     model: ModelRef = Field(description="the model to serve")
     prefill: Pool = Field(description="the pool that computes prompts' KV cache")
     decode: Pool = Field(description="the pool that generates tokens")
@@ -334,6 +376,14 @@ class ModelDeploymentSpec(Spec):
         if len(set(plans)) != len(plans):
             raise ValueError(MSG_PLANS_UNIQUE)
         return plans
+
+    @model_validator(mode="after")
+    def _shards_have_engines(self) -> Self:
+        """Each shard routes only to the engines it owns, so more shards than a pool's replicas
+        leaves some shard's tenants without an engine of that pool."""
+        if any(self.router.shards > pool.max_replicas for pool in self.pools().values()):
+            raise ValueError(MSG_SHARDS)
+        return self
 
     def pools(self) -> dict[WorkerRole, Pool]:
         return {"prefill": self.prefill, "decode": self.decode}

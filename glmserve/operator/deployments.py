@@ -20,7 +20,13 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.resource import Condition
 from glmserve.common.tenancy import PlanSpec, TenantSpec
-from glmserve.operator.build.children import MONITORING_KINDS, build_children
+from glmserve.operator.build.children import (
+    MONITORING_KINDS,
+    SHARDED_KINDS,
+    build_children,
+    router_selector,
+    stale_router_objects,
+)
 from glmserve.operator.build.inputs import DeploymentInputs
 from glmserve.operator.build.meta import DEPLOYMENT_LABEL, Owner
 from glmserve.operator.build.random_secrets import generated_secrets
@@ -114,11 +120,13 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
     skipped: list[str] = []
     try:
         ensure_secrets(cluster, inputs)
-        for child in build_children(inputs, tenancy.config, settings.redis_url):
+        children = build_children(inputs, tenancy.config, settings.redis_url)
+        for child in children:
             if child["kind"] in MONITORING_KINDS and not cluster.serves(child["apiVersion"], child["kind"]):
                 skipped.append(child["kind"])
                 continue
             cluster.apply(child)
+        prune_router_shards(cluster, inputs, children)
         status = _observe(
             cluster,
             inputs,
@@ -138,6 +146,15 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
         )
         return Outcome(partial, as_kopf_error(exc, f"reconciling {namespace}/{obj.name}"))
     return Outcome(status)
+
+
+def prune_router_shards(cluster: Cluster, inputs: DeploymentInputs, children: list[dict[str, Any]]) -> None:
+    """Deleted after the new shards are applied, so the ingress and engines, which follow the new
+    router address as their pods roll, have a router to reach meanwhile."""
+    for api_version, kind in SHARDED_KINDS:
+        live = cluster.list(api_version, kind, inputs.namespace, label_selector=router_selector(inputs))
+        for name in stale_router_objects(children, live, api_version, kind):
+            cluster.delete(api_version, kind, name, inputs.namespace)
 
 
 def ensure_secrets(cluster: Cluster, inputs: DeploymentInputs) -> None:
@@ -174,8 +191,11 @@ def _observe(
         generation=generation,
     )
     serving, serving_message = rayservice_ready(cluster.get("ray.io/v1", "RayService", inputs.name, inputs.namespace))
-    router = cluster.get("apps/v1", "Deployment", inputs.router_service, inputs.namespace)
-    router_ready = int(((router or {}).get("status") or {}).get("readyReplicas") or 0)
+    shards_ready = [
+        int(((router or {}).get("status") or {}).get("readyReplicas") or 0)
+        for router in (cluster.get("apps/v1", "Deployment", s.name, inputs.namespace) for s in inputs.router_shards)
+    ]
+    router_ready = sum(shards_ready)
     pods = cluster.list("v1", "Pod", inputs.namespace, label_selector=f"{DEPLOYMENT_LABEL}={inputs.name}")
     replicas = ready_replicas(inputs.name, plan, pods, router_ready)
     problems = [] if serving else [serving_message]
@@ -183,6 +203,8 @@ def _observe(
         problems.append(f"no Plan in namespace {inputs.namespace} applies, so the router admits nobody")
     elif not router_ready:
         problems.append("no router pod is ready")
+    elif down := [shard.name for shard, ready in zip(inputs.router_shards, shards_ready, strict=True) if not ready]:
+        problems.append(f"no pod of router shard(s) {', '.join(down)} is ready")
     ready = not problems
     message = "; ".join(problems) or f"serving at {inputs.endpoint}"
     if skipped:

@@ -80,6 +80,16 @@ def example_inputs(tls: bool = True, uid: str = "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0
     return planned_inputs(objs, raw, uid)
 
 
+def sharded_inputs(shards: int) -> DeploymentInputs:
+    """The example ModelDeployment with `shards` router shards (and 3 replicas in each pool)."""
+    objs = load_examples()
+    raw = copy.deepcopy(objs["ModelDeployment/glm-46"])
+    raw["spec"]["router"]["shards"] = shards
+    raw["spec"]["prefill"]["replicas"] = 3
+    raw["spec"]["decode"]["autoscaling"]["maxReplicas"] = 3
+    return planned_inputs(objs, raw, "2b7e1c4e-5b7a-4a57-9a63-7d5f3c0e9a11")
+
+
 def cluster_tiny_inputs(uid: str = "5c0f3e1a-2d4b-4c8e-9f10-6a7b8c9d0e12") -> DeploymentInputs:
     """examples/cluster-tiny's ModelDeployment on its CPU NodeGroup."""
     objs = load_examples(CLUSTER_TINY)

@@ -15,7 +15,7 @@ import yaml
 from glmserve.common import metrics as m
 from glmserve.common import slo
 from glmserve.operator.build.monitoring import build_prometheus_rule
-from tests.operator.conftest import example_inputs
+from tests.operator.conftest import example_inputs, sharded_inputs
 
 INPUTS = example_inputs()
 NS, NAME = INPUTS.namespace, INPUTS.name
@@ -302,3 +302,38 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
         name = f"{rule['alert']} {rule['labels']}"
         assert any(c.fires(rule) for c in cases if c.alert == rule["alert"]), f"{name} never fires in a test"
         assert any(not c.fires(rule) for c in cases if c.alert == rule["alert"]), f"{name} is never tested silent"
+
+
+@pytest.mark.parametrize(("shard_1_up", "fires"), [(0, True), (1, False)], ids=["one-shard-down", "all-up"])
+def test_a_sharded_router_is_down_when_any_shard_is(shard_1_up: int, fires: bool, tmp_path: Path) -> None:
+    """A shard with no pod up leaves its engines idle: the alert fires though the other shard is up."""
+    inputs = sharded_inputs(2)
+    spec = build_prometheus_rule(inputs)["spec"]
+    [rule] = [r for g in spec["groups"] for r in g["rules"] if r.get("alert") == "GlmserveRouterDown"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(spec))
+    series = {
+        f'up{{namespace="{NS}",service="{shard.name}",job="{shard.name}",instance="a"}}': gauge(
+            1, (10, 1 if shard.index == 0 else shard_1_up)
+        )
+        for shard in inputs.router_shards
+    }
+    expected = [{"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}] if fires else []
+    tests = tmp_path / "tests.yaml"
+    tests.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(rules)],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                        "alert_rule_test": [{"eval_time": "9m", "alertname": rule["alert"], "exp_alerts": expected}],
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -13,20 +14,22 @@ import pytest
 import yaml
 
 from glmserve import __version__
-from glmserve.common.deployment import Images
+from glmserve.common.deployment import Images, ModelDeploymentSpec
 from glmserve.common.deployment_plan import ServeAppArgs
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.tenancy import Plan, Tenant, TenantsFile, hash_api_key
 from glmserve.operator.build.children import build_children
-from glmserve.operator.build.meta import Owner
+from glmserve.operator.build.inputs import SHARD_LABEL
+from glmserve.operator.build.meta import COMPONENT_LABEL, Owner
 from glmserve.operator.build.nodepool import build_nodepool
 from glmserve.operator.build.random_secrets import SALT_KEY, build_cache_salt_secret
 from glmserve.operator.build.rayservice import build_rayservice
 from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FILE
 from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
+from glmserve.router.replicas import RouterShards, connect, router_replicas
 from glmserve.serving.entrypoint import model_source
-from tests.operator.conftest import example_inputs, load_examples, planned_inputs
+from tests.operator.conftest import example_inputs, load_examples, planned_inputs, sharded_inputs
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
 KEY = "sk-live-0123456789abcdef"
@@ -384,3 +387,72 @@ def test_a_decode_pool_at_min_replicas_0_has_the_router_hold_its_requests(tmp_pa
         configmap = next(c for c in children if c["kind"] == "ConfigMap")
         (tmp_path / CONFIG_FILE).write_text(configmap["data"][CONFIG_FILE])
         assert load_config(tmp_path / CONFIG_FILE).flow.scale_from_zero == expected
+
+
+def _router_objects(children: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        c["metadata"]["name"]: c
+        for c in children
+        if c["kind"] == kind and c["metadata"]["labels"][COMPONENT_LABEL] == "router"
+    }
+
+
+def test_one_shard_renders_the_unsharded_router() -> None:
+    """Names, selectors and config of a router from before shards existed: nothing is replaced."""
+    children = build_children(sharded_inputs(1), TENANCY, None)
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+        [(name, obj)] = _router_objects(children, kind).items()
+        assert name == "glm-46-router"
+        assert SHARD_LABEL not in json.dumps(obj)
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    assert sorted(configmap["data"]) == [CONFIG_FILE, TENANTS_FILE]
+    assert "shard" not in yaml.safe_load(configmap["data"][CONFIG_FILE])
+    # nor does the Serve application's args change (an operator upgrade would redeploy it)
+    assert "shards" not in sharded_inputs(1).spec.wire()["router"]
+
+
+def test_the_serve_application_reads_the_shards_back() -> None:
+    spec = sharded_inputs(3).spec
+    assert ModelDeploymentSpec.model_validate(spec.wire()).router.shards == 3
+
+
+def test_each_shard_gets_its_deployment_service_and_budget(schemas: CustomResourceSchemas, tmp_path: Path) -> None:
+    children = build_children(sharded_inputs(3), TENANCY, "redis://glmserve-redis:6379/0")
+    assert [p for child in children for p in manifest_problems(child, schemas)] == []
+    names = [f"glm-46-router-{i}" for i in range(3)]
+    deployments = _router_objects(children, "Deployment")
+    services = _router_objects(children, "Service")
+    budgets = _router_objects(children, "PodDisruptionBudget")
+    assert list(deployments) == list(services) == list(budgets) == names
+    [policy] = _router_objects(children, "NetworkPolicy").values()
+    configmap = next(c for c in children if c["kind"] == "ConfigMap")
+    for index, name in enumerate(names):
+        pod = deployments[name]["spec"]["template"]
+        # each shard's Service and budget select its own pods only; the one policy covers them all
+        for i, other in enumerate(names):
+            labels = deployments[other]["spec"]["template"]["metadata"]["labels"]
+            assert (services[name]["spec"]["selector"].items() <= labels.items()) == (i == index)
+            assert (budgets[name]["spec"]["selector"]["matchLabels"].items() <= labels.items()) == (i == index)
+            assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        path = Path(pod["spec"]["containers"][0]["args"][-1])
+        (tmp_path / path.name).write_text(configmap["data"][path.name])
+        config = load_config(tmp_path / path.name)
+        assert (config.shard.count, config.shard.index) == (3, index)
+        assert config.flow.replicas == deployments[name]["spec"]["replicas"] == 2
+    hashes = {d["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] for d in deployments.values()}
+    assert len(hashes) == 3
+
+
+def test_the_ingress_and_the_engines_dial_every_shard_in_shard_order() -> None:
+    """The address the ingress and engines get is parsed by the ingress's client (one
+    RouterReplicas per shard, in shard order) and the engines' registration (every shard)."""
+    inputs = sharded_inputs(3)
+    cluster = build_rayservice(inputs, None)["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    [address] = {_env(c)["GLMSERVE_ROUTER_ADDRESS"] for pod in pods for c in pod["spec"]["containers"]}
+    services = [f"glm-46-router-{i}.glmserve.svc:50051" for i in range(3)]
+    client = connect(address)
+    assert isinstance(client, RouterShards)
+    assert [shard.target for shard in client.shards] == services
+    # unresolvable here, so each stays as it is: the engines register with each shard's name
+    assert asyncio.run(router_replicas([address])) == services

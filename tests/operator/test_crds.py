@@ -151,6 +151,7 @@ INVALID = [
         _set("spec.model.source", None),
         "glm-4.6-tiny has no published weights: set model.source to the directory",
     ),
+    ("ModelDeployment/glm-46", _set("spec.router.shards", 2), "router.shards must not exceed the replicas"),
 ]
 # Rejected by the OpenAPI schema at admission (type, enum, pattern, bounds) and by pydantic.
 SCHEMA_ONLY = [
@@ -273,3 +274,14 @@ def test_a_pool_may_scale_to_zero_with_its_own_targets(schemas: CustomResourceSc
     pool = ModelDeploymentSpec.model_validate(obj["spec"]).prefill
     assert pool.autoscaling is not None and pool.min_replicas == 0
     assert (pool.autoscaling.ttft_slo_seconds, pool.autoscaling.itl_slo_seconds) == (1.5, 0.05)
+
+
+def test_zero_router_shards_are_refused_naming_the_field(schemas: CustomResourceSchemas) -> None:
+    obj = copy.deepcopy(load_examples()["ModelDeployment/glm-46"])
+    obj["spec"]["router"]["shards"] = 0
+    assert any("spec.router.shards" in p and "less than the minimum of 1" in p for p in manifest_problems(obj, schemas))
+    assert "router.shards\n  Input should be greater than or equal to 1" in _model_error(obj["kind"], obj["spec"])
+    obj["spec"]["router"]["shards"] = 2
+    obj["spec"]["prefill"]["replicas"] = 2
+    assert manifest_problems(obj, schemas) == []
+    ModelDeploymentSpec.model_validate(obj["spec"])

@@ -452,6 +452,44 @@ def test_the_cpu_example_is_planned_and_rendered(cluster: Cluster, operator: Kop
     api.delete(G, "NodeGroup", group_name)
 
 
+def test_router_shards_follow_the_spec(cluster: Cluster, operator: KopfRunner | ImageOperator) -> None:
+    """shards: 2 renders each shard's Deployment, Service and budget, owned by the deployment, and
+    the shards' address for the Ray pods; back to 1, the shards' objects go and the unsharded come back."""
+    api = cluster.api
+    h200 = unique("h200")
+    api.create(node_group(h200, "H200", 4, "static"))
+    with cluster.namespace("shards") as ns:
+        pool = {"nodeGroup": h200, "replicas": 2}
+        deployment = model_deployment(
+            "glm", ns, {"model": {"name": "glm-4.6-fp8"}, "prefill": pool, "decode": pool, "router": {"shards": 2}}
+        )
+        api.create(deployment)
+        kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]
+        for api_version, kind in kinds:
+            for shard in ("glm-router-0", "glm-router-1"):
+                child = eventually(lambda v=api_version, k=kind, n=shard: api.get(v, k, n, ns), what=f"{kind} {shard}")
+                assert [r["name"] for r in child["metadata"]["ownerReferences"]] == ["glm"]
+            assert api.get(api_version, kind, "glm-router", ns) is None
+
+        def address() -> str | None:
+            rayservice = api.get("ray.io/v1", "RayService", "glm", ns)
+            if rayservice is None:
+                return None
+            head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+            return next(e["value"] for e in head["env"] if e["name"] == "GLMSERVE_ROUTER_ADDRESS")
+
+        shards = f"glm-router-0.{ns}.svc:50051;glm-router-1.{ns}.svc:50051"
+        eventually(lambda: address() == shards, what="the shards' address in the Ray pods")
+        api.patch(api.get(G, "ModelDeployment", "glm", ns), {"spec": {"router": {"shards": 1}}})
+        for api_version, kind in kinds:
+            eventually(lambda v=api_version, k=kind: api.get(v, k, "glm-router", ns), what=f"{kind} glm-router")
+            for shard in ("glm-router-0", "glm-router-1"):
+                eventually(
+                    lambda v=api_version, k=kind, n=shard: api.get(v, k, n, ns) is None, what=f"{kind} {shard} gone"
+                )
+        eventually(lambda: address() == f"glm-router.{ns}.svc:50051", what="the unsharded address")
+
+
 # Grants no request of the tests above uses, each with why the operator holds it.
 _CHANGED = "a changed ModelDeployment merge-patches its rendered children; the tests change only the RayService's"
 UNUSED_GRANTS: dict[tuple[str, str, str], str] = {

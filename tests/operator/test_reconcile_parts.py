@@ -17,7 +17,7 @@ from glmserve.common.errors import ConfigError
 from glmserve.common.resource import Condition
 from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, hash_api_key
 from glmserve.operator.build.events import build_event
-from glmserve.operator.build.services import build_ingress_service, build_router_service
+from glmserve.operator.build.services import build_ingress_service, build_router_services
 from glmserve.operator.cluster import Cluster, contains, immutable_changes
 from glmserve.operator.conditions import set_condition, transitions
 from glmserve.operator.crds import RESOURCES, build_crd
@@ -100,7 +100,7 @@ def test_live_objects_with_server_defaults_still_match() -> None:
 
 
 def test_only_changes_to_immutable_fields_call_for_a_replacement() -> None:
-    headless = build_router_service(example_inputs())
+    headless = build_router_services(example_inputs())[0]
     with_vip = {**headless, "spec": {**headless["spec"], "clusterIP": "10.96.0.7"}}
     assert immutable_changes(with_vip, headless) == ["spec.clusterIP"]
     assert immutable_changes(headless, headless) == []
@@ -114,7 +114,7 @@ def test_only_changes_to_immutable_fields_call_for_a_replacement() -> None:
 def test_a_router_service_with_a_virtual_ip_is_replaced_by_a_headless_one(tmp_path: Path) -> None:
     """An operator before the headless router Service gave it a virtual IP, which the API server
     never lets change: apply replaces the Service instead of failing to reconcile for good."""
-    headless = build_router_service(example_inputs())
+    headless = build_router_services(example_inputs())[0]
     meta = headless["metadata"]
     old = {**headless, "spec": {**headless["spec"], "clusterIP": "10.96.0.7"}}
     old["metadata"] = {**meta, "annotations": {"written-by": "the old operator"}}
@@ -265,3 +265,48 @@ def test_without_the_prometheus_operator_monitors_are_skipped_not_fatal(tmp_path
         )
         events = [e for e in api.list("v1", "Event", "ns") if e["involvedObject"]["name"] == "glm"]
         assert {e["reason"] for e in events} >= {"Planned", "WaitingForNodes", "NotReady"}
+
+
+def test_router_shards_are_created_and_the_dropped_ones_deleted(tmp_path: Path) -> None:
+    """Per-shard Deployments, Services and budgets follow spec.router.shards: 3 -> 2 deletes the
+    third shard's, 2 -> 1 brings back the unsharded names; the ConfigMap and policy stay."""
+    crds = [build_crd(r) for r in RESOURCES]
+    crds.append(yaml.load((VENDORED_CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader))
+    kinds = [("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]
+    with KmockCluster(crds, tmp_path) as kmock_cluster:
+        api = kmock_cluster.api
+        api.create(node_group("h200", "H200", 16, "static"))
+        pool = {"nodeGroup": "h200", "replicas": 3}
+        spec = {"model": {"name": "glm-4.6-fp8"}, "prefill": pool, "decode": pool, "router": {"shards": 3}}
+        api.create(model_deployment("glm", "ns", spec))
+        client = kubernetes.config.new_client_from_config(config_file=str(kmock_cluster.kubeconfig))
+        reconciler = Reconciler(Cluster(client, str(tmp_path / "discovery.json")), OperatorSettings())
+
+        def routers() -> dict[str, list[str]]:
+            return {
+                kind: sorted(
+                    o["metadata"]["name"]
+                    for o in api.list(version, kind, "ns")
+                    if o["metadata"]["labels"].get("glmserve.io/component") == "router"
+                )
+                for version, kind in kinds
+            }
+
+        shards = {kind: ["glm-router-0", "glm-router-1", "glm-router-2"] for _, kind in kinds}
+        reconciler.deployment("ns", "glm")
+        assert routers() == shards
+        configmap = api.get("v1", "ConfigMap", "glm-router", "ns")
+        assert sorted(configmap["data"]) == ["config-0.yaml", "config-1.yaml", "config-2.yaml"]
+        for count, names in ((2, {k: v[:2] for k, v in shards.items()}), (1, {k: ["glm-router"] for _, k in kinds})):
+            live = api.get("glmserve.io/v1alpha1", "ModelDeployment", "glm", "ns")
+            api.patch(live, {"spec": {"router": {"shards": count}}})
+            reconciler.deployment("ns", "glm")
+            assert routers() == names
+        assert api.get("networking.k8s.io/v1", "NetworkPolicy", "glm-router", "ns") is not None
+        env = api.get("ray.io/v1", "RayService", "glm", "ns")["spec"]["rayClusterConfig"]["headGroupSpec"]
+        addresses = [
+            e["value"]
+            for e in env["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "GLMSERVE_ROUTER_ADDRESS"
+        ]
+        assert addresses == ["glm-router.ns.svc:50051"]

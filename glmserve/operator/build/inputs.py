@@ -8,13 +8,36 @@ from typing import Any
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus
 from glmserve.common.nodegroup import NodeGroupSpec
-from glmserve.operator.build.meta import Owner
+from glmserve.operator.build.meta import Owner, deployment_labels, selector
 
 SERVE_PORT = 8000
 RAY_METRICS_PORT = 8080
 ROUTER_PORT = 50051
 ROUTER_METRICS_PORT = 9090
 TLS_DIR = "/etc/glmserve/tls"
+SHARD_LABEL = "glmserve.io/router-shard"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterShard:
+    """One shard of the router (glmserve/router/shards.py): its Deployment, Service and
+    PodDisruptionBudget are called `name` and select its pods alone. An unsharded router keeps the
+    names and labels it had before shards existed, so upgrading the operator replaces nothing."""
+
+    deployment: str
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.deployment}-router" if self.count == 1 else f"{self.deployment}-router-{self.index}"
+
+    def selector(self) -> dict[str, str]:
+        unsharded = selector(self.deployment, "router")
+        return unsharded if self.count == 1 else {**unsharded, SHARD_LABEL: str(self.index)}
+
+    def labels(self) -> dict[str, str]:
+        return {**deployment_labels(self.deployment, "router"), **self.selector()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +74,20 @@ class DeploymentInputs:
 
     @property
     def router_service(self) -> str:
+        """The router's ConfigMap and NetworkPolicy (one for every shard), and the one shard's
+        Deployment and Service when unsharded."""
         return f"{self.name}-router"
 
     @property
+    def router_shards(self) -> tuple[RouterShard, ...]:
+        count = self.spec.router.shards
+        return tuple(RouterShard(self.name, index, count) for index in range(count))
+
+    @property
     def router_address(self) -> str:
-        return f"{self.router_service}.{self.namespace}.svc:{ROUTER_PORT}"
+        """What the ingress and the engines dial: the shards' Services in shard order, separated by
+        ";" (replicas.connect and router_replicas parse it)."""
+        return ";".join(f"{shard.name}.{self.namespace}.svc:{ROUTER_PORT}" for shard in self.router_shards)
 
     @property
     def cache_salt_secret(self) -> str:

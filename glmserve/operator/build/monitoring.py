@@ -163,10 +163,16 @@ def component_alerts(q: Query, inputs: DeploymentInputs) -> list[dict[str, Any]]
     return [
         _alert(
             "GlmserveRouterDown",
-            f'(sum(up{{namespace="{ns}",service="{inputs.router_service}"}}) or vector(0)) == 0',
+            # per shard: a shard without pods leaves its engines idle and its tenants uncached
+            " or ".join(
+                f'(sum(up{{namespace="{ns}",service="{shard.name}"}}) or vector(0)) == 0'
+                for shard in inputs.router_shards
+            ),
             "5m",
             "critical",
-            f"{deployment}: no router pod is up; requests cannot be admitted",
+            f"{deployment}: no router pod is up; requests cannot be admitted"
+            if inputs.spec.router.shards == 1
+            else f"{deployment}: no pod of a router shard is up; its tenants go to other shards, its engines idle",
         ),
         _alert(
             "GlmserveRouterUnavailable",

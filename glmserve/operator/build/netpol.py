@@ -5,7 +5,7 @@ the port at all: its gRPC port admits only the deployment's ingress and engine p
 port only Prometheus (the Prometheus Operator's pods, `app.kubernetes.io/name: prometheus`, in any
 namespace: what scrapes the ServiceMonitors monitoring.py renders). Kubelet probes come from the
 node, which network policies do not filter. Egress stays open: the router dials Redis and the
-engines' KV-event publishers.
+engines' KV-event publishers. One policy covers every shard's pods (they share the router's labels).
 """
 
 from __future__ import annotations
