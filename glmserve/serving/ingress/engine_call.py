@@ -190,6 +190,8 @@ class EngineCall:
                         yield progress.relay(batch)
                 except EngineFault as fault:
                     current[0].cancel()
+                    if fault.relayed:
+                        yield list(fault.relayed)
                     if progress.finished:  # all its tokens were out; only the stream's tail was lost
                         yield ["data: [DONE]\n\n"]
                         return

@@ -44,9 +44,10 @@ class EngineFault(Exception):
     """The engine serving a request failed in a way another replica may not: died, stalled, or
     answered with a server error."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, relayed: tuple[str, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.relayed = relayed  # the client's events of the batch before the failure: still theirs
 
 
 @dataclass(slots=True)
@@ -102,11 +103,12 @@ class Progress:
     def relay(self, batch: list[str]) -> list[str]:
         """One batch of the engine's SSE events as the client gets them: token ids recorded (and
         removed unless the client asked for them); a later leg's role chunk dropped, its id and
-        usage made the first leg's. Raises EngineFault on the engine's server-error event."""
-        out = []
+        usage made the first leg's. Raises EngineFault on the engine's server-error event, with
+        the events before it in the batch, whose tokens the next leg's prompt already holds."""
+        out: list[str] = []
         for event in batch:
             if event.startswith(_ENGINE_ERROR):
-                _raise_engine_error(event)
+                _raise_engine_error(event, out)
                 out.append(event)  # the client's fault: another replica would refuse it too
             elif event.startswith(_DONE):
                 out.append(event)
@@ -181,9 +183,9 @@ def _is_role_chunk(choice: dict[str, Any]) -> bool:
     return "role" in delta and not delta.get("content") and not choice.get("token_ids")
 
 
-def _raise_engine_error(event: str) -> None:
+def _raise_engine_error(event: str, relayed: list[str]) -> None:
     error = json.loads(event.removeprefix("data: ")).get("error") or {}
     code = error.get("code")
     status = int(str(code)) if str(code).isdigit() else 500
     if status >= 500 and status != 503:
-        raise EngineFault(str(error.get("message") or "engine error"))
+        raise EngineFault(str(error.get("message") or "engine error"), tuple(relayed))

@@ -152,6 +152,21 @@ async def test_an_engine_that_reports_its_own_death_mid_stream_is_left(make_serv
     await _ended_once(service, 200)
 
 
+async def test_tokens_in_the_batch_that_carries_the_engines_death_reach_the_client(make_service: Make) -> None:
+    """A batch holding a token and then the engine's error event: the token's event is the
+    client's (the next leg's prompt holds that token, so the next leg never sends it again)."""
+    prompt = await _first_prompt(make_service)
+    dead = leg(prompt, [11, 12], finish=False)
+    dead._items[-1].append('data: {"error": {"message": "EngineCore encountered an issue.", "code": 500}}\n\n')
+    pool = Pool()
+    pool.answer(dead, leg([*prompt, 11, 12], [13]))
+    service = make_service(pool)
+    answer = await deliver(await service.generate("chat", chat(stream=True, max_tokens=3), {}))
+    assert _content(_chunks(answer.events)) == "<11><12><13>"
+    assert _prompt(pool, 1) == [*prompt, 11, 12]
+    await _ended_once(service, 200)
+
+
 async def test_a_stalled_engine_is_left_after_the_stall_limit(make_service: Make) -> None:
     prompt = await _first_prompt(make_service)
     pool = Pool()
