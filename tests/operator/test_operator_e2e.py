@@ -118,8 +118,9 @@ def test_node_group_renders_its_node_pool_and_reports_its_nodes(
     if cluster.emulated:  # the kubelets of two nodes, one of them ready
         api.create(fake_node(f"{name}-a", name, ready=True))
         api.create(fake_node(f"{name}-b", name, ready=False))
-        status = eventually(lambda: status_of(api, group).get("readyNodes") == 1 and status_of(api, group))
-        assert (status["nodes"], status["allocatableGpus"]) == (2, 8)
+        # until the status has seen both nodes: the operator may report after the first one only
+        status = eventually(lambda: status_of(api, group).get("nodes") == 2 and status_of(api, group))
+        assert (status["readyNodes"], status["allocatableGpus"]) == (1, 8)
 
     api.patch(group, {"spec": {"maxNodes": 6}})
     eventually(
