@@ -26,6 +26,7 @@ import yaml
 from glmserve.common.config import ROUTER_HASHING, ROUTER_TOKEN_ENV, ServeConfig
 from glmserve.common.errors import ConfigError
 from glmserve.common.ports import free_port
+from glmserve.serving.engine.args import pool_of
 
 START_TIMEOUT_S = 60
 
@@ -34,7 +35,7 @@ def local_flow(cfg: ServeConfig, model: str) -> dict[str, Any]:
     """The local router's flow settings from `glmserve up`'s for the served `model`: the queue's
     TTL and bound (`max_queued_requests` per replica of the pool the queue waits for, at its
     largest), and a decode pool of 0 replicas whose requests wait for one to start."""
-    pool = cfg.decode if cfg.disaggregated else cfg
+    pool = pool_of(cfg, "decode" if cfg.disaggregated else "colocated")
     replicas = max(1, pool.max_replicas or pool.replicas)
     flow: dict[str, Any] = {"queue_ttl_s": cfg.queue_ttl_s, "max_queued": cfg.max_queued_requests * replicas}
     if cfg.scales_from_zero:
