@@ -37,12 +37,14 @@ def log(msg: str) -> None:
 
 
 def run_cases(up: stack.Stack, workdir: Path, args: argparse.Namespace) -> tuple[list[Row], Overload]:
-    """Every case on one stack; the overload first, on the stack as started (its TTFT and memory
-    are then not those of replicas that a fault replaced)."""
+    """Every case on one stack (or only the overload's, `--cases overload`); the overload first, on
+    the stack as started (its TTFT and memory are then not those of replicas that a fault replaced)."""
+    log(f"light, at-capacity and 3x loads: {args.rounds} rounds, {args.overload_seconds:g} s of each load in all")
+    overloaded, measured = overload(up, args.overload_seconds, args.rounds, log, args.profile_dir)
+    if args.cases == "overload":
+        return [overloaded], measured
     log("uninterrupted greedy runs (the reference for every migrated stream)")
     expected = asyncio.run(faults.reference(up))
-    log(f"light, at-capacity and 3x loads: {args.rounds} rounds, {args.overload_seconds:g} s of each load in all")
-    overloaded, measured = overload(up, args.overload_seconds, args.rounds, log)
     rows: list[Row] = []
     restarted: subprocess.Popen[bytes] | None = None
     try:
@@ -91,7 +93,38 @@ def markdown(rows: list[Row], measured: Overload, args: argparse.Namespace) -> s
         + "; ".join(", ".join(f"{load} {ms:.0f}" for load, ms in one.items()) for one in measured.per_round)
         + ".\n\n"
         + markdown_table(["process", "RSS MiB before", "RSS MiB after"], rss)
+        + "\n"
+        + _where_time_goes(measured)
     )
+
+
+def _where_time_goes(measured: Overload) -> str:
+    """Per load, averaged over the rounds: the cores each process used, the router's mean queue
+    wait of the requests it let through, its refusals a second, how long a refused client waited
+    for its 503; then the 3x profile's top frames."""
+    roles = sorted({role for runs in measured.spent.values() for one in runs for role in one["cores"]})
+    rows = []
+    for load, runs in measured.spent.items():
+        if runs:
+            cores = [sum(one["cores"].get(role, 0.0) for one in runs) / len(runs) for role in roles]
+            waits = sum(one["router_mean_wait_ms"] for one in runs) / len(runs)
+            refusals = sum(one["router_refusals_per_s"] for one in runs) / len(runs)
+            refusal_ms = sum(one["client_refusal_ms"] for one in runs) / len(runs)
+            rows.append([load, *(round(c, 2) for c in cores), round(waits, 1), round(refusals, 1), round(refusal_ms)])
+    text = "## Where the time goes (cores used by each process, the router's queue)\n\n" + markdown_table(
+        [
+            "load",
+            *(f"{role} cores" for role in roles),
+            "router mean wait ms",
+            "router refusals/s",
+            "a refusal's mean ms (client)",
+        ],
+        rows,
+    )
+    for name, frames in measured.profile.items():
+        text += f"\n### py-spy, {name}, first 3x round (each sample's innermost glmserve frame)\n\n"
+        text += markdown_table(["frame", "share"], [[f"`{frame}`", share] for frame, share in frames])
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overload-seconds", type=float, default=40, help="seconds of each load, over all rounds")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the light, at-capacity and 3x loads")
     parser.add_argument("--port", type=int, default=8311)
+    parser.add_argument(
+        "--cases",
+        choices=["all", "overload"],
+        default="all",
+        help="overload: only the light, at-capacity and 3x loads (writes reliability_overload.*)",
+    )
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="py-spy records of the ingress and router in the first 3x round go here")  # fmt: skip
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="glmserve-reliability-"))
     log(f"starting glmserve up (logs in {workdir})")
@@ -111,11 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(rows, measured, args)
     data: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.reliability", *(argv if argv is not None else sys.argv[1:])]),
-        "args": vars(args), "rows": [{**asdict(row), "failed": dict(row.failed)} for row in rows],
+        "args": {**vars(args), "profile_dir": str(args.profile_dir)},
+        "rows": [{**asdict(row), "failed": dict(row.failed)} for row in rows],
         "overload": measured.to_json(),
     }  # fmt: skip
     ttft = measured.to_json()["ttft_ms"]
-    for path in write("reliability", data, md, lambda p: plot(rows, ttft, p)):
+    name = "reliability" if args.cases == "all" else "reliability_overload"
+    for path in write(name, data, md, lambda p: plot(rows, ttft, p)):
         log(f"wrote {path}")
     print(md)
 

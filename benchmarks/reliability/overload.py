@@ -8,9 +8,11 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import RequestResult, percentile
+from benchmarks.reliability import breakdown
 from benchmarks.reliability.clients import client, closed_loop, probe
 from benchmarks.reliability.report import Row
 from benchmarks.reliability.stack import MAX_ONGOING, REPLICAS, Stack
@@ -36,6 +38,8 @@ class Overload:
     runs: dict[str, list[RequestResult]] = field(default_factory=lambda: {load: [] for load in LOADS})
     per_round: list[dict[str, float]] = field(default_factory=list)  # p99 TTFT ms of each load
     rss_mib: dict[str, dict[str, int]] = field(default_factory=dict)  # "role pid" -> {before, after}
+    spent: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {load: [] for load in LOADS})  # per round
+    profile: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # process -> its top frames at 3x
 
     @property
     def loaded(self) -> list[RequestResult]:
@@ -50,7 +54,8 @@ class Overload:
             "capacity": CAPACITY, "loads": {load: clients for load, (_, clients) in LOADS.items()},
             "p99_ttft_ms": {load: p99_ms(runs) for load, runs in self.runs.items()},
             "p99_ratio_vs_light": self.ratio("light"), "p99_ratio_vs_capacity": self.ratio("at capacity"),
-            "p99_ttft_ms_per_round": self.per_round, "rss_mib": self.rss_mib,
+            "p99_ttft_ms_per_round": self.per_round, "rss_mib": self.rss_mib, "spent_per_round": self.spent,
+            "profile_at_3x": self.profile,
             "ttft_ms": {load: [1000 * r.ttft_s for r in runs if r.status == 200] for load, runs in self.runs.items()},
         }  # fmt: skip
 
@@ -59,8 +64,11 @@ def _rss(stack: Stack) -> dict[str, int]:
     return {f"{p.role} {p.pid}": p.rss_bytes >> 20 for p in stack_processes(stack.proc.pid)}
 
 
-def overload(stack: Stack, seconds: float, rounds: int, log: Any) -> tuple[Row, Overload]:
-    """`rounds` alternations of the LOADS, `seconds` of each in all."""
+def overload(
+    stack: Stack, seconds: float, rounds: int, log: Any, profile_dir: Path | None = None
+) -> tuple[Row, Overload]:
+    """`rounds` alternations of the LOADS, `seconds` of each in all; with `profile_dir`, py-spy
+    records the ingress and the router through the first round's 3x load."""
     result = Overload()
     asyncio.run(closed_loop(stack.base, stack.keys["light"], CAPACITY, 5, 4))  # warm-up: every slot once
     before = _rss(stack)
@@ -68,10 +76,24 @@ def overload(stack: Stack, seconds: float, rounds: int, log: Any) -> tuple[Row, 
         p99: dict[str, float] = {}
         for load, (tenant, clients) in LOADS.items():
             log(f"overload round {k}/{rounds}: {load}, {clients} streams (capacity {CAPACITY})")
+            spies = (
+                breakdown.profile(stack, seconds / rounds, profile_dir)
+                if profile_dir and k == 1 and load == "3x"
+                else []
+            )
+            start = breakdown.snapshot(stack)
             runs = asyncio.run(closed_loop(stack.base, stack.keys[tenant], clients, seconds / rounds, MAX_TOKENS))
+            spent = breakdown.spent(start, breakdown.snapshot(stack))
+            refusals = [r.e2e_s for r in runs if r.status != 200]
+            spent["client_refusal_ms"] = round(1000 * sum(refusals) / len(refusals), 1) if refusals else 0.0
+            result.spent[load].append(spent)
+            for spy in spies:
+                spy.wait(timeout=60)
             result.runs[load] += runs
             p99[load] = round(p99_ms(runs), 1)
         result.per_round.append(p99)
+    if profile_dir is not None:
+        result.profile = {p.stem: breakdown.top_frames(p) for p in sorted(profile_dir.glob("*.txt"))}
     stopped = time.monotonic()
     status, _ = asyncio.run(_probe(stack))
     recovery = time.monotonic() - stopped if status == 200 else float("inf")
