@@ -14,6 +14,8 @@ from ray import serve
 from ray.llm._internal.serve.serving_patterns.data_parallel.dp_server import DPServer
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.exceptions import GracefulHTTPError
 
@@ -123,6 +125,15 @@ class EngineServer(LLMServer):
 
     async def _run_request(self, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         return _graceful(await super()._run_request(request, **kwargs), self._in_flight)
+
+    async def abort(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        """Ends `request`, a stream running here, as vLLM ends one whose client left, except that its
+        stream is not cut: it ends as a finished one does, with the usage of every token the engine
+        generated for it (those not yet sent too), for the caller that still reads it. An unknown
+        or finished request is ignored."""
+        # The ids vLLM's OpenAI layer gives the engine: its prefix and the body's request_id.
+        kind = "chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl"
+        await self.engine._engine_client.abort(f"{kind}-{request.request_id}")  # type: ignore[union-attr]
 
 
 class DataParallelEngineServer(EngineServer, DPServer):

@@ -11,13 +11,14 @@ plan-priority order; without the router's choice Serve balances.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from glmserve.admission.tenants import ResolvedTenant
-from glmserve.common.errors import RateLimitedError
+from glmserve.common.errors import OverloadedError, RateLimitedError
 from glmserve.router.client import RouterUnavailableError
 from glmserve.router.types import Decision
 from glmserve.serving.ingress.gate import Gate
@@ -35,11 +36,49 @@ class Grant:
     engine_max_tokens: int | None  # the client's max_tokens, else its plan's cap (None: the engine's default)
 
 
+QUEUE_FULL = "flow_queue_full"  # the router's flow control refused: its queue for the model is full
+# How long a full queue is believed without seeing a slot free here: slots that free through
+# other ingress replicas are not seen, and this bounds the refusals that one misses.
+QUEUE_FULL_HOLD_S = 0.25
+
+
+@dataclass(slots=True)
+class FullQueues:
+    """The tenants whose last request the router refused because the model's queue was full.
+    Until a request routed for that model ends here (a slot frees, the queue moves) or
+    QUEUE_FULL_HOLD_S passes, the router would refuse their next requests too (same tenant,
+    same band: they are served last again), so this replica refuses them at once instead of
+    rendering them and asking. Under a flood that is most requests: the cheap refusal leaves the
+    cores to the admitted ones. Other tenants still ask: the router may rank them ahead."""
+
+    refused: dict[str, dict[str, tuple[float, OverloadedError]]] = field(default_factory=dict)
+
+    def check(self, model: str, tenant: str) -> None:
+        """Raises the router's last refusal of `tenant` while it still holds."""
+        held = self.refused.get(model, {}).get(tenant)
+        if held is not None and time.monotonic() - held[0] < QUEUE_FULL_HOLD_S:
+            _, exc = held
+            raise OverloadedError(exc.message, param=exc.param, code=exc.code, retry_after_s=exc.retry_after_s)
+
+    def full(self, model: str, tenant: str, exc: OverloadedError) -> None:
+        self.refused.setdefault(model, {})[tenant] = (time.monotonic(), exc)
+
+    def freed(self, model: str) -> None:
+        self.refused.pop(model, None)
+
+
 class Admitter:
     def __init__(self, gate: Gate, router: Router | None, metrics: IngressMetrics) -> None:
         self._gate = gate
         self._router = router
         self._metrics = metrics
+        self._full = FullQueues()
+
+    def check_queue(self, model: str, tenant: ResolvedTenant) -> None:
+        """Before anything costly: raises OverloadedError (503) when the router just refused this
+        tenant for a full queue and no slot freed since (FullQueues)."""
+        if self._router is not None:
+            self._full.check(model, tenant.id)
 
     async def admit(
         self,
@@ -94,7 +133,11 @@ class Admitter:
         except RateLimitedError as exc:  # the router settled the refusal itself
             life.headers.update(exc.headers)
             return _refused(exc)
-        life.hold_booking(self._router)
+        except OverloadedError as exc:
+            if exc.code == QUEUE_FULL:
+                self._full.full(model, tenant.id, exc)
+            raise
+        life.hold_booking(self._router, on_end=lambda: self._full.freed(model))
         prefill = decision.prefill.worker_id if decision.prefill else None
         life.timer.routed(prefill, decision.decode.worker_id, decision.expected_cached_tokens, decision.policy)
         return decision

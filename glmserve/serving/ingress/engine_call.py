@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,42 @@ from glmserve.serving.ingress.running import RunningReplicas
 from glmserve.serving.ingress.settings import MigrationSettings
 
 log = logging.getLogger("glmserve.ingress")
+
+
+# How long a stream whose client left may take to end once aborted (the abort waits for a free
+# call slot on its replica, the stream for the engine's last batch): past it, the stream is cut
+# and the request billed what was relayed.
+HANG_UP_DRAIN_S = 5.0
+
+
+class _Stream:
+    """An engine call's stream whose pending read survives its reader's cancellation: when the
+    client leaves mid-read, the read goes on, and what the engine sends after it is still counted."""
+
+    __slots__ = ("_read", "call")
+
+    def __init__(self, call: DeploymentResponseGenerator) -> None:
+        self.call = call
+        self._read: asyncio.Future[Any] | None = None
+
+    async def next(self) -> Any:
+        """The next batch; StopAsyncIteration at the end."""
+        if self._read is None:
+            self._read = asyncio.ensure_future(self.call.__anext__())
+        read = self._read
+        try:
+            return await asyncio.shield(read)
+        finally:
+            if read.done():
+                self._read = None
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        if self._read is not None:
+            if self._read.done() and not self._read.cancelled():
+                self._read.exception()  # retrieved: nobody reads it any more
+            self._read.cancel()
+            self._read = None
 
 
 def _traced(span: trace.Span) -> RawRequestInfo | None:
@@ -106,25 +142,31 @@ class EngineCall:
         life.prefill_done()
         return self._streamed(progress, body=body, stream=stream, first=first, life=life, span=span)
 
-    async def _open(self, body: EngineBody, span: trace.Span) -> tuple[DeploymentResponseGenerator, Any]:
+    async def _open(self, body: EngineBody, span: trace.Span) -> tuple[_Stream, Any]:
         """The engine's stream and its first item. Raises EngineFault when another replica may
         do better (the call failed, stalled, or the engine answered with a server error)."""
-        stream: DeploymentResponseGenerator = getattr(self._decode, _endpoint(body)).remote(body, _traced(span))
+        stream = _Stream(getattr(self._decode, _endpoint(body)).remote(body, _traced(span)))
         try:
             first = await self._next(stream, body)
         except StopAsyncIteration:
             raise BackendError("the engine ended the request without a response") from None
+        except Exception:
+            raise
+        except BaseException:  # the client went away before the first output: its work stops
+            stream.cancel()
+            raise
         item = first[0] if isinstance(first, list) else first
         if isinstance(item, ErrorResponse) and Failed.engine(item.error, 0).status in _SERVER_ERRORS:
             raise EngineFault(str(item.error.message))
         return stream, first
 
-    async def _next(self, stream: DeploymentResponseGenerator, body: EngineBody) -> Any:
-        """The stream's next batch, within the stall limit. StopAsyncIteration at its end."""
+    async def _next(self, stream: _Stream, body: EngineBody) -> Any:
+        """The stream's next batch, within the stall limit. StopAsyncIteration at its end. A
+        client that goes away meanwhile leaves the read, and the stream, to the caller."""
         try:
             # A whole answer (not streamed) takes as long as its generation: no stall limit there.
             async with asyncio.timeout((self._migration.stall_timeout_s or None) if body.stream else None):
-                return await stream.__anext__()
+                return await stream.next()
         except StopAsyncIteration:
             raise
         except TimeoutError:
@@ -134,9 +176,6 @@ class EngineCall:
             raise self._engine_exception(exc, body.model or "") from exc
         except Exception as exc:
             raise EngineFault(_cause(exc)) from exc
-        except BaseException:  # the client went away while the engine worked: its work stops too
-            stream.cancel()
-            raise
 
     def _move(self, progress: Progress, body: EngineBody, fault: EngineFault, life: RequestLife) -> EngineRequest:
         """The request for the next replica, or the error that ends it."""
@@ -159,7 +198,7 @@ class EngineCall:
         progress: Progress,
         *,
         body: EngineBody,
-        stream: DeploymentResponseGenerator,
+        stream: _Stream,
         first: Any,
         life: RequestLife,
         span: trace.Span,
@@ -172,9 +211,8 @@ class EngineCall:
         current = [stream]
 
         def end(status: int) -> None:
-            if not life.ended:
-                current[0].cancel()
-                life.end(status, usage)
+            hang_up = lambda: self._hang_up(current[0], body, progress, usage, life)  # noqa: E731
+            _end(status, life, current[0], usage, hang_up)
 
         async def batches() -> AsyncIterator[list[str]]:
             nonlocal body
@@ -231,6 +269,32 @@ class EngineCall:
 
         return Streaming(relay(), stop=lambda: end(CLIENT_CLOSED))
 
+    async def _hang_up(
+        self, stream: _Stream, body: EngineBody, progress: Progress, usage: Usage, life: RequestLife
+    ) -> None:
+        """The client left mid-stream: the engine aborts the request, as vLLM does when its own
+        client leaves, but its stream is read on to its end, whose usage counts every token the
+        engine generated for the request (those not sent yet too): what the request is billed."""
+
+        async def rest() -> AsyncIterator[list[str]]:
+            while True:
+                try:
+                    batch = await stream.next()
+                except StopAsyncIteration:
+                    return
+                yield progress.relay([e for e in (batch if isinstance(batch, list) else [batch]) if isinstance(e, str)])
+
+        try:
+            async with asyncio.timeout(HANG_UP_DRAIN_S):
+                await self._decode.options(stream=False).abort.remote(body)
+                async for _ in sse_stream(rest(), client_wants_usage=False, usage=usage, on_events=_ignore):
+                    pass
+        except Exception as exc:  # it is billed what was relayed
+            log.warning("no usage for %s after its client left: %r", progress.request.request_id, exc)
+        finally:
+            stream.cancel()
+            life.end(CLIENT_CLOSED, usage)
+
     def _engine_exception(self, exc: Exception, model: str) -> GlmserveError:
         """Failures of the call itself; errors the engine reports arrive as ErrorResponse instead."""
         if isinstance(exc, BackPressureError | DeploymentUnavailableError):
@@ -252,6 +316,24 @@ def _endpoint(body: EngineBody) -> str:
 def _cause(exc: Exception) -> str:
     cause = getattr(exc, "cause", None) or exc
     return type(cause).__name__
+
+
+def _end(
+    status: int, life: RequestLife, stream: _Stream, usage: Usage, hang_up: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Ends a streamed request, once: one whose client left (CLIENT_CLOSED) when its engine's
+    stream has (`hang_up`), any other now, its stream cut."""
+    if life.ended or life.ending:
+        return
+    if status == CLIENT_CLOSED:
+        life.end_later(hang_up())
+    else:
+        stream.cancel()
+        life.end(status, usage)
+
+
+def _ignore(events: int) -> None:
+    """Events of a stream whose client left: they reach no one."""
 
 
 def _fault_event(fault: EngineFault) -> str:

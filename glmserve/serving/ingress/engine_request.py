@@ -100,6 +100,9 @@ class EngineRequest:
             "kv_transfer_params": kv_transfer_params,
             "glmserve_target": target,
             "glmserve_avoid": self.avoid,
+            # The engine's id of this call (one per leg: a moved request's next leg is a new call),
+            # which an abort names; never the client's, which could name another tenant's request.
+            "request_id": f"{self.request_id}-{len(self.avoid)}",
         }
         if self.token_ids:
             platform["return_token_ids"] = True

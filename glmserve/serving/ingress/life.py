@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
@@ -63,7 +63,9 @@ class RequestLife:
         self._admission: tuple[Limiter, Admission] | None = None
         self._slots: PrioritySlots | None = None
         self._router: Router | None = None
+        self._on_end: Callable[[], None] | None = None
         self._ended = False
+        self._ending = False
 
     @property
     def ended(self) -> bool:
@@ -79,10 +81,21 @@ class RequestLife:
         self._slots = slots
         self.timer.on_gap = slots.observe_gap
 
-    def hold_booking(self, router: Router) -> None:
+    def hold_booking(self, router: Router, on_end: Callable[[], None] | None = None) -> None:
         """The router routed the request (booked its workers, and admitted it when it admits): it
-        hears once how the request ended, with the usage delivered."""
+        hears once how the request ended, with the usage delivered; `on_end` is called then too."""
         self._router = router
+        self._on_end = on_end
+
+    def end_later(self, work: Coroutine[Any, Any, Any]) -> None:
+        """`work` ends the request (calls `end`) after its response is gone; it is held until done."""
+        self._ending = True
+        self._background.spawn(work)
+
+    @property
+    def ending(self) -> bool:
+        """Its end is under way (end_later)."""
+        return self._ending
 
     def prefill_done(self) -> None:
         """The prompt's prefill is over: the router frees the prefill worker's share early."""
@@ -105,6 +118,8 @@ class RequestLife:
             outcome = outcome_of(status)
             used = RouterUsage(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, outcome != "ok")
             self._background.spawn(self._complete(self._router, used, "finished", outcome))
+        if self._on_end is not None:
+            self._on_end()
         self.timer.finish(status, usage)
 
     async def guard(self, work: Awaitable[Reply]) -> Reply:

@@ -95,6 +95,7 @@ class IngressService:
     async def _reply(
         self, endpoint: Endpoint, body: Body, served: ServedModel, tenant: ResolvedTenant, life: RequestLife
     ) -> Reply:
+        self._admitter.check_queue(served.name, tenant)
         prompt = await self._tokens(body, served)
         max_tokens = client_max_tokens(body)
         check_context(served.max_context, len(prompt), max_tokens)

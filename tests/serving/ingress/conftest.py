@@ -35,12 +35,23 @@ MAX_CONTEXT = 2048
 
 class EngineStream:
     """What a handle call returns (DeploymentResponseGenerator): the engine's items in order; it
-    raises `error` after them, or waits forever when `hang`."""
+    raises `error` after them, or waits forever when `hang`. Aborted (the engine's `abort`), it
+    ends instead with `aborted(items sent)`'s items (none: it just ends)."""
 
-    def __init__(self, items: list[Any], *, error: Exception | None = None, hang: bool = False) -> None:
+    def __init__(
+        self,
+        items: list[Any],
+        *,
+        error: Exception | None = None,
+        hang: bool = False,
+        aborted: Callable[[int], list[Any]] | None = None,
+    ) -> None:
         self._items = deque(items)
         self._error = error
         self._hang = hang
+        self._aborted = aborted
+        self._woken = asyncio.Event()
+        self.sent = 0
         self.cancelled = False
 
     def __aiter__(self) -> EngineStream:
@@ -48,16 +59,36 @@ class EngineStream:
 
     async def __anext__(self) -> Any:
         await asyncio.sleep(0)
-        if self._items:
-            return self._items.popleft()
-        if self._error is not None:
-            raise self._error
-        if self._hang:
-            await asyncio.Event().wait()
-        raise StopAsyncIteration
+        while True:
+            if self._items:
+                self.sent += 1
+                return self._items.popleft()
+            if self._error is not None:
+                raise self._error
+            if not self._hang:
+                raise StopAsyncIteration
+            await self._woken.wait()
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def abort(self) -> None:
+        self._items = deque(self._aborted(self.sent) if self._aborted else [])
+        self._error, self._hang = None, False
+        self._woken.set()
+
+
+class _Abort:
+    """The engine's `abort`: the call in flight with the body's request_id is aborted."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def remote(self, body: Any) -> None:
+        self._pool.aborted.append(body.request_id)
+        for (_, called), stream in zip(self._pool.calls, self._pool.streams, strict=True):
+            if called.request_id == body.request_id:
+                stream.abort()
 
 
 class _Method:
@@ -80,6 +111,7 @@ class Pool:
     answers: deque[EngineStream] = field(default_factory=deque)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     streams: list[EngineStream] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)  # the request ids of the engine's aborts
     called: asyncio.Event = field(default_factory=asyncio.Event)
     replicas: frozenset[str] | None = None  # the pool's running replicas, as Serve's controller lists them
 
@@ -92,9 +124,11 @@ class Pool:
     def options(self, **_: Any) -> Pool:
         return self
 
-    def __getattr__(self, name: str) -> _Method:
+    def __getattr__(self, name: str) -> _Method | _Abort:
         if name in ("chat", "completions"):
             return _Method(self, name)
+        if name == "abort":
+            return _Abort(self)
         raise AttributeError(name)
 
     @property
@@ -145,17 +179,24 @@ def _chunk(delta: dict[str, Any], usage: dict[str, int]) -> str:
     return "data: " + _compact(chunk) + "\n\n"
 
 
-def streamed(tokens: int, *, prompt_tokens: int = 9, finish: bool = True, **kwargs: Any) -> EngineStream:
+def streamed(
+    tokens: int, *, prompt_tokens: int = 9, finish: bool = True, unsent: int = 0, **kwargs: Any
+) -> EngineStream:
     """A chat stream as vLLM sends it to the ingress (which always asks for `include_usage` and
     `continuous_usage_stats`): a role chunk, one chunk per token, each with the running usage,
-    then (when it finishes) the usage event and [DONE]; one batch per chunk."""
+    then (when it finishes) the usage event and [DONE]; one batch per chunk. Aborted, it ends
+    as vLLM ends an aborted stream: the usage of every token generated, which is `unsent` more
+    than it sent (its last batch, not sent yet), and [DONE]."""
+
+    def end(usage: dict[str, int]) -> list[str]:
+        event = _compact({"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": usage})
+        return [f"data: {event}\n\n", "data: [DONE]\n\n"]
+
     batches = [[_chunk({"role": "assistant", "content": ""}, _usage(prompt_tokens, 0))]]
     batches += [[_chunk({"content": f"t{i}"}, _usage(prompt_tokens, i + 1))] for i in range(tokens)]
     if finish:
-        usage = _usage(prompt_tokens, tokens)
-        event = _compact({"id": "c", "object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": usage})
-        batches.append([f"data: {event}\n\n", "data: [DONE]\n\n"])
-    return EngineStream(batches, **kwargs)
+        batches.append(end(_usage(prompt_tokens, tokens)))
+    return EngineStream(batches, aborted=lambda sent: [end(_usage(prompt_tokens, max(0, sent - 1) + unsent))], **kwargs)
 
 
 class RecordingRouter(RouterReplicas):

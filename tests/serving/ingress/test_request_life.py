@@ -336,25 +336,28 @@ async def test_without_migration_an_engine_failing_mid_stream_ends_it_with_an_er
 
 
 @pytest.mark.parametrize("chunks_read", [0, 2])
-async def test_a_client_that_hangs_up_on_a_stream_stops_the_engine_and_pays_for_what_it_got(
+async def test_a_client_that_hangs_up_on_a_stream_stops_the_engine_and_pays_every_token_it_generated(
     make_service: Make, tenants_file, router, chunks_read: int
 ) -> None:
     client, _ = router()
     pool = Pool()
-    pool.answer(streamed(50, hang=True, finish=False))
+    pool.answer(streamed(50, hang=True, finish=False, unsent=3))
     service = make_service(pool, tenants=tenants_file, router=client, capacity=1, max_waiting=1)
     key = KEYS["tokens"]
     answer = await deliver(
         await service.generate("chat", chat(stream=True, max_tokens=100), auth(key)), disconnect_after=chunks_read
     )
     assert answer.body.count(b"data: ") <= max(chunks_read, 1)
-    assert pool.streams[0].cancelled
     await _settled(service)
+    [stream] = pool.streams
+    assert pool.aborted == [pool.bodies[0].request_id] and stream.cancelled  # the engine aborted it
     _ended_once(service, 499)
     [finished] = client.finished
     assert finished.outcome == "cancelled" and finished.usage is not None
     delivered = finished.usage.completion_tokens
-    assert delivered <= chunks_read + 2  # at most a batch more than the client read
+    # Every token the engine generated, its unsent last batch too, not only those relayed.
+    assert delivered == (stream.sent - 2) + 3  # items sent less the role chunk and the abort's end
+    assert delivered <= chunks_read + 2 + 3
     pool.answer(completed(completion_tokens=1))
     probe = await deliver(await service.generate("chat", chat(max_tokens=1), auth(key)))
     # The 100 reserved came back but for what the stream delivered.
