@@ -44,9 +44,13 @@ class Stack:
     @property
     def metrics_url(self) -> str:
         """Ray's metrics export: every actor's metrics, the engines' vllm:* series included."""
-        for line in self.log.read_text().splitlines():
-            if "engine and Ray metrics: " in line:
-                return line.split("metrics: ", 1)[1].strip()
+        # glmserve up prints it just after "ready", which can come after /health first answers.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if "engine and Ray metrics: " in line:
+                    return line.split("metrics: ", 1)[1].strip()
+            time.sleep(0.5)
         raise AssertionError("glmserve up did not print its metrics endpoint")
 
     @property

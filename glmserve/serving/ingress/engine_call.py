@@ -12,6 +12,7 @@ from typing import Any
 
 from opentelemetry import trace
 from ray.llm._internal.serve.core.protocol import RawRequestInfo
+from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -66,6 +67,20 @@ class _Stream:
                 self._read.exception()  # retrieved: nobody reads it any more
             self._read.cancel()
             self._read = None
+
+
+def _kept_when_the_client_leaves(call: Callable[[], DeploymentResponseGenerator]) -> DeploymentResponseGenerator:
+    """`call()`, a handle call that Serve does not cancel when the HTTP request that made it is
+    cancelled (its client left): with direct ingress Serve cancels such calls itself, and the
+    engine's stream must outlive a hang-up (_hang_up reads it to its end). Every way a request
+    ends cancels or ends its engine call here instead."""
+    context = serve_context._get_serve_request_context()
+    detached = replace(context, cancel_on_parent_request_cancel=False)
+    token = serve_context._serve_request_context.set(detached)  # type: ignore[arg-type]  # Serve types it by its default, None
+    try:
+        return call()
+    finally:
+        serve_context._serve_request_context.reset(token)
 
 
 def _traced(span: trace.Span) -> RawRequestInfo | None:
@@ -145,7 +160,9 @@ class EngineCall:
     async def _open(self, body: EngineBody, span: trace.Span) -> tuple[_Stream, Any]:
         """The engine's stream and its first item. Raises EngineFault when another replica may
         do better (the call failed, stalled, or the engine answered with a server error)."""
-        stream = _Stream(getattr(self._decode, _endpoint(body)).remote(body, _traced(span)))
+        stream = _Stream(
+            _kept_when_the_client_leaves(lambda: getattr(self._decode, _endpoint(body)).remote(body, _traced(span)))
+        )
         try:
             first = await self._next(stream, body)
         except StopAsyncIteration:
