@@ -1,4 +1,5 @@
-"""`python -m benchmarks.reliability [--overload-seconds 40] [--rounds 2] [--port 8311]`.
+"""`python -m benchmarks.reliability [--overload-seconds 40] [--rounds 2] [--port 8311]
+[--cases all|overload] [--profile-dir DIR]`.
 
 One `glmserve up` (glm-4.6-tiny on CPU, 2 engine replicas, `--migration-limit 2
 --stall-timeout-s 6`, glmserve's router admitting every request against plans in a real Redis)
@@ -8,7 +9,11 @@ JSON, a flood of wrong API keys, and 3x the engines' capacity. Each case is one 
 sent, completed, migrated, failed by status, recovery seconds, and whether a token was lost or
 billed wrongly (the tenant's billed output tokens against the tokens delivered). The overload
 case also measures admitted requests' p99 TTFT at 3x capacity against a light load's (goal:
-within 1.5x) and against exactly capacity's, in alternating rounds. Writes benchmarks/results/reliability.{json,md,png}.
+within 1.5x) and against exactly capacity's, in alternating rounds, and where each load's time goes
+(cores per process, the router's queue wait and refusals, a refusal's round trip; with
+--profile-dir, py-spy records of the ingress and router at 3x). Writes
+benchmarks/results/reliability.{json,md,png} (`--cases overload`: only the loads, to
+reliability_overload.*).
 """
 
 from __future__ import annotations
