@@ -4,13 +4,17 @@ The workload of `python -m benchmarks.routing`'s gRPC part (64 workers' KV index
 prompts, 16 tenants admitted in a real redis-server, each Route followed by its Complete), in a
 closed loop, while py-spy samples the router process (`--nonblocking`: the router is never paused).
 Each sample is put in the first component whose frames it holds, for today's router (a git ref,
-default `main`) and this tree's, one after the other in the same run.
+default `main`) and this tree's, one after the other in the same run; the innermost frames that
+hold the most samples are listed too. `--native` adds C frames (gRPC core, uvloop, upb, libc's
+system calls) to what the samples show, at the price of pausing the router at each one (py-spy
+cannot read native stacks otherwise): shares stay meaningful, the rate drops.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,17 +36,21 @@ from benchmarks.routing.router_process import RouterProcess
 from glmserve.router.hashing import BlockHasher
 
 CALLERS = 16
+TOP_FRAMES = 15  # innermost frames listed
 # (component, frame substrings): a sample belongs to the first component one of whose substrings
-# occurs in one of its frames; "@" marks a substring the innermost frame must hold.
+# occurs in one of its frames. The router's only threads are the loop's, the metrics server's and
+# gRPC's poller (its Python frames are Thread.run's alone).
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("routing decision (Router.route: hashing, KV index, scoring)", ("Router.route (",)),
+    ("decision: prompt block hashing", ("BlockHasher.runs (",)),
+    ("decision: KV index walk", ("KVIndex.",)),
+    ("decision: filters, scoring, booking", ("Router.route (",)),
     ("limits store client (redis-py)", ("(redis/",)),
     ("admission (glmserve.admission, admitter)", ("glmserve/admission/", "router/admitter.py")),
     ("flow control", ("router/flow/",)),
     ("message conversion (convert.py)", ("router/convert.py",)),
     ("Route/Complete handlers, rest", ("RouterService.",)),
-    ("gRPC poller thread", ("@Thread.run (threading.py",)),
     ("metrics HTTP server thread", ("serve_forever",)),
+    ("gRPC poller thread", ("Thread.run (threading.py",)),
     ("gRPC server and event loop (no glmserve frame)", ("",)),
 ]
 
@@ -51,29 +59,37 @@ def _log(message: str) -> None:
     print(f"[routing.profile] {message}", file=sys.stderr, flush=True)
 
 
+# Native samples of a thread blocked with nothing to do (py-spy counts them as running in --native
+# mode): left out, so that shares are of the CPU used.
+WAITS = ("epoll_wait (", "epoll_pwait (", "poll (", "select (", "pthread_cond_wait (", "pthread_cond_timedwait (")
+
+
 def component(frames: list[str]) -> str:
     for name, patterns in COMPONENTS:
         for pattern in patterns:
-            if pattern.startswith("@"):
-                if pattern[1:] in frames[-1]:
-                    return name
-            elif any(pattern in frame for frame in frames):
+            if any(pattern in frame for frame in frames):
                 return name
     raise AssertionError("the last component matches every sample")
 
 
-def breakdown(raw: Path) -> dict[str, int]:
-    """py-spy's raw (collapsed) output -> samples per component."""
+def breakdown(raw: Path) -> tuple[dict[str, int], Counter[str]]:
+    """py-spy's raw (collapsed) output -> samples per component, and per innermost frame (its
+    function and file, without the line)."""
     counts: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         if line.strip():
             stack, n = line.rsplit(" ", 1)
-            counts[component(stack.split(";"))] += int(n)
-    return dict(counts)
+            frames = stack.split(";")
+            if frames[-1].startswith(WAITS):
+                continue
+            counts[component(frames)] += int(n)
+            leaves[re.sub(r":\d+\)$", ")", frames[-1])] += int(n)
+    return dict(counts), leaves
 
 
 def _profile(
-    tree: Path, admission: dict[str, Any], events: Any, prompts: Any, *, seconds: float, work: Path
+    tree: Path, admission: dict[str, Any], events: Any, prompts: Any, *, seconds: float, work: Path, native: bool
 ) -> dict[str, Any]:
     tenants = [f"t{t}" for t in range(TENANTS)]
     router = RouterProcess(tree, admission)
@@ -82,7 +98,8 @@ def _profile(
         closed_loop(router.port, prompts[:200], callers=CALLERS, seconds=2, model=MODEL, tenants=tenants)  # warm
         raw = work / "samples.txt"
         spy = Path(sys.executable).parent / "py-spy"
-        command = [str(spy), "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(raw)]
+        mode = ["--native"] if native else ["--nonblocking"]
+        command = [str(spy), "record", *mode, "-r", "200", "-f", "raw", "-o", str(raw)]
         sampler = subprocess.Popen(
             [*command, "-d", str(int(seconds) + 2), "-p", str(router.proc.pid)],
             stdout=subprocess.DEVNULL,
@@ -95,7 +112,7 @@ def _profile(
         sampler.wait()
     finally:
         router.close()
-    samples = breakdown(raw)
+    samples, leaves = breakdown(raw)
     total = sum(samples.values())
     ms_per_pair = cpu / (rate * elapsed) * 1e3
     return {
@@ -106,10 +123,14 @@ def _profile(
         "components": {
             name: {"share": n / total, "ms_per_pair": n / total * ms_per_pair} for name, n in samples.items()
         },
+        "innermost": [
+            {"frame": frame, "share": n / total, "ms_per_pair": n / total * ms_per_pair}
+            for frame, n in leaves.most_common(TOP_FRAMES)
+        ],
     }
 
 
-def run(seconds: float, sessions_per_worker: int, baseline_ref: str) -> dict[str, Any]:
+def run(seconds: float, sessions_per_worker: int, baseline_ref: str, *, native: bool = False) -> dict[str, Any]:
     c = corpus(sessions_per_worker, 0)
     hasher = BlockHasher()
     events = [worker_events(c, w, hasher) for w in range(WORKERS)]
@@ -117,7 +138,7 @@ def run(seconds: float, sessions_per_worker: int, baseline_ref: str) -> dict[str
     codes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="routing-profile-") as tmp:
         for name, tree, admission in routers(baseline_ref, _log):
-            codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=Path(tmp))
+            codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=Path(tmp), native=native)
     return {
         "workers": WORKERS,
         "tenants": TENANTS,
@@ -125,6 +146,7 @@ def run(seconds: float, sessions_per_worker: int, baseline_ref: str) -> dict[str
         "sessions_per_worker": sessions_per_worker,
         "seconds": seconds,
         "baseline_ref": baseline_ref,
+        "native": native,
         "codes": codes,
         "cpu_cores": os.cpu_count(),
         "load_average": os.getloadavg(),
@@ -145,7 +167,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['workers']} workers ({results['sessions_per_worker']} sessions each in the KV index), "
         f"8192-token prompts, {results['tenants']} tenants admitted in a real redis-server, "
         f"{results['callers']} callers in a closed loop for {results['seconds']:g} s while py-spy samples the "
-        "router (200/s, not pausing it). Client, redis-server and router share the machine's cores.",
+        + (
+            "router's Python and C frames (200/s, pausing it at each sample: the rate is lower than unobserved)."
+            if results["native"]
+            else "router (200/s, not pausing it)."
+        )
+        + " Client, redis-server and router share the machine's cores.",
         "",
     ]
     headers = ["", *codes]
@@ -161,6 +188,10 @@ def markdown(results: dict[str, Any]) -> str:
             cells.append(f"{part['ms_per_pair']:.2f} ms ({part['share']:.0%})" if part else "0")
         rows.append([name, *cells])
     lines.append(results_io.markdown_table(headers, rows))
+    for name, c in codes.items():
+        lines += ["", f"Innermost frames holding the most samples, {name}:", ""]
+        top = [[f"`{leaf['frame']}`", f"{leaf['ms_per_pair']:.3f} ms ({leaf['share']:.1%})"] for leaf in c["innermost"]]
+        lines.append(results_io.markdown_table(["frame", "per pair"], top))
     return "\n".join(lines)
 
 
@@ -184,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="closed-loop time sampled (default 10)")
     parser.add_argument("--sessions-per-worker", type=int, default=20, help="KV index size (default 20)")
     parser.add_argument("--baseline-ref", default="main", help="git ref of today's router")
+    parser.add_argument("--native", action="store_true", help="sample C frames too (pauses the router)")
     args = parser.parse_args(argv)
-    results = run(args.seconds, args.sessions_per_worker, args.baseline_ref)
+    results = run(args.seconds, args.sessions_per_worker, args.baseline_ref, native=args.native)
     results["command"] = " ".join(["python -m benchmarks.routing.profile", *(argv or sys.argv[1:])])
     results["environment"] = results_io.environment()
     text = markdown(results)
