@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     results["command"] = " ".join(["python -m benchmarks.routing.profile", *(argv or sys.argv[1:])])
     results["environment"] = results_io.environment()
     text = markdown(results)
-    for path in results_io.write("routing_profile", results, text, lambda path: plot(results, path)):
+    name = "routing_profile_native" if args.native else "routing_profile"
+    for path in results_io.write(name, results, text, lambda path: plot(results, path)):
         _log(f"wrote {path}")
     print(text)
 
