@@ -5,9 +5,9 @@ prompts, 16 tenants admitted in a real redis-server, each Route followed by its 
 closed loop, while py-spy samples the router process (`--nonblocking`: the router is never paused).
 Each sample is put in the first component whose frames it holds, for today's router (a git ref,
 default `main`) and this tree's, one after the other in the same run; the innermost frames that
-hold the most samples are listed too. `--native` adds C frames (gRPC core, uvloop, upb, libc's
-system calls) to what the samples show, at the price of pausing the router at each one (py-spy
-cannot read native stacks otherwise): shares stay meaningful, the rate drops.
+hold the most samples are listed too. (py-spy's --native mode is not used: it must pause the
+router at each sample, and its samples then land on system calls far more often than they cost:
+getpid(), a fraction of a microsecond, was among the top frames.)
 """
 
 from __future__ import annotations
@@ -59,11 +59,6 @@ def _log(message: str) -> None:
     print(f"[routing.profile] {message}", file=sys.stderr, flush=True)
 
 
-# Native samples of a thread blocked with nothing to do (py-spy counts them as running in --native
-# mode): left out, so that shares are of the CPU used.
-WAITS = ("epoll_wait (", "epoll_pwait (", "poll (", "select (", "pthread_cond_wait (", "pthread_cond_timedwait (")
-
-
 def component(frames: list[str]) -> str:
     for name, patterns in COMPONENTS:
         for pattern in patterns:
@@ -81,15 +76,13 @@ def breakdown(raw: Path) -> tuple[dict[str, int], Counter[str]]:
         if line.strip():
             stack, n = line.rsplit(" ", 1)
             frames = stack.split(";")
-            if frames[-1].startswith(WAITS):
-                continue
             counts[component(frames)] += int(n)
             leaves[re.sub(r":\d+\)$", ")", frames[-1])] += int(n)
     return dict(counts), leaves
 
 
 def _profile(
-    tree: Path, admission: dict[str, Any], events: Any, prompts: Any, *, seconds: float, work: Path, native: bool
+    tree: Path, admission: dict[str, Any], events: Any, prompts: Any, *, seconds: float, work: Path
 ) -> dict[str, Any]:
     tenants = [f"t{t}" for t in range(TENANTS)]
     router = RouterProcess(tree, admission)
@@ -98,8 +91,7 @@ def _profile(
         closed_loop(router.port, prompts[:200], callers=CALLERS, seconds=2, model=MODEL, tenants=tenants)  # warm
         raw = work / "samples.txt"
         spy = Path(sys.executable).parent / "py-spy"
-        mode = ["--native"] if native else ["--nonblocking"]
-        command = [str(spy), "record", *mode, "-r", "200", "-f", "raw", "-o", str(raw)]
+        command = [str(spy), "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(raw)]
         sampler = subprocess.Popen(
             [*command, "-d", str(int(seconds) + 2), "-p", str(router.proc.pid)],
             stdout=subprocess.DEVNULL,
@@ -130,7 +122,7 @@ def _profile(
     }
 
 
-def run(seconds: float, sessions_per_worker: int, baseline_ref: str, *, native: bool = False) -> dict[str, Any]:
+def run(seconds: float, sessions_per_worker: int, baseline_ref: str) -> dict[str, Any]:
     c = corpus(sessions_per_worker, 0)
     hasher = BlockHasher()
     events = [worker_events(c, w, hasher) for w in range(WORKERS)]
@@ -138,7 +130,7 @@ def run(seconds: float, sessions_per_worker: int, baseline_ref: str, *, native: 
     codes: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="routing-profile-") as tmp:
         for name, tree, admission in routers(baseline_ref, _log):
-            codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=Path(tmp), native=native)
+            codes[name] = _profile(tree, admission, events, prompts, seconds=seconds, work=Path(tmp))
     return {
         "workers": WORKERS,
         "tenants": TENANTS,
@@ -146,7 +138,6 @@ def run(seconds: float, sessions_per_worker: int, baseline_ref: str, *, native: 
         "sessions_per_worker": sessions_per_worker,
         "seconds": seconds,
         "baseline_ref": baseline_ref,
-        "native": native,
         "codes": codes,
         "cpu_cores": os.cpu_count(),
         "load_average": os.getloadavg(),
@@ -167,12 +158,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['workers']} workers ({results['sessions_per_worker']} sessions each in the KV index), "
         f"8192-token prompts, {results['tenants']} tenants admitted in a real redis-server, "
         f"{results['callers']} callers in a closed loop for {results['seconds']:g} s while py-spy samples the "
-        + (
-            "router's Python and C frames (200/s, pausing it at each sample: the rate is lower than unobserved)."
-            if results["native"]
-            else "router (200/s, not pausing it)."
-        )
-        + " Client, redis-server and router share the machine's cores.",
+        "router (200/s, not pausing it). Client, redis-server and router share the machine's cores.",
         "",
     ]
     headers = ["", *codes]
@@ -215,14 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="closed-loop time sampled (default 10)")
     parser.add_argument("--sessions-per-worker", type=int, default=20, help="KV index size (default 20)")
     parser.add_argument("--baseline-ref", default="main", help="git ref of today's router")
-    parser.add_argument("--native", action="store_true", help="sample C frames too (pauses the router)")
     args = parser.parse_args(argv)
-    results = run(args.seconds, args.sessions_per_worker, args.baseline_ref, native=args.native)
+    results = run(args.seconds, args.sessions_per_worker, args.baseline_ref)
     results["command"] = " ".join(["python -m benchmarks.routing.profile", *(argv or sys.argv[1:])])
     results["environment"] = results_io.environment()
     text = markdown(results)
-    name = "routing_profile_native" if args.native else "routing_profile"
-    for path in results_io.write(name, results, text, lambda path: plot(results, path)):
+    for path in results_io.write("routing_profile", results, text, lambda path: plot(results, path)):
         _log(f"wrote {path}")
     print(text)
 
