@@ -9,8 +9,9 @@ engines register over gRPC and publish vLLM-format KV events over ZMQ until the 
 block they hold (corpus.py), then Route + Complete calls arrive open-loop at a fixed rate.
 
 Reported: the latency the caller sees (gRPC round trip, on the same machine), the router's own
-decision time (its route-duration histogram, bucketed), an exact in-process distribution of the
-same decisions without gRPC (this tree's code), and closed-loop throughput.
+decision time (its route-duration histogram, bucketed), the garbage collections that paused the
+router for over a millisecond during each run, an exact in-process distribution of the same
+decisions without gRPC (this tree's code), and closed-loop throughput.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def _at_rate(
 ) -> dict[str, Any]:
     histogram_name = "glmserve_router_route_duration_seconds"
     before, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s()
+    started = time.time()
     latencies, sent, failures = open_loop(router.port, prompts, rate, MODEL, tenants)
+    pauses = router.gc_pauses(started, time.time())
     after, cpu = histogram(scrape(router.metrics_port), histogram_name), router.cpu_s() - cpu
     by_first = {f: [lat for lat, g in zip(latencies, first, strict=False) if g == f] for f in (True, False)}
     return {
@@ -128,6 +131,7 @@ def _at_rate(
         "grpc_round_trip_prefix_seen_before": percentiles(by_first[False]),
         "decision_bucketed": {f"p{q}_ms": bucket_quantile(before, after, q / 100) * 1e3 for q in (50, 90, 99)},
         "router_cpu_ms_per_request": cpu / len(prompts) * 1e3,
+        "gc_pauses": {"count": len(pauses), "max_ms": max(pauses, default=0.0) * 1e3, "total_ms": sum(pauses) * 1e3},
     }
 
 

@@ -4,13 +4,17 @@ The workload of `python -m benchmarks.routing`'s gRPC part (64 workers' KV index
 prompts, 16 tenants admitted in a real redis-server, each Route followed by its Complete), in a
 closed loop, while py-spy samples the router process (`--nonblocking`: the router is never paused).
 Each sample is put in the first component whose frames it holds, for today's router (a git ref,
-default `main`) and this tree's, one after the other in the same run.
+default `main`) and this tree's, one after the other in the same run; the innermost frames that
+hold the most samples are listed too. (py-spy's --native mode is not used: it must pause the
+router at each sample, and its samples then land on system calls far more often than they cost:
+getpid(), a fraction of a microsecond, was among the top frames.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,17 +36,21 @@ from benchmarks.routing.router_process import RouterProcess
 from glmserve.router.hashing import BlockHasher
 
 CALLERS = 16
+TOP_FRAMES = 15  # innermost frames listed
 # (component, frame substrings): a sample belongs to the first component one of whose substrings
-# occurs in one of its frames; "@" marks a substring the innermost frame must hold.
+# occurs in one of its frames. The router's only threads are the loop's, the metrics server's and
+# gRPC's poller (its Python frames are Thread.run's alone).
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("routing decision (Router.route: hashing, KV index, scoring)", ("Router.route (",)),
+    ("decision: prompt block hashing", ("BlockHasher.runs (",)),
+    ("decision: KV index walk", ("KVIndex.",)),
+    ("decision: filters, scoring, booking", ("Router.route (",)),
     ("limits store client (redis-py)", ("(redis/",)),
     ("admission (glmserve.admission, admitter)", ("glmserve/admission/", "router/admitter.py")),
     ("flow control", ("router/flow/",)),
     ("message conversion (convert.py)", ("router/convert.py",)),
     ("Route/Complete handlers, rest", ("RouterService.",)),
-    ("gRPC poller thread", ("@Thread.run (threading.py",)),
     ("metrics HTTP server thread", ("serve_forever",)),
+    ("gRPC poller thread", ("Thread.run (threading.py",)),
     ("gRPC server and event loop (no glmserve frame)", ("",)),
 ]
 
@@ -54,22 +62,23 @@ def _log(message: str) -> None:
 def component(frames: list[str]) -> str:
     for name, patterns in COMPONENTS:
         for pattern in patterns:
-            if pattern.startswith("@"):
-                if pattern[1:] in frames[-1]:
-                    return name
-            elif any(pattern in frame for frame in frames):
+            if any(pattern in frame for frame in frames):
                 return name
     raise AssertionError("the last component matches every sample")
 
 
-def breakdown(raw: Path) -> dict[str, int]:
-    """py-spy's raw (collapsed) output -> samples per component."""
+def breakdown(raw: Path) -> tuple[dict[str, int], Counter[str]]:
+    """py-spy's raw (collapsed) output -> samples per component, and per innermost frame (its
+    function and file, without the line)."""
     counts: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         if line.strip():
             stack, n = line.rsplit(" ", 1)
-            counts[component(stack.split(";"))] += int(n)
-    return dict(counts)
+            frames = stack.split(";")
+            counts[component(frames)] += int(n)
+            leaves[re.sub(r":\d+\)$", ")", frames[-1])] += int(n)
+    return dict(counts), leaves
 
 
 def _profile(
@@ -95,7 +104,7 @@ def _profile(
         sampler.wait()
     finally:
         router.close()
-    samples = breakdown(raw)
+    samples, leaves = breakdown(raw)
     total = sum(samples.values())
     ms_per_pair = cpu / (rate * elapsed) * 1e3
     return {
@@ -106,6 +115,10 @@ def _profile(
         "components": {
             name: {"share": n / total, "ms_per_pair": n / total * ms_per_pair} for name, n in samples.items()
         },
+        "innermost": [
+            {"frame": frame, "share": n / total, "ms_per_pair": n / total * ms_per_pair}
+            for frame, n in leaves.most_common(TOP_FRAMES)
+        ],
     }
 
 
@@ -161,6 +174,10 @@ def markdown(results: dict[str, Any]) -> str:
             cells.append(f"{part['ms_per_pair']:.2f} ms ({part['share']:.0%})" if part else "0")
         rows.append([name, *cells])
     lines.append(results_io.markdown_table(headers, rows))
+    for name, c in codes.items():
+        lines += ["", f"Innermost frames holding the most samples, {name}:", ""]
+        top = [[f"`{leaf['frame']}`", f"{leaf['ms_per_pair']:.3f} ms ({leaf['share']:.1%})"] for leaf in c["innermost"]]
+        lines.append(results_io.markdown_table(["frame", "per pair"], top))
     return "\n".join(lines)
 
 

@@ -98,8 +98,9 @@ def markdown(results: dict[str, Any]) -> str:
             + " Route + Complete per second.",
             "",
             "| code | offered | sent | failed | router CPU / request | decision p50 / p99 (bucketed) "
-            "| gRPC round trip p50 / p90 / p99 | prefix first seen p50 | seen before p50 |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| gRPC round trip p50 / p90 / p99 | prefix first seen p50 | seen before p50 "
+            "| GC pauses > 1 ms: count, longest |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, c in codes.items():
             for r in c["open_loop"]:
@@ -109,13 +110,20 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {r['router_cpu_ms_per_request']:.2f} ms | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms "
                     f"| {g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f} ms "
                     f"| {r['grpc_round_trip_prefix_first_seen']['p50_ms']:.2f} ms "
-                    f"| {r['grpc_round_trip_prefix_seen_before']['p50_ms']:.2f} ms |"
+                    f"| {r['grpc_round_trip_prefix_seen_before']['p50_ms']:.2f} ms "
+                    f"| {_pauses(r.get('gc_pauses'))} |"
                 )
         lines.append("")
     lines += ["## Goals", "", "| goal | value | target | met |", "|---|---|---|---|"]
     for key, g in results["goals"].items():
         lines.append(f"| {key} | {g['value']:.2f} | {g['goal']} | {'yes' if g['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _pauses(pauses: dict[str, float] | None) -> str:
+    if pauses is None:  # a result written before pauses were logged
+        return "-"
+    return f"{pauses['count']:.0f}, {pauses['max_ms']:.0f} ms" if pauses["count"] else "0"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

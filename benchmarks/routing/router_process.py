@@ -19,6 +19,23 @@ import yaml
 from benchmarks.baseline import ROOT
 from glmserve.common.ports import free_port
 
+# `python -c` this, then the log file, then glmserve's arguments: glmserve's CLI, with each garbage
+# collection that pauses the router for over a millisecond logged (wall time at its end, seconds it
+# took, generation). Inline code, not a module: today's router runs from a copy of a tree that may
+# not have one.
+_GC_LOGGING = """
+import gc, runpy, sys, time
+log, started = open(sys.argv[1], "a", buffering=1), [0.0]
+def pause(phase, info):
+    if phase == "start":
+        started[0] = time.perf_counter()
+    elif (took := time.perf_counter() - started[0]) > 1e-3:
+        log.write(f"{time.time()} {took} {info['generation']}\\n")
+gc.callbacks.append(pause)
+sys.argv = ["glmserve", *sys.argv[2:]]
+runpy.run_module("glmserve.cli.main", run_name="__main__")
+"""
+
 
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -77,7 +94,9 @@ class RouterProcess:
         }
         config.write_text(yaml.safe_dump(settings | ({"admission": admission} if admission else {})))
         env = os.environ | {"PYTHONPATH": str(tree)}
-        command = [sys.executable, "-m", "glmserve.cli.main", "router", "serve", "--config", str(config)]
+        self._gc_log = Path(self._dir.name) / "gc.log"
+        self._gc_log.touch()
+        command = [sys.executable, "-c", _GC_LOGGING, str(self._gc_log), "router", "serve", "--config", str(config)]
         self.proc = subprocess.Popen([*command, "--port", str(self.port)], env=env, stderr=subprocess.DEVNULL)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
@@ -86,6 +105,16 @@ class RouterProcess:
         """CPU seconds the router process has used (user + system)."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def gc_pauses(self, start: float, end: float) -> list[float]:
+        """Seconds each garbage collection of over 1 ms paused the router, of those that ended between
+        the wall times `start` and `end`."""
+        pauses = []
+        for line in self._gc_log.read_text().splitlines():
+            at, took, _ = line.split()
+            if start <= float(at) <= end:
+                pauses.append(float(took))
+        return pauses
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

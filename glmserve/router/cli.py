@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -51,6 +52,10 @@ async def _serve(config: RouterConfig, token: str | None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    # What is alive now (modules, gRPC, config, tenants) lives as long as the process: frozen, it is
+    # out of the collector's generations, so a full collection stops walking ~10^5 objects each time
+    # (its pause was most of the router's p99 at a few hundred requests per second).
+    gc.freeze()
     try:
         await stop.wait()
     finally:

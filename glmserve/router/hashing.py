@@ -84,15 +84,17 @@ def _salt_keys(cache_salt: str) -> bytes:
 class _Memo:
     """(parent hash + a run of raw block tokens [+ salt]) -> (the run's last hash, its index keys),
     in two generations so the recently used half survives each reset: at most ~2 x 2^16 runs of up
-    to RUN_BLOCKS blocks per block size."""
+    to RUN_BLOCKS blocks per block size. The keys are a tuple, not a list: a tuple of ints leaves the
+    garbage collector's view once it survives a collection, so the memo's ~10^5 runs are not walked
+    by every full collection (a list's are: 40-100 ms pauses in the router)."""
 
     __slots__ = ("new", "old")
 
     def __init__(self) -> None:
-        self.new: dict[bytes, tuple[bytes, list[int]]] = {}
-        self.old: dict[bytes, tuple[bytes, list[int]]] = {}
+        self.new: dict[bytes, tuple[bytes, tuple[int, ...]]] = {}
+        self.old: dict[bytes, tuple[bytes, tuple[int, ...]]] = {}
 
-    def get(self, key: bytes) -> tuple[bytes, list[int]] | None:
+    def get(self, key: bytes) -> tuple[bytes, tuple[int, ...]] | None:
         hit = self.new.get(key)
         if hit is None:
             hit = self.old.get(key)
@@ -100,7 +102,7 @@ class _Memo:
                 self.put(key, hit)
         return hit
 
-    def put(self, key: bytes, value: tuple[bytes, list[int]]) -> None:
+    def put(self, key: bytes, value: tuple[bytes, tuple[int, ...]]) -> None:
         if len(self.new) >= _MEMO_GENERATION:
             self.old, self.new = self.new, {}
         self.new[key] = value
@@ -117,7 +119,7 @@ class BlockHasher:
         """Index keys of every full block of `tokens` (uint32[n]), in order; n // block_size long."""
         return [key for run in self.runs(tokens, block_size, cache_salt) for key in run]
 
-    def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[list[int]]:
+    def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[tuple[int, ...]]:
         """The same keys in runs of up to RUN_BLOCKS blocks, each run computed only when asked for:
         routing stops at the first block no candidate holds, so an uncached tail is not hashed. A
         run seen before (the prefix of an earlier turn) costs one memo lookup. Runs not memoised
@@ -154,7 +156,7 @@ class BlockHasher:
 
 def _hash_run(
     encoded: bytes, bounds: list[int], head: bytes, cache_salt: str, parent: bytes
-) -> tuple[bytes, list[int]]:
+) -> tuple[bytes, tuple[int, ...]]:
     """Chains the blocks whose CBOR token arrays are `head` + encoded[bounds[j]:bounds[j + 1]] onto
     `parent`; `cache_salt` (block 0 of a salted request only) goes into the first block."""
     digests = []
@@ -167,18 +169,18 @@ def _hash_run(
     for j in range(start, len(bounds) - 1):
         parent = sha256(prefix + parent + head + encoded[bounds[j] : bounds[j + 1]] + end).digest()
         digests.append(parent)
-    return parent, np.frombuffer(b"".join(digests), dtype=">u8")[3::4].tolist()
+    return parent, tuple(np.frombuffer(b"".join(digests), dtype=">u8")[3::4].tolist())
 
 
 class PromptHashes:
     """A prompt's block hashes, in runs, shared by several readers: each run is computed once,
     and only when the furthest reader gets to it."""
 
-    def __init__(self, runs: Iterator[list[int]]) -> None:
+    def __init__(self, runs: Iterator[tuple[int, ...]]) -> None:
         self._pending = runs
-        self._known: list[list[int]] = []
+        self._known: list[tuple[int, ...]] = []
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         known, i = self._known, 0
         while True:
             while i < len(known):  # including what other readers added meanwhile

@@ -4,6 +4,7 @@ own events is in test_vllm_parity.py."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Iterator
 
@@ -86,15 +87,22 @@ def test_prompt_hashes_are_shared_by_readers_and_computed_once() -> None:
     expected = vllm_hashes(tokens.tolist(), 16)
     computed: list[int] = []
 
-    def counting() -> Iterator[list[int]]:
+    def counting() -> Iterator[tuple[int, ...]]:
         for run in BlockHasher().runs(tokens, 16):
             computed.extend(run)
             yield run
 
     hashes = PromptHashes(counting())
-    assert next(iter(hashes)) == expected[:16]
+    assert list(next(iter(hashes))) == expected[:16]
     assert len(computed) == 16  # one run, not the whole prompt
     first, second = iter(hashes), iter(hashes)  # interleaved readers see the same runs
     assert [h for a, b in zip(first, second, strict=True) if a == b for h in a] == expected
     assert [h for run in hashes for h in run] == expected
     assert len(computed) == 40  # each run hashed once for all readers
+
+
+def test_memoised_runs_leave_the_collectors_view() -> None:
+    """The router keeps ~10^5 memoised runs: a full collection must not walk them (its pause)."""
+    runs = list(BlockHasher().runs(np.arange(16 * 40, dtype=np.uint32), 16))
+    gc.collect()
+    assert runs and not any(gc.is_tracked(run) for run in runs)
