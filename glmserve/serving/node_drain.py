@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds the pod has left (its terminationGracePeriodSeconds less a margin): replicas still "
         "draining then are stopped by SIGTERM",
     )
+    parser.add_argument("--node-id", help="the Ray node to drain (hex); default: this pod's node")
     return parser
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     deadline = time.monotonic() + args.deadline_s
     ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
-    node = ray.get_runtime_context().get_node_id()
+    node = args.node_id or ray.get_runtime_context().get_node_id()
     gcs = GcsClient(address=ray.get_runtime_context().gcs_address)  # as `ray drain-node` does
     head = any(n["NodeID"] == node and n.get("Resources", {}).get("node:__internal_head__") for n in ray.nodes())
     if not head:
