@@ -80,11 +80,11 @@ def cold_starts(expositions: dict[str, str], model: str) -> ColdStarts | None:
     times the starts its own waiting requests saw, so the one that timed the most speaks."""
     found: list[ColdStarts] = []
     for pod, text in expositions.items():
-        values: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.labels.get("model") == model:
-                    values[sample.name] = sample.value
+        try:
+            samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        except ValueError:  # not a Prometheus exposition (what answered was not the router)
+            continue
+        values = {s.name: s.value for s in samples if s.labels.get("model") == model}
         count = int(values.get(f"{ROUTER_COLD_START.name}_count", 0))
         last = values.get(ROUTER_LAST_COLD_START.name)
         if count and last is not None:
