@@ -12,7 +12,8 @@ operator) uses Ray's own node drain, the call KubeRay's autoscaler makes before 
   new requests; an engine deregisters from the router) and finishes its in-flight requests; the
   node's Serve proxy fails its health check, so the Service stops sending it new connections.
 - the head cannot be drained (the GCS refuses), and its controller must outlive the workers' drains:
-  it waits while a draining node still runs Serve replicas (a rollout deletes every pod at once).
+  it waits while a draining node still runs Serve replicas (a rollout deletes every pod at once),
+  after giving the workers' hooks a few seconds to ask for their drains.
 
 Either way the hook returns when nothing is left to wait for, or at the deadline: SIGTERM follows.
 """
@@ -26,6 +27,9 @@ from collections.abc import Callable
 
 SERVE_REPLICA_CLASS = "ServeReplica:"
 POLL_S = 1.0
+# The head's hook starts with the workers' (a rollout deletes every pod at once): it gives their
+# drain requests this long to reach the GCS before it reads which nodes drain.
+HEAD_SETTLE_S = 10.0
 
 log = logging.getLogger("glmserve.node_drain")
 
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return sum(1 for a in alive if a.class_name.startswith(SERVE_REPLICA_CLASS) and a.node_id in nodes)
 
     log.info("draining %s node %s (at most %d s)", "head" if head else "worker", node, args.deadline_s)
+    if head:
+        time.sleep(min(HEAD_SETTLE_S, args.deadline_s))
     left = wait_until_gone(on_watched_nodes, deadline)
     if left:
         log.warning("%d Serve replica(s) still draining at the deadline: SIGTERM cuts them", left)
