@@ -20,6 +20,16 @@ class ReadyReplicas(Spec):
     router: int = Field(0, ge=0, description="ready router pods")
 
 
+class ColdStarts(Spec):
+    """Scale from zero as the router measured it: from the first request that found the decode pool
+    empty to the first replica registering (glmserve_router_cold_start_seconds)."""
+
+    count: int = Field(ge=0, description="cold starts the router timed since it started")
+    last_seconds: float = Field(ge=0, description="the latest one, in seconds")
+    mean_seconds: float = Field(ge=0, description="their mean, in seconds")
+    router_pod: str = Field(description="the router pod they were read from (the one that timed the most)")
+
+
 class ModelDeploymentStatus(Spec):
     """What the operator planned and last observed."""
 
@@ -37,4 +47,7 @@ class ModelDeploymentStatus(Spec):
     endpoint: str | None = Field(None, description="base URL of the OpenAI API inside the cluster")
     ready_replicas: ReadyReplicas = Field(default_factory=ReadyReplicas, description="ready replicas by role")
     plan: PlanStatus | None = Field(None, description="the layout the capacity planner chose per pool")
+    cold_starts: ColdStarts | None = Field(
+        None, description="the decode pool's starts from zero (minReplicas: 0), read from the router's metrics"
+    )
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation last reconciled")

@@ -32,6 +32,7 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = LATENCY_BUCKETS
+    only_with: str = ""  # the feature a stack must run for the metric to exist at all ("": always)
 
 
 # Requests the ingress labels with a tenant id outside `metrics_tenants` (tenants are unbounded,
@@ -195,6 +196,13 @@ ROUTER_POOL_PROMPT_TOKENS = MetricSpec(
     "Uncached prompt tokens routed to a pool's engines and not prefilled yet: the prefill work they owe.",
     ("model", "role"),
 )
+ROUTER_POOL_REPLICAS = MetricSpec(
+    "glmserve_router_pool_replicas",
+    "gauge",
+    "A pool's replicas that the router routes to (registered, heartbeats current): its actual size, 0 "
+    "once its replicas all left; compare ray_serve_autoscaling_desired_replicas.",
+    ("model", "role"),
+)
 ROUTER_COLD_START = MetricSpec(
     "glmserve_router_cold_start_seconds",
     "histogram",
@@ -202,6 +210,15 @@ ROUTER_COLD_START = MetricSpec(
     "replica registering with the router (flow.scale_from_zero models).",
     ("model",),
     (5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1200.0),
+    only_with="scale from zero",
+)
+ROUTER_LAST_COLD_START = MetricSpec(
+    "glmserve_router_last_cold_start_seconds",
+    "gauge",
+    "The latest of glmserve_router_cold_start_seconds per model (absent before the first): what the "
+    "operator shows in the ModelDeployment's status.",
+    ("model",),
+    only_with="scale from zero",
 )
 ROUTER_IN_FLIGHT = MetricSpec(
     "glmserve_router_requests_in_flight",
@@ -336,6 +353,16 @@ SERVE_REPLICA_HEALTHY = MetricSpec(
     ("application", "deployment", "replica"),
 )
 
+# Serve's controller sets it on every autoscaling decision (each control-loop tick of an
+# autoscaling application), so it stays current while idle, unlike its target_replicas gauge, set
+# only on change and dropped by Ray's export after a while.
+SERVE_DESIRED_REPLICAS = MetricSpec(
+    "ray_serve_autoscaling_desired_replicas",
+    "gauge",
+    "The replicas an autoscaling policy (glmserve's, per pool) asks for, before Serve applies the bounds.",
+    ("application", "deployment"),
+    only_with="autoscaling",
+)
 SERVE_REPLICA_STARTUP = MetricSpec(
     "ray_serve_replica_startup_latency_ms",
     "histogram",

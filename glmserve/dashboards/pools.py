@@ -7,7 +7,6 @@ from glmserve.common import slo
 from glmserve.dashboards.grafana import Dashboard, Panel, Q, Target
 
 _POOL = ("pool",)
-_HEALTHY = 'state="healthy"'
 _QUEUED = 'state="queued"'
 _IN_ENGINES = 'state!="queued"'
 
@@ -93,11 +92,16 @@ DASHBOARD = Dashboard(
             (("green", None), ("red", slo.TTFT_THRESHOLD_S)),
         ),
         Panel(
-            "Autoscaling: replicas registered with the router by pool",
-            "The engine replicas the router routes to, refreshed every second; a replica leaves it when "
-            "Serve starts draining it, not when the drain ends.",
+            "Autoscaling: desired vs actual replicas by pool",
+            "Desired: what the pool's autoscaling policy asks Serve for, at every decision (before Serve's "
+            "bounds). Routed: the replicas the router routes to, refreshed every second and 0 once a pool "
+            "is empty; a replica leaves when Serve starts draining it. Desired above routed: replicas "
+            "starting (a cold start) or no room for them.",
             "short",
-            (Target(f"max by (role) ({Q.series(m.ROUTER_WORKERS, _HEALTHY)})", "{{role}}"),),
+            (
+                Target(f"max by (pool) ({Q.serve_pools(m.SERVE_DESIRED_REPLICAS)})", "{{pool}} desired"),
+                Target(f"max by (role) ({Q.series(m.ROUTER_POOL_REPLICAS)})", "{{role}} routed"),
+            ),
         ),
         Panel(
             "Autoscaling: requests by pool (router, current)",
@@ -132,6 +136,21 @@ DASHBOARD = Dashboard(
                     f"{{{{pool}}}} p{q * 100:g}",
                 )
                 for q in (0.5, 1.0)
+            ),
+        ),
+        Panel(
+            "Autoscaling: scale from zero",
+            "A decode pool at minReplicas 0: how long requests waited for its first replica, from the "
+            "first request that found it empty to the replica registering with the router (the latest, "
+            "and the mean since the router started). The ModelDeployment's status shows the same (coldStarts).",
+            "s",
+            (
+                Target(f"max by (model) ({Q.series(m.ROUTER_LAST_COLD_START)})", "{{model}} latest"),
+                Target(
+                    f"sum by (model) ({Q.series(m.ROUTER_COLD_START, suffix='_sum')}) / "
+                    f"sum by (model) ({Q.series(m.ROUTER_COLD_START, suffix='_count')})",
+                    "{{model}} mean",
+                ),
             ),
         ),
         Panel(

@@ -1,4 +1,5 @@
-"""The operator's only door to the API server: create-or-patch, read, list and delete any kind.
+"""The operator's only door to the API server: create-or-patch, read, list and delete any kind, and
+read a pod's HTTP endpoint through the API server's proxy.
 
 Built on the `kubernetes` client's DynamicClient, whose discovery also tells which optional APIs
 (KubeRay, Karpenter, the Prometheus Operator) this cluster serves.
@@ -11,7 +12,9 @@ import os
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient
+import urllib3
+from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient, Resource
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -69,6 +72,7 @@ def immutable_changes(live: dict[str, Any], desired: dict[str, Any]) -> list[str
 class Cluster:
     def __init__(self, api: ApiClient, discovery_cache: str) -> None:
         self._dynamic = DynamicClient(api, cache_file=discovery_cache)
+        self._core = CoreV1Api(api)
 
     def _resource(self, api_version: str, kind: str) -> Resource:
         return self._dynamic.resources.get(api_version=api_version, kind=kind)
@@ -134,3 +138,15 @@ class Cluster:
         except NotFoundError:
             return False
         return True
+
+    def pod_get(self, name: str, namespace: str, port: int, path: str, timeout_s: float = 2.0) -> str | None:
+        """GET `path` of a pod's `port` through the API server (pods/proxy: granted by RBAC, so no
+        network policy needs to admit the operator's pods); None if it does not answer."""
+        try:
+            text: str = self._core.connect_get_namespaced_pod_proxy_with_path(
+                f"{name}:{port}", namespace, path.lstrip("/"), _request_timeout=timeout_s
+            )
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            log.info("could not read %s/%s:%d%s: %s", namespace, name, port, path, exc)
+            return None
+        return text

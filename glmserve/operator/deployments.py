@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from glmserve.common.deployment import DEPLOYMENT_NAME, MSG_DEPLOYMENT_NAME, ModelDeploymentSpec
 from glmserve.common.deployment_plan import PlanStatus, plan_for
-from glmserve.common.deployment_status import ModelDeploymentStatus, Phase
+from glmserve.common.deployment_status import ColdStarts, ModelDeploymentStatus, Phase
 from glmserve.common.errors import ConfigError
 from glmserve.common.nodegroup import NodeGroupSpec
 from glmserve.common.resource import Condition
@@ -27,14 +27,14 @@ from glmserve.operator.build.children import (
     router_selector,
     stale_router_objects,
 )
-from glmserve.operator.build.inputs import DeploymentInputs
+from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, DeploymentInputs
 from glmserve.operator.build.meta import DEPLOYMENT_LABEL, Owner
 from glmserve.operator.build.random_secrets import generated_secrets
 from glmserve.operator.cluster import Cluster
 from glmserve.operator.conditions import set_condition, spec_problems
 from glmserve.operator.errors import API_ERRORS, as_kopf_error
 from glmserve.operator.objects import Observed
-from glmserve.operator.observe import rayservice_ready, ready_replicas
+from glmserve.operator.observe import cold_starts, rayservice_ready, ready_replicas, router_pods
 from glmserve.operator.secrets import secret_reader
 from glmserve.operator.settings import OperatorSettings
 from glmserve.operator.specs import valid_specs
@@ -135,6 +135,7 @@ def reconcile_deployment(cluster: Cluster, obj: Observed, ns: Namespace, setting
             skipped=sorted(set(skipped)),
             conditions=conditions,
             generation=obj.generation,
+            previous=obj.status,
         )
     except API_ERRORS as exc:
         partial = ModelDeploymentStatus(
@@ -174,6 +175,7 @@ def _observe(
     skipped: list[str],
     conditions: list[Condition],
     generation: int | None,
+    previous: dict[str, Any],
 ) -> ModelDeploymentStatus:
     plan = inputs.plan
     short = []
@@ -198,6 +200,7 @@ def _observe(
     router_ready = sum(shards_ready)
     pods = cluster.list("v1", "Pod", inputs.namespace, label_selector=f"{DEPLOYMENT_LABEL}={inputs.name}")
     replicas = ready_replicas(inputs.name, plan, pods, router_ready)
+    started = _cold_starts(cluster, inputs, pods, previous.get("coldStarts"))
     problems = [] if serving else [serving_message]
     if not has_config:
         problems.append(f"no Plan in namespace {inputs.namespace} applies, so the router admits nobody")
@@ -223,5 +226,24 @@ def _observe(
         endpoint=inputs.endpoint,
         ready_replicas=replicas,
         plan=plan,
+        cold_starts=started,
         observed_generation=generation,
     )
+
+
+def _cold_starts(
+    cluster: Cluster, inputs: DeploymentInputs, pods: list[dict[str, Any]], previous: dict[str, Any] | None
+) -> ColdStarts | None:
+    """Read from the router pods' metrics when the decode pool may be empty (only then does the
+    router time its starts); the last reading stays while no router pod answers (one restarted
+    starts counting again)."""
+    if inputs.plan.decode.min_replicas > 0:
+        return None
+    expositions = {
+        pod: text
+        for pod in router_pods(inputs.name, pods)
+        if (text := cluster.pod_get(pod, inputs.namespace, ROUTER_METRICS_PORT, "/metrics")) is not None
+    }
+    if not expositions:
+        return ColdStarts.model_validate(previous) if previous else None
+    return cold_starts(expositions, inputs.spec.model.served_name or inputs.spec.model.name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from glmserve.common.resource import Condition
@@ -16,11 +16,13 @@ class Observed:
     generation: int | None
     spec: dict[str, Any]
     conditions: list[Condition]
+    status: dict[str, Any] = field(default_factory=dict)  # as last written, for what is read only now and then
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Observed:
         meta = body["metadata"]
-        conditions = ((body.get("status") or {}).get("conditions")) or []
+        status = dict(body.get("status") or {})
+        conditions = status.get("conditions") or []
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace"),
@@ -28,4 +30,5 @@ class Observed:
             generation=meta.get("generation"),
             spec=dict(body.get("spec") or {}),
             conditions=[Condition.model_validate(c) for c in conditions],
+            status=status,
         )

@@ -1,11 +1,14 @@
-"""Pure readings of live objects: nodes, pods, the RayService and the router Deployment."""
+"""Pure readings of live objects: nodes, pods, the RayService, the router Deployment and its metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from glmserve.common.deployment_plan import PlanStatus
-from glmserve.common.deployment_status import ReadyReplicas
+from glmserve.common.deployment_status import ColdStarts, ReadyReplicas
+from glmserve.common.metrics import ROUTER_COLD_START, ROUTER_LAST_COLD_START
 from glmserve.operator.build.meta import COMPONENT_LABEL, DEPLOYMENT_LABEL
 
 
@@ -59,3 +62,32 @@ def ready_replicas(deployment: str, plan: PlanStatus, pods: list[dict[str, Any]]
         for role, layout in plan.pools().items()
     }
     return ReadyReplicas(prefill=counts["prefill"], decode=counts["decode"], router=router_ready)
+
+
+def router_pods(deployment: str, pods: list[dict[str, Any]]) -> list[str]:
+    """The ready router pods of `deployment` (every shard's), by name."""
+    return sorted(
+        pod["metadata"]["name"]
+        for pod in pods
+        if (pod["metadata"].get("labels") or {}).get(DEPLOYMENT_LABEL) == deployment
+        and (pod["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == "router"
+        and _pod_ready(pod)
+    )
+
+
+def cold_starts(expositions: dict[str, str], model: str) -> ColdStarts | None:
+    """`model`'s cold starts from router pods' /metrics (pod -> Prometheus text): each router replica
+    times the starts its own waiting requests saw, so the one that timed the most speaks."""
+    found: list[ColdStarts] = []
+    for pod, text in expositions.items():
+        try:
+            samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        except ValueError:  # not a Prometheus exposition (what answered was not the router)
+            continue
+        values = {s.name: s.value for s in samples if s.labels.get("model") == model}
+        count = int(values.get(f"{ROUTER_COLD_START.name}_count", 0))
+        last = values.get(ROUTER_LAST_COLD_START.name)
+        if count and last is not None:
+            mean = values[f"{ROUTER_COLD_START.name}_sum"] / count
+            found.append(ColdStarts(count=count, last_seconds=last, mean_seconds=round(mean, 3), router_pod=pod))
+    return max(found, key=lambda c: (c.count, c.router_pod), default=None)

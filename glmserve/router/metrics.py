@@ -29,7 +29,9 @@ class RouterMetrics:
         self.in_flight = m.gauge(m.ROUTER_IN_FLIGHT, self.registry)
         self.pool_requests = m.gauge(m.ROUTER_POOL_REQUESTS, self.registry)
         self.pool_prompt_tokens = m.gauge(m.ROUTER_POOL_PROMPT_TOKENS, self.registry)
+        self.pool_replicas = m.gauge(m.ROUTER_POOL_REPLICAS, self.registry)
         self.cold_start = m.histogram(m.ROUTER_COLD_START, self.registry)
+        self.last_cold_start = m.gauge(m.ROUTER_LAST_COLD_START, self.registry)
 
     def plugin_timer(self, profile: str, kind: str, plugin: str) -> Histogram:
         """The plugin's histogram child, bound once so each request pays no label lookup."""

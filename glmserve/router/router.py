@@ -90,7 +90,9 @@ class Router:
             return False
         changed = self.registry.register(info, load, static=static)
         if info.role == "decode" and (since := self._cold_since.pop(info.model, None)) is not None:
-            self.metrics.cold_start.labels(info.model).observe(self._clock() - since)
+            cold_start = self._clock() - since
+            self.metrics.cold_start.labels(info.model).observe(cold_start)
+            self.metrics.last_cold_start.labels(info.model).set(cold_start)
         if changed:
             self.index.detach(info.worker_id)
             self.index.attach(info.worker_id, info.kv_cache_blocks)
@@ -167,15 +169,16 @@ class Router:
     def _refresh_pool_signals(self, now: float) -> None:
         """Every pool ever seen is written each time, at 0 once idle or empty: a policy or an alert
         reading a missing series could not tell "no load" from "no data"."""
-        pools = dict.fromkeys(self._pools, (0, 0, 0))
+        pools = dict.fromkeys(self._pools, (0, 0, 0, 0))
         for w in self.registry.workers.values():
-            running, waiting, owed = pools.get((w.info.model, w.info.role), (0, 0, 0))
+            running, waiting, owed, replicas = pools.get((w.info.model, w.info.role), (0, 0, 0, 0))
             if self.registry.healthy(w, now):
-                running, waiting = running + w.load.running, waiting + w.load.waiting
-            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog)
+                running, waiting, replicas = running + w.load.running, waiting + w.load.waiting, replicas + 1
+            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog, replicas)
         self._pools.update(pools)
         requests, tokens = self.metrics.pool_requests, self.metrics.pool_prompt_tokens
-        for (model, role), (running, waiting, owed) in pools.items():
+        for (model, role), (running, waiting, owed, replicas) in pools.items():
+            self.metrics.pool_replicas.labels(model, role).set(replicas)
             requests.labels(model, role, "running").set(running)
             requests.labels(model, role, "waiting").set(waiting)
             # Flow control queues for decode slots (free()): a request waiting there needs one.

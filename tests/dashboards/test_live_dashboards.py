@@ -3,7 +3,9 @@ plans under load (one tenant over its rate limit, one request with a wrong key),
 that finds every endpoint through the ingress's /metrics/sd, every dashboard query run through its
 HTTP API, promtool on every endpoint, and the traces the ingress and the router export over OTLP.
 
-A panel over metrics of a component the stack does not run would be skipped, saying which.
+A panel over metrics of a component the stack does not run, or of a feature it does not use
+(autoscaling, scale from zero: tests/serving/test_autoscaling_live.py runs those), is skipped,
+saying which.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def test_panel_query_returns_data(live: Live, expr: str) -> None:
     missing = {m.component(SPECS[name]) for name in metric_names(expr)} - live.running
     if missing:
         pytest.skip(f"not running in the local stack: {', '.join(sorted(missing))} (no endpoint exports its metrics)")
+    features = {SPECS[name].only_with for name in metric_names(expr)} - {""}
+    if features:
+        pytest.skip(f"the local stack runs no {', '.join(sorted(features))}, without which these metrics do not exist")
     result = live.prometheus.query(as_sent(expr))
     values = [float(sample["value"][1]) for sample in result]
     assert any(not math.isnan(v) for v in values), f"no data: {as_sent(expr)} -> {result}"

@@ -222,9 +222,22 @@ class KmockCluster(Cluster):
                 continue  # the test's own requests, or discovery (/api, /apis/GROUP/VERSION)
             verb = _VERBS.get((str(request.method.value).upper(), request.action))
             assert verb is not None, f"a request RBAC has no verb for: {request.method} {request.url}"
-            plural = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+            # RBAC names a proxy call's subresource without the path behind it (pods/proxy).
+            sub = (request.subresource or "").split("/")[0]
+            plural = resource.plural + (f"/{sub}" if sub else "")
             calls.add((resource.group or "", plural, verb))
         return calls
+
+    def serve_pod_proxy(self, namespace: str, pod: str, port: int, path: str, body: str, *, content_type: str) -> None:
+        """Answer GETs of `path` on a pod's `port` through the API server's proxy, as the pod would
+        (the API server passes the pod's content type on, which the kubernetes client checks)."""
+        assert self.server is not None and self._loop is not None
+        server, url = self.server, f"get /api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}"
+
+        async def add() -> None:  # on kmock's own loop, between its requests
+            server[url] << {"Content-Type": content_type} << body.encode()
+
+        asyncio.run_coroutine_threadsafe(add(), self._loop).result(10)
 
     def garbage_collect(self) -> None:
         owners: dict[tuple[str, str, str | None, str], bool] = {}

@@ -278,6 +278,29 @@ COMPONENT_CASES += [
 ]
 
 
+# -- a pool short of what autoscaling asks (decode: 2 replicas at most) -----------------------------
+
+
+def _short(desired: int, routed: list[tuple[int, int]] | None, deployment: str = "Decode") -> dict[str, str]:
+    """Serve's desired replicas for 60 minutes, and the router's replicas of the pool (minutes, count)."""
+    serve = f'{SCOPE},application="glmserve",deployment="{deployment}:glm"'
+    series = {f"{m.SERVE_DESIRED_REPLICAS.name}{{{serve}}}": gauge(1, (60, desired))}
+    if routed is not None:
+        router = f'{SCOPE},model="glm",role="{deployment.lower()}"'
+        series[f"{m.ROUTER_POOL_REPLICAS.name}{{{router}}}"] = gauge(1, *routed)
+    return series
+
+
+SHORT = "GlmservePoolShortOfDesiredReplicas"
+COMPONENT_CASES += [
+    Case("decode-short-for-40m", SHORT, _short(2, [(60, 1)]), 40, [{"pool": "decode", **WARNING}]),
+    Case("prefill-never-started", SHORT, _short(1, None, "Prefill"), 40, [{"pool": "prefill", **WARNING}]),
+    Case("decode-started-after-20m", SHORT, _short(2, [(20, 1), (40, 2)]), 40, []),
+    # Asking for more than maxReplicas while at it is GlmservePoolAtMaxReplicasWhileBurning's case.
+    Case("decode-at-max-asking-more", SHORT, _short(5, [(60, 2)]), 40, []),
+]
+
+
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(RULE_SPEC))

@@ -28,7 +28,9 @@ from glmserve.operator.build.router import CONFIG_FILE, CONFIG_HASH, TENANTS_FIL
 from glmserve.operator.settings import OperatorSettings
 from glmserve.router.config import load_config
 from glmserve.router.replicas import RouterShards, connect, router_replicas
-from glmserve.serving.entrypoint import model_source
+from glmserve.serving import node_drain
+from glmserve.serving.entrypoint import model_source, topology_spec
+from glmserve.serving.topology import plan
 from tests.operator.conftest import example_inputs, load_examples, planned_inputs, sharded_inputs
 from tests.operator.k8s_checks import CustomResourceSchemas, builtin_problems, manifest_problems
 
@@ -135,6 +137,30 @@ def test_ray_pod_templates_validate_as_pod_templates() -> None:
     for i, template in enumerate(templates):
         wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}"}, "template": template}
         assert builtin_problems(wrapped) == []
+
+
+def test_every_ray_pod_drains_its_node_before_it_stops(schemas: CustomResourceSchemas) -> None:
+    """A pod deleted in a rollout runs node_drain before SIGTERM: the hook's deadline covers the
+    longest drain Serve gives a replica the app builds (engines and ingress), and the grace period
+    the hook plus Ray's stop, so neither Kubernetes nor the hook cuts a stream Serve would finish."""
+    inputs = example_inputs()
+    rayservice = build_rayservice(inputs, None)
+    assert manifest_problems(rayservice, schemas) == []
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    args = ServeAppArgs.model_validate(config["applications"][0]["args"])
+    topology = plan(topology_spec(args.deployment, args.planner, inputs.router_address))
+    drains = [e.llm_config.deployment_config["graceful_shutdown_timeout_s"] for e in topology.engines.values()]
+    longest = max([*drains, topology.ingress_options["graceful_shutdown_timeout_s"]])
+    groups = {"head": cluster["headGroupSpec"]} | {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert list(groups) == ["head", "ingress", "prefill", "decode"]
+    for group in groups.values():
+        pod = group["template"]["spec"]
+        [container] = pod["containers"]
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[:3] == ["python", "-m", node_drain.__name__]
+        deadline = node_drain.parser().parse_args(command[3:]).deadline_s
+        assert longest < deadline < pod["terminationGracePeriodSeconds"]
 
 
 def test_gpu_workers_are_pinned_to_their_node_groups() -> None:

@@ -142,6 +142,7 @@ EXPECTED_RBAC = {
     ("glmserve.io", "tenants/status"): {"patch"},
     ("", "nodes"): {"list", "watch"},
     ("", "pods"): {"list"},
+    ("", "pods/proxy"): {"get"},
     ("", "secrets"): {"get", "create"},
     ("", "events"): {"create"},
     ("", "services"): {"get", "list", "create", "patch", "delete"},

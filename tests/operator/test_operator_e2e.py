@@ -8,6 +8,7 @@ or left to the cluster.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import os
@@ -20,9 +21,15 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from glmserve.common.tenancy import hash_api_key
+from glmserve.operator.build.inputs import ROUTER_METRICS_PORT
 from glmserve.operator.crds import RESOURCES, build_crd
+from glmserve.router.config import RouterConfig
+from glmserve.router.flow.ticket import Ticket
+from glmserve.router.router import Router
+from glmserve.router.types import Load, WorkerInfo
 from tests.operator.conftest import CLUSTER_TINY, VENDORED_CRDS, load_examples
 from tests.operator.image import ImageOperator
 from tests.operator.kube import Api, Cluster, KmockCluster, RealCluster, eventually, unique
@@ -511,6 +518,78 @@ UNUSED_GRANTS: dict[tuple[str, str, str], str] = {
     ("apps", "deployments", "delete"): "replacing a Deployment whose selector changed (immutable)",
     ("karpenter.sh", "nodepools", "delete"): "a NodeGroup that turns static gives up its NodePool",
 }
+
+
+def _router_after_cold_starts(starts: dict[str, list[float]]) -> str:
+    """A real router's /metrics after requests waited the given seconds for each model's decode pool,
+    empty each time, to get its first replica."""
+    clock = [1000.0]
+    config = RouterConfig.model_validate({"flow": {"scale_from_zero": list(starts)}})
+    router = Router(config, clock=lambda: clock[0])
+
+    async def cold_starts() -> None:
+        for model, waits in starts.items():
+            for i, wait in enumerate(waits):
+                ticket = Ticket(f"{model}-{i}", model, "t", 2, 1.0, 100.0)
+                waiting = asyncio.create_task(router.flow.acquire(ticket))
+                await asyncio.sleep(0.01)
+                assert not waiting.done()  # the pool is empty: the request waits
+                clock[0] += wait
+                router.register(WorkerInfo("w0", "decode", model, address="w0:1", max_running_requests=2), Load())
+                await asyncio.wait_for(waiting, 1)
+                router.flow.release(ticket.request_id)
+                router.deregister("w0")  # scaled back to zero
+
+    asyncio.run(cold_starts())
+    return generate_latest(router.metrics.registry).decode()
+
+
+def test_cold_starts_reach_the_status_from_the_router_pods(cluster: Cluster, operator: KopfRunner) -> None:
+    """A decode pool at minReplicas 0: the operator reads the router pods' metrics through the API
+    server's pod proxy and shows the cold starts the router timed (kmock plays the pods' answers)."""
+    if not isinstance(cluster, KmockCluster):
+        pytest.skip("the router pods' answers are played on kmock only")
+    api = cluster.api
+    h100, h200 = unique("h100"), unique("h200")
+    api.create(node_group(h100, "H100", 2, "static"))
+    api.create(node_group(h200, "H200", 2, "static"))
+    with cluster.namespace("zero") as ns:
+        deployment = model_deployment(
+            "zero",
+            ns,
+            {
+                "model": {"name": "glm-4.6", "servedName": "glm", "precision": "fp8", "maxContext": 131072},
+                "prefill": {"nodeGroup": h100, "replicas": 1},
+                "decode": {"nodeGroup": h200, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}},
+            },
+        )
+        api.create(deployment)
+        rayservice = eventually(lambda: api.get("ray.io/v1", "RayService", "zero", ns), what="the RayService")
+        texts = {
+            # Each router replica times the starts its own waiting requests saw: a timed two, b one.
+            "zero-router-a": _router_after_cold_starts({"glm": [30.0, 42.0]}),
+            "zero-router-b": _router_after_cold_starts({"glm": [7.5], "other": [1.0, 2.0, 3.0]}),
+        }
+        for pod, text in texts.items():
+            cluster.serve_pod_proxy(ns, pod, ROUTER_METRICS_PORT, "/metrics", text, content_type=CONTENT_TYPE_LATEST)
+            labels = {"glmserve.io/model-deployment": "zero", "glmserve.io/component": "router"}
+            api.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": ns, "labels": labels},
+                    "spec": {"containers": [{"name": "router", "image": "glmserve"}]},
+                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+                }
+            )
+        # What KubeRay writes when Serve's decode deployment has scaled: the operator reconciles.
+        api.patch(rayservice, {"status": {"serviceStatus": "Running"}}, status=True)
+        started = eventually(lambda: status_of(api, deployment).get("coldStarts"), what="cold starts in the status")
+        assert started == {"count": 2, "lastSeconds": 42.0, "meanSeconds": 36.0, "routerPod": "zero-router-a"}
+        api.delete(G, "ModelDeployment", "zero", ns)
+        cluster.garbage_collect()
+    api.delete(G, "NodeGroup", h100)
+    api.delete(G, "NodeGroup", h200)
 
 
 def test_rbac_grants_every_call_the_operator_made_and_says_why_it_grants_more(

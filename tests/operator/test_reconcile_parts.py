@@ -11,8 +11,10 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from glmserve.common.deployment import ModelDeploymentSpec
+from glmserve.common.deployment_status import ColdStarts
 from glmserve.common.errors import ConfigError
 from glmserve.common.resource import Condition
 from glmserve.common.tenancy import PlanSpec, SecretKeyRef, TenantSpec, hash_api_key
@@ -21,11 +23,12 @@ from glmserve.operator.build.services import build_ingress_service, build_router
 from glmserve.operator.cluster import Cluster, contains, immutable_changes
 from glmserve.operator.conditions import set_condition, transitions
 from glmserve.operator.crds import RESOURCES, build_crd
-from glmserve.operator.observe import group_nodes, node_summary, rayservice_ready, ready_replicas
+from glmserve.operator.observe import cold_starts, group_nodes, node_summary, rayservice_ready, ready_replicas
 from glmserve.operator.reconciler import Reconciler
 from glmserve.operator.secrets import secret_reader
 from glmserve.operator.settings import OperatorSettings
 from glmserve.operator.tenancy import router_tenancy, tenant_status
+from glmserve.router.metrics import RouterMetrics
 from tests.operator.conftest import VENDORED_CRDS, example_inputs
 from tests.operator.k8s_checks import builtin_problems
 from tests.operator.kube import KmockCluster
@@ -310,3 +313,21 @@ def test_router_shards_are_created_and_the_dropped_ones_deleted(tmp_path: Path) 
             if e["name"] == "GLMSERVE_ROUTER_ADDRESS"
         ]
         assert addresses == ["glm-router.ns.svc:50051"]
+
+
+def test_cold_starts_come_from_the_router_that_timed_most_and_ignore_what_is_not_an_exposition() -> None:
+    def exposition(model: str, starts: list[float]) -> str:
+        metrics = RouterMetrics()
+        for seconds in starts:
+            metrics.cold_start.labels(model).observe(seconds)
+            metrics.last_cold_start.labels(model).set(seconds)
+        return generate_latest(metrics.registry).decode()
+
+    texts = {
+        "r-a": exposition("glm", [10.0]),
+        "r-b": exposition("glm", [20.0, 40.0]),
+        "r-c": exposition("other", [1.0, 2.0, 3.0]),
+        "r-d": "<html>502 Bad Gateway</html>",
+    }
+    assert cold_starts(texts, "glm") == ColdStarts(count=2, last_seconds=40.0, mean_seconds=30.0, router_pod="r-b")
+    assert cold_starts({"r-a": exposition("glm", [])}, "glm") is None

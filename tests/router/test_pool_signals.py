@@ -18,6 +18,8 @@ def signals(router: object) -> dict[tuple[str, ...], float]:
                 out[s.labels["role"], s.labels["state"]] = s.value
             elif s.name == "glmserve_router_pool_uncached_prompt_tokens":
                 out[s.labels["role"], "uncached_prompt_tokens"] = s.value
+            elif s.name == "glmserve_router_pool_replicas":
+                out[s.labels["role"], "replicas"] = s.value
     return out
 
 
@@ -30,12 +32,15 @@ def test_signals_follow_heartbeats_and_routed_prompts_then_read_zero_when_idle()
     now = signals(router)
     assert (now["decode", "running"], now["decode", "waiting"], now["decode", "queued"]) == (5, 1, 0)
     assert now["prefill", "uncached_prompt_tokens"] + now["decode", "uncached_prompt_tokens"] == len(PROMPT)
+    assert (now["prefill", "replicas"], now["decode", "replicas"]) == (1, 2)
     router.complete("r1", "finished", Usage())
     for worker in ("a", "b"):
         router.heartbeat(worker, Load())
     router.sweep()
-    assert set(signals(router).values()) == {0}
-    assert len(signals(router)) == 8  # 2 pools x (3 states + uncached tokens): all still there
+    idle = signals(router)
+    assert (idle.pop(("prefill", "replicas")), idle.pop(("decode", "replicas"))) == (1, 2)
+    assert set(idle.values()) == {0}
+    assert len(idle) == 8  # 2 pools x (3 states + uncached tokens): all still there
 
 
 def test_a_pool_whose_replicas_all_left_reads_zero_and_their_index_entries_are_gone() -> None:
@@ -43,8 +48,8 @@ def test_a_pool_whose_replicas_all_left_reads_zero_and_their_index_entries_are_g
     router.heartbeat("a", Load(running=2))
     cache(router, "a", PROMPT)
     router.sweep()
-    assert signals(router)["decode", "running"] == 2
+    assert (signals(router)["decode", "running"], signals(router)["decode", "replicas"]) == (2, 1)
     assert router.deregister("a")
     assert router.index.size() == 0
     router.sweep()
-    assert signals(router)["decode", "running"] == 0
+    assert signals(router)["decode", "running"] == signals(router)["decode", "replicas"] == 0

@@ -42,6 +42,7 @@ async def test_requests_wait_for_the_first_replica_and_the_wait_is_measured() ->
     text = generate_latest(router.metrics.registry).decode()
     assert 'glmserve_router_cold_start_seconds_sum{model="m"} 42.0' in text
     assert 'glmserve_router_cold_start_seconds_count{model="m"} 1.0' in text
+    assert 'glmserve_router_last_cold_start_seconds{model="m"} 42.0' in text
 
 
 @pytest.mark.asyncio

@@ -22,6 +22,9 @@ ROUTER_REFUSED_SHARE = 0.05
 ROUTER_BYPASSED_SHARE = 0.05
 KV_CACHE_FULL = 0.95
 QUEUE_P95_SECONDS = 5
+# A GPU replica's cold start from no free node (launch, drivers, image, weights) takes minutes:
+# longer than this short of what autoscaling asks, and replicas are not coming.
+SHORT_OF_DESIRED = "30m"
 LOST = 'outcome="lost"'
 # Ray Serve deployment names of the disaggregated pools (glmserve.serving.topology.DEPLOYMENT_PREFIX).
 DEPLOYMENT_PREFIX = {"prefill": "Prefill", "decode": "Decode"}
@@ -148,6 +151,22 @@ def pool_at_max_alerts(q: Query, inputs: DeploymentInputs, scope: str) -> list[d
                 "warning",
                 f"{inputs.namespace}/{inputs.name}: the {role} pool runs its maximum of {pool.max_replicas} "
                 "replicas while an SLO's error budget burns; raise its maxReplicas (and its NodeGroup's maxNodes)",
+                pool=role,
+            )
+        )
+        # The policy's raw decision, above maxReplicas when the pool is at its maximum (the alert above).
+        desired = f"clamp_max(max({q.series(m.SERVE_DESIRED_REPLICAS, deployments)}), {pool.max_replicas})"
+        routed = q.series(m.ROUTER_POOL_REPLICAS, f'role="{role}"')
+        actual = f"(max({routed}) or on () vector(0))"
+        alerts.append(
+            _alert(
+                "GlmservePoolShortOfDesiredReplicas",
+                f"{desired} > on () {actual}",
+                SHORT_OF_DESIRED,
+                "warning",
+                f"{inputs.namespace}/{inputs.name}: the {role} pool has had fewer replicas serving than its "
+                f"autoscaling asks for, for {SHORT_OF_DESIRED}; new replicas do not start (nodes, image pull, "
+                "weights: see the pods of its worker group)",
                 pool=role,
             )
         )

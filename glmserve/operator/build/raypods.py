@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glmserve.common.config import ENGINE_HASH_SEED
+from glmserve.common.config import DRAIN_TIMEOUT_S, ENGINE_HASH_SEED
 from glmserve.common.deployment import MODELS_DIR, weights_claim
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.gpus import get_gpu
@@ -42,6 +42,15 @@ TENANTS_DIR = "/etc/glmserve/tenants"
 # (images/serving/Dockerfile: USER 1000) through that group, and by nobody else in the container.
 TLS_FILE_MODE = 0o440
 SERVING_UID = 1000
+# A deleted Ray pod drains its node first (glmserve.serving.node_drain): Serve moves its replicas
+# away and each finishes its requests within its graceful_shutdown_timeout_s (the engines' and the
+# ingress's drain timeout). The hook's deadline leaves Serve's own steps before that drain (starting
+# the stop: at the latest deadline - drain timeout) and Ray's stop after SIGTERM inside the grace period.
+DRAIN_STEPS_S = 30
+RAY_STOP_S = 30
+PRESTOP_DEADLINE_S = int(DRAIN_TIMEOUT_S) + DRAIN_STEPS_S
+TERMINATION_GRACE_S = PRESTOP_DEADLINE_S + RAY_STOP_S
+DRAIN_COMMAND = ["python", "-m", "glmserve.serving.node_drain", "--deadline-s", str(PRESTOP_DEADLINE_S)]
 
 
 def _pod_template(
@@ -75,6 +84,7 @@ def _pod_template(
             for name, port in {**ports, "serve": SERVE_PORT, "metrics": RAY_METRICS_PORT}.items()
         ],
         "resources": {"requests": {**requests, **(limits or {})}, **({"limits": limits} if limits else {})},
+        "lifecycle": {"preStop": {"exec": {"command": DRAIN_COMMAND}}},
     }
     mounts: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
@@ -99,6 +109,7 @@ def _pod_template(
     spec: dict[str, Any] = {
         **inputs.images.pod_spec(),
         "securityContext": security,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         "containers": [container],
         **(pod or {}),
     }
