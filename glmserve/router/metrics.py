@@ -30,6 +30,8 @@ class RouterMetrics:
         self.pool_requests = m.gauge(m.ROUTER_POOL_REQUESTS, self.registry)
         self.pool_prompt_tokens = m.gauge(m.ROUTER_POOL_PROMPT_TOKENS, self.registry)
         self.cold_start = m.histogram(m.ROUTER_COLD_START, self.registry)
+        self.worker_requests = m.gauge(m.ROUTER_WORKER_REQUESTS, self.registry)
+        self.worker_cached_blocks = m.gauge(m.ROUTER_WORKER_CACHED_BLOCKS, self.registry)
 
     def plugin_timer(self, profile: str, kind: str, plugin: str) -> Histogram:
         """The plugin's histogram child, bound once so each request pays no label lookup."""
