@@ -93,8 +93,8 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         up.add_argument(
             f"--{pool}-replicas",
             type=int,
-            help=f"{pool} replicas (disaggregated mode, default 1)"
-            + ("; 0: scale from zero" if pool == "decode" else ""),
+            help=f"{pool} replicas (disaggregated mode, default 1; the minimum with --{pool}-max-replicas; "
+            "0: scale from zero, with --autoscaling-policy glmserve and the local router)",
         )
         up.add_argument(f"--{pool}-max-replicas", type=int, help=f"autoscale the {pool} pool up to this many")
         up.add_argument(f"--{pool}-downscale-delay-s", type=float, help=f"--downscale-delay-s of the {pool} pool")

@@ -152,6 +152,11 @@ def demand(signals: PoolSignals, targets: PoolTargets) -> Demand:
             if running is None or queued_requests is None
             else (running + queued_requests) / targets.running_per_replica
         )
+    if targets.role == "prefill" and per_s is None and (signals.prompt_tokens_per_s or 0) > 0:
+        # Its sequences cannot say that prompts arrive while the pool is empty (the router has the
+        # decode engines prefill them locally): one replica while any do, so an empty pool wakes
+        # and the last replica stays until the prompts stop.
+        extra["prompts"] = 1.0
     if targets.decodes and signals.kv_cache_usage is not None:
         extra["kv_cache"] = signals.ready * signals.kv_cache_usage / targets.kv_cache_usage
     latencies = []

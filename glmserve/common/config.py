@@ -196,27 +196,25 @@ class ServeConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _pools(self) -> Self:
-        if self.disaggregated and self.prefill.replicas < 1:
-            raise ValueError("disaggregated mode needs at least one prefill replica at start (prefill.replicas)")
-        return self
-
-    @model_validator(mode="after")
     def _from_zero(self) -> Self:
-        """A pool of 0 starts a replica when requests wait for it: only glmserve's policy reads the
-        local router's queue, where they wait (they never reach a Serve handle)."""
-        if not self.scales_from_zero:
-            return self
-        field = "decode.replicas" if self.disaggregated else "replicas"
-        if (self.decode.max_replicas if self.disaggregated else self.max_replicas) is None:
-            raise ValueError(
-                f"{field} 0 (scale from zero) needs a maximum: set {field.replace('replicas', 'max_replicas')}"
-            )
-        if self.autoscaling_policy != "glmserve" or not self.runs_local_router:
-            raise ValueError(
-                f"{field} 0 (scale from zero) needs autoscaling_policy glmserve and the local router (router on, "
-                "no router_address): requests wait for the first replica in the router's queue"
-            )
+        """A pool of 0 starts a replica when work arrives for it, which only glmserve's policy sees
+        through the local router: requests wait in its queue for a decode (or colocated) replica and
+        never reach a Serve handle; while the prefill pool is empty the router has decode engines
+        prefill locally, and the prompts it routes wake the prefill pool."""
+        pools = [("prefill", self.prefill), ("decode", self.decode)] if self.disaggregated else []
+        sizes = [(f"{role}.replicas", p.replicas, p.max_replicas) for role, p in pools]
+        for field, replicas, most in sizes or [("replicas", self.replicas, self.max_replicas)]:
+            if replicas != 0:
+                continue
+            if most is None:
+                raise ValueError(
+                    f"{field} 0 (scale from zero) needs a maximum: set {field.replace('replicas', 'max_replicas')}"
+                )
+            if self.autoscaling_policy != "glmserve" or not self.runs_local_router:
+                raise ValueError(
+                    f"{field} 0 (scale from zero) needs autoscaling_policy glmserve and the local router (router on, "
+                    "no router_address): the work that wakes the pool is seen there"
+                )
         return self
 
     @model_validator(mode="after")

@@ -203,6 +203,21 @@ ROUTER_POOL_REPLICAS = MetricSpec(
     "once its replicas all left; compare ray_serve_autoscaling_desired_replicas.",
     ("model", "role"),
 )
+# What losing one engine replica would cost, for the scale-down that picks the cheapest
+# (glmserve.serving.scale_down): a series per registered worker, removed when it leaves.
+ROUTER_WORKER_REQUESTS = MetricSpec(
+    "glmserve_router_worker_requests",
+    "gauge",
+    "Requests running and waiting in one engine replica (its heartbeats), by model, role and worker "
+    "(the Serve replica's id).",
+    ("model", "role", "worker"),
+)
+ROUTER_WORKER_CACHED_BLOCKS = MetricSpec(
+    "glmserve_router_worker_cached_blocks",
+    "gauge",
+    "KV blocks the router's index holds for one engine replica (its cached prefixes), by model, role and worker.",
+    ("model", "role", "worker"),
+)
 ROUTER_COLD_START = MetricSpec(
     "glmserve_router_cold_start_seconds",
     "histogram",

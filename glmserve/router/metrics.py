@@ -32,6 +32,8 @@ class RouterMetrics:
         self.pool_replicas = m.gauge(m.ROUTER_POOL_REPLICAS, self.registry)
         self.cold_start = m.histogram(m.ROUTER_COLD_START, self.registry)
         self.last_cold_start = m.gauge(m.ROUTER_LAST_COLD_START, self.registry)
+        self.worker_requests = m.gauge(m.ROUTER_WORKER_REQUESTS, self.registry)
+        self.worker_cached_blocks = m.gauge(m.ROUTER_WORKER_CACHED_BLOCKS, self.registry)
 
     def plugin_timer(self, profile: str, kind: str, plugin: str) -> Histogram:
         """The plugin's histogram child, bound once so each request pays no label lookup."""

@@ -70,6 +70,7 @@ class Router:
         self._event_counters: dict[type, Counter] = {}
         # (model, role) of every worker ever registered, and the decode pools that may be empty
         self._pools: set[tuple[str, Role]] = {(model, "decode") for model in config.flow.scale_from_zero}
+        self._costed: set[tuple[str, Role, str]] = set()  # the workers' cost series now exported
         self._cold_since: dict[str, float] = {}  # model -> when a request first found its pool empty
         # Requests wait here for this replica's share of the engines (`free`), then are routed.
         self.flow = FlowController(config.flow, self, FlowMetrics(self.metrics.registry, config.flow.metrics_tenants))
@@ -165,6 +166,21 @@ class Router:
         self.metrics.index_blocks.set(self.index.size())
         self.metrics.in_flight.set(len(self._bookings))
         self._refresh_pool_signals(now)
+        self._refresh_worker_costs()
+
+    def _refresh_worker_costs(self) -> None:
+        """Each registered worker's requests and cached blocks: what a scale-down that removed it
+        would cost. A worker that left loses its series (a replica gone costs nothing)."""
+        costed = set()
+        for w in self.registry.workers.values():
+            labels = (w.info.model, w.info.role, w.worker_id)
+            costed.add(labels)
+            self.metrics.worker_requests.labels(*labels).set(w.load.running + w.load.waiting)
+            self.metrics.worker_cached_blocks.labels(*labels).set(self.index.blocks(w.worker_id))
+        for labels in self._costed - costed:
+            self.metrics.worker_requests.remove(*labels)
+            self.metrics.worker_cached_blocks.remove(*labels)
+        self._costed = costed
 
     def _refresh_pool_signals(self, now: float) -> None:
         """Every pool ever seen is written each time, at 0 once idle or empty: a policy or an alert

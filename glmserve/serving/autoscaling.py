@@ -26,7 +26,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ray.serve.autoscaling_policy import PrometheusQueryMixin, PrometheusQueryResult, PrometheusScalar
+from ray.serve.autoscaling_policy import (
+    PrometheusQueryMixin,
+    PrometheusQueryResult,
+    PrometheusScalar,
+    PrometheusVector,
+)
 from ray.serve.config import AutoscalingContext
 
 from glmserve.common.autoscaling import PoolSignals, PoolTargets, ScalingState, decide
@@ -36,11 +41,14 @@ from glmserve.common.metrics import (
     ROUTER_POOL_PROMPT_TOKENS,
     ROUTER_POOL_REQUESTS,
     ROUTER_PROMPT_TOKENS,
+    ROUTER_WORKER_CACHED_BLOCKS,
+    ROUTER_WORKER_REQUESTS,
     VLLM_KV_CACHE_USAGE,
     MetricSpec,
 )
 from glmserve.common.promql import Query
 from glmserve.common.roles import Role, worker_role
+from glmserve.serving import scale_down
 
 POLICY = "glmserve.serving.autoscaling:PoolPolicy"
 STATE_KEY = "glmserve"  # our part of Serve's policy_state (Serve keeps its own keys beside it)
@@ -82,6 +90,29 @@ def queries(model: str, pool: str, role: Role) -> dict[str, str]:
     }
 
 
+def cost_queries(model: str, role: Role) -> tuple[str, str]:
+    """PromQL for each replica's requests and cached KV blocks as the router sees them (the same on
+    every router replica that owns the worker: max), by worker (the Serve replica's id)."""
+    q = Query(lambda spec: f'model="{model}"')
+    in_pool = f'role="{worker_role(role)}"'
+
+    def by_worker(spec: MetricSpec) -> str:
+        return f"max by (worker) ({q.series(spec, in_pool)})"
+
+    return by_worker(ROUTER_WORKER_REQUESTS), by_worker(ROUTER_WORKER_CACHED_BLOCKS)
+
+
+def costs_of(
+    requests: PrometheusQueryResult | None, blocks: PrometheusQueryResult | None
+) -> dict[str, scale_down.Cost]:
+    """Each worker's (requests, cached blocks); none without both answers (a worker the index has
+    not seen yet holds no blocks)."""
+    if not isinstance(requests, PrometheusVector) or not isinstance(blocks, PrometheusVector):
+        return {}
+    held = {s.labels.get("worker"): s.value for s in blocks.samples}
+    return {w: (s.value, held.get(w, 0.0)) for s in requests.samples if (w := s.labels.get("worker"))}
+
+
 def value(result: PrometheusQueryResult | None, pool: str) -> float | None:
     """A scalar, a one-sample vector, or the sample labelled with `pool`; None: no data."""
     if result is None:
@@ -118,11 +149,15 @@ class PoolPolicy(PrometheusQueryMixin):
         self._targets = PoolTargets.of_wire(targets)
         self._pool = pool
         self._queries = queries(model, pool, self._targets.role)
-        super().__init__(prometheus_queries=list(self._queries.values()), **kwargs)
+        self._costs = cost_queries(model, self._targets.role)
+        super().__init__(prometheus_queries=[*self._queries.values(), *self._costs], **kwargs)
+        scale_down.install()  # this runs in Serve's controller, where the replicas to stop are chosen
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         signals = signals_of(ctx, self.prometheus_results, self._queries, self._pool)
         state = ScalingState.of_wire(ctx.policy_state.get(STATE_KEY, {}))
         now = ctx.current_time if ctx.current_time is not None else time.time()
         decision = decide(signals, self._targets, ctx.target_num_replicas, state, now)
+        results = self.prometheus_results or {}
+        scale_down.publish(ctx.deployment_id, costs_of(*(results.get(q) for q in self._costs)))
         return decision.replicas, {**ctx.policy_state, STATE_KEY: decision.state.wire()}

@@ -168,3 +168,17 @@ def test_prefill_rate_from_the_planners_figures() -> None:
     assert rate == pytest.approx(35_300, rel=0.01)
     cpu = replace(get_gpu("H200"), bf16_flops=0.0)
     assert prefill_tokens_per_s(get_model("glm-4.6"), cpu, 1) is None
+
+
+def test_a_prefill_pool_of_unknown_rate_wakes_from_zero_when_prompts_arrive_and_stays_while_they_do() -> None:
+    """While the prefill pool is empty the router has the decode engines prefill locally, so the
+    pool's own sequences stay at 0: the prompt tokens routed are what wake it."""
+    cpu = replace(PREFILL, min_replicas=0, prefill_tokens_per_s=None)
+    idle = PoolSignals(ready=0, queued_requests=0, running=0, prompt_tokens_per_s=0.0)
+    prompts = replace(idle, prompt_tokens_per_s=120.0)
+    assert decide(idle, cpu, 0, ScalingState(), 0.0).replicas == 0
+    assert decide(prompts, cpu, 0, ScalingState(), 0.0).replicas == 1
+    # Its one replica idle between prompts (no sequences) is kept while prompts arrive...
+    assert run(cpu, [prompts] * 200, current=1)[-1] == 1
+    # ...and goes after the delay once they stop.
+    assert run(cpu, [idle] * 121, current=1)[-2:] == [1, 0]

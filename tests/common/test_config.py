@@ -40,7 +40,8 @@ SCALE = {"autoscaling_policy": "glmserve", "router": "on"}
         ({"replicas": 0, "max_replicas": 2, "router": "on"}, "needs autoscaling_policy glmserve and the local router"),
         ({"replicas": 0, "max_replicas": 2, **SCALE, "router": "off"}, "needs autoscaling_policy glmserve"),
         ({"disaggregated": True, "decode": {"replicas": 0}, **SCALE}, "set decode.max_replicas"),
-        ({"disaggregated": True, "prefill": {"replicas": 0, "max_replicas": 2}, **SCALE}, "prefill.replicas"),
+        ({"disaggregated": True, "prefill": {"replicas": 0}, **SCALE}, "set prefill.max_replicas"),
+        ({"disaggregated": True, "prefill": {"replicas": 0, "max_replicas": 2}}, "prefill.replicas 0 .* glmserve"),
     ],
 )
 def test_scale_from_zero_needs_a_maximum_glmserves_policy_and_the_local_router(
@@ -58,3 +59,9 @@ def test_the_pool_that_decodes_may_scale_from_zero(settings: dict[str, object]) 
     cfg = ServeConfig.model_validate({**settings, **SCALE})
     assert cfg.scales_from_zero
     assert not ServeConfig.model_validate({**SCALE, "replicas": 1, "max_replicas": 2}).scales_from_zero
+
+
+def test_a_prefill_pool_may_scale_from_zero_the_router_holds_nothing_for_it() -> None:
+    """Decode engines prefill locally while it is empty: no request waits for a prefill replica."""
+    cfg = ServeConfig.model_validate({"disaggregated": True, "prefill": {"replicas": 0, "max_replicas": 2}, **SCALE})
+    assert cfg.prefill.replicas == 0 and not cfg.scales_from_zero

@@ -53,3 +53,27 @@ def test_a_pool_whose_replicas_all_left_reads_zero_and_their_index_entries_are_g
     assert router.index.size() == 0
     router.sweep()
     assert signals(router)["decode", "running"] == signals(router)["decode", "replicas"] == 0
+
+
+def costs(router: object) -> dict[tuple[str, str], float]:
+    text = generate_latest(router.metrics.registry).decode()  # type: ignore[attr-defined]
+    names = {"glmserve_router_worker_requests": "requests", "glmserve_router_worker_cached_blocks": "blocks"}
+    return {
+        (s.labels["worker"], names[s.name]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in names
+    }
+
+
+def test_each_workers_requests_and_cached_blocks_are_exported_until_it_leaves() -> None:
+    router, _ = make_router([("a", "decode"), ("b", "decode")])
+    router.heartbeat("a", Load(running=3, waiting=1))
+    cache(router, "b", PROMPT)
+    router.sweep()
+    now = costs(router)
+    assert (now["a", "requests"], now["a", "blocks"], now["b", "requests"]) == (4, 0, 0)
+    assert now["b", "blocks"] == router.index.blocks("b") > 0
+    assert router.deregister("a")
+    router.sweep()
+    assert {worker for worker, _ in costs(router)} == {"b"}

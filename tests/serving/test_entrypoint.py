@@ -71,6 +71,8 @@ def test_engine_arguments_follow_the_planned_layout(gpu: str, precision: str, co
             "kv_connector": "NixlConnector",
             **({"kv_role": "kv_producer"} if role == "prefill" else consumer),
         }
+        # A prefill engine's shutdown waits for the KV pulls it owes, within the replica's drain.
+        assert kw.get("shutdown_timeout") == (600 if role == "prefill" else None)
         assert kw["speculative_config"] == {"method": "mtp", "num_speculative_tokens": 1}
         assert kw["tool_call_parser"] == kw["reasoning_parser"] == "glm45"
         assert kw["default_chat_template_kwargs"] == {"enable_thinking": True}

@@ -5,6 +5,7 @@ Pure functions: the unit tests pin what every deployment shape passes to vLLM.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,15 @@ def kv_roles(connector: str, role: Role) -> dict[str, Any]:
     if role == "prefill":
         return {"kv_connector": connector, "kv_role": "kv_producer"}
     return {"kv_connector": connector, "kv_role": "kv_consumer", "kv_load_failure_policy": "recompute"}
+
+
+def kv_pull_drain(role: Role, drain_timeout_s: float) -> dict[str, Any]:
+    """A prefill engine answers before its KV is moved: it holds the prompt's blocks until the decode
+    engine has pulled them (NIXL: a lease the decode side renews while the request waits there).
+    Serve counts the call done at the answer, so a prefill replica being removed would stop with
+    pulls pending. vLLM's graceful shutdown (`shutdown_timeout` > 0) keeps the engine stepping until
+    no request holds blocks for a transfer; EngineServer.__del__ runs it, within the replica's drain."""
+    return {"shutdown_timeout": math.ceil(drain_timeout_s)} if role == "prefill" else {}
 
 
 def kv_exchange_dir() -> Path:
@@ -89,6 +99,7 @@ def engine_kwargs(model: ResolvedModel, cfg: ServeConfig, device: Device, role: 
     }
     if transfer := kv_transfer_config(cfg, role):
         kwargs["kv_transfer_config"] = transfer
+        kwargs |= kv_pull_drain(role, cfg.drain_timeout_s)
     if device == "cpu":
         kwargs |= cpu_engine_kwargs(cfg.kv_cache_gib)
     return kwargs

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from glmserve.common.capacity import GPU_MEMORY_UTILIZATION
+from glmserve.common.config import DRAIN_TIMEOUT_S
 from glmserve.common.deployment import ModelDeploymentSpec
 from glmserve.common.deployment_plan import PoolLayoutStatus
 from glmserve.common.placement import redundant_experts
 from glmserve.common.roles import WorkerRole
-from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs, kv_roles
+from glmserve.serving.engine.args import cpu_engine_kwargs, glm_serving_kwargs, kv_pull_drain, kv_roles
 
 # Requests one replica may hold waiting beyond those it runs, before vLLM answers 503.
 QUEUE_PER_SEQUENCE = 2
@@ -33,6 +34,7 @@ def gpu_engine_kwargs(spec: ModelDeploymentSpec, role: WorkerRole, layout: PoolL
         "data_parallel_size": par.data,
         "kv_transfer_config": kv_roles(spec.kv_transfer.connector, role),
     }
+    kwargs |= kv_pull_drain(role, DRAIN_TIMEOUT_S)
     # A CPU rank's KV cache is the node group's fixed size; a GPU's is what HBM leaves.
     kwargs |= (
         cpu_engine_kwargs(layout.cpu.kv_cache_gib) if layout.cpu else {"gpu_memory_utilization": GPU_MEMORY_UTILIZATION}

@@ -26,6 +26,7 @@ from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
 from glmserve.serving.engine.membership import Membership
 from glmserve.serving.engine.registration import RouterLink
+from glmserve.serving.engine.shutdown import finish_kv_transfers
 
 
 async def _graceful(stream: AsyncGenerator[Any, None], in_flight: list[int]) -> AsyncGenerator[Any, None]:
@@ -117,6 +118,9 @@ class EngineServer(LLMServer):
             agent.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await agent
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            await finish_kv_transfers(engine._engine_client)
         await super().__del__()
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:

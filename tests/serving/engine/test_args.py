@@ -24,3 +24,10 @@ def test_gpu_engine_keeps_cuda_graphs_and_memory_fraction() -> None:
     assert "enforce_eager" not in kw and "kv_cache_memory_bytes" not in kw
     assert kw["max_model_len"] == 131072
     assert kw["default_chat_template_kwargs"] == {"enable_thinking": True}
+
+
+def test_a_prefill_engines_shutdown_waits_for_its_kv_pulls_within_the_drain() -> None:
+    cfg = ServeConfig(disaggregated=True, drain_timeout_s=90.5)
+    assert engine_kwargs(TINY, cfg, "cpu", "prefill")["shutdown_timeout"] == 91
+    assert "shutdown_timeout" not in engine_kwargs(TINY, cfg, "cpu", "decode")
+    assert "shutdown_timeout" not in engine_kwargs(TINY, cfg, "cpu")
