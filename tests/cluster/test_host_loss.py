@@ -7,7 +7,6 @@ host)."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,8 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, SERVE_PORT
-from tests.cluster.conftest import RunningCluster
+from tests.cluster.conftest import RunningCluster, longest_wait
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +27,6 @@ STARTED_AFTER_TOKENS = 8  # the kill comes once every stream has this many
 EXTRA: dict[str, Any] = {"ignore_eos": True, "return_token_ids": True, "thinking": {"type": "disabled"}}
 END_WITHIN_S = 10.0
 RECOVER_WITHIN_S = 300.0
-MIGRATIONS = "glmserve_ingress_migrations_total"
 
 
 @dataclass
@@ -42,11 +39,6 @@ class Stream:
     ended_at: float = 0.0
     first: threading.Event = field(default_factory=threading.Event)  # its first chunk arrived
     started: threading.Event = field(default_factory=threading.Event)  # STARTED_AFTER_TOKENS arrived
-
-    def longest_wait(self, since: float) -> float:
-        """The longest the client waited for a chunk (or the end) after `since`."""
-        times = [since, *(t for t in self.arrivals if t > since), self.ended_at]
-        return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _run(client: OpenAI, model: str, stream: Stream) -> None:
@@ -93,33 +85,13 @@ def _streamed(cluster: RunningCluster, fault: Any = None) -> list[Stream]:
     return streams
 
 
-def _migrations(cluster: RunningCluster) -> dict[str, float]:
-    (ingress,) = cluster.hosts(pool="ingress")
-    found: dict[str, float] = {}
-    for (name, labels), value in cluster.metrics(ingress, SERVE_PORT).items():
-        if name == MIGRATIONS:
-            outcome = dict(labels)["outcome"]
-            found[outcome] = found.get(outcome, 0) + value
-    return found
-
-
-def _healthy_decode_engines(cluster: RunningCluster) -> list[float]:
-    """Each router's count of healthy decode engines."""
-    return [
-        value
-        for router in cluster.hosts(role="router")
-        for (name, labels), value in cluster.metrics(router, ROUTER_METRICS_PORT).items()
-        if name == "glmserve_router_workers" and dict(labels) == {"role": "decode", "state": "healthy"}
-    ]
-
-
 def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(tiny_cluster: RunningCluster) -> None:
     cluster = tiny_cluster
     decode = sorted(cluster.wait_for_hosts("decode", 2), key=lambda h: h["name"])
     assert len(decode) == 2, "the example runs two decode hosts"
     reference = _streamed(cluster)
     assert all(s.outcome == "completed" and len(s.token_ids) == MAX_TOKENS for s in reference)
-    before = _migrations(cluster)
+    before = cluster.migrations()
     victim = decode[0]
     killed = 0.0
 
@@ -129,12 +101,12 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
         killed = time.monotonic()
 
     streams = _streamed(cluster, kill)
-    after = _migrations(cluster)
+    after = cluster.migrations()
     moved = after.get("moved", 0) - before.get("moved", 0)
     refused = after.get("refused", 0) - before.get("refused", 0)
     on_victim = int(moved + refused)  # each stream on the killed host moved or was refused once
     outcomes = [s.outcome for s in streams]
-    waits = [round(s.longest_wait(killed), 1) for s in streams]
+    waits = [round(longest_wait(s.arrivals, s.ended_at, killed), 1) for s in streams]
     print(
         f"\nkilled {victim['name']} with {len(PROMPTS)} streams open: {on_victim} were on it"
         f" ({moved:g} moved, {refused:g} refused); longest wait for a token after the kill per stream {waits} s;"
@@ -158,7 +130,7 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     back = cluster.wait_for_hosts("decode", 2, RECOVER_WITHIN_S)
     (replacement,) = [h for h in back if h["name"] != decode[1]["name"]]
     assert replacement["name"] != victim["name"]
-    while not all(n == 2 for n in _healthy_decode_engines(cluster)):
+    while not all(n == 2 for n in cluster.healthy_engines("decode")):
         assert time.monotonic() - killed < RECOVER_WITHIN_S, "the routers did not register the new decode engine"
         time.sleep(2)
     print(

@@ -6,7 +6,6 @@ has two decode engines again. Runs after test_host_loss."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, SERVE_PORT
-from tests.cluster.conftest import RunningCluster
+from glmserve.operator.build.inputs import SERVE_PORT
+from tests.cluster.conftest import RunningCluster, longest_wait
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +26,6 @@ ROUTER_DROPS_WITHIN_S = 15.0
 CUT_FOR_S = 15.0  # longer than the GCS takes to declare the node dead (about 6 s)
 RECOVER_WITHIN_S = 300.0
 TOKENS = "glmserve_ingress_tokens_total"
-MIGRATIONS = "glmserve_ingress_migrations_total"
 
 
 @dataclass
@@ -40,11 +38,6 @@ class Stream:
     ended_at: float = 0.0
     arrivals: list[float] = field(default_factory=list)  # when each chunk arrived
     first: threading.Event = field(default_factory=threading.Event)  # its first chunk arrived
-
-    def longest_wait(self, since: float) -> float:
-        """The longest the client waited for a chunk (or the end) after `since`."""
-        times = [since, *(t for t in self.arrivals if t > since), self.ended_at]
-        return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _run(client: OpenAI, model: str, stream: Stream) -> None:
@@ -83,33 +76,15 @@ def _billed(cluster: RunningCluster) -> dict[tuple[str, str], float]:
     return billed
 
 
-def _migrations(cluster: RunningCluster) -> dict[str, float]:
-    (ingress,) = cluster.hosts(pool="ingress")
-    found: dict[str, float] = {}
-    for (name, labels), value in cluster.metrics(ingress, SERVE_PORT).items():
-        if name == MIGRATIONS:
-            found[dict(labels)["outcome"]] = found.get(dict(labels)["outcome"], 0) + value
-    return found
-
-
-def _healthy_decode_engines(cluster: RunningCluster) -> list[float]:
-    return [
-        value
-        for router in cluster.hosts(role="router")
-        for (name, labels), value in cluster.metrics(router, ROUTER_METRICS_PORT).items()
-        if name == "glmserve_router_workers" and dict(labels) == {"role": "decode", "state": "healthy"}
-    ]
-
-
 def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_cluster: RunningCluster) -> None:
     client = OpenAI(base_url=tiny_cluster.base_url, api_key="unused", timeout=120, max_retries=0)
     decode = sorted(tiny_cluster.wait_for_hosts("decode", 2, RECOVER_WITHIN_S), key=lambda h: h["name"])
     assert len(decode) == 2, "the example runs two decode hosts"
     waited = time.monotonic()
-    while not all(n == 2 for n in _healthy_decode_engines(tiny_cluster)):  # a replaced host's engine loading
+    while not all(n == 2 for n in tiny_cluster.healthy_engines("decode")):  # a replaced host's engine loading
         assert time.monotonic() - waited < RECOVER_WITHIN_S, "a router lacks a healthy decode engine"
         time.sleep(2)
-    before, moves_before = _billed(tiny_cluster), _migrations(tiny_cluster)
+    before, moves_before = _billed(tiny_cluster), tiny_cluster.migrations()
     keys = {"free": tiny_cluster.api_keys["alice"], "pro": tiny_cluster.pro_key}
     streams = [Stream(keys[plan], plan) for plan in ("free", "free", "pro", "pro")]  # free: 2 at once
     # One at a time, each once the one before has its first chunk: the routers count it on its
@@ -124,15 +99,15 @@ def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_
     tiny_cluster.cut_link(victim["name"])
     cut = time.monotonic()
     try:
-        while any(n > 1 for n in _healthy_decode_engines(tiny_cluster)):
+        while any(n > 1 for n in tiny_cluster.healthy_engines("decode")):
             assert time.monotonic() - cut < ROUTER_DROPS_WITHIN_S, "a router still routes to the cut host's engine"
             time.sleep(0.5)
         print(f"\nboth routers stopped routing to the cut engine {time.monotonic() - cut:.1f} s after the cut")
         for t in threads:
             t.join(timeout=max(0.1, cut + STREAMS_END_WITHIN_S - time.monotonic()))
         outcomes = sorted(s.outcome for s in streams)
-        moves = {k: v - moves_before.get(k, 0) for k, v in _migrations(tiny_cluster).items()}
-        waits = [round(s.longest_wait(cut), 1) for s in streams]
+        moves = {k: v - moves_before.get(k, 0) for k, v in tiny_cluster.migrations().items()}
+        waits = [round(longest_wait(s.arrivals, s.ended_at, cut), 1) for s in streams]
         print(f"streams: {outcomes}; moves {moves}; longest wait for a token after the cut per stream {waits} s")
         assert all(s.outcome != "open" for s in streams), "a stream still hangs"
         assert "connection dropped" not in outcomes
@@ -165,7 +140,7 @@ def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_
             tiny_cluster.cut_link(victim["name"], cut=False)
 
     # The cut host's raylet exits once it learns it was declared dead, and the pod comes back.
-    while not all(n == 2 for n in _healthy_decode_engines(tiny_cluster)):
+    while not all(n == 2 for n in tiny_cluster.healthy_engines("decode")):
         assert time.monotonic() - restored < RECOVER_WITHIN_S, "the routers did not register a second decode engine"
         time.sleep(2)
     now = tiny_cluster.wait_for_hosts("decode", 2)
