@@ -10,10 +10,11 @@ One run, in this order (never two stacks at once: this machine holds one set of 
    first streamed token of a request sent as soon as it prints the base URL;
 3. cross host: the same prompts through the cluster (prefill and decode on different hosts, KV over
    UCX on TCP across the bridge), measured the same way on the decode host;
-4. the decode host killed `--kills` times (SIGKILL of every process of its host) under steady load:
-   a short request every `--probe-every` s and 2 open streams. Per kill: requests lost (requests that
-   failed and streams that did not complete), and seconds from the kill to the first request sent
-   after it that succeeded (the pod back as a new host and its engine loaded); medians.
+4. one of the example's two decode hosts killed `--kills` times (SIGKILL of every process of its
+   host) under steady load, each time once both decode replicas run: a short request every
+   `--probe-every` s and 2 open streams. Per kill: requests lost (requests that failed and streams
+   that did not complete), and seconds from the kill to the first request sent after it that
+   succeeded; medians.
 Needs root (network namespaces). Writes benchmarks/results/cluster.{json,md,png}.
 """
 
@@ -44,6 +45,7 @@ RAY_METRICS_PORT = 8080  # every Ray host's metrics export (the operator's pod t
 STREAMS = 2
 STREAM_TOKENS = 400
 RECOVER_WITHIN_S = 300.0
+DECODE_REPLICAS = 2  # examples/cluster-tiny
 
 
 def log(msg: str) -> None:
@@ -72,17 +74,26 @@ async def _ttfts(client: httpx.AsyncClient, base: str, texts: list[str]) -> list
     return out
 
 
-def kv_and_ttft(base: str, key: str | None, metrics_url: str, texts: list[str]) -> dict[str, Any]:
+def _nixl_totals(metrics_urls: list[str]) -> dict[str, float]:
+    """NIXL's counters summed over the decode engines (the router picks one per request)."""
+    totals: dict[str, float] = {}
+    for url in metrics_urls:
+        for k, v in nixl_totals(url).items():
+            totals[k] = totals.get(k, 0.0) + v
+    return totals
+
+
+def kv_and_ttft(base: str, key: str | None, metrics_urls: list[str], texts: list[str]) -> dict[str, Any]:
     async def run() -> list[float]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         async with httpx.AsyncClient(timeout=300, headers=headers) as client:
             await _ttfts(client, base, ["warm-up: " + texts[0][:200]])
             return await _ttfts(client, base, texts)
 
-    before = nixl_totals(metrics_url)
+    before = _nixl_totals(metrics_urls)
     ttfts = asyncio.run(run())
     time.sleep(12)  # Ray exports the engines' metrics every few seconds
-    nixl = {k: v - before[k] for k, v in nixl_totals(metrics_url).items()}
+    nixl = {k: v - before[k] for k, v in _nixl_totals(metrics_urls).items()}
     tokens = nixl["external_tokens"]
     return {
         "ttft_s": ttfts,
@@ -116,7 +127,7 @@ def same_host(texts: list[str]) -> dict[str, Any]:
     try:
         wait_ready(f"http://127.0.0.1:{SAME_HOST_PORT}/health", proc)
         metrics_url = _metrics_url(logfile, proc)
-        return kv_and_ttft(f"http://127.0.0.1:{SAME_HOST_PORT}/v1", None, metrics_url, texts)
+        return kv_and_ttft(f"http://127.0.0.1:{SAME_HOST_PORT}/v1", None, [metrics_url], texts)
     finally:
         stop(proc)
 
@@ -184,8 +195,14 @@ async def _long_stream(client: httpx.AsyncClient, base: str, i: int, started: as
 
 
 def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + RECOVER_WITHIN_S
+    while sum(d.startswith("Decode:") for d in cluster.replicas().values()) < DECODE_REPLICAS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the decode pool was not back to {DECODE_REPLICAS} replicas")
+        time.sleep(2)
+
     async def run() -> dict[str, Any]:
-        (decode,) = [h for h in cluster.hosts(pool="decode") if h["pids"]]
+        decode = min((h for h in cluster.hosts(pool="decode") if h["pids"]), key=lambda h: h["name"])
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {cluster.pro_key}"}) as client:
             starts = [asyncio.Event() for _ in range(STREAMS)]
             streams = [asyncio.create_task(_long_stream(client, cluster.base_url, i, s)) for i, s in enumerate(starts)]
@@ -248,10 +265,9 @@ def main() -> None:
     same = same_host(texts)
     cluster, up = cluster_up()
     try:
-        (decode,) = cluster.hosts(pool="decode")
+        decode = [f"http://{h['ip']}:{RAY_METRICS_PORT}/metrics" for h in cluster.hosts(pool="decode")]
         log("cross host: the same prompts through the cluster")
-        cross = kv_and_ttft(cluster.base_url, cluster.pro_key, f"http://{decode['ip']}:{RAY_METRICS_PORT}/metrics",
-                            [f"cluster {t}" for t in texts])  # fmt: skip
+        cross = kv_and_ttft(cluster.base_url, cluster.pro_key, decode, [f"cluster {t}" for t in texts])
         kills = []
         for k in range(args.kills):
             log(f"kill {k + 1}/{args.kills}: the decode host, under load")

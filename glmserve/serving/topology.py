@@ -35,6 +35,13 @@ NIXL_PORT_BASE: Mapping[Role, int] = {"colocated": 20000, "prefill": 20000, "dec
 DEPLOYMENT_PREFIX: Mapping[Role, str] = {"colocated": "Engine:", "prefill": "Prefill:", "decode": "Decode:"}
 PINNED_ROUTER = "glmserve.serving.routing.pinned:PinnedRouter"
 PREFIX_AFFINITY_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# Serve's default router, named by the module that defines it. Serve pickles a router's module by
+# value into the deployment's config, which each replica returns when a restarted controller
+# recovers it: the default path names the whole package (109 KB), above the 100 KiB Ray returns
+# inline, so the reply goes through the object store, which after a head loss cannot move it until
+# the replica's raylet knows the new head, often past Serve's 30 s limit to recover a replica
+# (docs/node-loss.md). Named by its own module it is 4.5 KB.
+SERVE_ROUTER = "ray.serve._private.request_router.pow_2_router:PowerOfTwoChoicesRequestRouter"
 DRAIN_CHECK_S = 1.0
 CPU = "cpu"  # PoolSpec.accelerator of vLLM's CPU backend
 # Ray Serve LLM's switch to vLLM's CPU backend (and to CPU placement bundles).
@@ -160,6 +167,8 @@ def _deployment_config(model: str, pool: PoolSpec, routed: bool, serve_router: s
         deployment["request_router_config"] = {"request_router_class": PINNED_ROUTER}
     elif serve_router == "prefix-affinity":  # as Ray Serve LLM's docs configure it, with its defaults
         deployment["request_router_config"] = {"request_router_class": PREFIX_AFFINITY_ROUTER}
+    else:
+        deployment["request_router_config"] = {"request_router_class": SERVE_ROUTER}
     return deployment
 
 
@@ -240,6 +249,7 @@ def plan(spec: TopologySpec) -> Topology:
     options = {
         "num_replicas": spec.ingress_replicas,
         "ray_actor_options": dict(spec.ingress_actor_options),
+        "request_router_config": {"request_router_class": SERVE_ROUTER},
         # A stopping ingress replica (a rollout, a scale-down, `glmserve up` stopping) relays its
         # streams to their end, as long as the engines behind it drain theirs; Serve's default
         # (20 s) cut longer streams.

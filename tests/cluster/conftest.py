@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from glmserve.cluster import netns
 from glmserve.cluster.serve import Dashboard
 from glmserve.cluster.state import State
+from glmserve.operator.build.inputs import ROUTER_METRICS_PORT, SERVE_PORT
 from glmserve.serving.tiny.create import create_tiny, default_cache_dir
 from tests.helpers.offline_vllm import run_offline
 
@@ -133,6 +135,25 @@ class RunningCluster:
             for s in family.samples
         }
 
+    def migrations(self) -> dict[str, float]:
+        """The ingress's request migrations so far, by outcome (moved, refused)."""
+        (ingress,) = self.hosts(pool="ingress")
+        found: dict[str, float] = {}
+        for (name, labels), value in self.metrics(ingress, SERVE_PORT).items():
+            if name == "glmserve_ingress_migrations_total":
+                outcome = dict(labels)["outcome"]
+                found[outcome] = found.get(outcome, 0) + value
+        return found
+
+    def healthy_engines(self, role: str) -> list[float]:
+        """Each router's count of healthy engines of a pool role."""
+        return [
+            value
+            for router in self.hosts(role="router")
+            for (name, labels), value in self.metrics(router, ROUTER_METRICS_PORT).items()
+            if name == "glmserve_router_workers" and dict(labels) == {"role": role, "state": "healthy"}
+        ]
+
     def first_reply(self, since: float, within_s: float) -> float:
         """Asks (as the pro tenant) every 2 s until a request succeeds: seconds from `since`."""
         client = OpenAI(base_url=self.base_url, api_key=self.pro_key, timeout=60, max_retries=0)
@@ -156,6 +177,12 @@ class RunningCluster:
                 return found
             time.sleep(1)
         raise AssertionError(f"pool {pool} did not get {count} live host(s) within {timeout_s} s")
+
+
+def longest_wait(arrivals: list[float], ended_at: float, since: float) -> float:
+    """The longest a stream's client waited for a chunk (or the stream's end) after `since`."""
+    times = [since, *(t for t in arrivals if t > since), ended_at]
+    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _shm() -> set[str]:

@@ -1,7 +1,8 @@
 """Losing the Ray head (SIGKILL of every process of its host) with GCS fault tolerance: what tenants
 see through the ingress host while the head is down, and after `cluster up` brings the head pod
 back as a new host (as KubeRay would): the workers are not restarted and rejoin the new GCS, and the
-restarted Serve controller recovers the engine replicas (measured in docs/node-loss.md)."""
+restarted Serve controller recovers every replica, the ingress's open streams included (measured in
+docs/node-loss.md)."""
 
 from __future__ import annotations
 
@@ -205,17 +206,18 @@ def test_tenants_while_the_head_is_down_and_after_it_comes_back(tiny_cluster: Ru
     # While the head is down, tenants see nothing: the ingress and engine replicas serve on.
     assert during and all(p.outcome == "ok" for p in during)
     assert all(any(killed < t < down_until for t in s.chunks) for s in streams), "a stream stalled"
-    # Once it is back, the restarted Serve controller recovers the engine replicas instead of
-    # replacing them (it did while vLLM's and NIXL's logging setup closed Serve's replica log
-    # handler, glmserve/serving/engine/logs.py), and tenants are served again.
+    # Once it is back, the restarted Serve controller recovers every replica instead of replacing
+    # it: the engines (it replaced them while vLLM's and NIXL's logging setup closed Serve's replica
+    # log handler, glmserve/serving/engine/logs.py) and the ingress (it replaced it while the
+    # ingress's recovery reply was too large to return inline, glmserve.serving.topology.SERVE_ROUTER),
+    # and tenants are served again.
     replaced = sorted(replicas_before[n] for n in set(replicas_before) - kept)
-    assert not [d for d in replaced if d.startswith(("Prefill", "Decode"))], f"engine replicas replaced: {replaced}"
+    assert not replaced, f"replicas replaced: {replaced}"
     settled = [p for p in probes if p.sent >= killed + apps_running + SETTLE_S - 10]
     assert settled and all(p.outcome == "ok" for p in settled), [p.outcome for p in settled]
-    # No stream hangs: each ended (completed or with an OpenAI error event) or was still receiving
-    # tokens when the test closed it.
+    # No stream is cut or hangs: each completed or was still receiving tokens when the test closed it.
     closed = time.monotonic()
     for s in streams:
-        assert s.outcome != "open", "a stream's thread did not finish"
+        assert s.outcome in ("completed", "open until the test closed it"), s.outcome
         if s.outcome == "open until the test closed it":
             assert s.chunks and closed - s.chunks[-1] < 30, "a stream stalled after the head came back"

@@ -8,7 +8,7 @@ from pathlib import Path
 from glmserve.common.config import ServeConfig
 from glmserve.serving import app
 from glmserve.serving.models import ResolvedModel
-from glmserve.serving.topology import plan
+from glmserve.serving.topology import SERVE_ROUTER, plan
 
 MODEL = ResolvedModel("glm-4.6-tiny", Path("/models/glm-4.6-tiny"), 4096, False)
 
@@ -20,7 +20,8 @@ def _router_class(cfg: ServeConfig, router: str | None = None) -> str | None:
 
 
 def test_without_glmserves_router_serve_uses_its_default_or_the_prefix_affinity_router() -> None:
-    assert _router_class(ServeConfig(replicas=4, router="off")) is None  # Serve's power-of-two choices
+    # Serve's power-of-two choices, named by its own module (glmserve.serving.topology.SERVE_ROUTER)
+    assert _router_class(ServeConfig(replicas=4, router="off")) == SERVE_ROUTER
     prefix = ServeConfig(replicas=4, router="off", serve_router="prefix-affinity")
     assert _router_class(prefix) == "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 

@@ -160,3 +160,30 @@ def test_the_deployments_ingress_settings_reach_the_ingress() -> None:
     spec = spec.model_copy(update={"ingress": spec.ingress.model_copy(update={"migration_limit": 0})})
     settings = app_builder(ServeAppArgs(deployment=spec, planner=plan).wire())._bound_deployment.init_kwargs["settings"]
     assert (settings.migration.limit, settings.migration.stall_timeout_s) == (0, 60)
+
+
+# Ray returns a reply of at most this many bytes inline (max_direct_call_object_size); a larger
+# one goes through the object store.
+RAY_INLINE_REPLY_BYTES = 100 * 1024
+
+
+@pytest.mark.parametrize("routed", [True, False])
+def test_each_replica_recovers_with_a_reply_ray_returns_inline(monkeypatch: pytest.MonkeyPatch, routed: bool) -> None:
+    """A restarted Serve controller recovers a replica from its reply to `initialize_and_get_metadata`,
+    which carries the deployment's config. Above Ray's inline size that reply goes through the object
+    store, which after a head loss could not reach the new head in time: the controller replaced the
+    ingress replica (docs/node-loss.md)."""
+    from ray import cloudpickle
+    from ray.serve._private.version import DeploymentVersion
+
+    spec, plan = _planned("H200", "fp8", 32768)
+    if routed:
+        monkeypatch.setenv("GLMSERVE_ROUTER_ADDRESS", "glm-router.ns.svc:50051")
+    app = app_builder(ServeAppArgs(deployment=spec, planner=plan).wire())
+    ingress = app._bound_deployment
+    deployments = [ingress, *(p._bound_deployment for p in ingress.init_kwargs["engines"]["glm-4.6"].values())]
+    for deployment in deployments:
+        config = deployment._deployment_config
+        version = DeploymentVersion("v", config, deployment._replica_config.ray_actor_options)
+        size = len(cloudpickle.dumps((config, version)))
+        assert size < RAY_INLINE_REPLY_BYTES / 4, f"{deployment.name}: {size} B"

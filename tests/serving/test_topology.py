@@ -17,7 +17,7 @@ from glmserve.serving.autoscaling import POLICY
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.server import EngineServer
 from glmserve.serving.models import ResolvedModel
-from glmserve.serving.topology import PINNED_ROUTER, Topology, plan
+from glmserve.serving.topology import PINNED_ROUTER, SERVE_ROUTER, Topology, plan
 
 ROUTER = "127.0.0.1:50051"
 # decode autoscales 1..2 replicas of 8 sequences, each queueing 2 per sequence; prefill runs 1
@@ -103,7 +103,8 @@ def test_both_paths_deploy_the_same_pools_for_the_same_inputs() -> None:
 def test_the_paths_differ_only_in_their_data() -> None:
     ours, theirs = local(None, metrics_tenants=("acme",)), rayservice(None)
     assert all(dict(e.bind_kwargs)["router"] is None for e in (*ours.engines.values(), *theirs.engines.values()))
-    assert "request_router_config" not in ours.engines["decode"].llm_config.deployment_config
+    router = ours.engines["decode"].llm_config.deployment_config["request_router_config"]
+    assert router == {"request_router_class": SERVE_ROUTER}
     # Local mode binds cores and passes its limits; each ingress pod reads its own environment.
     assert dict(ours.engines["decode"].bind_kwargs)["cpu_binds"]
     assert dict(theirs.engines["decode"].bind_kwargs)["cpu_binds"] is None
