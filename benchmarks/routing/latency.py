@@ -40,7 +40,7 @@ from benchmarks.routing.corpus import (
     requests,
     worker_events,
 )
-from benchmarks.routing.load import closed_loop, open_loop
+from benchmarks.routing.load import closed_loop, has_session, open_loop
 from benchmarks.routing.router_process import RouterProcess, bucket_quantile, histogram, metric, percentiles, scrape
 from benchmarks.sim.publisher import EnginePublisher
 from benchmarks.sim.vllm_events import encode_batch
@@ -167,6 +167,7 @@ def _one_router(
     router = RouterProcess(tree, admission)
     try:
         entries = fill_index(router, events, log)
+        session = has_session(router.port)
         sweep = []
         for r, (prompts, first) in zip(rates, loads, strict=True):
             log(f"index holds {entries:,} entries; {len(prompts)} Route + Complete at {r:.0f}/s")
@@ -176,7 +177,12 @@ def _one_router(
         throughput = closed_loop(router.port, prompts, callers=16, seconds=5, model=MODEL, tenants=tenants)
     finally:
         router.close()
-    return {"index_entries": entries, "open_loop": sweep, "closed_loop_per_s": throughput}
+    return {
+        "index_entries": entries,
+        "transport": "session" if session else "unary",
+        "open_loop": sweep,
+        "closed_loop_per_s": throughput,
+    }
 
 
 def routers(baseline_ref: str, log: Log) -> Iterator[tuple[str, Path, dict[str, Any]]]:

@@ -79,6 +79,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` has used (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RouterProcess:
     """`tree`: the directory whose glmserve package runs (default this one; a baseline's copy for
     today's code). `admission`: the config's admission section (default none: routing only)."""
@@ -103,8 +109,7 @@ class RouterProcess:
 
     def cpu_s(self) -> float:
         """CPU seconds the router process has used (user + system)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def gc_pauses(self, start: float, end: float) -> list[float]:
         """Seconds each garbage collection of over 1 ms paused the router, of those that ended between

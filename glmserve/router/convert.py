@@ -24,8 +24,9 @@ from glmserve.router.types import (
     WorkerInfo,
 )
 
-# The protocol this code speaks (router.proto's header): 2 admits in Route and settles in Complete.
-PROTOCOL_VERSION = 2
+# The protocol this code speaks (router.proto's header): 2 admits in Route and settles in Complete;
+# 3 adds Session.
+PROTOCOL_VERSION = 3
 ADMITTING_VERSION = 2
 FLOW_CONTROL_VERSION = 2
 MAX_ID_CHARS = 256

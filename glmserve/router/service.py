@@ -6,6 +6,8 @@ it waits for a slot of this replica's share of the engines (flow/, by plan prior
 between tenants) -> the Router picks its workers on the KV and load state of that moment. Whatever
 fails or is cancelled after the admission undoes what was done before it, so an admission is
 settled exactly once: by Complete, or by its Route.
+
+Session (session.py) carries the same Route and Complete calls as messages on one stream.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ from opentelemetry import trace
 from glmserve.common import tracing
 from glmserve.common.errors import GlmserveError, InvalidRequestError
 from glmserve.common.tenancy import PRIORITY_RANK
-from glmserve.router import convert
+from glmserve.router import convert, session
 from glmserve.router.admitter import Admitter
 from glmserve.router.flow import Ticket
 from glmserve.router.proto import router_pb2 as pb
@@ -105,12 +107,27 @@ class RouterService(pb_grpc.RouterServicer):
 
     @_rpc
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
+        return await self.route(request, context.invocation_metadata())
+
+    @_rpc
+    def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+        return self.complete(request)
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.SessionMessage], context: grpc.aio.ServicerContext
+    ) -> None:
+        await session.serve(self, context)
+
+    async def route(
+        self, request: pb.RouteRequest, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> pb.RouteResponse:
+        """Route's work, raising GlmserveErrors; `metadata` carries the caller's trace context."""
         try:
             query = convert.query_from_pb(request, self._router.config.max_prompt_tokens)
         except GlmserveError:
             self._router.metrics.routes.labels("", "invalid").inc()
             raise
-        parent = tracing.context_from_grpc(context.invocation_metadata())
+        parent = tracing.context_from_grpc(metadata)
         with self._tracer.start_as_current_span("route", context=parent, kind=trace.SpanKind.SERVER) as span:
             admitted, plan = None, ""
             if self._admitter is not None and request.protocol_version >= convert.ADMITTING_VERSION:
@@ -140,8 +157,8 @@ class RouterService(pb_grpc.RouterServicer):
                 span.set_attribute(tracing.PREFILL_WORKER, decision.prefill.worker_id)
         return convert.decision_to_pb(decision)
 
-    @_rpc
-    def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
+    def complete(self, request: pb.CompleteRequest) -> pb.CompleteResponse:
+        """Complete's work, raising GlmserveErrors."""
         request_id, stage, usage, _ = convert.completion_from_pb(request)
         known = self._router.complete(request_id, stage, usage)
         if stage == "finished":

@@ -4,10 +4,13 @@ The server marks every error it raises on purpose with the trailer `glmserve-err
 client can tell "the router answered UNAVAILABLE: no worker can serve this" from "the router is
 unreachable" (which gRPC also reports as UNAVAILABLE) and fall back only in the second case.
 A refusal over plan limits (RESOURCE_EXHAUSTED) carries the client's 429 headers (x-ratelimit-*,
-retry-after) as trailers of the same names.
+retry-after) as trailers of the same names. On a Session stream a failed call's reply carries the
+same code, details and trailers as a CallStatus message.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import grpc
 
@@ -49,13 +52,20 @@ def to_status(error: GlmserveError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
 def from_rpc_error(error: grpc.RpcError) -> GlmserveError | None:
     """The error the router raised on purpose, or None when the call failed for another reason
     (unreachable, deadline, cancelled, a router bug)."""
-    trailers = dict(error.trailing_metadata() or ())
+    return from_status(error.code(), error.details() or "", error.trailing_metadata() or ())
+
+
+def from_status(
+    status: grpc.StatusCode, details: str, trailing: Iterable[tuple[str, str | bytes]]
+) -> GlmserveError | None:
+    """from_rpc_error of a status given by its parts (a Session reply's CallStatus)."""
+    trailers = dict(trailing)
     code = trailers.get(ERROR_CODE)
-    cls = _BY_STATUS.get(error.code())
+    cls = _BY_STATUS.get(status)
     if code is None or cls is None:
         return None
     retry = trailers.get(RETRY_AFTER)
-    message, retry_after_s = error.details() or "", float(retry) if retry else None
+    message, retry_after_s = details, float(retry) if retry else None
     if cls is RateLimitedError:
         headers = {k: str(v) for k, v in trailers.items() if k.startswith(_RATE_LIMIT_HEADERS)}
         return RateLimitedError(message, code=str(code), retry_after_s=retry_after_s, headers=headers)

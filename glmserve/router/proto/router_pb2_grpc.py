@@ -59,6 +59,11 @@ class RouterStub:
                 request_serializer=glmserve_dot_router_dot_proto_dot_router__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=glmserve_dot_router_dot_proto_dot_router__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/glmserve.router.v1.Router/Session',
+                request_serializer=glmserve_dot_router_dot_proto_dot_router__pb2.SessionMessage.SerializeToString,
+                response_deserializer=glmserve_dot_router_dot_proto_dot_router__pb2.SessionReply.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -97,6 +102,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """v3: Route and Complete calls as messages on one long-lived stream per client, each answered
+        once, by id, with what the unary call would return or its status. It spares a request the
+        per-call work of two RPCs (most of what the router spends on gRPC). A v2 router answers
+        UNIMPLEMENTED: the client then makes unary calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +139,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=glmserve_dot_router_dot_proto_dot_router__pb2.CompleteRequest.FromString,
                     response_serializer=glmserve_dot_router_dot_proto_dot_router__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=glmserve_dot_router_dot_proto_dot_router__pb2.SessionMessage.FromString,
+                    response_serializer=glmserve_dot_router_dot_proto_dot_router__pb2.SessionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +281,33 @@ class Router:
             '/glmserve.router.v1.Router/Complete',
             glmserve_dot_router_dot_proto_dot_router__pb2.CompleteRequest.SerializeToString,
             glmserve_dot_router_dot_proto_dot_router__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/glmserve.router.v1.Router/Session',
+            glmserve_dot_router_dot_proto_dot_router__pb2.SessionMessage.SerializeToString,
+            glmserve_dot_router_dot_proto_dot_router__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,
