@@ -65,6 +65,17 @@ class StreamCalls:
         self._reader.join()
 
 
+def run_threads(caller: Callable[[int], None], count: int) -> float:
+    """Runs caller(0) ... caller(count - 1) on threads of their own; the seconds until all returned."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def _reply_id(reply: bytes) -> int:
     return int(pb.SessionReply.FromString(reply).id)
 
@@ -199,13 +210,7 @@ def closed_loop(
                     complete(p.complete, timeout=30)
                 done[k] += 1
 
-        started = time.perf_counter()
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_threads(caller, callers)
         if stream is not None:
             stream.close()
     return sum(done) / elapsed

@@ -34,7 +34,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from benchmarks import results_io
-from benchmarks.routing.load import StreamCalls
+from benchmarks.routing.load import StreamCalls, run_threads
 from benchmarks.routing.router_process import cpu_seconds
 
 UNARY = "/bench.Echo/Call"
@@ -119,13 +119,7 @@ def _closed_loop(mode: str, port: int, callers: int, seconds: float) -> tuple[in
                     unary(b"", timeout=30)
                 done[k] += 1
 
-        started = time.perf_counter()
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        elapsed = run_threads(caller, callers)
         if stream is not None:
             stream.calls.close()
     return sum(done), elapsed
