@@ -141,8 +141,9 @@ class RouterService(pb_grpc.RouterServicer):
             except BaseException:  # refused, failed or cancelled (the ingress gave up): undo it all
                 self._undo(query.request_id, has_slot=has_slot)
                 raise
-            # A reply the ingress never reads (its deadline passed as it was sent) is settled by the
-            # sweep after request_ttl_s: gRPC does not tell the handler (cancelled() stays False).
+            # A unary reply the ingress never reads (its deadline passed as it was sent) is settled by
+            # the sweep after request_ttl_s: gRPC does not tell the handler (cancelled() stays False).
+            # On a Session the client reads every reply and completes such a Route itself.
             if admitted is not None:
                 decision = replace(decision, admission=admitted)
             span.set_attributes(

@@ -71,6 +71,8 @@ def test_every_call_without_the_token_is_unauthenticated(router: ServerThread, m
     stub = pb_grpc.RouterStub(router.channel)
     for method, request in ROUTER_CALLS:
         assert refused(functools.partial(getattr(stub, method), request, timeout=5, metadata=metadata)), method
+    session = iter([pb.SessionMessage(id=1, complete=pb.CompleteRequest(request_id="r1"))])
+    assert refused(lambda: list(stub.Session(session, timeout=5, metadata=metadata)))
     rls_stub = rls_grpc.RateLimitServiceStub(router.channel)
     assert refused(
         lambda: rls_stub.ShouldRateLimit(rls.RateLimitRequest(domain="glmserve"), timeout=5, metadata=metadata)
