@@ -95,7 +95,9 @@ def markdown(results: dict[str, Any]) -> str:
             + ", ".join(f"{q[:3]} {latency['in_process_decision'][q]:.2f} ms" for q in ("p50_ms", "p90_ms", "p99_ms"))
             + ". Closed loop (16 callers): "
             + ", ".join(f"{name} {c['closed_loop_per_s']:.0f}" for name, c in codes.items())
-            + " Route + Complete per second.",
+            + " Route + Complete per second. Transport: "
+            + ", ".join(f"{name} {c.get('transport', 'unary')}" for name, c in codes.items())
+            + " (a router with `Session` gets both calls on one stream, one without them as unary calls).",
             "",
             "| code | offered | sent | failed | router CPU / request | decision p50 / p99 (bucketed) "
             "| gRPC round trip p50 / p90 / p99 | prefix first seen p50 | seen before p50 "
