@@ -33,12 +33,15 @@ def all_gatherv(group: Any, tensor: torch.Tensor, dim: int, sizes: list[int] | N
 
 
 def reduce_scatterv(group: Any, tensor: torch.Tensor, dim: int, sizes: list[int] | None) -> torch.Tensor:
-    """The sum over ranks of `tensor`, of which this rank keeps its sizes[rank] rows along `dim`."""
+    """The sum over ranks of `tensor`, of which this rank keeps its sizes[rank] rows along `dim`.
+    Half-precision parts are summed in float32 and rounded once (Gloo would round after each
+    rank's addition)."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    total = tensor.contiguous().clone()
+    wide = torch.float32 if tensor.dtype in (torch.bfloat16, torch.float16) else tensor.dtype
+    total = tensor.contiguous().to(wide, copy=True)
     dist.all_reduce(total, group=group)
     counts = sizes or [total.shape[dim] // world] * world
-    return total.narrow(dim, sum(counts[:rank]), counts[rank]).contiguous()
+    return total.narrow(dim, sum(counts[:rank]), counts[rank]).to(tensor.dtype).contiguous()
 
 
 def apply() -> None:

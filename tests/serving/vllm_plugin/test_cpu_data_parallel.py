@@ -30,6 +30,7 @@ def _rank(rank: int, port: int, results: Any) -> None:
             all_gatherv(None, mine.T, 1, SIZES).tolist(),
             reduce_scatterv(None, whole, 0, SIZES).tolist(),
             reduce_scatterv(None, whole.T, -1, SIZES).tolist(),
+            reduce_scatterv(None, whole.to(torch.bfloat16), 0, SIZES).dtype == torch.bfloat16,
         ))  # fmt: skip
     finally:
         dist.destroy_process_group()
@@ -51,10 +52,11 @@ def test_uneven_parts_gather_in_rank_order_and_scatter_their_sums() -> None:
     gathered = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [10.0, 11.0]]
     summed = (torch.arange(8, dtype=torch.float32).reshape(4, 2) * 3).tolist()  # x1 + x2
     for rank in (0, 1):
-        rows, ids, columns, scattered, scattered_t = found[rank]
+        rows, ids, columns, scattered, scattered_t, keeps_bfloat16 = found[rank]
         assert rows == gathered
         assert ids == [[0], [0], [0], [1]]
         assert columns == torch.tensor(gathered).T.tolist()
         mine = slice(0, 3) if rank == 0 else slice(3, 4)
         assert scattered == summed[mine]
         assert scattered_t == torch.tensor(summed[mine]).T.tolist()
+        assert keeps_bfloat16
