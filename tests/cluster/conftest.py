@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -179,6 +180,20 @@ class RunningCluster:
         raise AssertionError(f"pool {pool} did not get {count} live host(s) within {timeout_s} s")
 
 
+def greedy_completions(cluster: RunningCluster) -> tuple[list[list[int]], list[list[int]]]:
+    """GREEDY_PROMPTS as completions through the cluster: (prompt token ids, generated token ids)."""
+    client = OpenAI(base_url=cluster.base_url, api_key=cluster.pro_key, timeout=120, max_retries=0)
+    prompts, served = [], []
+    for prompt in GREEDY_PROMPTS:
+        reply = client.completions.create(
+            model=cluster.model, prompt=prompt, max_tokens=GREEDY_MAX_TOKENS, temperature=0,
+            extra_body={"return_token_ids": True},
+        )  # fmt: skip
+        prompts.append(reply.choices[0].model_extra["prompt_token_ids"])  # type: ignore[index]
+        served.append(reply.choices[0].model_extra["token_ids"])  # type: ignore[index]
+    return prompts, served
+
+
 def longest_wait(arrivals: list[float], ended_at: float, since: float) -> float:
     """The longest a stream's client waited for a chunk (or the stream's end) after `since`."""
     times = [since, *(t for t in arrivals if t > since), ended_at]
@@ -189,10 +204,12 @@ def _shm() -> set[str]:
     return set(os.listdir("/dev/shm"))
 
 
-# Package scope: the cluster is gone before the next package's local stacks start (this machine
-# cannot hold both); tests that need it live under tests/cluster and share this one cluster.
-@pytest.fixture(scope="package")
-def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+@contextlib.contextmanager
+def cluster_up(
+    directory: Path, tmp_path_factory: pytest.TempPathFactory, within_s: float | None = None
+) -> Iterator[RunningCluster]:
+    """`glmserve cluster up -f directory` until RUNNING (at most `within_s`), then `cluster down`,
+    which must leave nothing behind."""
     if os.geteuid() != 0:
         pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
     create_tiny(default_cache_dir())  # nothing to do when it is built already
@@ -207,19 +224,21 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
     started = time.monotonic()
     with log.open("w") as err:
         process = subprocess.Popen(
-            [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE), "--volume", f"{MODELS_CLAIM}={MODELS}"],
+            [*GLMSERVE, "cluster", "up", "-f", str(directory), "--volume", f"{MODELS_CLAIM}={MODELS}"],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
         )
     try:
         assert process.stdout is not None
+        if within_s is not None and not select.select([process.stdout], [], [], within_s)[0]:
+            pytest.fail(f"cluster up was not RUNNING within {within_s:.0f} s:\n{log.read_text()[-6000:]}")
         line = process.stdout.readline()  # the base URL, printed once RUNNING (its own line)
         if not line.startswith("http://"):
             process.wait(timeout=60)
             pytest.fail(f"cluster up failed (exit {process.returncode}):\n{log.read_text()[-6000:]}")
         cluster = RunningCluster(
-            line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started, offline
+            line.strip(), example_api_keys(directory), process, log, time.monotonic() - started, offline
         )
         print(f"\ncluster up: RUNNING after {cluster.started_s:.0f} s at {cluster.base_url} (log {log})")
         yield cluster
@@ -230,3 +249,11 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
         assert not netns.leftover_namespaces()
         assert not netns.leftover_links()
         assert not (_shm() - shm_before), f"/dev/shm files left: {_shm() - shm_before}"
+
+
+# Package scope: the cluster is gone before the next package's local stacks start (this machine
+# cannot hold both); tests that need it live under tests/cluster and share this one cluster.
+@pytest.fixture(scope="package")
+def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    with cluster_up(EXAMPLE, tmp_path_factory) as cluster:
+        yield cluster
