@@ -97,7 +97,9 @@ class RouterProcess:
         self._gc_log = Path(self._dir.name) / "gc.log"
         self._gc_log.touch()
         command = [sys.executable, "-c", _GC_LOGGING, str(self._gc_log), "router", "serve", "--config", str(config)]
-        self.proc = subprocess.Popen([*command, "--port", str(self.port)], env=env, stderr=subprocess.DEVNULL)
+        # `python -c` puts the working directory first on sys.path: run in `tree`, or today's router
+        # would import this tree's glmserve.
+        self.proc = subprocess.Popen([*command, "--port", str(self.port)], env=env, cwd=tree, stderr=subprocess.DEVNULL)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
 
