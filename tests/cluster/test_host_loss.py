@@ -122,7 +122,7 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     # How far each stream matched the uninterrupted run is reported, not asserted: which streams
     # moved the routers chose and the test cannot tell, and a moved stream's continuation is
     # prefilled afresh on another engine whose CPU arithmetic may flip a near-tie of this random
-    # model (runs alone matched 6/6 and 5/6; a clean-clone run failed the count once). Exactness of
+    # model (runs alone matched 6/6 and 5/6). Exactness of
     # moved streams is tested where each stream's move is known (tests/serving/test_migration_faults.py).
     at_kill = [max((n for t, n in zip(s.arrivals, s.received, strict=True) if t <= killed), default=0) for s in streams]
     diverged = [next((i for i, (a, b) in enumerate(zip(s.token_ids, r.token_ids, strict=True)) if a != b), None)
