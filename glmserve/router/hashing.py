@@ -86,7 +86,7 @@ class _Memo:
     in two generations so the recently used half survives each reset: at most ~2 x 2^16 runs of up
     to RUN_BLOCKS blocks per block size. The keys are a tuple, not a list: a tuple of ints leaves the
     garbage collector's view once it survives a collection, so the memo's ~10^5 runs are not walked
-    by every full collection (a list's are: 40-100 ms pauses in the router)."""
+    by every full collection (a list's are)."""
 
     __slots__ = ("new", "old")
 

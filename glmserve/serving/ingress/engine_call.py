@@ -167,9 +167,7 @@ class EngineCall:
             first = await self._next(stream, body)
         except StopAsyncIteration:
             raise BackendError("the engine ended the request without a response") from None
-        except Exception:
-            raise
-        except BaseException:  # the client went away before the first output: its work stops
+        except asyncio.CancelledError:  # the client went away before the first output: its work stops
             stream.cancel()
             raise
         item = first[0] if isinstance(first, list) else first
