@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,18 @@ def greedy_completions(cluster: RunningCluster) -> tuple[list[list[int]], list[l
         prompts.append(reply.choices[0].model_extra["prompt_token_ids"])  # type: ignore[index]
         served.append(reply.choices[0].model_extra["token_ids"])  # type: ignore[index]
     return prompts, served
+
+
+def stream_outcome(read: Callable[[], None]) -> str:
+    """How a client's stream ended: `read()` took it to its end ("completed"), its connection
+    dropped without an error event, or the ingress ended it with an OpenAI error event."""
+    try:
+        read()
+    except openai.APIConnectionError:
+        return "connection dropped"
+    except openai.APIError as exc:  # the ingress's OpenAI error event
+        return f"error event: {exc.message}"
+    return "completed"
 
 
 def longest_wait(arrivals: list[float], ended_at: float, since: float) -> float:

@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
 import pytest
 from openai import OpenAI
 
-from tests.cluster.conftest import RunningCluster, longest_wait
+from tests.cluster.conftest import RunningCluster, longest_wait, stream_outcome
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +41,7 @@ class Stream:
 
 
 def _run(client: OpenAI, model: str, stream: Stream) -> None:
-    try:
+    def read() -> None:
         chunks = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": stream.prompt}], max_tokens=MAX_TOKENS,
             temperature=0, stream=True, extra_body=EXTRA,
@@ -55,11 +54,8 @@ def _run(client: OpenAI, model: str, stream: Stream) -> None:
             stream.received.append(len(stream.token_ids))
             if len(stream.token_ids) >= STARTED_AFTER_TOKENS:
                 stream.started.set()
-        stream.outcome = "completed"
-    except openai.APIConnectionError:
-        stream.outcome = "connection dropped"
-    except openai.APIError as exc:  # the ingress's OpenAI error event
-        stream.outcome = f"error event: {exc.message}"
+
+    stream.outcome = stream_outcome(read)
     stream.ended_at = time.monotonic()
     stream.first.set()
     stream.started.set()

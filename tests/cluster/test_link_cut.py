@@ -10,12 +10,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import openai
 import pytest
 from openai import OpenAI
 
 from glmserve.operator.build.inputs import SERVE_PORT
-from tests.cluster.conftest import RunningCluster, longest_wait
+from tests.cluster.conftest import RunningCluster, longest_wait, stream_outcome
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ class Stream:
 
 
 def _run(client: OpenAI, model: str, stream: Stream) -> None:
-    try:
+    def read() -> None:
         chunks = client.with_options(api_key=stream.key).chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": f"a long answer for the {stream.plan} plan"}],
@@ -55,11 +54,8 @@ def _run(client: OpenAI, model: str, stream: Stream) -> None:
             if (usage := chunk.usage) is not None:
                 stream.prompt_tokens, stream.completion_tokens = usage.prompt_tokens, usage.completion_tokens
             stream.first.set()
-        stream.outcome = "completed"
-    except openai.APIConnectionError:
-        stream.outcome = "connection dropped"
-    except openai.APIError as exc:  # the ingress's OpenAI error event
-        stream.outcome = f"error event: {exc.message}"
+
+    stream.outcome = stream_outcome(read)
     stream.ended_at = time.monotonic()
     stream.first.set()  # also when it failed before its first chunk
 
