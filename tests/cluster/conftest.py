@@ -146,6 +146,30 @@ class RunningCluster:
                 found[outcome] = found.get(outcome, 0) + value
         return found
 
+    def billed(self) -> dict[tuple[str, str], float]:
+        """(plan, direction) -> tokens the ingress counted so far (tenants outside metrics_tenants
+        share a label; the example's two tenants are on different plans)."""
+        (ingress,) = self.hosts(pool="ingress")
+        found: dict[tuple[str, str], float] = {}
+        for (name, labels), value in self.metrics(ingress, SERVE_PORT).items():
+            if name == "glmserve_ingress_tokens_total":
+                key = (dict(labels)["plan"], dict(labels)["direction"])
+                found[key] = found.get(key, 0) + value
+        return found
+
+    def billed_since(
+        self, before: dict[tuple[str, str], float], received: dict[tuple[str, str], float]
+    ) -> dict[tuple[str, str], float]:
+        """What the ingress billed since `before` for the keys of `received`, read until it equals
+        `received` or 5 s have passed (the ingress settles a stream just after its last bytes)."""
+        deadline = time.monotonic() + 5
+        while True:
+            after = self.billed()
+            billed = {k: after.get(k, 0) - before.get(k, 0) for k in received}
+            if billed == received or time.monotonic() > deadline:
+                return billed
+            time.sleep(0.5)
+
     def healthy_engines(self, role: str) -> list[float]:
         """Each router's count of healthy engines of a pool role."""
         return [
@@ -263,9 +287,41 @@ def cluster_up(
         assert not (_shm() - shm_before), f"/dev/shm files left: {_shm() - shm_before}"
 
 
+class Clusters:
+    """The package's one running cluster (this machine cannot hold two): `up()` of another example
+    takes the running one down first."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._factory = tmp_path_factory
+        self._running: tuple[Path, contextlib.ExitStack, RunningCluster] | None = None
+
+    def up(self, directory: Path, within_s: float | None = None) -> RunningCluster:
+        if self._running is not None and self._running[0] == directory:
+            return self._running[2]
+        self.down()
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(cluster_up(directory, self._factory, within_s))
+            self._running = (directory, stack.pop_all(), cluster)
+        return cluster
+
+    def down(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running[1].close()
+
+
 # Package scope: the cluster is gone before the next package's local stacks start (this machine
-# cannot hold both); tests that need it live under tests/cluster and share this one cluster.
+# cannot hold both).
 @pytest.fixture(scope="package")
-def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    with cluster_up(EXAMPLE, tmp_path_factory) as cluster:
-        yield cluster
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
+    found = Clusters(tmp_path_factory)
+    try:
+        yield found
+    finally:
+        found.down()
+
+
+@pytest.fixture
+def tiny_cluster(clusters: Clusters) -> RunningCluster:
+    """examples/cluster-tiny, RUNNING; started by the first test that asks, shared by the rest."""
+    return clusters.up(EXAMPLE)

@@ -2,20 +2,20 @@
 two hosts as the operator renders it (examples/cluster-tiny with only the decode pool changed):
 greedy completions through the API equal one vLLM rank offline.
 
-Not in `make test` (marked `standalone`: it starts a cluster of its own, for minutes). Run it
-alone, as root: `pytest -m standalone tests/cluster/test_expert_parallel_hosts.py`."""
+It needs a cluster of its own, which replaces the package's shared one: it runs after the package's
+other tests (tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import EXAMPLE, RunningCluster, cluster_up, greedy_completions
+from tests.cluster.conftest import EXAMPLE, Clusters, RunningCluster, greedy_completions
 
-pytestmark = [pytest.mark.slow, pytest.mark.standalone]
+pytestmark = pytest.mark.slow
+LAST_IN_PACKAGE = 2  # after test_head_loss: its cluster replaces the shared one
 
 DECODE = {"replicas": 1, "parallelism": {"tensor": 1, "data": 2, "expert": 2}}
 # The example with two single-rank decode replicas is RUNNING in 112-157 s here (docs/cluster.md).
@@ -33,10 +33,13 @@ def expert_parallel_example(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ep_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    example = expert_parallel_example(tmp_path_factory.mktemp("example-ep"))
-    with cluster_up(example, tmp_path_factory, within_s=RUNNING_WITHIN_S) as cluster:
-        yield cluster
+def ep_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return expert_parallel_example(tmp_path_factory.mktemp("example-ep"))
+
+
+@pytest.fixture
+def ep_cluster(clusters: Clusters, ep_example: Path) -> RunningCluster:
+    return clusters.up(ep_example, within_s=RUNNING_WITHIN_S)
 
 
 def test_the_two_ranks_run_on_the_two_decode_hosts(ep_cluster: RunningCluster) -> None:

@@ -1,9 +1,9 @@
 """Losing one of the two decode hosts (SIGKILL of every process of it) while greedy streams run on
 both: every stream on the surviving host completes (how far each matched an uninterrupted run is
 reported); each stream on the killed host moves to the surviving replica (request migration) and
-completes, or ends with an OpenAI error event, within 10 s of the kill; the pod comes back as a new
-host whose engine both routers register. Runs before test_link_cut (it replaces a decode
-host)."""
+completes, or ends with an OpenAI error event, within 10 s of the kill; the tenant is billed exactly
+the tokens its client received; the pod comes back as a new host whose engine both routers
+register. Runs before test_link_cut (it replaces a decode host)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class Stream:
     token_ids: list[int] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # when each chunk arrived
     received: list[int] = field(default_factory=list)  # the tokens received by then
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # the running usage of the last chunk received
     outcome: str = "open"
     ended_at: float = 0.0
     first: threading.Event = field(default_factory=threading.Event)  # its first chunk arrived
@@ -45,6 +47,7 @@ def _run(client: OpenAI, model: str, stream: Stream) -> None:
         chunks = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": stream.prompt}], max_tokens=MAX_TOKENS,
             temperature=0, stream=True, extra_body=EXTRA,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
         )  # fmt: skip
         for chunk in chunks:
             stream.arrivals.append(time.monotonic())
@@ -52,6 +55,8 @@ def _run(client: OpenAI, model: str, stream: Stream) -> None:
             for choice in chunk.choices:
                 stream.token_ids += (choice.model_extra or {}).get("token_ids") or []
             stream.received.append(len(stream.token_ids))
+            if (usage := chunk.usage) is not None:
+                stream.prompt_tokens, stream.completion_tokens = usage.prompt_tokens, usage.completion_tokens
             if len(stream.token_ids) >= STARTED_AFTER_TOKENS:
                 stream.started.set()
 
@@ -87,7 +92,7 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     assert len(decode) == 2, "the example runs two decode hosts"
     reference = _streamed(cluster)
     assert all(s.outcome == "completed" and len(s.token_ids) == MAX_TOKENS for s in reference)
-    before = cluster.migrations()
+    before, billed_before = cluster.migrations(), cluster.billed()
     victim = decode[0]
     killed = 0.0
 
@@ -124,6 +129,13 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     diverged = [next((i for i, (a, b) in enumerate(zip(s.token_ids, r.token_ids, strict=True)) if a != b), None)
                 for s, r in completed]  # fmt: skip
     print(f"tokens before the kill per stream {at_kill}; first token differing from the uninterrupted run {diverged}")
+    # Counted in tokens: the running usage each client last received, and its token ids.
+    assert all(s.completion_tokens == len(s.token_ids) for s in streams)
+    received = {("pro", "input"): float(sum(s.prompt_tokens for s in streams)),
+                ("pro", "output"): float(sum(s.completion_tokens for s in streams))}  # fmt: skip
+    billed = cluster.billed_since(billed_before, received)
+    print(f"tokens received by the client {received}, billed {billed}")
+    assert billed == received
 
     back = cluster.wait_for_hosts("decode", 2, RECOVER_WITHIN_S)
     (replacement,) = [h for h in back if h["name"] != decode[1]["name"]]
