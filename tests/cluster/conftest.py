@@ -236,7 +236,7 @@ def longest_wait(arrivals: list[float], ended_at: float, since: float) -> float:
     return max(b - a for a, b in itertools.pairwise(times))
 
 
-def _shm() -> set[str]:
+def shm() -> set[str]:
     return set(os.listdir("/dev/shm"))
 
 
@@ -255,7 +255,7 @@ def cluster_up(
          "max_model_len": 8192},
         tmp_path_factory.mktemp("offline"),
     )  # fmt: skip
-    shm_before = _shm()
+    shm_before = shm()
     log = tmp_path_factory.mktemp("cluster") / "up.log"
     started = time.monotonic()
     with log.open("w") as err:
@@ -284,7 +284,7 @@ def cluster_up(
         assert down.returncode == 0, down.stderr
         assert not netns.leftover_namespaces()
         assert not netns.leftover_links()
-        assert not (_shm() - shm_before), f"/dev/shm files left: {_shm() - shm_before}"
+        assert not (shm() - shm_before), f"/dev/shm files left: {shm() - shm_before}"
 
 
 class Clusters:

@@ -1,7 +1,8 @@
 """Losing one of the two decode hosts (SIGKILL of every process of it) while greedy streams run on
 both: every stream on the surviving host completes (how far each matched an uninterrupted run is
 reported); each stream on the killed host moves to the surviving replica (request migration) and
-completes, or ends with an OpenAI error event, within 10 s of the kill; the tenant is billed exactly
+completes, or ends with an OpenAI error event, within 10 s of the kill; both routers drop its
+engine; the tenant is billed exactly
 the tokens its client received; the pod comes back as a new host whose engine both routers
 register. Runs before test_link_cut (it replaces a decode host)."""
 
@@ -25,6 +26,7 @@ MAX_TOKENS = 160
 STARTED_AFTER_TOKENS = 8  # the kill comes once every stream has this many
 EXTRA: dict[str, Any] = {"ignore_eos": True, "return_token_ids": True, "thinking": {"type": "disabled"}}
 END_WITHIN_S = 10.0
+ROUTER_DROPS_WITHIN_S = 15.0  # the routers' lease (6 s) and a heartbeat, as for a cut link
 RECOVER_WITHIN_S = 300.0
 
 
@@ -94,12 +96,16 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     assert all(s.outcome == "completed" and len(s.token_ids) == MAX_TOKENS for s in reference)
     before, billed_before = cluster.migrations(), cluster.billed()
     victim = decode[0]
-    killed = 0.0
+    killed, dropped = 0.0, 0.0
 
     def kill() -> None:
-        nonlocal killed
+        nonlocal killed, dropped
         cluster.kill_host(victim["name"])  # its last step is the SIGKILLs
         killed = time.monotonic()
+        while any(n > 1 for n in cluster.healthy_engines("decode")):  # the streams run on meanwhile
+            assert time.monotonic() - killed < ROUTER_DROPS_WITHIN_S, "a router still routes to the killed engine"
+            time.sleep(0.5)
+        dropped = time.monotonic() - killed
 
     streams = _streamed(cluster, kill)
     after = cluster.migrations()
@@ -111,7 +117,7 @@ def test_streams_on_the_surviving_decode_host_complete_and_the_killed_ones_move(
     print(
         f"\nkilled {victim['name']} with {len(PROMPTS)} streams open: {on_victim} were on it"
         f" ({moved:g} moved, {refused:g} refused); longest wait for a token after the kill per stream {waits} s;"
-        f" outcomes {sorted(set(outcomes))}"
+        f" outcomes {sorted(set(outcomes))}; both routers dropped its engine {dropped:.1f} s after the kill"
     )
     assert 1 <= on_victim < len(PROMPTS), f"{on_victim} of {len(PROMPTS)} streams were on the killed host"
     assert "connection dropped" not in outcomes
