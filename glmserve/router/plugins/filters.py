@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import compress
-
 import numpy as np
 
 from glmserve.router.plugins.base import PluginArgs, RouteContext
@@ -30,7 +28,7 @@ class Healthy:
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
         board, slots = ctx.registry.board, ctx.slots(workers)
         healthy = board.static[slots] | (ctx.now - board.last_seen[slots] <= ctx.registry.lease_s)
-        return list(compress(workers, healthy.tolist()))
+        return ctx.keep(workers, healthy)
 
 
 class ModelMatch:
@@ -63,4 +61,4 @@ class NotOverloaded:
         capacity = board.max_running[slots]
         capacity = np.where(capacity > 0, capacity, self._cfg.default_max_running_requests)
         fits = (board.busy(slots) < limit * capacity) & (board.kv_usage[slots] < self._cfg.max_kv_cache_usage)
-        return list(compress(workers, fits.tolist()))
+        return ctx.keep(workers, fits)
