@@ -29,10 +29,9 @@ _WAYS = 16  # slots per bucket: 8 overflowed often enough at this load to double
 
 def as_keys(hashes: Sequence[int] | np.ndarray) -> np.ndarray:
     """Block hashes (ints below 2^64, or a uint64 array: a prompt's) as the table's uint64 keys."""
-    if isinstance(hashes, np.ndarray):
-        keys = hashes.astype(np.uint64)  # a copy: the caller's array stays as it was
-    else:
-        keys = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    if isinstance(hashes, np.ndarray):  # a new array: the caller's (a memoised run) stays as it was
+        return np.where(hashes <= DELETED, hashes + np.uint64(2), hashes).astype(np.uint64, copy=False)
+    keys = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
     keys[keys <= DELETED] += np.uint64(2)
     return keys
 
