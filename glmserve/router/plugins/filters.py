@@ -36,7 +36,7 @@ class ModelMatch:
         pass
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
-        return [w for w in workers if w.info.model == ctx.query.model]
+        return _same_if_all(workers, [w for w in workers if w.info.model == ctx.query.model])
 
 
 class RoleMatch:
@@ -46,7 +46,7 @@ class RoleMatch:
         self._role = args.role
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
-        return [w for w in workers if w.info.role == self._role]
+        return _same_if_all(workers, [w for w in workers if w.info.role == self._role])
 
 
 class NotOverloaded:
@@ -62,3 +62,9 @@ class NotOverloaded:
         capacity = np.where(capacity > 0, capacity, self._cfg.default_max_running_requests)
         fits = (board.busy(slots) < limit * capacity) & (board.kv_usage[slots] < self._cfg.max_kv_cache_usage)
         return ctx.keep(workers, fits)
+
+
+def _same_if_all(workers: list[Worker], kept: list[Worker]) -> list[Worker]:
+    """`workers` itself when the filter kept every one (a pruned pool's candidates are all of the
+    query's model and the profile's role): what the later plugins read of that list is kept."""
+    return workers if len(kept) == len(workers) else kept
