@@ -195,6 +195,7 @@ class PromptHashes:
                 return
             known.append(run)
 
-    def computed(self) -> list[int]:
-        """The hashes some reader has asked for so far, without computing more."""
-        return np.concatenate(self._known).tolist() if self._known else []
+    def computed(self, start: int = 0) -> list[int]:
+        """The hashes some reader has asked for so far from block `start` on, without computing
+        more."""
+        return np.concatenate(self._known)[start:].tolist() if self._known else []
