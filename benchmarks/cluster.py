@@ -212,10 +212,10 @@ def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]
             starts = [asyncio.Event() for _ in range(STREAMS)]
             streams = [asyncio.create_task(_long_stream(client, cluster.base_url, i, s)) for i, s in enumerate(starts)]
             await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), timeout=120)
+            cluster.kill_host(decode["name"])  # seconds of `cluster status` first; its last step is the SIGKILLs
             killed = time.monotonic()
             probes: list[asyncio.Task[Outcome]] = []
             recovered: float | None = None
-            cluster.kill_host(decode["name"])
             while recovered is None:
                 probes.append(asyncio.create_task(_probe(client, cluster.base_url, killed)))
                 await asyncio.sleep(probe_every_s)
