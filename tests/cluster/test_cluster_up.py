@@ -34,7 +34,7 @@ def test_ctrl_c_while_starting_leaves_nothing(clusters: Clusters) -> None:
     try:
         for line in up.stderr:
             progress.append(line)
-            if " head " in line and line.rstrip().endswith("is ready"):
+            if " (head " in line and line.rstrip().endswith("is ready"):
                 break
         else:
             pytest.fail(f"cluster up ended before its head was ready:\n{''.join(progress)[-3000:]}")
