@@ -50,11 +50,22 @@ def test_ctrl_c_while_starting_leaves_nothing(clusters: Clusters) -> None:
     assert rest.rstrip().endswith("down"), rest[-3000:]  # its teardown's last word
     assert not netns.leftover_namespaces()
     assert not netns.leftover_links()
-    alive = [pid for pid in started if os.path.exists(f"/proc/{pid}")]
+    deadline = time.monotonic() + 10  # SIGKILLed: gone once the kernel has torn them down
+    while (alive := [pid for pid in started if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not alive, f"processes of the removed hosts still run: {alive}"
     assert not (shm() - shm_before)
     status = glmserve("cluster", "status", check=False)
     assert status.returncode != 0 and "no cluster is up" in status.stderr
+
+
+def _running(pid: int) -> bool:
+    """Not exited: a zombie (exited, not yet reaped by init) holds no resources but its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_status_lists_every_host_with_its_own_ip_and_ray_node(tiny_cluster: RunningCluster) -> None:
