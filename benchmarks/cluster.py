@@ -206,7 +206,7 @@ def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]
     _full_decode_pool(cluster)
     moves_before = cluster.migrations()
 
-    async def run() -> dict[str, Any]:
+    async def run() -> tuple[dict[str, Any], float]:
         decode = min((h for h in cluster.hosts(pool="decode") if h["pids"]), key=lambda h: h["name"])
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {cluster.pro_key}"}) as client:
             starts = [asyncio.Event() for _ in range(STREAMS)]
@@ -226,16 +226,16 @@ def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]
             outcomes += [Outcome(-1.0, end - killed, ok, "stream") for end, ok in await asyncio.gather(*streams)]
         lost = sum(not o.ok for o in outcomes)
         log(f"  killed {decode['name']}: {lost} of {len(outcomes)} requests lost, recovered after {recovered:.1f} s")
-        return {"host": decode["name"], "killed": killed, "recover_s": recovered, "lost": lost,
-                "sent": len(outcomes), "outcomes": [asdict(o) for o in outcomes]}  # fmt: skip
+        return {"host": decode["name"], "recover_s": recovered, "lost": lost, "sent": len(outcomes),
+                "outcomes": [asdict(o) for o in outcomes]}, killed  # fmt: skip
 
-    found = asyncio.run(run())
+    found, killed = asyncio.run(run())
     moved = {k: v - moves_before.get(k, 0) for k, v in cluster.migrations().items()}
     _full_decode_pool(cluster)
-    found["full_pool_s"] = time.monotonic() - found.pop("killed")
-    found["streams_moved"], found["streams_refused"] = moved.get("moved", 0), moved.get("refused", 0)
-    log(f"  {found['streams_moved']:g} streams moved; both decode replicas again {found['full_pool_s']:.0f} s later")
-    return found
+    full_pool_s = time.monotonic() - killed
+    log(f"  {moved.get('moved', 0):g} streams moved; both decode replicas again {full_pool_s:.0f} s later")
+    return found | {"full_pool_s": full_pool_s, "streams_moved": moved.get("moved", 0),
+                    "streams_refused": moved.get("refused", 0)}  # fmt: skip
 
 
 def plot(data: dict[str, Any], path: Path) -> None:

@@ -136,30 +136,30 @@ class RunningCluster:
             for s in family.samples
         }
 
-    def migrations(self) -> dict[str, float]:
-        """The ingress's request migrations so far, by outcome (moved, refused)."""
+    def _ingress_totals(self, name: str, *by: str) -> dict[tuple[str, ...], float]:
+        """The ingress host's samples of counter `name`, summed by the values of the labels `by`."""
         (ingress,) = self.hosts(pool="ingress")
-        found: dict[str, float] = {}
-        for (name, labels), value in self.metrics(ingress, SERVE_PORT).items():
-            if name == "glmserve_ingress_migrations_total":
-                outcome = dict(labels)["outcome"]
-                found[outcome] = found.get(outcome, 0) + value
-        return found
-
-    def billed(self) -> dict[tuple[str, str], float]:
-        """(plan, direction) -> tokens the ingress counted so far (tenants outside metrics_tenants
-        share a label; the example's two tenants are on different plans)."""
-        (ingress,) = self.hosts(pool="ingress")
-        found: dict[tuple[str, str], float] = {}
-        for (name, labels), value in self.metrics(ingress, SERVE_PORT).items():
-            if name == "glmserve_ingress_tokens_total":
-                key = (dict(labels)["plan"], dict(labels)["direction"])
+        found: dict[tuple[str, ...], float] = {}
+        for (sample, labels), value in self.metrics(ingress, SERVE_PORT).items():
+            if sample == name:
+                key = tuple(dict(labels)[label] for label in by)
                 found[key] = found.get(key, 0) + value
         return found
 
+    def migrations(self) -> dict[str, float]:
+        """The ingress's request migrations so far, by outcome (moved, refused)."""
+        return {
+            outcome: n for (outcome,), n in self._ingress_totals("glmserve_ingress_migrations_total", "outcome").items()
+        }
+
+    def billed(self) -> dict[tuple[str, ...], float]:
+        """(plan, direction) -> tokens the ingress counted so far (tenants outside metrics_tenants
+        share a label; the example's two tenants are on different plans)."""
+        return self._ingress_totals("glmserve_ingress_tokens_total", "plan", "direction")
+
     def billed_since(
-        self, before: dict[tuple[str, str], float], received: dict[tuple[str, str], float]
-    ) -> dict[tuple[str, str], float]:
+        self, before: dict[tuple[str, ...], float], received: dict[tuple[str, ...], float]
+    ) -> dict[tuple[str, ...], float]:
         """What the ingress billed since `before` for the keys of `received`, read until it equals
         `received` or 5 s have passed (the ingress settles a stream just after its last bytes)."""
         deadline = time.monotonic() + 5

@@ -2,9 +2,8 @@
 both: every stream on the surviving host completes (how far each matched an uninterrupted run is
 reported); each stream on the killed host moves to the surviving replica (request migration) and
 completes, or ends with an OpenAI error event, within 10 s of the kill; both routers drop its
-engine; the tenant is billed exactly
-the tokens its client received; the pod comes back as a new host whose engine both routers
-register. Runs before test_link_cut (it replaces a decode host)."""
+engine; the tenant is billed exactly the tokens its client received; the pod comes back as a new
+host whose engine both routers register. Runs before test_link_cut (it replaces a decode host)."""
 
 from __future__ import annotations
 

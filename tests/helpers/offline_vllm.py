@@ -64,7 +64,7 @@ def _main(request_path: str, result_path: str) -> None:
             # Raw logits (logprobs_mode): how far the chosen token led the next one at each step.
             result["greedy_top2_gap"] = [[_gap(step) for step in o.outputs[0].logprobs or []] for o in outs]
         if cuts := request.get("continue_at"):
-            result["continued"] = _continued(llm, result, cuts, params, request.get("beside", False))
+            result["continued"] = _continued(llm, result, cuts, params)
     if prompts := request.get("logits"):
         params = SamplingParams(temperature=0, max_tokens=request["logit_steps"], logprobs=-1)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
@@ -83,11 +83,10 @@ def _gap(step: dict[int, Any]) -> float:
     return float(best - second)
 
 
-def _continued(llm: Any, result: dict[str, Any], cuts: list[int], params: Any, beside: bool) -> list[list[list[int]]]:
+def _continued(llm: Any, result: dict[str, Any], cuts: list[int], params: Any) -> list[list[list[int]]]:
     """Each greedy output generated again from its prompt plus its first k tokens (for each k in
-    `cuts`), as a migrated request continues. `beside`: each continuation arrives at an engine
-    where the other prompts are being decoded (5 steps in), as on a serving replica; otherwise it
-    runs alone."""
+    `cuts`), as a migrated request continues: it arrives at an engine where the other prompts are
+    being decoded (5 steps in), as on a serving replica."""
     engine = llm.llm_engine
     prompts, outputs = result["greedy_prompt_token_ids"], result["greedy"]
     continued: list[list[list[int]]] = []
@@ -96,12 +95,11 @@ def _continued(llm: Any, result: dict[str, Any], cuts: list[int], params: Any, b
         for k in cuts:
             cont = params.clone()
             cont.max_tokens = params.max_tokens - k
-            others = [j for j in range(len(prompts)) if j != i] if beside else []
-            for j in others:
+            for j in (j for j in range(len(prompts)) if j != i):
                 engine.add_request(f"other-{i}-{k}-{j}", {"prompt_token_ids": prompts[j]}, params)
             steps, finished = 0, {}
             while steps <= 5 or engine.has_unfinished_requests():
-                if steps == (5 if others else 0):
+                if steps == 5:
                     engine.add_request(f"cont-{i}-{k}", {"prompt_token_ids": [*prompt, *output[:k]]}, cont)
                 finished |= {o.request_id: list(o.outputs[0].token_ids) for o in engine.step() if o.finished}
                 steps += 1

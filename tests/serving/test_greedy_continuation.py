@@ -37,14 +37,12 @@ def _prompt_ids() -> list[list[int]]:
     return [asyncio.run(renderer.chat_tokens(r)) for r in requests]
 
 
-@pytest.mark.parametrize(
-    ("dtype", "beside"), [("bfloat16", True), ("float32", True)], ids=["bfloat16-beside", "float32-beside"]
-)  # fmt: skip
-def test_greedy_continuation_from_delivered_tokens(tmp_path: Path, dtype: str, beside: bool) -> None:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_greedy_continuation_from_delivered_tokens(tmp_path: Path, dtype: str) -> None:
     # No prefix caching: the continuation is prefilled whole, as on a replica that never saw it.
     request = {
         "model": str(default_cache_dir()), "dtype": dtype, "greedy": _prompt_ids(), "max_tokens": MAX_TOKENS,
-        "ignore_eos": True, "top2": True, "continue_at": CUTS, "beside": beside, "max_model_len": 1024,
+        "ignore_eos": True, "top2": True, "continue_at": CUTS, "max_model_len": 1024,
         "engine": {"enable_prefix_caching": False},
     }  # fmt: skip
     result = run_offline(request, tmp_path)
@@ -58,7 +56,7 @@ def test_greedy_continuation_from_delivered_tokens(tmp_path: Path, dtype: str, b
             if first is not None:
                 differing.append((k, first, output[first], run[first - k], gaps[first]))
     print(
-        f"{dtype}, {'beside decoding streams' if beside else 'alone'}: of {len(gaps_all)} reference tokens,"
+        f"{dtype}, beside decoding streams: of {len(gaps_all)} reference tokens,"
         f" {len(ties)} exact top-2 ties (stream, step): {ties}, {one_step} more within 1/128, smallest gap"
         f" above 0 {min(gap for gap in gaps_all if gap > 0):.2g};"
         f" differing continuations (cut, position, reference, continuation, reference gap): {differing}"
