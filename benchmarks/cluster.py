@@ -13,8 +13,8 @@ One run, in this order (never two stacks at once: this machine holds one set of 
 4. one of the example's two decode hosts killed `--kills` times (SIGKILL of every process of its
    host) under steady load, each time once both decode replicas run: a short request every
    `--probe-every` s and 2 open streams. Per kill: requests lost (requests that failed and streams
-   that did not complete), and seconds from the kill to the first request sent after it that
-   succeeded; medians.
+   that did not complete), streams moved by request migration, seconds from the kill to the first
+   request sent after it that succeeded, and until both decode replicas run again; medians.
 Needs root (network namespaces). Writes benchmarks/results/cluster.{json,md,png}.
 """
 
@@ -194,23 +194,28 @@ async def _long_stream(client: httpx.AsyncClient, base: str, i: int, started: as
     return time.monotonic(), not failed and chunks > 0
 
 
-def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]:
+def _full_decode_pool(cluster: RunningCluster) -> None:
     deadline = time.monotonic() + RECOVER_WITHIN_S
     while sum(d.startswith("Decode:") for d in cluster.replicas().values()) < DECODE_REPLICAS:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the decode pool was not back to {DECODE_REPLICAS} replicas")
         time.sleep(2)
 
-    async def run() -> dict[str, Any]:
+
+def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]:
+    _full_decode_pool(cluster)
+    moves_before = cluster.migrations()
+
+    async def run() -> tuple[dict[str, Any], float]:
         decode = min((h for h in cluster.hosts(pool="decode") if h["pids"]), key=lambda h: h["name"])
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {cluster.pro_key}"}) as client:
             starts = [asyncio.Event() for _ in range(STREAMS)]
             streams = [asyncio.create_task(_long_stream(client, cluster.base_url, i, s)) for i, s in enumerate(starts)]
             await asyncio.wait_for(asyncio.gather(*(s.wait() for s in starts)), timeout=120)
+            cluster.kill_host(decode["name"])  # seconds of `cluster status` first; its last step is the SIGKILLs
             killed = time.monotonic()
             probes: list[asyncio.Task[Outcome]] = []
             recovered: float | None = None
-            cluster.kill_host(decode["name"])
             while recovered is None:
                 probes.append(asyncio.create_task(_probe(client, cluster.base_url, killed)))
                 await asyncio.sleep(probe_every_s)
@@ -222,9 +227,15 @@ def kill_decode(cluster: RunningCluster, probe_every_s: float) -> dict[str, Any]
         lost = sum(not o.ok for o in outcomes)
         log(f"  killed {decode['name']}: {lost} of {len(outcomes)} requests lost, recovered after {recovered:.1f} s")
         return {"host": decode["name"], "recover_s": recovered, "lost": lost, "sent": len(outcomes),
-                "outcomes": [asdict(o) for o in outcomes]}  # fmt: skip
+                "outcomes": [asdict(o) for o in outcomes]}, killed  # fmt: skip
 
-    return asyncio.run(run())
+    found, killed = asyncio.run(run())
+    moved = {k: v - moves_before.get(k, 0) for k, v in cluster.migrations().items()}
+    _full_decode_pool(cluster)
+    full_pool_s = time.monotonic() - killed
+    log(f"  {moved.get('moved', 0):g} streams moved; both decode replicas again {full_pool_s:.0f} s later")
+    return found | {"full_pool_s": full_pool_s, "streams_moved": moved.get("moved", 0),
+                    "streams_refused": moved.get("refused", 0)}  # fmt: skip
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -279,6 +290,7 @@ def main() -> None:
 
     recover = statistics.median(k["recover_s"] for k in kills)
     lost = statistics.median(k["lost"] for k in kills)
+    full = statistics.median(k["full_pool_s"] for k in kills)
     headers = ["P/D placement", "TTFT p50 ms", "KV us/token", "KV B/token", "KV tokens"]
     rows = [[m, r["ttft_p50_ms"], r["kv_us_per_token"], r["kv_bytes_per_token"], int(r["kv_tokens"])]
             for m, r in (("same host", same), ("cross host", cross))]  # fmt: skip
@@ -293,16 +305,21 @@ def main() -> None:
         f"`glmserve cluster up` to RUNNING: **{up['running_s']:.0f} s**; to the first streamed token: "
         f"**{up['first_token_s']:.0f} s**.\n\n"
         f"Decode host killed {args.kills} times under load (a short request every {args.probe_every} s, "
-        f"{STREAMS} streams of {STREAM_TOKENS} tokens open on it):\n\n"
+        f"{STREAMS} streams of {STREAM_TOKENS} tokens open on the two decode hosts; streams on the killed "
+        "host move to the other one by request migration):\n\n"
         + markdown_table(
-            ["kill", "requests lost", "requests sent", "s to recover"],
-            [[i + 1, k["lost"], k["sent"], k["recover_s"]] for i, k in enumerate(kills)],
+            ["kill", "requests lost", "requests sent", "streams moved", "s to recover", "s to both replicas"],
+            [
+                [i + 1, k["lost"], k["sent"], k["streams_moved"], k["recover_s"], k["full_pool_s"]]
+                for i, k in enumerate(kills)
+            ],
         )
         + f"\nMedian: **{lost:g} requests lost, {recover:.1f} s to recover** (kill to the first request "
-        "sent after it that succeeded).\n"
+        f"sent after it that succeeded), **{full:.0f} s** until both decode replicas run again (the pod "
+        "replaced, its engine loaded).\n"
     )
     data = {"args": vars(args), "same_host": same, "cross_host": cross, "cluster_up": up, "kills": kills,
-            "median_recover_s": recover, "median_lost": lost}  # fmt: skip
+            "median_recover_s": recover, "median_lost": lost, "median_full_pool_s": full}  # fmt: skip
     for path in write("cluster", data, md, lambda p: plot(data, p)):
         log(f"wrote {path}")
     print(md)

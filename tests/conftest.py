@@ -54,10 +54,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _last_in_their_package(items: list[pytest.Item]) -> None:
-    """A module that sets `LAST_IN_PACKAGE = True` (it leaves a package-scoped fixture changed, as
-    a head loss leaves the cluster's engines replaced) runs after the rest of its package's tests,
-    so that they still get the fixture as it started."""
-    for module in {item.module for item in items if getattr(getattr(item, "module", None), "LAST_IN_PACKAGE", False)}:
+    """A module that sets `LAST_IN_PACKAGE = n` (n >= 1: it leaves a package-scoped fixture changed,
+    as a head loss leaves the cluster's engines replaced, or replaces it) runs after the rest of its
+    package's tests and after its package's modules with a smaller n, so that they still get the
+    fixture as it started."""
+    late = {item.module for item in items if getattr(getattr(item, "module", None), "LAST_IN_PACKAGE", 0)}
+    for module in sorted(late, key=lambda m: (m.LAST_IN_PACKAGE, m.__name__)):
         moved = [item for item in items if getattr(item, "module", None) is module]
         package = moved[0].path.parent
         rest = [item for item in items if getattr(item, "module", None) is not module]

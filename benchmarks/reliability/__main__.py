@@ -126,9 +126,50 @@ def _where_time_goes(measured: Overload) -> str:
         ],
         rows,
     )
+    text += "\n" + _waits(measured)
     for name, frames in measured.profile.items():
         text += f"\n### py-spy, {name}, first 3x round (each sample's innermost glmserve frame)\n\n"
         text += markdown_table(["frame", "share"], [[f"`{frame}`", share] for frame, share in frames])
+    return text
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 2) if known else None
+
+
+def _waits(measured: Overload) -> str:
+    """Per load, averaged over the rounds: what waited for a core (each role's threads, in cores'
+    worth of time; the machine's CPU pressure), the load generator's own loop lag, and a refusal
+    and a trivial request as the ingress replica timed them and as their clients did."""
+    roles = sorted({role for runs in measured.spent.values() for one in runs for role in one.get("runqueue_cores", {})})
+    rows = []
+    for load, runs in measured.spent.items():
+        if not runs:
+            continue
+        waited = [_mean([one.get("runqueue_cores", {}).get(role) for one in runs]) for role in roles]
+        rows.append([
+            load, _mean([one.get("machine_busy_cores") for one in runs]),
+            _mean([one.get("cpu_pressure_some") for one in runs]), *waited,
+            *(_mean([one.get(key) for one in runs]) for key in ("lag_mean_ms", "lag_p99_ms", "ingress_refusal_ms",
+                                                                "client_refusal_ms", "ingress_trivial_ms",
+                                                                "trivial_client_ms")),
+        ])  # fmt: skip
+    headers = ["load", "machine busy cores", "CPU pressure (some)", *(f"{role} waited for a core" for role in roles),
+               "load generator loop lag mean ms", "loop lag p99 ms", "a refusal in the ingress ms (Serve's log)",
+               "a refusal at the client ms", "GET /v1/models in the ingress ms",
+               "GET /v1/models at the client ms"]  # fmt: skip
+    text = "## What waited (run-queue time per process, CPU pressure, requests inside and outside the ingress)\n\n"
+    text += markdown_table(headers, rows)
+    groups = sorted({g for runs in measured.spent.values() for one in runs for g in one.get("other_cores", {})})
+    if groups:
+        text += "\nCores used by the machine's other processes (outside the stack's roles and the load generator):\n\n"
+        others = [
+            [load, *(_mean([one.get("other_cores", {}).get(g, 0.0) for one in runs]) for g in groups)]
+            for load, runs in measured.spent.items()
+            if runs
+        ]
+        text += markdown_table(["load", *groups], others)
     return text
 
 

@@ -82,8 +82,9 @@ def overload(
                 else []
             )
             start = breakdown.snapshot(stack)
-            runs = asyncio.run(closed_loop(stack.base, stack.keys[tenant], clients, seconds / rounds, MAX_TOKENS))
-            spent = breakdown.spent(start, breakdown.snapshot(stack))
+            load_run = closed_loop(stack.base, stack.keys[tenant], clients, seconds / rounds, MAX_TOKENS)
+            runs, watched = asyncio.run(breakdown.watched(load_run, stack.base))
+            spent = breakdown.spent(start, breakdown.snapshot(stack)) | watched
             refusals = [r.e2e_s for r in runs if r.status != 200]
             spent["client_refusal_ms"] = round(1000 * sum(refusals) / len(refusals), 1) if refusals else 0.0
             result.spent[load].append(spent)

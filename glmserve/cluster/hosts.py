@@ -1,11 +1,15 @@
 """A host: one pod as a network namespace with its own IP, its own mount namespace (private
-/dev/shm, /tmp/ray and the pod's Secret/ConfigMap mounts), its processes and its log.
+/dev/shm, /tmp/ray and the pod's Secret/ConfigMap mounts), its own UTS namespace (the pod's name
+as host name), its processes and its log.
 
 Mounts are private rather than paths rewritten: the pod templates name absolute paths
 (/etc/glmserve/..., /tmp/ray, /dev/shm) that every host would otherwise share, and a private
 /dev/shm keeps vLLM, NIXL/UCX and Ray's object store from taking shared-memory shortcuts between
 "hosts" that separate machines would not have. `ip netns exec` already gives each process a
 mount namespace of its own (with /etc/netns/<ns>/hosts over /etc/hosts); the mounts are made there.
+As the kubelet does, the host name is the pod's name and the hosts file maps it to the pod's IP:
+Gloo (vLLM's data-parallel and expert groups on CPU) binds to the address its host name resolves
+to, and with the machine's name, unknown to the hosts file, every rank would bind 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Host:
 def _mount_script(host: Host) -> str:
     lines = [
         "set -e",
+        f"hostname {shlex.quote(host.name)}",
         f"mount -t tmpfs -o size={host.pod.shm_bytes} tmpfs /dev/shm",
         "mkdir -p /tmp/ray",
         f"mount --bind {shlex.quote(str(host.dir / 'ray'))} /tmp/ray",
@@ -97,7 +102,7 @@ def start(host: Host) -> subprocess.Popen[bytes]:
         json.dump(env, f)
     with host.log.open("ab") as log:
         return subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, "bash", "-c", _mount_script(host)],
+            ["ip", "netns", "exec", host.netns, "unshare", "--uts", "bash", "-c", _mount_script(host)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -179,12 +179,12 @@ def _host(name: str) -> HostRecord:
 
 
 def exec_in(name: str, command: list[str]) -> None:
-    """Like `kubectl exec`: the command runs in the host's network and mount namespaces, with the pod's env."""
+    """Like `kubectl exec`: the command runs in the host's network, mount and UTS namespaces, with the pod's env."""
     host = _host(name)
     if not command:
         raise ConfigError("name a command to run: glmserve cluster exec HOST -- COMMAND ...")
     env = json.loads((Path(host.dir) / ENV_FILE).read_text())
-    os.execvpe("nsenter", ["nsenter", "-t", str(host.pid), "-n", "-m", "--", *command], env)
+    os.execvpe("nsenter", ["nsenter", "-t", str(host.pid), "-n", "-m", "-u", "--", *command], env)
 
 
 def logs(name: str) -> None:

@@ -218,7 +218,10 @@ def decide(signals: PoolSignals, targets: PoolTargets, current: int, state: Scal
     """The replica count one pool should head to.
 
     `current`: the replicas it is heading to already (ready + starting), so replicas still loading
-    count as capacity and a cold start is not answered twice. `now_s`: any monotonic clock (seconds).
+    count as capacity and a cold start is not answered twice; and none goes while one is starting
+    (`signals.ready < current`): the demand that asked for it was measured before it could serve,
+    and stopping a replica whose engine is loading throws the load away. `now_s`: any monotonic
+    clock (seconds).
     """
     need = demand(signals, targets)
     low, high = targets.min_replicas, targets.max_replicas
@@ -236,7 +239,7 @@ def decide(signals: PoolSignals, targets: PoolTargets, current: int, state: Scal
     direction, wanted = 0, current
     if ahead > current * targets.scale_up_at:
         direction, wanted = 1, min(high, math.ceil(ahead / targets.scale_up_at))
-    elif need.complete and need.replicas < current * targets.scale_down_at:
+    elif need.complete and need.replicas < current * targets.scale_down_at and signals.ready >= current:
         middle = (targets.scale_up_at + targets.scale_down_at) / 2
         direction, wanted = -1, max(low, math.ceil(need.replicas / middle))
     if direction == 0 or wanted == current:

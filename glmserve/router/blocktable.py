@@ -27,8 +27,10 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
 _WAYS = 16  # slots per bucket: 8 overflowed often enough at this load to double the probe steps
 
 
-def as_keys(hashes: Sequence[int]) -> np.ndarray:
-    """Block hashes (ints below 2^64) as the table's uint64 keys."""
+def as_keys(hashes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Block hashes (ints below 2^64, or a uint64 array: a prompt's) as the table's uint64 keys."""
+    if isinstance(hashes, np.ndarray):  # a new array: the caller's (a memoised run) stays as it was
+        return np.where(hashes <= DELETED, hashes + np.uint64(2), hashes).astype(np.uint64, copy=False)
     keys = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
     keys[keys <= DELETED] += np.uint64(2)
     return keys
@@ -60,13 +62,17 @@ class BlockTable:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """The slot of each key (uint64, from `as_keys`), MISSING where the table lacks it."""
+        return self._find(keys)[0]
+
+    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, bool]:
+        """`find`, and whether every key was found (then no slot is MISSING)."""
         bucket = self._home(keys)
         rows = self._rows[bucket]
         match = rows == keys[:, None]
         found = bucket * _WAYS + match.argmax(axis=1)
         hit = match.any(axis=1)
         if hit.all():  # the common case: every key in its home bucket
-            return found
+            return found, True
         found[~hit] = MISSING
         going = ~hit & (rows != EMPTY).all(axis=1)  # a full bucket: the key may be further on
         todo = np.flatnonzero(going)
@@ -80,14 +86,15 @@ class BlockTable:
             found[todo[hit]] = bucket[hit] * _WAYS + match[hit].argmax(axis=1)
             going = ~hit & (rows != EMPTY).all(axis=1)
             todo = todo[going]
-        return found
+        return found, False
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The value of each key (uint64, from `as_keys`), MISSING where the table lacks it. Not
         `values[find(keys)]`: MISSING (-1) as an index reads the last slot, a live key's value."""
-        found = self.find(keys)
+        found, complete = self._find(keys)
         values = self.values[found]
-        values[found == MISSING] = MISSING
+        if not complete:
+            values[found == MISSING] = MISSING
         return values
 
     def insert(self, keys: np.ndarray) -> np.ndarray:

@@ -28,10 +28,11 @@ class Candidates:
             return workers
         group = ctx.registry.group(ctx.query.model, self._role)
         if len(group.workers) <= cfg.exhaustive_up_to:
-            return group.workers
+            return ctx.placed(group.workers, group.slots)
         chosen = {group.position[w] for w in ctx.prefix_holders(group, cfg.prefix_holders)}
         chosen.update(self._least_loaded(ctx, group).tolist())
-        return [group.workers[i] for i in sorted(chosen)]  # in id order: replicas break ties alike
+        positions = sorted(chosen)  # in id order: replicas break ties alike
+        return ctx.placed([group.workers[i] for i in positions], group.slots[positions])
 
     def _least_loaded(self, ctx: RouteContext, group: Group) -> np.ndarray:
         """Half of the sample by requests on the worker (the load scorer), half by the prompt

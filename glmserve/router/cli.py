@@ -53,8 +53,7 @@ async def _serve(config: RouterConfig, token: str | None) -> None:
         loop.add_signal_handler(signum, stop.set)
     await server.start()
     # What is alive now (modules, gRPC, config, tenants) lives as long as the process: frozen, it is
-    # out of the collector's generations, so a full collection stops walking ~10^5 objects each time
-    # (its pause was most of the router's p99 at a few hundred requests per second).
+    # out of the collector's generations, so a full collection no longer walks it each time.
     gc.freeze()
     try:
         await stop.wait()

@@ -84,7 +84,7 @@ class EngineEvents:
         if not self._expect_s:
             return
         held = ctx.cached_tokens([worker])[0] // worker.info.block_size  # already held or expected
-        hashes = ctx.block_hashes(worker.info.block_size).computed()[held:]
+        hashes = ctx.block_hashes(worker.info.block_size).computed(held)
         self._index.expect(worker.worker_id, hashes, ctx.now + self._expect_s)
 
 

@@ -84,17 +84,18 @@ def _salt_keys(cache_salt: str) -> bytes:
 class _Memo:
     """(parent hash + a run of raw block tokens [+ salt]) -> (the run's last hash, its index keys),
     in two generations so the recently used half survives each reset: at most ~2 x 2^16 runs of up
-    to RUN_BLOCKS blocks per block size. The keys are a tuple, not a list: a tuple of ints leaves the
-    garbage collector's view once it survives a collection, so the memo's ~10^5 runs are not walked
-    by every full collection (a list's are: 40-100 ms pauses in the router)."""
+    to RUN_BLOCKS blocks per block size. The keys are a read-only uint64 array, not Python ints: the
+    index looks them up as an array (no conversion per run), and an array is outside the garbage
+    collector's view, so the memo's ~10^5 runs are not walked by every full collection (a list's
+    are)."""
 
     __slots__ = ("new", "old")
 
     def __init__(self) -> None:
-        self.new: dict[bytes, tuple[bytes, tuple[int, ...]]] = {}
-        self.old: dict[bytes, tuple[bytes, tuple[int, ...]]] = {}
+        self.new: dict[bytes, tuple[bytes, np.ndarray]] = {}
+        self.old: dict[bytes, tuple[bytes, np.ndarray]] = {}
 
-    def get(self, key: bytes) -> tuple[bytes, tuple[int, ...]] | None:
+    def get(self, key: bytes) -> tuple[bytes, np.ndarray] | None:
         hit = self.new.get(key)
         if hit is None:
             hit = self.old.get(key)
@@ -102,7 +103,7 @@ class _Memo:
                 self.put(key, hit)
         return hit
 
-    def put(self, key: bytes, value: tuple[bytes, tuple[int, ...]]) -> None:
+    def put(self, key: bytes, value: tuple[bytes, np.ndarray]) -> None:
         if len(self.new) >= _MEMO_GENERATION:
             self.old, self.new = self.new, {}
         self.new[key] = value
@@ -117,14 +118,15 @@ class BlockHasher:
 
     def block_hashes(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> list[int]:
         """Index keys of every full block of `tokens` (uint32[n]), in order; n // block_size long."""
-        return [key for run in self.runs(tokens, block_size, cache_salt) for key in run]
+        runs = list(self.runs(tokens, block_size, cache_salt))
+        return np.concatenate(runs).tolist() if runs else []
 
-    def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[tuple[int, ...]]:
-        """The same keys in runs of up to RUN_BLOCKS blocks, each run computed only when asked for:
-        routing stops at the first block no candidate holds, so an uncached tail is not hashed. A
-        run seen before (the prefix of an earlier turn) costs one memo lookup. Runs not memoised
-        are CBOR-encoded several at a time, twice as many at each encoding: one numpy encoding per
-        run cost more than hashing its blocks."""
+    def runs(self, tokens: np.ndarray, block_size: int, cache_salt: str = "") -> Iterator[np.ndarray]:
+        """The same keys in runs of up to RUN_BLOCKS blocks (uint64[<= RUN_BLOCKS] each, read-only),
+        each run computed only when asked for: routing stops at the first block no candidate holds,
+        so an uncached tail is not hashed. A run seen before (the prefix of an earlier turn) costs
+        one memo lookup. Runs not memoised are CBOR-encoded several at a time, twice as many at each
+        encoding: one numpy encoding per run cost more than hashing its blocks."""
         n_blocks = len(tokens) // block_size
         memo = self._memos.setdefault(block_size, _Memo())
         tokens = np.ascontiguousarray(tokens[: n_blocks * block_size], dtype=np.uint32)
@@ -156,7 +158,7 @@ class BlockHasher:
 
 def _hash_run(
     encoded: bytes, bounds: list[int], head: bytes, cache_salt: str, parent: bytes
-) -> tuple[bytes, tuple[int, ...]]:
+) -> tuple[bytes, np.ndarray]:
     """Chains the blocks whose CBOR token arrays are `head` + encoded[bounds[j]:bounds[j + 1]] onto
     `parent`; `cache_salt` (block 0 of a salted request only) goes into the first block."""
     digests = []
@@ -169,18 +171,20 @@ def _hash_run(
     for j in range(start, len(bounds) - 1):
         parent = sha256(prefix + parent + head + encoded[bounds[j] : bounds[j + 1]] + end).digest()
         digests.append(parent)
-    return parent, tuple(np.frombuffer(b"".join(digests), dtype=">u8")[3::4].tolist())
+    keys = np.frombuffer(b"".join(digests), dtype=">u8")[3::4].astype(np.uint64)
+    keys.flags.writeable = False  # memoised: shared by every prompt with this run
+    return parent, keys
 
 
 class PromptHashes:
     """A prompt's block hashes, in runs, shared by several readers: each run is computed once,
     and only when the furthest reader gets to it."""
 
-    def __init__(self, runs: Iterator[tuple[int, ...]]) -> None:
+    def __init__(self, runs: Iterator[np.ndarray]) -> None:
         self._pending = runs
-        self._known: list[tuple[int, ...]] = []
+        self._known: list[np.ndarray] = []
 
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         known, i = self._known, 0
         while True:
             while i < len(known):  # including what other readers added meanwhile
@@ -191,6 +195,7 @@ class PromptHashes:
                 return
             known.append(run)
 
-    def computed(self) -> list[int]:
-        """The hashes some reader has asked for so far, without computing more."""
-        return [h for run in self._known for h in run]
+    def computed(self, start: int = 0) -> list[int]:
+        """The hashes some reader has asked for so far from block `start` on, without computing
+        more."""
+        return np.concatenate(self._known)[start:].tolist() if self._known else []

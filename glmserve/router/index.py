@@ -30,6 +30,9 @@ from glmserve.router.events import AllBlocksCleared, BlockRemoved, BlockStored, 
 
 _SHARED = -2  # holder codes at or below this: _shared[_SHARED - code]
 _MAX_CHUNK_RUNS = 16
+# Holders read bit by bit up to this many, in a few array steps above it (a bit costs a Python step,
+# the array steps a fixed few microseconds)
+_BIT_LOOP_UP_TO = 16
 
 
 class KVIndex:
@@ -223,7 +226,7 @@ class KVIndex:
         """Memory of the reported blocks' table (the bulk of the index)."""
         return self._table.nbytes()
 
-    def prefix_blocks(self, runs: Iterable[Sequence[int]], worker_ids: Iterable[str]) -> dict[str, int]:
+    def prefix_blocks(self, runs: Iterable[Sequence[int] | np.ndarray], worker_ids: Iterable[str]) -> dict[str, int]:
         """For each worker, how many leading blocks of the prompt it holds or is expected to; the
         prompt's block hashes come in runs (BlockHasher.runs). vLLM's prefix hit stops at the first
         missing block, so later blocks a worker happens to hold do not count, and no run is read
@@ -233,7 +236,7 @@ class KVIndex:
             result.update(dict.fromkeys(self._owners(mask), blocks))
         return result
 
-    def longest(self, runs: Iterable[Sequence[int]], among: int, limit: int) -> dict[str, int]:
+    def longest(self, runs: Iterable[Sequence[int] | np.ndarray], among: int, limit: int) -> dict[str, int]:
         """The workers of the bitmask `among` that hold (or are expected to) the longest prefixes of
         the prompt, with their prefix in blocks: at least `limit` of them if as many hold any of it
         (all tied with the last one taken). Workers holding none of it are left out, so this costs
@@ -265,7 +268,7 @@ class KVIndex:
                     break
         return result
 
-    def walk(self, runs: Iterable[Sequence[int]], active: int) -> list[tuple[int, int]]:
+    def walk(self, runs: Iterable[Sequence[int] | np.ndarray], active: int) -> list[tuple[int, int]]:
         """(slots, prefix blocks) in increasing prefix length: the workers of `active` whose match
         ends at each length, the last entry those that hold the whole prompt (each worker of
         `active` is in exactly one entry).
@@ -276,10 +279,11 @@ class KVIndex:
         ends: list[tuple[int, int]] = []
         shared, expected = self._shared, self._expected
         matched = 0
-        for hashes in _chunks(runs) if active else ():
-            codes = self._table.lookup(as_keys(hashes))
+        for chunk in _chunks(runs) if active else ():
+            codes = self._table.lookup(as_keys(chunk))
             changes = np.flatnonzero(codes[1:] != codes[:-1]) + 1
-            bounds = [0, *changes.tolist(), len(hashes)]
+            bounds = [0, *changes.tolist(), len(chunk)]
+            hashes: list[int] = chunk.tolist() if expected else []  # the expectations' dict keys
             for first, stop, code in zip(bounds[:-1], bounds[1:], codes[bounds[:-1]].tolist(), strict=True):
                 if code >= 0:
                     holders = 1 << code
@@ -292,7 +296,8 @@ class KVIndex:
                     if held == active:  # so are the rest of this segment's
                         matched += stop - i
                         break
-                    held |= expected.get(hashes[i], 0) & active  # only where reports fall short
+                    if expected:  # only where reports fall short
+                        held |= expected.get(hashes[i], 0) & active
                     if held != active:
                         ends.append((active & ~held, matched))
                         active = held
@@ -308,6 +313,11 @@ class KVIndex:
 
     def _owners(self, slots: int) -> list[str]:
         ids, owners = self._ids, []
+        if slots.bit_count() > _BIT_LOOP_UP_TO:  # a context cached on many engines: ~80 of 1,250
+            bits = np.unpackbits(
+                np.frombuffer(slots.to_bytes(-(-slots.bit_length() // 8), "little"), np.uint8), bitorder="little"
+            )
+            return [w for w in map(ids.__getitem__, np.flatnonzero(bits).tolist()) if w is not None]
         while slots:
             low = slots & -slots
             worker = ids[low.bit_length() - 1]
@@ -317,15 +327,15 @@ class KVIndex:
         return owners
 
 
-def _chunks(runs: Iterable[Sequence[int]]) -> Iterator[list[int]]:
+def _chunks(runs: Iterable[Sequence[int] | np.ndarray]) -> Iterator[np.ndarray]:
     """The runs' hashes in growing chunks (1, 2, 4, 8, then 16 runs), each looked up in one call: a
     lookup per run cost more than the rest of a decision, while reading ahead hashes no more runs
     past the first block no worker holds than before it (a prompt is hashed as it is read)."""
     it = iter(runs)
     size = 1
     while True:
-        chunk = [h for run in islice(it, size) for h in run]
+        chunk = [np.asarray(run, dtype=np.uint64) for run in islice(it, size)]  # no copy of a prompt's
         if not chunk:
             return
-        yield chunk
+        yield np.concatenate(chunk)
         size = min(2 * size, _MAX_CHUNK_RUNS)

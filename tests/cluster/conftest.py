@@ -15,12 +15,13 @@ import contextlib
 import itertools
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,15 +136,39 @@ class RunningCluster:
             for s in family.samples
         }
 
+    def _ingress_totals(self, name: str, *by: str) -> dict[tuple[str, ...], float]:
+        """The ingress host's samples of counter `name`, summed by the values of the labels `by`."""
+        (ingress,) = self.hosts(pool="ingress")
+        found: dict[tuple[str, ...], float] = {}
+        for (sample, labels), value in self.metrics(ingress, SERVE_PORT).items():
+            if sample == name:
+                key = tuple(dict(labels)[label] for label in by)
+                found[key] = found.get(key, 0) + value
+        return found
+
     def migrations(self) -> dict[str, float]:
         """The ingress's request migrations so far, by outcome (moved, refused)."""
-        (ingress,) = self.hosts(pool="ingress")
-        found: dict[str, float] = {}
-        for (name, labels), value in self.metrics(ingress, SERVE_PORT).items():
-            if name == "glmserve_ingress_migrations_total":
-                outcome = dict(labels)["outcome"]
-                found[outcome] = found.get(outcome, 0) + value
-        return found
+        return {
+            outcome: n for (outcome,), n in self._ingress_totals("glmserve_ingress_migrations_total", "outcome").items()
+        }
+
+    def billed(self) -> dict[tuple[str, ...], float]:
+        """(plan, direction) -> tokens the ingress counted so far (tenants outside metrics_tenants
+        share a label; the example's two tenants are on different plans)."""
+        return self._ingress_totals("glmserve_ingress_tokens_total", "plan", "direction")
+
+    def billed_since(
+        self, before: dict[tuple[str, ...], float], received: dict[tuple[str, ...], float]
+    ) -> dict[tuple[str, ...], float]:
+        """What the ingress billed since `before` for the keys of `received`, read until it equals
+        `received` or 5 s have passed (the ingress settles a stream just after its last bytes)."""
+        deadline = time.monotonic() + 5
+        while True:
+            after = self.billed()
+            billed = {k: after.get(k, 0) - before.get(k, 0) for k in received}
+            if billed == received or time.monotonic() > deadline:
+                return billed
+            time.sleep(0.5)
 
     def healthy_engines(self, role: str) -> list[float]:
         """Each router's count of healthy engines of a pool role."""
@@ -179,20 +204,48 @@ class RunningCluster:
         raise AssertionError(f"pool {pool} did not get {count} live host(s) within {timeout_s} s")
 
 
+def greedy_completions(cluster: RunningCluster) -> tuple[list[list[int]], list[list[int]]]:
+    """GREEDY_PROMPTS as completions through the cluster: (prompt token ids, generated token ids)."""
+    client = OpenAI(base_url=cluster.base_url, api_key=cluster.pro_key, timeout=120, max_retries=0)
+    prompts, served = [], []
+    for prompt in GREEDY_PROMPTS:
+        reply = client.completions.create(
+            model=cluster.model, prompt=prompt, max_tokens=GREEDY_MAX_TOKENS, temperature=0,
+            extra_body={"return_token_ids": True},
+        )  # fmt: skip
+        prompts.append(reply.choices[0].model_extra["prompt_token_ids"])  # type: ignore[index]
+        served.append(reply.choices[0].model_extra["token_ids"])  # type: ignore[index]
+    return prompts, served
+
+
+def stream_outcome(read: Callable[[], None]) -> str:
+    """How a client's stream ended: `read()` took it to its end ("completed"), its connection
+    dropped without an error event, or the ingress ended it with an OpenAI error event."""
+    try:
+        read()
+    except openai.APIConnectionError:
+        return "connection dropped"
+    except openai.APIError as exc:  # the ingress's OpenAI error event
+        return f"error event: {exc.message}"
+    return "completed"
+
+
 def longest_wait(arrivals: list[float], ended_at: float, since: float) -> float:
     """The longest a stream's client waited for a chunk (or the stream's end) after `since`."""
     times = [since, *(t for t in arrivals if t > since), ended_at]
     return max(b - a for a, b in itertools.pairwise(times))
 
 
-def _shm() -> set[str]:
+def shm() -> set[str]:
     return set(os.listdir("/dev/shm"))
 
 
-# Package scope: the cluster is gone before the next package's local stacks start (this machine
-# cannot hold both); tests that need it live under tests/cluster and share this one cluster.
-@pytest.fixture(scope="package")
-def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+@contextlib.contextmanager
+def cluster_up(
+    directory: Path, tmp_path_factory: pytest.TempPathFactory, within_s: float | None = None
+) -> Iterator[RunningCluster]:
+    """`glmserve cluster up -f directory` until RUNNING (at most `within_s`), then `cluster down`,
+    which must leave nothing behind."""
     if os.geteuid() != 0:
         pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
     create_tiny(default_cache_dir())  # nothing to do when it is built already
@@ -202,24 +255,26 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
          "max_model_len": 8192},
         tmp_path_factory.mktemp("offline"),
     )  # fmt: skip
-    shm_before = _shm()
+    shm_before = shm()
     log = tmp_path_factory.mktemp("cluster") / "up.log"
     started = time.monotonic()
     with log.open("w") as err:
         process = subprocess.Popen(
-            [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE), "--volume", f"{MODELS_CLAIM}={MODELS}"],
+            [*GLMSERVE, "cluster", "up", "-f", str(directory), "--volume", f"{MODELS_CLAIM}={MODELS}"],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
         )
     try:
         assert process.stdout is not None
+        if within_s is not None and not select.select([process.stdout], [], [], within_s)[0]:
+            pytest.fail(f"cluster up was not RUNNING within {within_s:.0f} s:\n{log.read_text()[-6000:]}")
         line = process.stdout.readline()  # the base URL, printed once RUNNING (its own line)
         if not line.startswith("http://"):
             process.wait(timeout=60)
             pytest.fail(f"cluster up failed (exit {process.returncode}):\n{log.read_text()[-6000:]}")
         cluster = RunningCluster(
-            line.strip(), example_api_keys(EXAMPLE), process, log, time.monotonic() - started, offline
+            line.strip(), example_api_keys(directory), process, log, time.monotonic() - started, offline
         )
         print(f"\ncluster up: RUNNING after {cluster.started_s:.0f} s at {cluster.base_url} (log {log})")
         yield cluster
@@ -229,4 +284,44 @@ def tiny_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
         assert down.returncode == 0, down.stderr
         assert not netns.leftover_namespaces()
         assert not netns.leftover_links()
-        assert not (_shm() - shm_before), f"/dev/shm files left: {_shm() - shm_before}"
+        assert not (shm() - shm_before), f"/dev/shm files left: {shm() - shm_before}"
+
+
+class Clusters:
+    """The package's one running cluster (this machine cannot hold two): `up()` of another example
+    takes the running one down first."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._factory = tmp_path_factory
+        self._running: tuple[Path, contextlib.ExitStack, RunningCluster] | None = None
+
+    def up(self, directory: Path, within_s: float | None = None) -> RunningCluster:
+        if self._running is not None and self._running[0] == directory:
+            return self._running[2]
+        self.down()
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(cluster_up(directory, self._factory, within_s))
+            self._running = (directory, stack.pop_all(), cluster)
+        return cluster
+
+    def down(self) -> None:
+        if self._running is not None:
+            running, self._running = self._running, None
+            running[1].close()
+
+
+# Package scope: the cluster is gone before the next package's local stacks start (this machine
+# cannot hold both).
+@pytest.fixture(scope="package")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
+    found = Clusters(tmp_path_factory)
+    try:
+        yield found
+    finally:
+        found.down()
+
+
+@pytest.fixture
+def tiny_cluster(clusters: Clusters) -> RunningCluster:
+    """examples/cluster-tiny, RUNNING; started by the first test that asks, shared by the rest."""
+    return clusters.up(EXAMPLE)

@@ -3,15 +3,69 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
+import subprocess
 import time
 
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.cluster.conftest import EXAMPLE, MODELS, MODELS_CLAIM, RunningCluster, glmserve
+from glmserve.cluster import netns
+from tests.cluster.conftest import EXAMPLE, GLMSERVE, MODELS, MODELS_CLAIM, Clusters, RunningCluster, glmserve, shm
 
 pytestmark = pytest.mark.slow
+
+
+def test_ctrl_c_while_starting_leaves_nothing(clusters: Clusters) -> None:
+    """First in the package, before the shared cluster starts: `up` interrupted once its head host
+    runs (its processes started, the rest not yet) removes every host it made."""
+    if os.geteuid() != 0:
+        pytest.skip("glmserve cluster needs root (network namespaces); CI runs as root")
+    clusters.down()
+    shm_before = shm()
+    up = subprocess.Popen(
+        [*GLMSERVE, "cluster", "up", "-f", str(EXAMPLE), "--volume", f"{MODELS_CLAIM}={MODELS}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert up.stderr is not None
+    progress = []
+    try:
+        for line in up.stderr:
+            progress.append(line)
+            if " (head " in line and line.rstrip().endswith("is ready"):
+                break
+        else:
+            pytest.fail(f"cluster up ended before its head was ready:\n{''.join(progress)[-3000:]}")
+        namespaces = netns.leftover_namespaces()
+        started = [pid for ns in namespaces for pid in netns.pids(ns)]
+        assert started, f"no process runs in the hosts made so far ({namespaces})"
+        up.send_signal(signal.SIGINT)
+        _, rest = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    print(f"\ninterrupted with {len(namespaces)} hosts made, {len(started)} processes in them")
+    assert rest.rstrip().endswith("down"), rest[-3000:]  # its teardown's last word
+    assert not netns.leftover_namespaces()
+    assert not netns.leftover_links()
+    deadline = time.monotonic() + 10  # SIGKILLed: gone once the kernel has torn them down
+    while (alive := [pid for pid in started if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"processes of the removed hosts still run: {alive}"
+    assert not (shm() - shm_before)
+    status = glmserve("cluster", "status", check=False)
+    assert status.returncode != 0 and "no cluster is up" in status.stderr
+
+
+def _running(pid: int) -> bool:
+    """Not exited: a zombie (exited, not yet reaped by init) holds no resources but its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_status_lists_every_host_with_its_own_ip_and_ray_node(tiny_cluster: RunningCluster) -> None:

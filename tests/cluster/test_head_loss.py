@@ -21,7 +21,7 @@ from glmserve.cluster.state import State
 from tests.cluster.conftest import RunningCluster
 
 pytestmark = pytest.mark.slow
-LAST_IN_PACKAGE = True  # the cluster's head is a new host after it (tests/conftest.py)
+LAST_IN_PACKAGE = 1  # the cluster's head is a new host after it (tests/conftest.py)
 
 STREAMS = 2
 HEALTHY_WITHIN_S = 240.0

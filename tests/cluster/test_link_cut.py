@@ -10,12 +10,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import openai
 import pytest
 from openai import OpenAI
 
-from glmserve.operator.build.inputs import SERVE_PORT
-from tests.cluster.conftest import RunningCluster, longest_wait
+from tests.cluster.conftest import RunningCluster, longest_wait, stream_outcome
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +23,6 @@ MAX_TOKENS = 200
 ROUTER_DROPS_WITHIN_S = 15.0
 CUT_FOR_S = 15.0  # longer than the GCS takes to declare the node dead (about 6 s)
 RECOVER_WITHIN_S = 300.0
-TOKENS = "glmserve_ingress_tokens_total"
 
 
 @dataclass
@@ -41,7 +38,7 @@ class Stream:
 
 
 def _run(client: OpenAI, model: str, stream: Stream) -> None:
-    try:
+    def read() -> None:
         chunks = client.with_options(api_key=stream.key).chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": f"a long answer for the {stream.plan} plan"}],
@@ -55,25 +52,10 @@ def _run(client: OpenAI, model: str, stream: Stream) -> None:
             if (usage := chunk.usage) is not None:
                 stream.prompt_tokens, stream.completion_tokens = usage.prompt_tokens, usage.completion_tokens
             stream.first.set()
-        stream.outcome = "completed"
-    except openai.APIConnectionError:
-        stream.outcome = "connection dropped"
-    except openai.APIError as exc:  # the ingress's OpenAI error event
-        stream.outcome = f"error event: {exc.message}"
+
+    stream.outcome = stream_outcome(read)
     stream.ended_at = time.monotonic()
     stream.first.set()  # also when it failed before its first chunk
-
-
-def _billed(cluster: RunningCluster) -> dict[tuple[str, str], float]:
-    """(plan, direction) -> tokens the ingress counted (tenants outside metrics_tenants share a label,
-    the example's two tenants are on different plans)."""
-    (ingress,) = cluster.hosts(pool="ingress")
-    billed: dict[tuple[str, str], float] = {}
-    for (name, labels), value in cluster.metrics(ingress, SERVE_PORT).items():
-        if name == TOKENS:
-            key = (dict(labels)["plan"], dict(labels)["direction"])
-            billed[key] = billed.get(key, 0) + value
-    return billed
 
 
 def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_cluster: RunningCluster) -> None:
@@ -84,7 +66,7 @@ def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_
     while not all(n == 2 for n in tiny_cluster.healthy_engines("decode")):  # a replaced host's engine loading
         assert time.monotonic() - waited < RECOVER_WITHIN_S, "a router lacks a healthy decode engine"
         time.sleep(2)
-    before, moves_before = _billed(tiny_cluster), tiny_cluster.migrations()
+    before, moves_before = tiny_cluster.billed(), tiny_cluster.migrations()
     keys = {"free": tiny_cluster.api_keys["alice"], "pro": tiny_cluster.pro_key}
     streams = [Stream(keys[plan], plan) for plan in ("free", "free", "pro", "pro")]  # free: 2 at once
     # One at a time, each once the one before has its first chunk: the routers count it on its
@@ -124,13 +106,7 @@ def test_streams_on_a_cut_decode_host_move_billed_and_the_cluster_recovers(tiny_
             for direction, kind in (("input", "prompt"), ("output", "completion"))
         }
         assert all(received[plan, "output"] > 0 for plan in keys)
-        deadline = time.monotonic() + 5  # the ingress settles a stream just after its last bytes
-        while True:
-            after = _billed(tiny_cluster)
-            billed = {k: after.get(k, 0) - before.get(k, 0) for k in received}
-            if billed == received or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        billed = tiny_cluster.billed_since(before, received)
         print(f"tokens received by the clients {received}, billed {billed}")
         assert billed == received
         time.sleep(max(0.0, cut + CUT_FOR_S - time.monotonic()))

@@ -134,6 +134,24 @@ def test_a_ramp_is_met_one_cold_start_ahead() -> None:
     assert ahead.index(next(c for c in ahead if c > 3)) < 60 < late.index(next(c for c in late if c > 3))
 
 
+def test_no_scale_down_while_a_replica_is_still_starting() -> None:
+    """A cold start's look-ahead asked for a second replica; the demand then dips (one request
+    waiting): the pool keeps both until both run, and only then waits out its downscale delay."""
+    quick = replace(DECODE, min_replicas=0, downscale_delay_s=10)
+    dip = decode_signals(0, running=0, queued=1, kv=0)
+    state, current, counts = ScalingState(), 2, []
+    for tick in range(60):
+        ready = min(current, 1 if tick < 30 else 2)  # the second replica's engine loads for 30 s
+        decision = decide(replace(dip, ready=ready), quick, current, state, float(tick))
+        current, state = decision.replicas, decision.state
+        counts.append(current)
+    assert counts[:40] == [2] * 40, counts
+    assert counts[40:] == [1] * 20, counts
+    # Without the wait the dip would stop a replica mid-start: the test can tell.
+    early = decide(replace(dip, ready=2), quick, 2, ScalingState(direction=-1, since_s=0.0, wanted=1), 20.0)
+    assert early.replicas == 1
+
+
 def test_bounds_hold_whatever_the_demand() -> None:
     assert run(DECODE, [decode_signals(10, running=64 * 40)] * 20, current=10)[-1] == 10
     floor = replace(DECODE, min_replicas=3)

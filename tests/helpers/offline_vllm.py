@@ -51,11 +51,20 @@ def _main(request_path: str, result_path: str) -> None:
     )
     result: dict[str, Any] = {}
     if prompts := request.get("greedy"):
-        params = SamplingParams(temperature=0, max_tokens=request["max_tokens"], ignore_eos=False)
+        top2 = bool(request.get("top2"))
+        params = SamplingParams(
+            temperature=0, max_tokens=request["max_tokens"], ignore_eos=request.get("ignore_eos", False),
+            logprobs=2 if top2 else None,
+        )  # fmt: skip
         # A prompt is token ids, or text that vLLM tokenizes as its completions API does.
         outs = llm.generate([{"prompt": p} if isinstance(p, str) else {"prompt_token_ids": p} for p in prompts], params)
         result["greedy"] = [list(o.outputs[0].token_ids) for o in outs]
         result["greedy_prompt_token_ids"] = [list(o.prompt_token_ids or []) for o in outs]
+        if top2:
+            # Raw logits (logprobs_mode): how far the chosen token led the next one at each step.
+            result["greedy_top2_gap"] = [[_gap(step) for step in o.outputs[0].logprobs or []] for o in outs]
+        if cuts := request.get("continue_at"):
+            result["continued"] = _continued(llm, result, cuts, params)
     if prompts := request.get("logits"):
         params = SamplingParams(temperature=0, max_tokens=request["logit_steps"], logprobs=-1)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
@@ -67,6 +76,36 @@ def _main(request_path: str, result_path: str) -> None:
             for o in outs
         ]
     Path(result_path).write_text(json.dumps(result))
+
+
+def _gap(step: dict[int, Any]) -> float:
+    best, second = sorted((entry.logprob for entry in step.values()), reverse=True)[:2]
+    return float(best - second)
+
+
+def _continued(llm: Any, result: dict[str, Any], cuts: list[int], params: Any) -> list[list[list[int]]]:
+    """Each greedy output generated again from its prompt plus its first k tokens (for each k in
+    `cuts`), as a migrated request continues: it arrives at an engine where the other prompts are
+    being decoded (5 steps in), as on a serving replica."""
+    engine = llm.llm_engine
+    prompts, outputs = result["greedy_prompt_token_ids"], result["greedy"]
+    continued: list[list[list[int]]] = []
+    for i, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+        runs = []
+        for k in cuts:
+            cont = params.clone()
+            cont.max_tokens = params.max_tokens - k
+            for j in (j for j in range(len(prompts)) if j != i):
+                engine.add_request(f"other-{i}-{k}-{j}", {"prompt_token_ids": prompts[j]}, params)
+            steps, finished = 0, {}
+            while steps <= 5 or engine.has_unfinished_requests():
+                if steps == 5:
+                    engine.add_request(f"cont-{i}-{k}", {"prompt_token_ids": [*prompt, *output[:k]]}, cont)
+                finished |= {o.request_id: list(o.outputs[0].token_ids) for o in engine.step() if o.finished}
+                steps += 1
+            runs.append(finished[f"cont-{i}-{k}"])
+        continued.append(runs)
+    return continued
 
 
 if __name__ == "__main__":

@@ -87,17 +87,17 @@ def test_prompt_hashes_are_shared_by_readers_and_computed_once() -> None:
     expected = vllm_hashes(tokens.tolist(), 16)
     computed: list[int] = []
 
-    def counting() -> Iterator[tuple[int, ...]]:
+    def counting() -> Iterator[np.ndarray]:
         for run in BlockHasher().runs(tokens, 16):
-            computed.extend(run)
+            computed.extend(run.tolist())
             yield run
 
     hashes = PromptHashes(counting())
-    assert list(next(iter(hashes))) == expected[:16]
+    assert next(iter(hashes)).tolist() == expected[:16]
     assert len(computed) == 16  # one run, not the whole prompt
     first, second = iter(hashes), iter(hashes)  # interleaved readers see the same runs
-    assert [h for a, b in zip(first, second, strict=True) if a == b for h in a] == expected
-    assert [h for run in hashes for h in run] == expected
+    assert [h for a, b in zip(first, second, strict=True) if a is b for h in a.tolist()] == expected
+    assert [h for run in hashes for h in run.tolist()] == expected
     assert len(computed) == 40  # each run hashed once for all readers
 
 

@@ -155,3 +155,22 @@ def test_a_prompt_nobody_holds_matches_nobody_whatever_the_tables_last_slot_hold
     assert index._table.keys[-1] > 1
     assert index.prefix_blocks([CHAIN], ["a", "b"]) == {"a": 0, "b": 0}
     assert index.longest([CHAIN], index.mask(["a", "b"]), limit=1) == {}
+
+
+def test_a_prefix_many_workers_hold_is_theirs_alone() -> None:
+    """A tenant's context cached on dozens of engines: its holders are read from their bitmask in
+    array steps (a few holders, bit by bit); both readings give the same workers."""
+    workers = [f"w{i:02d}" for i in range(70)]
+    index = _index(*workers)
+    for w in workers[5:45]:
+        index.store(w, CHAIN)
+    index.store("w00", CHAIN[:2])
+    index.detach("w44")  # its slot's bit is gone from every mask, and it is no one's now
+    assert index.longest([CHAIN], index.mask(workers), limit=1) == dict.fromkeys(workers[5:44], len(CHAIN))
+    assert index.longest([CHAIN], index.mask(workers), limit=40) == {
+        **dict.fromkeys(workers[5:44], len(CHAIN)),
+        "w00": 2,
+    }
+    assert index.prefix_blocks([CHAIN], workers) == {w: len(CHAIN) if "w05" <= w < "w44" else 0 for w in workers} | {
+        "w00": 2
+    }

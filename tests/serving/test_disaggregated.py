@@ -169,7 +169,9 @@ def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) ->
             os.kill(pid, signal.SIGCONT)
     assert r.usage is not None and r.usage.completion_tokens == 4
     prompt = r.usage.prompt_tokens
-    time.sleep(6)  # the decode engine's counters reach Ray's export
+    deadline = time.monotonic() + 30  # Ray exports the decode engine's counters every few seconds
+    while failed_pulls() <= failed_before and time.monotonic() < deadline:
+        time.sleep(1)
     print(f"kv pull failed: prompt {prompt}, computed {computed() - computed_before:.0f} (prefill + decode), "
           f"transferred {transferred() - transferred_before:.0f}")  # fmt: skip
     assert failed_pulls() > failed_before

@@ -94,8 +94,13 @@ def _engines(stack: Stack, name: str) -> float:
     return scraped(stack.metrics_url, f"ray_vllm_{name}")
 
 
+# Ray exports its workers' metrics every `metrics_report_interval_ms` (10 s by default): a series
+# read through it is settled only once it has not changed for longer than that.
+RAY_EXPORT_QUIET_S = 12.0
+
+
 def _settled(read: Callable[[], float], quiet_s: float, timeout_s: float) -> float:
-    """`read()` once it has not changed for `quiet_s` (Ray exports metrics every few seconds)."""
+    """`read()` once it has not changed for `quiet_s`."""
     deadline = time.monotonic() + timeout_s
     value, since = read(), time.monotonic()
     while time.monotonic() - since < quiet_s:
@@ -124,7 +129,7 @@ def test_a_client_hanging_up_stops_its_engine_and_is_billed_the_tokens_generated
     (the engine aborts the request), and the tenant's plan is billed every token the engine
     generated for it (tokens, not SSE events), those of the last batch it had not sent yet too:
     the ingress reads the aborted stream to its end, whose usage counts them."""
-    generated_before = _settled(lambda: _engines(stack, "generation_tokens_total"), quiet_s=6, timeout_s=60)
+    generated_before = _settled(lambda: _engines(stack, "generation_tokens_total"), RAY_EXPORT_QUIET_S, timeout_s=60)
     billed_before = _billed(stack, "hangup")
     body = {
         "model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}],
@@ -149,7 +154,8 @@ def test_a_client_hanging_up_stops_its_engine_and_is_billed_the_tokens_generated
                 break  # closing the stream closes the connection
     hung_up = time.monotonic()
     _until(lambda: _engines(stack, "num_requests_running") == 0, 60, "the engine still runs the request")
-    generated = _settled(lambda: _engines(stack, "generation_tokens_total"), quiet_s=6, timeout_s=60) - generated_before
+    generated = _settled(lambda: _engines(stack, "generation_tokens_total"), RAY_EXPORT_QUIET_S, timeout_s=60)
+    generated -= generated_before
     billed = _settled(lambda: _billed(stack, "hangup"), quiet_s=2, timeout_s=30) - billed_before
     print(f"hang-up: delivered {delivered}, engine generated {generated:.0f}, billed {billed:.0f}, "
           f"engine idle {time.monotonic() - hung_up:.1f} s after")  # fmt: skip

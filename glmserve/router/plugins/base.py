@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Protocol
 
 import numpy as np
@@ -43,6 +44,7 @@ class RouteContext:
     _cached: dict[str, int] = field(default_factory=dict)
     _rng: random.Random | None = None
     _slots: tuple[list[Worker], np.ndarray] | None = None  # the last list `slots` was asked for
+    _cached_of: tuple[list[Worker], np.ndarray] | None = None  # the last list `cached_array` was asked for
 
     @property
     def rng(self) -> random.Random:
@@ -70,6 +72,15 @@ class RouteContext:
             self._cached.update(self.estimate.cached_tokens(self, missing))
         return [self._cached[w.worker_id] for w in workers]
 
+    def cached_array(self, workers: list[Worker]) -> np.ndarray:
+        """`cached_tokens` as float64[len(workers)], read-only: the prefix scorers ask for the same
+        list (the filters' survivors), so it is made once."""
+        if self._cached_of is None or self._cached_of[0] is not workers:
+            cached = np.array(self.cached_tokens(workers), dtype=np.float64)
+            cached.flags.writeable = False
+            self._cached_of = (workers, cached)
+        return self._cached_of[1]
+
     def prefix_holders(self, group: Group, limit: int) -> list[str]:
         """The ids of the workers of `group` holding the longest prefixes of the prompt (see
         PrefixEstimate.holders); what they hold is remembered for the scorers."""
@@ -83,6 +94,22 @@ class RouteContext:
         if self._slots is None or self._slots[0] is not workers:
             self._slots = (workers, np.fromiter((w.slot for w in workers), dtype=np.intp, count=len(workers)))
         return self._slots[1]
+
+    def placed(self, workers: list[Worker], slots: np.ndarray) -> list[Worker]:
+        """`workers`, whose board slots (intp[len(workers)]) the caller already has: `slots` will
+        not make them again."""
+        self._slots = (workers, slots)
+        return workers
+
+    def keep(self, workers: list[Worker], kept: np.ndarray) -> list[Worker]:
+        """The workers where `kept` (bool[len(workers)], over `slots(workers)`) is true: `workers`
+        itself when it is true for all (the usual filter outcome), so what the scorers' reads of
+        that list made is kept; else a new list whose slots come from the mask, not another pass."""
+        if kept.all():
+            return workers
+        survivors = list(compress(workers, kept.tolist()))
+        self._slots = (survivors, self.slots(workers)[kept])
+        return survivors
 
 
 class Filter(Protocol):

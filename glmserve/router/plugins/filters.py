@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import compress
-
 import numpy as np
 
 from glmserve.router.plugins.base import PluginArgs, RouteContext
@@ -30,7 +28,7 @@ class Healthy:
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
         board, slots = ctx.registry.board, ctx.slots(workers)
         healthy = board.static[slots] | (ctx.now - board.last_seen[slots] <= ctx.registry.lease_s)
-        return list(compress(workers, healthy.tolist()))
+        return ctx.keep(workers, healthy)
 
 
 class ModelMatch:
@@ -38,7 +36,7 @@ class ModelMatch:
         pass
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
-        return [w for w in workers if w.info.model == ctx.query.model]
+        return _same_if_all(workers, [w for w in workers if w.info.model == ctx.query.model])
 
 
 class RoleMatch:
@@ -48,7 +46,7 @@ class RoleMatch:
         self._role = args.role
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> list[Worker]:
-        return [w for w in workers if w.info.role == self._role]
+        return _same_if_all(workers, [w for w in workers if w.info.role == self._role])
 
 
 class NotOverloaded:
@@ -63,4 +61,10 @@ class NotOverloaded:
         capacity = board.max_running[slots]
         capacity = np.where(capacity > 0, capacity, self._cfg.default_max_running_requests)
         fits = (board.busy(slots) < limit * capacity) & (board.kv_usage[slots] < self._cfg.max_kv_cache_usage)
-        return list(compress(workers, fits.tolist()))
+        return ctx.keep(workers, fits)
+
+
+def _same_if_all(workers: list[Worker], kept: list[Worker]) -> list[Worker]:
+    """`workers` itself when the filter kept every one (a pruned pool's candidates are all of the
+    query's model and the profile's role): what the later plugins read of that list is kept."""
+    return workers if len(kept) == len(workers) else kept

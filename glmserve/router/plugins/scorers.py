@@ -20,7 +20,7 @@ class PrefixCache(_Scorer):
     traffic together, so its cache stays warm."""
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
-        cached = np.array(ctx.cached_tokens(workers), dtype=np.float64)
+        cached = ctx.cached_array(workers)
         block_size = ctx.registry.board.block_size[ctx.slots(workers)]
         full = len(ctx.query.tokens) // block_size * block_size
         return np.divide(cached, full, out=np.zeros_like(cached), where=full > 0)
@@ -33,7 +33,7 @@ class PrefillWork(_Scorer):
     the cheapest, about 0.5 at twice its work; the floor keeps small differences small."""
 
     def __call__(self, ctx: RouteContext, workers: list[Worker]) -> np.ndarray:
-        cached = np.array(ctx.cached_tokens(workers), dtype=np.float64)
+        cached = ctx.cached_array(workers)
         costs = ctx.registry.board.backlog[ctx.slots(workers)] + (len(ctx.query.tokens) - cached)
         return (costs.min() + self._floor) / (costs + self._floor)
 

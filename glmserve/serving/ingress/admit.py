@@ -45,26 +45,35 @@ QUEUE_FULL_HOLD_S = 0.25
 @dataclass(slots=True)
 class FullQueues:
     """The tenants whose last request the router refused because the model's queue was full.
-    Until a request routed for that model ends here (a slot frees, the queue moves) or
-    QUEUE_FULL_HOLD_S passes, the router would refuse their next requests too (same tenant,
-    same band: they are served last again), so this replica refuses them at once instead of
-    rendering them and asking. Under a flood that is most requests: the cheap refusal leaves the
-    cores to the admitted ones. Other tenants still ask: the router may rank them ahead."""
+    The router would refuse their next requests too (same tenant, same band: they are served
+    last again) until its queue moves, so this replica refuses them at once instead of rendering
+    them and asking. A request for that model ending here moves the queue by one place: it lets
+    one held request ask again, not all of them (under a flood every completion would otherwise
+    send the whole flood to be rendered and refused by the router, on cores the admitted requests
+    need). Slots that free through other ingress replicas are not seen, so a refusal is believed
+    for QUEUE_FULL_HOLD_S at most. Other tenants still ask: the router may rank them ahead."""
 
     refused: dict[str, dict[str, tuple[float, OverloadedError]]] = field(default_factory=dict)
+    places: dict[str, int] = field(default_factory=dict)  # model -> held requests that may ask again
 
     def check(self, model: str, tenant: str) -> None:
-        """Raises the router's last refusal of `tenant` while it still holds."""
+        """Raises the router's last refusal of `tenant` while it still holds and no place freed."""
         held = self.refused.get(model, {}).get(tenant)
-        if held is not None and time.monotonic() - held[0] < QUEUE_FULL_HOLD_S:
-            _, exc = held
-            raise OverloadedError(exc.message, param=exc.param, code=exc.code, retry_after_s=exc.retry_after_s)
+        if held is None or time.monotonic() - held[0] >= QUEUE_FULL_HOLD_S:
+            return
+        if self.places.get(model, 0) > 0:
+            self.places[model] -= 1
+            return
+        _, exc = held
+        raise OverloadedError(exc.message, param=exc.param, code=exc.code, retry_after_s=exc.retry_after_s)
 
     def full(self, model: str, tenant: str, exc: OverloadedError) -> None:
         self.refused.setdefault(model, {})[tenant] = (time.monotonic(), exc)
+        self.places[model] = 0  # the router is full now: the places freed before are taken
 
     def freed(self, model: str) -> None:
-        self.refused.pop(model, None)
+        if self.refused.get(model):
+            self.places[model] = self.places.get(model, 0) + 1
 
 
 class Admitter:
@@ -76,7 +85,7 @@ class Admitter:
 
     def check_queue(self, model: str, tenant: ResolvedTenant) -> None:
         """Before anything costly: raises OverloadedError (503) when the router just refused this
-        tenant for a full queue and no slot freed since (FullQueues)."""
+        tenant for a full queue and no place in it freed since (FullQueues)."""
         if self._router is not None:
             self._full.check(model, tenant.id)
 

@@ -53,6 +53,7 @@ class _Stream:
         """The next batch; StopAsyncIteration at the end."""
         if self._read is None:
             self._read = asyncio.ensure_future(self.call.__anext__())
+            self._read.add_done_callback(_retrieved)
         read = self._read
         try:
             return await asyncio.shield(read)
@@ -63,10 +64,17 @@ class _Stream:
     def cancel(self) -> None:
         self.call.cancel()
         if self._read is not None:
-            if self._read.done() and not self._read.cancelled():
-                self._read.exception()  # retrieved: nobody reads it any more
             self._read.cancel()
             self._read = None
+
+
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    """Marks a read's exception as seen: a read nobody awaits any more (its stream was cancelled,
+    which Serve may answer with RequestCancelledError rather than a cancelled read) would otherwise
+    be logged as "Task exception was never retrieved" when collected. Whoever still awaits it
+    gets the exception all the same."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _kept_when_the_client_leaves(call: Callable[[], DeploymentResponseGenerator]) -> DeploymentResponseGenerator:
@@ -167,9 +175,7 @@ class EngineCall:
             first = await self._next(stream, body)
         except StopAsyncIteration:
             raise BackendError("the engine ended the request without a response") from None
-        except Exception:
-            raise
-        except BaseException:  # the client went away before the first output: its work stops
+        except asyncio.CancelledError:  # the client went away before the first output: its work stops
             stream.cancel()
             raise
         item = first[0] if isinstance(first, list) else first

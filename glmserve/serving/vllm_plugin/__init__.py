@@ -30,6 +30,7 @@ def register() -> None:
 
     check_version(vllm.__version__)
     from glmserve.serving.vllm_plugin import (
+        cpu_data_parallel,
         cpu_expert_parallel,
         cpu_nixl,
         cpu_polite_readers,
@@ -42,5 +43,6 @@ def register() -> None:
     glm_resume.apply()
     resume_detokenizer.apply()
     cpu_expert_parallel.apply()
+    cpu_data_parallel.apply()
     cpu_nixl.apply()
     cpu_polite_readers.apply()

@@ -32,6 +32,23 @@ def test_a_refused_tenant_is_refused_at_once_with_the_routers_answer_until_a_slo
     full.check(MODEL, "flood")
 
 
+def test_each_request_that_ends_here_lets_one_held_request_ask_again() -> None:
+    """A completion frees one place in the router's queue: one held request asks for it, the rest
+    of a flood stays refused here instead of being rendered and refused by the router."""
+    full = FullQueues()
+    full.full(MODEL, "flood", _refusal())
+    full.freed(MODEL)
+    full.freed(MODEL)
+    full.check(MODEL, "flood")
+    full.check(MODEL, "flood")
+    with pytest.raises(OverloadedError):
+        full.check(MODEL, "flood")
+    full.freed(MODEL)
+    full.full(MODEL, "flood", _refusal())  # the router is full again: the freed place was taken
+    with pytest.raises(OverloadedError):
+        full.check(MODEL, "flood")
+
+
 def test_a_full_queue_is_believed_only_briefly_when_no_slot_frees_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """Slots that free through other ingress replicas are not seen: the refusal expires."""
     now = [100.0]
