@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.routing_scale", *(argv if argv is not None else sys.argv[1:])]),
         "decisions": decisions,
+        "baseline_ref": args.baseline_ref,
         "kv_tokens_per_engine_s": args.kv_tokens_per_engine_s,
         "points": [],
     }

@@ -45,8 +45,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {env['machine']}, {env['cpus']} cores, Python {env['python']}. In-process: the router's own "
         "`Router`, events through `decode_batch` and `apply_events`, then "
-        f"{results['decisions']} Route + Complete of 8192-token prompts one at a time. `today` is the `main` "
-        "branch's router run from a copy of its tree; `new` is this tree's. Memory is the process's resident "
+        f"{results['decisions']} Route + Complete of 8192-token prompts one at a time. `today` is "
+        f"`{results.get('baseline_ref', 'main')}`'s router run from a copy of its tree; `new` is this tree's. "
+        "Memory is the process's resident "
         "growth over the ingest (peak: during it, with the hash table's growth); the longest batch is the "
         "longest single `apply_events` while ingesting (new code: a growth of the hash table).",
         "",
