@@ -27,9 +27,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray.serve._private.common import DeploymentID, ReplicaID
+from ray.serve._private.constants import SERVE_LOGGER_NAME
 from ray.serve._private.deployment_scheduler import DeploymentScheduler
 
-log = logging.getLogger("glmserve.autoscaling")
+# This runs inside Serve's controller, whose log file hangs on Serve's logger, which does not
+# propagate to the root: a child of it is what reaches that file.
+log = logging.getLogger(f"{SERVE_LOGGER_NAME}.glmserve.scale_down")
 
 Cost = tuple[float, float]  # (requests running and waiting, KV blocks cached)
 

@@ -3,11 +3,13 @@ downscale path, as the controller calls it each loop) with glmserve's choice ins
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID
+from ray.serve._private.constants import SERVE_LOGGER_NAME
 from ray.serve._private.deployment_scheduler import (
     DeploymentDownscaleRequest,
     DeploymentScheduler,
@@ -66,6 +68,27 @@ def test_serve_alone_stops_the_newest_glmserve_stops_the_cheapest() -> None:
     # A replica whose cost is unknown (not registered with the router yet): Serve's choice stands.
     scale_down.publish(DECODE, {"old": (0, 10), "mid": (0, 500)})
     assert stops(one_node, 1) == {"new"}
+
+
+@pytest.mark.usefixtures("original")
+def test_a_swap_is_logged_where_serves_controller_logs() -> None:
+    """Serve's controller configures its logger (handlers on it, no propagation) as below."""
+    serve_logger = logging.getLogger(SERVE_LOGGER_NAME)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    before = serve_logger.handlers[:], serve_logger.propagate, serve_logger.level
+    serve_logger.handlers[:] = [handler]
+    serve_logger.propagate = False
+    serve_logger.setLevel(logging.INFO)
+    try:
+        one_node = scheduler({"old": "n1", "new": "n1"})
+        scale_down.install()
+        scale_down.publish(DECODE, {"old": (0, 10), "new": (3, 0)})
+        assert stops(one_node, 1) == {"old"}
+    finally:
+        serve_logger.handlers[:], serve_logger.propagate, serve_logger.level = before
+    assert [r.getMessage() for r in records] == ["stopping ['old'] instead of ['new']: cheaper to lose"]
 
 
 @pytest.mark.usefixtures("original")
