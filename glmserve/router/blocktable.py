@@ -65,34 +65,35 @@ class BlockTable:
         return self._find(keys)[0]
 
     def _find(self, keys: np.ndarray) -> tuple[np.ndarray, bool]:
-        """`find`, and whether every key was found (then no slot is MISSING)."""
+        """`find`, and whether every key was found (then no slot is MISSING). A bucket's EMPTY slots
+        are its last ones (a key takes the first free slot, a deleted key leaves DELETED), so a bucket
+        is full when its last slot is not EMPTY: only then may a key it lacks be further on."""
         bucket = self._home(keys)
-        rows = self._rows[bucket]
-        match = rows == keys[:, None]
-        found = bucket * _WAYS + match.argmax(axis=1)
-        hit = match.any(axis=1)
+        rows = self._rows.take(bucket, axis=0)  # take(), not fancy indexing: a faster row gather
+        found = bucket * _WAYS + (rows == keys[:, None]).argmax(axis=1)
+        hit = self.keys.take(found) == keys  # cheaper than any() over the rows' matches
         if hit.all():  # the common case: every key in its home bucket
             return found, True
-        found[~hit] = MISSING
-        going = ~hit & (rows != EMPTY).all(axis=1)  # a full bucket: the key may be further on
-        todo = np.flatnonzero(going)
-        buckets = len(self._rows)
+        missed = np.flatnonzero(~hit)
+        found[missed] = MISSING
+        todo = missed[rows[missed, -1] != EMPTY]
+        bucket, buckets = bucket[todo], len(self._rows)
         while len(todo):
-            bucket = bucket[going] + 1
+            bucket = bucket + 1
             bucket[bucket == buckets] = 0
-            rows = self._rows[bucket]
-            match = rows == keys[todo, None]
-            hit = match.any(axis=1)
-            found[todo[hit]] = bucket[hit] * _WAYS + match[hit].argmax(axis=1)
-            going = ~hit & (rows != EMPTY).all(axis=1)
-            todo = todo[going]
+            rows = self._rows.take(bucket, axis=0)
+            slot = bucket * _WAYS + (rows == keys[todo, None]).argmax(axis=1)
+            hit = self.keys.take(slot) == keys[todo]
+            found[todo[hit]] = slot[hit]
+            going = ~hit & (rows[:, -1] != EMPTY)
+            todo, bucket = todo[going], bucket[going]
         return found, False
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The value of each key (uint64, from `as_keys`), MISSING where the table lacks it. Not
         `values[find(keys)]`: MISSING (-1) as an index reads the last slot, a live key's value."""
         found, complete = self._find(keys)
-        values = self.values[found]
+        values = self.values.take(found)
         if not complete:
             values[found == MISSING] = MISSING
         return values

@@ -55,3 +55,19 @@ def test_lookup_of_a_missing_key_is_missing_whatever_the_last_slot_holds() -> No
     assert table.keys[-1] > 1
     assert table.lookup(as_keys([12345, 67890])).tolist() == [MISSING, MISSING]
     assert table.lookup(table.keys[-1:]).tolist() == [7]
+
+
+def test_keys_past_a_full_home_bucket_are_found_across_the_wrap_and_deletions() -> None:
+    table = BlockTable()
+    last = len(table._rows) - 1
+    candidates = as_keys(np.random.default_rng(3).integers(0, 1 << 64, 200_000, dtype=np.uint64))
+    crowd = candidates[table._home(candidates) == last]  # ~3 buckets' worth, all homed in the last
+    present, absent = crowd[:40], crowd[40:60]
+    table.values[table.insert(present)] = np.arange(40, dtype=np.int32)
+    assert (table.lookup(present) == np.arange(40)).all()  # 16 at home, the rest wrapped to 0 and 1
+    assert (table.lookup(absent) == MISSING).all()
+    table.delete(table.find(present[10:20]))
+    assert (table.lookup(present[20:]) == np.arange(20, 40)).all()
+    assert (table.lookup(present[10:20]) == MISSING).all()
+    mixed = np.concatenate([present[:10], absent, present[30:]])
+    assert (table.lookup(mixed) == np.concatenate([np.arange(10), np.full(20, MISSING), np.arange(30, 40)])).all()
