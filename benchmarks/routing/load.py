@@ -21,6 +21,7 @@ import numpy as np
 
 from glmserve.router import convert
 from glmserve.router.proto import router_pb2 as pb
+from glmserve.router.status import status_code
 
 ROUTE = "/glmserve.router.v1.Router/Route"
 COMPLETE = "/glmserve.router.v1.Router/Complete"
@@ -85,7 +86,7 @@ def _failure(reply: bytes) -> str | None:
     parsed = pb.SessionReply.FromString(reply)
     if parsed.WhichOneof("result") != "status":
         return None
-    return next((c.name for c in grpc.StatusCode if c.value[0] == parsed.status.code), "UNKNOWN")
+    return status_code(parsed.status.code).name
 
 
 def has_session(port: int) -> bool:

@@ -34,7 +34,7 @@ from glmserve.router import convert
 from glmserve.router.auth import call_metadata, token_from_environment
 from glmserve.router.proto import router_pb2 as pb
 from glmserve.router.proto import router_pb2_grpc as pb_grpc
-from glmserve.router.status import from_rpc_error, from_status
+from glmserve.router.status import from_rpc_error, from_status, status_code
 from glmserve.router.stream import Session, StreamEnded
 from glmserve.router.types import Decision, Load, Outcome, Stage, Usage, WorkerInfo
 
@@ -46,7 +46,6 @@ ROUTE_TIMEOUT_MARGIN_S = 5.0
 DEFAULT_ROUTE_TIMEOUT_S = 30.0 + ROUTE_TIMEOUT_MARGIN_S
 DEFAULT_TIMEOUT_S = 2.0
 SESSION_RETRY_S = 60.0
-_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class RouteOptions(TypedDict, total=False):
@@ -111,7 +110,7 @@ class RouterClient:
         if reply.WhichOneof("result") != "status":
             return reply
         status = reply.status
-        code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        code = status_code(status.code)
         trailers = [(t.key, t.value) for t in status.trailers]
         answered = from_status(code, status.details, trailers)
         if answered is not None:

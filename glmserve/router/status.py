@@ -28,6 +28,7 @@ from glmserve.common.errors import (
 ERROR_CODE = "glmserve-error-code"
 RETRY_AFTER = "glmserve-retry-after-s"
 _RATE_LIMIT_HEADERS = ("x-ratelimit-", "retry-after")
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 _BY_STATUS: dict[grpc.StatusCode, type[GlmserveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
@@ -47,6 +48,11 @@ def to_status(error: GlmserveError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     if isinstance(error, RateLimitedError):
         trailers += error.headers.items()
     return grpc.StatusCode[error.kind.grpc_code], error.message, tuple(trailers)
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The status code whose number a Session reply's CallStatus carries (UNKNOWN if none)."""
+    return _STATUS_CODES.get(value, grpc.StatusCode.UNKNOWN)
 
 
 def from_rpc_error(error: grpc.RpcError) -> GlmserveError | None:
