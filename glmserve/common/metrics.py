@@ -203,6 +203,13 @@ ROUTER_POOL_REPLICAS = MetricSpec(
     "once its replicas all left; compare ray_serve_autoscaling_desired_replicas.",
     ("model", "role"),
 )
+ROUTER_POOL_KV_CACHE_USAGE = MetricSpec(
+    "glmserve_router_pool_kv_cache_usage",
+    "gauge",
+    "KV cache in use in a pool's engines (0-1, their heartbeats), mean over its replicas the router routes "
+    "to; 0 when idle or empty (vLLM's own gauge leaves Ray's export once an engine is idle).",
+    ("model", "role"),
+)
 # What losing one engine replica would cost, for the scale-down that picks the cheapest
 # (glmserve.serving.scale_down): a series per registered worker, removed when it leaves.
 ROUTER_WORKER_REQUESTS = MetricSpec(

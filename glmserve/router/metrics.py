@@ -30,6 +30,7 @@ class RouterMetrics:
         self.pool_requests = m.gauge(m.ROUTER_POOL_REQUESTS, self.registry)
         self.pool_prompt_tokens = m.gauge(m.ROUTER_POOL_PROMPT_TOKENS, self.registry)
         self.pool_replicas = m.gauge(m.ROUTER_POOL_REPLICAS, self.registry)
+        self.pool_kv_cache_usage = m.gauge(m.ROUTER_POOL_KV_CACHE_USAGE, self.registry)
         self.cold_start = m.histogram(m.ROUTER_COLD_START, self.registry)
         self.last_cold_start = m.gauge(m.ROUTER_LAST_COLD_START, self.registry)
         self.worker_requests = m.gauge(m.ROUTER_WORKER_REQUESTS, self.registry)

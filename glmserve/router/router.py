@@ -185,16 +185,18 @@ class Router:
     def _refresh_pool_signals(self, now: float) -> None:
         """Every pool ever seen is written each time, at 0 once idle or empty: a policy or an alert
         reading a missing series could not tell "no load" from "no data"."""
-        pools = dict.fromkeys(self._pools, (0, 0, 0, 0))
+        pools = dict.fromkeys(self._pools, (0, 0, 0, 0, 0.0))
         for w in self.registry.workers.values():
-            running, waiting, owed, replicas = pools.get((w.info.model, w.info.role), (0, 0, 0, 0))
+            running, waiting, owed, replicas, kv = pools.get((w.info.model, w.info.role), (0, 0, 0, 0, 0.0))
             if self.registry.healthy(w, now):
                 running, waiting, replicas = running + w.load.running, waiting + w.load.waiting, replicas + 1
-            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog, replicas)
+                kv += w.load.kv_cache_usage
+            pools[w.info.model, w.info.role] = (running, waiting, owed + w.prefill_backlog, replicas, kv)
         self._pools.update(pools)
         requests, tokens = self.metrics.pool_requests, self.metrics.pool_prompt_tokens
-        for (model, role), (running, waiting, owed, replicas) in pools.items():
+        for (model, role), (running, waiting, owed, replicas, kv) in pools.items():
             self.metrics.pool_replicas.labels(model, role).set(replicas)
+            self.metrics.pool_kv_cache_usage.labels(model, role).set(kv / replicas if replicas else 0.0)
             requests.labels(model, role, "running").set(running)
             requests.labels(model, role, "waiting").set(waiting)
             # Flow control queues for decode slots (free()): a request waiting there needs one.

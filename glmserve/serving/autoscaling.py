@@ -13,8 +13,8 @@ it, and no replica holds it to report it. The signals therefore come from Promet
 `PrometheusQueryMixin` (Ray's hook for signals from outside Serve: a daemon thread in the
 controller refreshes the queries, a read never blocks; the address is `RAY_PROMETHEUS_HOST` or the
 `prometheus_address` policy kwarg): the router's per-pool gauges (requests running, waiting and
-queued, prompt tokens owed; current, and 0 when idle), the rate of prompt tokens routed, the
-engines' KV use by pool, the ingress's TTFT and ITL.
+queued, prompt tokens owed, KV use; current, and 0 when idle), the rate of prompt tokens routed,
+the ingress's TTFT and ITL.
 Without Prometheus the policy falls back on Serve's count as the pool's running sequences and,
 missing the rest, never scales down on them (missing is not idle).
 """
@@ -38,12 +38,12 @@ from glmserve.common.autoscaling import PoolSignals, PoolTargets, ScalingState, 
 from glmserve.common.metrics import (
     INGRESS_ITL,
     INGRESS_TTFT,
+    ROUTER_POOL_KV_CACHE_USAGE,
     ROUTER_POOL_PROMPT_TOKENS,
     ROUTER_POOL_REQUESTS,
     ROUTER_PROMPT_TOKENS,
     ROUTER_WORKER_CACHED_BLOCKS,
     ROUTER_WORKER_REQUESTS,
-    VLLM_KV_CACHE_USAGE,
     MetricSpec,
 )
 from glmserve.common.promql import Query
@@ -65,7 +65,9 @@ def queries(model: str, pool: str, role: Role) -> dict[str, str]:
     engine is a decode worker there). Every router replica hears every engine's heartbeats, so
     running and waiting are the same on each (max); each holds its own queue and owes the prompts it
     routed itself (sum). Requests queued in the router wait for a decode slot: they count for the
-    decode (or colocated) pool only. vLLM's KV gauge is summed by pool: its sample is picked by label."""
+    decode (or colocated) pool only. KV use is the engines' own, from their heartbeats, averaged
+    over the pool's replicas by each router (max: replicas sharding the engines see different
+    ones, and the fullest decides)."""
 
     def scope(spec: MetricSpec) -> str:
         return f'model="{model}"' if "model" in spec.labels else ""
@@ -84,7 +86,7 @@ def queries(model: str, pool: str, role: Role) -> dict[str, str]:
         "queued_prompt_tokens": f"sum({q.series(ROUTER_POOL_PROMPT_TOKENS, in_pool)})",
         "prompt_tokens_per_s": f"sum({q.rate(ROUTER_PROMPT_TOKENS, UNCACHED, window=WINDOW)})",
         "running": f"max({requests('running')})",
-        "kv_cache_usage": f"avg by (pool) ({q.pooled(q.series(VLLM_KV_CACHE_USAGE))})",
+        "kv_cache_usage": f"max({q.series(ROUTER_POOL_KV_CACHE_USAGE, in_pool)})",
         "ttft_s": quantile(INGRESS_TTFT),
         "itl_s": quantile(INGRESS_ITL),
     }
@@ -113,27 +115,23 @@ def costs_of(
     return {w: (s.value, held.get(w, 0.0)) for s in requests.samples if (w := s.labels.get("worker"))}
 
 
-def value(result: PrometheusQueryResult | None, pool: str) -> float | None:
-    """A scalar, a one-sample vector, or the sample labelled with `pool`; None: no data."""
+def value(result: PrometheusQueryResult | None) -> float | None:
+    """A scalar, or a one-sample vector's value (every query aggregates to one); None: no data."""
     if result is None:
         return None
     if isinstance(result, PrometheusScalar):
         return result.value
-    samples = result.samples
-    if len(samples) == 1 and "pool" not in samples[0].labels:
-        return samples[0].value
-    return next((s.value for s in samples if s.labels.get("pool") == pool), None)
+    return result.samples[0].value if len(result.samples) == 1 else None
 
 
 def signals_of(
     ctx: AutoscalingContext,
     results: Mapping[str, PrometheusQueryResult] | None,
     by_signal: Mapping[str, str],
-    pool: str,
 ) -> PoolSignals:
     """The pool's signals from Prometheus `results` (query -> result), Serve's count standing in
     for the running sequences and the handles' queue where Prometheus has none."""
-    found = {name: value((results or {}).get(query), pool) for name, query in by_signal.items()}
+    found = {name: value((results or {}).get(query)) for name, query in by_signal.items()}
     signals = PoolSignals(ready=ctx.current_num_replicas, **found)
     if signals.running is None:
         signals = replace(signals, running=max(0.0, ctx.total_num_requests - ctx.total_queued_requests))
@@ -147,14 +145,13 @@ class PoolPolicy(PrometheusQueryMixin):
 
     def __init__(self, *, targets: dict[str, Any], model: str, pool: str, **kwargs: Any) -> None:
         self._targets = PoolTargets.of_wire(targets)
-        self._pool = pool
         self._queries = queries(model, pool, self._targets.role)
         self._costs = cost_queries(model, self._targets.role)
         super().__init__(prometheus_queries=[*self._queries.values(), *self._costs], **kwargs)
         scale_down.install()  # this runs in Serve's controller, where the replicas to stop are chosen
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
-        signals = signals_of(ctx, self.prometheus_results, self._queries, self._pool)
+        signals = signals_of(ctx, self.prometheus_results, self._queries)
         state = ScalingState.of_wire(ctx.policy_state.get(STATE_KEY, {}))
         now = ctx.current_time if ctx.current_time is not None else time.time()
         decision = decide(signals, self._targets, ctx.target_num_replicas, state, now)

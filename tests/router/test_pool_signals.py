@@ -20,17 +20,20 @@ def signals(router: object) -> dict[tuple[str, ...], float]:
                 out[s.labels["role"], "uncached_prompt_tokens"] = s.value
             elif s.name == "glmserve_router_pool_replicas":
                 out[s.labels["role"], "replicas"] = s.value
+            elif s.name == "glmserve_router_pool_kv_cache_usage":
+                out[s.labels["role"], "kv_cache_usage"] = s.value
     return out
 
 
 def test_signals_follow_heartbeats_and_routed_prompts_then_read_zero_when_idle() -> None:
     router, _ = make_router([("p", "prefill"), ("a", "decode"), ("b", "decode")])
-    router.heartbeat("a", Load(running=3, waiting=1))
-    router.heartbeat("b", Load(running=2))
+    router.heartbeat("a", Load(running=3, waiting=1, kv_cache_usage=0.5))
+    router.heartbeat("b", Load(running=2, kv_cache_usage=0.25))
     router.route(query("r1"))
     router.sweep()
     now = signals(router)
     assert (now["decode", "running"], now["decode", "waiting"], now["decode", "queued"]) == (5, 1, 0)
+    assert (now["decode", "kv_cache_usage"], now["prefill", "kv_cache_usage"]) == (0.375, 0)  # mean of replicas
     assert now["prefill", "uncached_prompt_tokens"] + now["decode", "uncached_prompt_tokens"] == len(PROMPT)
     assert (now["prefill", "replicas"], now["decode", "replicas"]) == (1, 2)
     router.complete("r1", "finished", Usage())
@@ -40,19 +43,20 @@ def test_signals_follow_heartbeats_and_routed_prompts_then_read_zero_when_idle()
     idle = signals(router)
     assert (idle.pop(("prefill", "replicas")), idle.pop(("decode", "replicas"))) == (1, 2)
     assert set(idle.values()) == {0}
-    assert len(idle) == 8  # 2 pools x (3 states + uncached tokens): all still there
+    assert len(idle) == 10  # 2 pools x (3 states + uncached tokens + KV use): all still there
 
 
 def test_a_pool_whose_replicas_all_left_reads_zero_and_their_index_entries_are_gone() -> None:
     router, _ = make_router([("a", "decode")])
-    router.heartbeat("a", Load(running=2))
+    router.heartbeat("a", Load(running=2, kv_cache_usage=0.5))
     cache(router, "a", PROMPT)
     router.sweep()
     assert (signals(router)["decode", "running"], signals(router)["decode", "replicas"]) == (2, 1)
     assert router.deregister("a")
     assert router.index.size() == 0
     router.sweep()
-    assert signals(router)["decode", "running"] == signals(router)["decode", "replicas"] == 0
+    empty = signals(router)
+    assert empty["decode", "running"] == empty["decode", "replicas"] == empty["decode", "kv_cache_usage"] == 0
 
 
 def costs(router: object) -> dict[tuple[str, str], float]:

@@ -66,7 +66,7 @@ def context(
     )
 
 
-def test_the_queries_read_the_routers_pool_gauges_the_engines_kv_by_pool_and_the_ingress() -> None:
+def test_the_queries_read_the_routers_pool_gauges_and_the_ingress() -> None:
     decode = queries("glm-4.6", "Decode", "decode")
     pool = 'model="glm-4.6",role="decode"'
     assert decode["queued_requests"] == (
@@ -76,30 +76,26 @@ def test_the_queries_read_the_routers_pool_gauges_the_engines_kv_by_pool_and_the
     assert decode["running"] == f'max(glmserve_router_pool_requests{{{pool},state="running"}})'
     assert decode["queued_prompt_tokens"] == f"sum(glmserve_router_pool_uncached_prompt_tokens{{{pool}}})"
     assert 'cached="false"' in decode["prompt_tokens_per_s"]
-    assert "ray_vllm_kv_cache_usage_perc" in decode["kv_cache_usage"]
+    assert decode["kv_cache_usage"] == f"max(glmserve_router_pool_kv_cache_usage{{{pool}}})"
     assert "glmserve_ingress_inter_token_latency_seconds_bucket" in decode["itl_s"]
     # The router knows a colocated engine as a decode worker; a prefill pool reads its own gauges.
     assert queries("glm-4.6", "Engine", "colocated") == decode
     assert 'role="prefill"' in queries("glm-4.6", "Prefill", "prefill")["queued_prompt_tokens"]
 
 
-def test_signals_pick_the_pools_sample_and_treat_absent_series_as_unmeasured() -> None:
+def test_signals_read_each_querys_sample_and_treat_absent_series_as_unmeasured() -> None:
     by_signal = queries("m", "Decode", "decode")
-
-    def vector(*samples: tuple[str, float]) -> PrometheusVector:
-        return PrometheusVector(tuple(PrometheusSample({"pool": p}, v, 0.0) for p, v in samples))
-
     results = {
         by_signal["queued_requests"]: PrometheusScalar(5.0, 0.0),
         by_signal["running"]: PrometheusVector((PrometheusSample({}, 20.0, 0.0),)),
-        by_signal["kv_cache_usage"]: vector(("Prefill", 0.5)),  # the decode engines' gauge vanished
+        by_signal["kv_cache_usage"]: PrometheusVector(()),  # no router scraped yet
     }
-    signals = signals_of(context(2, 2, ongoing=7), results, by_signal, "Decode")
+    signals = signals_of(context(2, 2, ongoing=7), results, by_signal)
     assert (signals.ready, signals.queued_requests, signals.running, signals.kv_cache_usage) == (2, 5.0, 20.0, None)
-    kv = {**results, by_signal["kv_cache_usage"]: vector(("Decode", 0.4))}
-    assert signals_of(context(2, 2), kv, by_signal, "Decode").kv_cache_usage == 0.4
+    kv = {**results, by_signal["kv_cache_usage"]: PrometheusVector((PrometheusSample({}, 0.4, 0.0),))}
+    assert signals_of(context(2, 2), kv, by_signal).kv_cache_usage == 0.4
     # No Prometheus at all: Serve's own count stands in for the running sequences and the queue.
-    alone = signals_of(context(2, 2, ongoing=7), None, by_signal, "Decode")
+    alone = signals_of(context(2, 2, ongoing=7), None, by_signal)
     assert (alone.running, alone.queued_requests, alone.itl_s) == (7.0, 0.0, None)
 
 

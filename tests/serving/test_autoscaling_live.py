@@ -115,7 +115,7 @@ def test_policy_scales_from_zero_up_under_load_and_back_to_zero_losing_nothing(l
     by_signal = queries(MODEL, "Engine", "colocated")
     _until(
         "the router's pool gauges scraped",
-        lambda: all(live.prometheus.query(by_signal[s]) for s in ("running", "queued_requests")),
+        lambda: all(live.prometheus.query(by_signal[s]) for s in ("running", "queued_requests", "kv_cache_usage")),
         60,
         live,
     )
@@ -123,23 +123,32 @@ def test_policy_scales_from_zero_up_under_load_and_back_to_zero_losing_nothing(l
     threads = [threading.Thread(target=streams.client, args=(i,)) for i in range(STREAMS)]
     for t in threads:
         t.start()
-    peak_running = 0.0
+    kv = "glmserve_router_pool_kv_cache_usage"
+    peak_running = peak_kv = 0.0
     try:
         cold = _until(
             "a replica from zero", lambda: _sum(_router(live), workers, role="decode") >= 1, COLD_START_S, live
         )
 
         def two_busy() -> bool:
-            nonlocal peak_running
+            nonlocal peak_running, peak_kv
             now = _router(live)
             peak_running = max(peak_running, _sum(now, pool, role="decode", state="running"))
-            return _sum(now, workers, role="decode") == 2 and peak_running > SLOTS
+            peak_kv = max(peak_kv, _sum(now, kv, role="decode"))
+            return _sum(now, workers, role="decode") == 2 and peak_running > SLOTS and peak_kv > 0
 
         grown = _until("a second replica running streams", two_busy, COLD_START_S, live)
     finally:
         streams.stop.set()
         for t in threads:
             t.join()
+    # The engines' own KV use, current: back to 0 once idle, while the replicas still run.
+    _until(
+        "KV use 0 on the idle replicas",
+        lambda: _sum(now := _router(live), kv, role="decode") == 0 and _sum(now, workers, role="decode") >= 1,
+        DOWNSCALE_DELAY_S / 2,
+        live,
+    )
     gone = _until("back to zero", lambda: _sum(_router(live), workers, role="decode") == 0, 180, live)
     failed = [d for d in streams.done if d[2] or d[1] != "length" or d[0] != MAX_TOKENS]
     after = _router(live)
@@ -147,7 +156,8 @@ def test_policy_scales_from_zero_up_under_load_and_back_to_zero_losing_nothing(l
     print(
         f"autoscaling live: first replica {cold:.0f} s after the first request, both running streams {grown:.0f} s "
         f"later, 2 -> 0 {gone:.0f} s "
-        f"after the load stopped; {len(streams.done)} streams, {len(failed)} failed; peak running {peak_running:.0f}"
+        f"after the load stopped; {len(streams.done)} streams, {len(failed)} failed; peak running {peak_running:.0f}, "
+        f"peak KV use {peak_kv:.4f}"
     )
     assert failed == [], failed
     assert len(streams.done) >= STREAMS

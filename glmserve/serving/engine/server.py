@@ -24,6 +24,7 @@ from glmserve.router.agent import WorkerAgent
 from glmserve.router.replicas import router_replicas
 from glmserve.router.types import Load
 from glmserve.serving.engine.coalesce import coalesce
+from glmserve.serving.engine.kv_usage import KVCacheUsage
 from glmserve.serving.engine.membership import Membership
 from glmserve.serving.engine.registration import RouterLink
 from glmserve.serving.engine.shutdown import finish_kv_transfers
@@ -75,6 +76,7 @@ class EngineServer(LLMServer):
         await super().__init__(llm_config, **kwargs)
         self._agent: asyncio.Task[None] | None = None
         self._membership: Membership | None = None
+        self._kv_usage: KVCacheUsage | None = None
         if router is not None:
             self._announcement = functools.partial(self._announce, router, context.replica_id.unique_id, rank)
             self._join_router()
@@ -102,9 +104,17 @@ class EngineServer(LLMServer):
             cache_blocks=cache.num_gpu_blocks or 0,
         )
 
+        if self._kv_usage is None:  # once: the replica may leave the router and join again
+            self._kv_usage = KVCacheUsage.attach(self.engine._engine_client)  # type: ignore[union-attr]
+        kv_usage = self._kv_usage
+
         def load() -> Load:
             in_flight = self._in_flight[0]
-            return Load(running=min(in_flight, max_running), waiting=max(0, in_flight - max_running))
+            return Load(
+                running=min(in_flight, max_running),
+                waiting=max(0, in_flight - max_running),
+                kv_cache_usage=kv_usage.value if kv_usage is not None else 0.0,
+            )
 
         await WorkerAgent(lambda: router_replicas(router.routers), worker, load).run()
 
