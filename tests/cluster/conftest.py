@@ -75,7 +75,7 @@ class RunningCluster:
     process: subprocess.Popen[str]
     log: Path  # `cluster up`'s progress (stderr)
     started_s: float  # seconds from `cluster up` to RUNNING
-    offline: dict[str, Any]  # vLLM offline's greedy tokens of GREEDY_PROMPTS (tests.helpers.offline_vllm)
+    offline: dict[str, Any]  # vLLM offline: GREEDY_PROMPTS' greedy tokens, each step's lead (helpers.offline_vllm)
     model: str = field(default="glm-4.6-tiny")
 
     @property
@@ -252,7 +252,7 @@ def cluster_up(
     # Before the cluster starts: this machine cannot hold its engines and another one.
     offline = run_offline(
         {"model": str(default_cache_dir()), "greedy": list(GREEDY_PROMPTS), "max_tokens": GREEDY_MAX_TOKENS,
-         "max_model_len": 8192},
+         "max_model_len": 8192, "top2": True},
         tmp_path_factory.mktemp("offline"),
     )  # fmt: skip
     shm_before = shm()

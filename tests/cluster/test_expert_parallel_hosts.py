@@ -20,6 +20,7 @@ LAST_IN_PACKAGE = 2  # after test_head_loss: its cluster replaces the shared one
 DECODE = {"replicas": 1, "parallelism": {"tensor": 1, "data": 2, "expert": 2}}
 # The example with two single-rank decode replicas is RUNNING in 112-157 s here (docs/cluster.md).
 RUNNING_WITHIN_S = 300
+TIE = 2**-6  # one bfloat16 step of a logit in [2, 4), two in [1, 2)
 
 
 def expert_parallel_example(directory: Path) -> Path:
@@ -59,7 +60,19 @@ def test_the_two_ranks_run_on_the_two_decode_hosts(ep_cluster: RunningCluster) -
 
 
 def test_greedy_completions_equal_a_single_rank(ep_cluster: RunningCluster) -> None:
+    """Token for token, except that a stream may take the other branch where the single rank's
+    chosen token led the next by at most TIE: with two ranks each sums its own experts' outputs and
+    the partial sums are added, a different rounding order in bfloat16 (a clean-clone run flipped
+    prompt 2 at its step 7, whose lead is 1/128). A wrong expert layout differs at once, with leads
+    of ~0.1."""
     prompts, served = greedy_completions(ep_cluster)
-    assert prompts == ep_cluster.offline["greedy_prompt_token_ids"]
+    offline = ep_cluster.offline
+    assert prompts == offline["greedy_prompt_token_ids"]
     assert all(len(tokens) > 0 for tokens in served)
-    assert served == ep_cluster.offline["greedy"]
+    for i, (got, want, leads) in enumerate(zip(served, offline["greedy"], offline["greedy_top2_gap"], strict=True)):
+        step = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+        if step is None:
+            assert got == want, f"prompt {i}: {got} != {want}"
+            continue
+        print(f"prompt {i}: equal for {step} tokens, then the other branch of a lead of {leads[step]:.4f}")
+        assert leads[step] <= TIE, f"prompt {i} differs at step {step}, where one rank led by {leads[step]}: {got}"
