@@ -170,7 +170,11 @@ def test_a_failed_kv_pull_is_recomputed_by_the_decode_engine(pd_stack: Stack) ->
     assert r.usage is not None and r.usage.completion_tokens == 4
     prompt = r.usage.prompt_tokens
     deadline = time.monotonic() + 30  # Ray exports the decode engine's counters every few seconds
-    while failed_pulls() <= failed_before and time.monotonic() < deadline:
+
+    def exported() -> bool:  # the failed pull, and the decode engine's recomputation of the prompt
+        return failed_pulls() > failed_before and computed() - computed_before >= 2 * prompt - 32
+
+    while not exported() and time.monotonic() < deadline:
         time.sleep(1)
     print(f"kv pull failed: prompt {prompt}, computed {computed() - computed_before:.0f} (prefill + decode), "
           f"transferred {transferred() - transferred_before:.0f}")  # fmt: skip
